@@ -1,0 +1,99 @@
+"""The `lmflow` command group. Commands are imported only when invoked, so `lmflow --help`
+and `lmflow validate` never pay for mcp or httpx; errors become exit codes here, once."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import NoReturn
+
+import click
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, LmflowError
+
+# name -> "module:attribute"; each module in runner/commands/ defines one click command.
+COMMANDS: dict[str, str] = {
+    "validate": "runner.commands.validate:command",
+    "schema": "runner.commands.schema:command",
+    "models": "runner.commands.models:command",
+    "doctor": "runner.commands.doctor:command",
+    "run": "runner.commands.run:command",
+    "tools": "runner.commands.tools:command",
+    "agent": "runner.commands.agent:command",
+    "runs": "runner.commands.runs:command",
+}
+
+SHORT_HELP: dict[str, str] = {
+    "validate": "Check workflow files without running them.",
+    "schema": "Print the workflow JSON Schema.",
+    "models": "List the models the LM Studio server has.",
+    "doctor": "Check that LM Studio, auth, lms and the cache are ready.",
+    "run": "Run a workflow.",
+    "tools": "List the MCP tools a workflow's servers offer.",
+    "agent": "Run the agent engine once, without a workflow file.",
+    "runs": "Show the history of runs.",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if _available(name)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None or not _available(cmd_name):
+            return None
+        if ctx.resilient_parsing or _listing_help(ctx):
+            # `lmflow --help` lists commands: show their one-line help without importing them.
+            return click.Command(cmd_name, help=SHORT_HELP[cmd_name])
+        module_name, attribute = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module_name), attribute)
+        return command
+
+
+def _available(name: str) -> bool:
+    module_name = COMMANDS[name].split(":")[0]
+    return importlib.util.find_spec(module_name) is not None
+
+
+def _listing_help(ctx: click.Context) -> bool:
+    return ctx.info_name == "lmflow" and ctx.invoked_subcommand is None and "--help" in sys.argv
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lmflow")
+def cli() -> None:
+    """Run version-controlled LLM workflows against LM Studio, with MCP tools.
+
+    \b
+    Exit codes: 0 ok, 1 a step failed, 2 invalid workflow or command line,
+    3 environment not ready (LM Studio, model, MCP server), 130 interrupted.
+    """
+
+
+def report(error: LmflowError) -> None:
+    """Print an lmflow error the way every command does: message, then how to fix it."""
+    click.secho(f"error: {error.message}", fg="red", err=True)
+    if error.hint:
+        click.echo(f"  hint: {error.hint}", err=True)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The console-script entry point."""
+    try:
+        code = cli.main(args=argv, prog_name="lmflow", standalone_mode=False)
+    except LmflowError as error:
+        report(error)
+        sys.exit(error.exit_code)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

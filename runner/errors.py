@@ -1,0 +1,159 @@
+"""The exception hierarchy. Each class carries the exit code it maps to (DESIGN.md), so the
+CLI turns any lmflow error into the right code without a table of special cases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_STEP_FAILED = 1
+EXIT_INVALID = 2
+EXIT_ENVIRONMENT = 3
+EXIT_INTERRUPTED = 130
+
+
+class LmflowError(Exception):
+    """Base of every error lmflow raises on purpose. `hint` says how to fix it."""
+
+    exit_code = EXIT_STEP_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+# --- exit code 2: the workflow file or the command line is invalid -------------------------
+
+
+class ConfigurationError(LmflowError):
+    """The workflow file, an input value or a command-line option is wrong."""
+
+    exit_code = EXIT_INVALID
+
+
+class WorkflowInvalidError(ConfigurationError):
+    """The workflow failed validation; `problems` holds every finding."""
+
+    def __init__(self, message: str, problems: Sequence[object]) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+class InputError(ConfigurationError):
+    """A workflow input is missing or its value does not fit the declared type."""
+
+
+# --- exit code 3: the environment is not ready ---------------------------------------------
+
+
+class EnvironmentNotReadyError(LmflowError):
+    """Something outside the workflow is missing: a server, a model, a cassette entry."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class LLMClientError(EnvironmentNotReadyError):
+    """Talking to the LLM server failed."""
+
+
+class LLMConnectionError(LLMClientError):
+    """The LLM server could not be reached."""
+
+
+class LLMTimeoutError(LLMClientError):
+    """The LLM server did not answer in time."""
+
+
+class LLMResponseError(LLMClientError):
+    """The LLM server answered with an error or with something that is not its protocol."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+        self.code = code
+
+
+class AuthenticationError(LLMResponseError):
+    """The server wants a bearer token (401/403)."""
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """Where in a workflow file something was written (1-based)."""
+
+    path: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}"
+
+
+class ModelNotFoundError(EnvironmentNotReadyError):
+    """A model named by the workflow is not on the server."""
+
+    def __init__(
+        self,
+        model: str,
+        available: Sequence[str],
+        *,
+        closest: Sequence[str] = (),
+        location: SourceLocation | None = None,
+        server: str | None = None,
+    ) -> None:
+        where = f" (on {server})" if server else ""
+        message = f"model {model!r} is not available{where}"
+        lines = []
+        if closest:
+            lines.append("closest: " + ", ".join(closest))
+        if available:
+            lines.append("available: " + ", ".join(available))
+        else:
+            lines.append("the server lists no models; download one with `lms get` or LM Studio")
+        super().__init__(message, hint="; ".join(lines))
+        self.model = model
+        self.available = list(available)
+        self.closest = list(closest)
+        self.location = location
+
+
+class ModelValidationError(EnvironmentNotReadyError):
+    """A model exists but cannot serve the step (an embedding model, not loaded when required)."""
+
+
+class MCPServerError(EnvironmentNotReadyError):
+    """An MCP server would not start, or lacks a tool the workflow needs."""
+
+
+class ReplayMissError(EnvironmentNotReadyError):
+    """A replayed run asked for something the cassette does not hold."""
+
+
+class CassetteError(EnvironmentNotReadyError):
+    """A cassette file cannot be read or would be overwritten."""
+
+
+# --- exit code 1: the run executed and a step failed ---------------------------------------
+
+
+class ToolExecutionError(LmflowError):
+    """A direct tool call (a `tool:` step) failed."""
+
+
+class StepFailedError(LmflowError):
+    """A step failed: rounds ran out, timeout, output did not match its schema, a server died."""
+
+
+class RunInterrupted(LmflowError):
+    """The user pressed Ctrl-C."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,295 @@
+"""The typed, immutable model of a workflow file.
+
+Built only from data that already passed validation, so constructors do no checking of
+their own. Everything is frozen: the executor and the engine read it and never write it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from .source import Position, SourceMap
+
+InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
+
+DEFAULT_BASE_URL = "http://localhost:1234"
+DEFAULT_TOKEN_ENV = "LM_API_TOKEN"
+DEFAULT_MAX_ROUNDS = 10
+DEFAULT_TOOL_CALL_TIMEOUT = 60.0
+
+# A frozen empty mapping, the default for optional maps.
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def frozen(value: Any) -> Any:
+    """Deep-freeze plain YAML data: dicts become read-only mappings, lists become tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
+def thawed(value: Any) -> Any:
+    """The inverse of `frozen`: plain dicts and lists again (for JSON, jsonschema, templates)."""
+    if isinstance(value, Mapping):
+        return {k: thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thawed(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class LMStudioSettings:
+    base_url: str | None = None
+    token_env: str = DEFAULT_TOKEN_ENV
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Defaults:
+    model: str | None = None
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: float | None = None
+    tool_choice: str | None = None
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    type: InputType
+    description: str | None = None
+    default: Any = None
+    has_default: bool = False
+    enum: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    required: bool = True
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema a value of this input must satisfy."""
+        schema: dict[str, Any] = {"type": self.type}
+        if self.enum is not None:
+            schema["enum"] = list(thawed(self.enum))
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return schema
+
+
+@dataclass(frozen=True)
+class StdioServer:
+    name: str
+    command: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = EMPTY
+    cwd: str | None = None
+    timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
+    transport: Literal["stdio"] = "stdio"
+
+
+@dataclass(frozen=True)
+class HttpServer:
+    name: str
+    url: str
+    headers: Mapping[str, str] = EMPTY
+    timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
+    transport: Literal["http"] = "http"
+
+
+McpServer = StdioServer | HttpServer
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step. A step with `tool` calls that MCP tool directly; any other talks to a model."""
+
+    id: str
+    index: int
+    name: str | None = None
+    model: str | None = None
+    system: str | None = None
+    prompt: str | None = None
+    mcp: tuple[str, ...] = ()
+    tools: tuple[str, ...] | None = None
+    tool: str | None = None
+    with_: Mapping[str, Any] = EMPTY
+    output_schema: Mapping[str, Any] | None = None
+    needs: tuple[str, ...] = ()
+    if_: str | bool | None = None
+    max_rounds: int | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    tool_choice: str | None = None
+    timeout: float | None = None
+    continue_on_error: bool = False
+
+    @property
+    def uses_model(self) -> bool:
+        return self.tool is None
+
+    @property
+    def tool_server(self) -> str | None:
+        return self.tool.split(".", 1)[0] if self.tool else None
+
+    @property
+    def tool_name(self) -> str | None:
+        return self.tool.split(".", 1)[1] if self.tool else None
+
+
+@dataclass(frozen=True)
+class Workflow:
+    path: Path
+    name: str
+    version: int = 1
+    description: str | None = None
+    lmstudio: LMStudioSettings = field(default_factory=LMStudioSettings)
+    models: Mapping[str, str] = EMPTY
+    defaults: Defaults = field(default_factory=Defaults)
+    inputs: Mapping[str, Input] = EMPTY
+    mcp_servers: Mapping[str, McpServer] = EMPTY
+    steps: tuple[Step, ...] = ()
+    outputs: Mapping[str, Any] = EMPTY
+    source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+    def model_reference(self, step: Step) -> tuple[str | None, tuple[str | int, ...]]:
+        """The model name a step asks for (before alias resolution) and where it was written."""
+        if step.model is not None:
+            return step.model, ("steps", step.index, "model")
+        return self.defaults.model, ("defaults", "model")
+
+    def resolve_model(self, name: str | None) -> str | None:
+        """A model alias resolves to its id; anything else is already an id."""
+        if name is None:
+            return None
+        return self.models.get(name, name)
+
+    def step_model(self, step: Step) -> str | None:
+        """The model id a step talks to, or None for a `tool:` step or when none is set."""
+        if not step.uses_model:
+            return None
+        return self.resolve_model(self.model_reference(step)[0])
+
+    def models_in_use(self) -> dict[str, Position]:
+        """Every model id a run of this workflow can use, with where each was first named.
+
+        Includes alias targets and the default even when no step uses them, so a typo in an
+        alias is caught before a long run starts.
+        """
+        found: dict[str, Position] = {}
+
+        def add(name: str | None, path: tuple[str | int, ...]) -> None:
+            model = self.resolve_model(name)
+            if model is not None and model not in found:
+                found[model] = self.source.position(path)
+
+        for alias, target in self.models.items():
+            add(target, ("models", alias))
+        add(self.defaults.model, ("defaults", "model"))
+        for step in self.steps:
+            if step.uses_model:
+                add(*self.model_reference(step))
+        return found
+
+
+def _server(name: str, data: Mapping[str, Any]) -> McpServer:
+    timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
+    if "url" in data:
+        return HttpServer(name, data["url"], frozen(data.get("headers", {})), timeout)
+    return StdioServer(
+        name,
+        data["command"],
+        tuple(data.get("args", ())),
+        frozen(data.get("env", {})),
+        data.get("cwd"),
+        timeout,
+    )
+
+
+def _input(name: str, data: Mapping[str, Any]) -> Input:
+    has_default = "default" in data
+    return Input(
+        name=name,
+        type=data["type"],
+        description=data.get("description"),
+        default=frozen(data.get("default")),
+        has_default=has_default,
+        enum=frozen(data["enum"]) if "enum" in data else None,
+        minimum=data.get("minimum"),
+        maximum=data.get("maximum"),
+        required=data.get("required", not has_default),
+    )
+
+
+def _step(index: int, data: Mapping[str, Any]) -> Step:
+    needs = data.get("needs", ())
+    schema = data.get("output_schema")
+    return Step(
+        id=data["id"],
+        index=index,
+        name=data.get("name"),
+        model=data.get("model"),
+        system=data.get("system"),
+        prompt=data.get("prompt"),
+        mcp=tuple(data.get("mcp", ())),
+        tools=tuple(data["tools"]) if "tools" in data else None,
+        tool=data.get("tool"),
+        with_=frozen(data.get("with", {})),
+        output_schema=frozen(schema) if schema is not None else None,
+        needs=(needs,) if isinstance(needs, str) else tuple(needs),
+        if_=data.get("if"),
+        max_rounds=data.get("max_rounds"),
+        temperature=data.get("temperature"),
+        max_tokens=data.get("max_tokens"),
+        tool_choice=data.get("tool_choice"),
+        timeout=data.get("timeout"),
+        continue_on_error=data.get("continue_on_error", False),
+    )
+
+
+def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Workflow:
+    """Turn validated data into a Workflow. Call only after validation found no errors."""
+    lmstudio = data.get("lmstudio", {})
+    defaults = data.get("defaults", {})
+    return Workflow(
+        path=path,
+        name=data.get("name") or path.stem,
+        version=data["version"],
+        description=data.get("description"),
+        lmstudio=LMStudioSettings(
+            base_url=lmstudio.get("base_url"),
+            token_env=lmstudio.get("token_env", DEFAULT_TOKEN_ENV),
+            timeout=lmstudio.get("timeout"),
+        ),
+        models=frozen(data.get("models", {})),
+        defaults=Defaults(
+            model=defaults.get("model"),
+            max_rounds=defaults.get("max_rounds", DEFAULT_MAX_ROUNDS),
+            temperature=defaults.get("temperature"),
+            max_tokens=defaults.get("max_tokens"),
+            timeout=defaults.get("timeout"),
+            tool_choice=defaults.get("tool_choice"),
+        ),
+        inputs=MappingProxyType(
+            {name: _input(name, spec) for name, spec in data.get("inputs", {}).items()}
+        ),
+        mcp_servers=MappingProxyType(
+            {name: _server(name, spec) for name, spec in data.get("mcp_servers", {}).items()}
+        ),
+        steps=tuple(_step(i, s) for i, s in enumerate(data["steps"])),
+        outputs=frozen(data.get("outputs", {})),
+        source=source,
+    )
