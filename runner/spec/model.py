@@ -89,7 +89,7 @@ class StdioServer:
     name: str
     command: str
     args: tuple[str, ...] = ()
-    env: Mapping[str, str] = EMPTY
+    env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     cwd: str | None = None
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
     transport: Literal["stdio"] = "stdio"
@@ -99,7 +99,7 @@ class StdioServer:
 class HttpServer:
     name: str
     url: str
-    headers: Mapping[str, str] = EMPTY
+    headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
     transport: Literal["http"] = "http"
 
@@ -120,7 +120,7 @@ class Step:
     mcp: tuple[str, ...] = ()
     tools: tuple[str, ...] | None = None
     tool: str | None = None
-    with_: Mapping[str, Any] = EMPTY
+    with_: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     output_schema: Mapping[str, Any] | None = None
     needs: tuple[str, ...] = ()
     if_: str | bool | None = None
@@ -151,12 +151,12 @@ class Workflow:
     version: int = 1
     description: str | None = None
     lmstudio: LMStudioSettings = field(default_factory=LMStudioSettings)
-    models: Mapping[str, str] = EMPTY
+    models: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     defaults: Defaults = field(default_factory=Defaults)
-    inputs: Mapping[str, Input] = EMPTY
-    mcp_servers: Mapping[str, McpServer] = EMPTY
+    inputs: Mapping[str, Input] = field(default_factory=lambda: EMPTY)
+    mcp_servers: Mapping[str, McpServer] = field(default_factory=lambda: EMPTY)
     steps: tuple[Step, ...] = ()
-    outputs: Mapping[str, Any] = EMPTY
+    outputs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
 
     def step(self, step_id: str) -> Step:

@@ -1,0 +1,263 @@
+"""YAML -> plain data plus the position of every node.
+
+PyYAML's constructors lose positions and silently keep the last of two duplicate keys, so
+we compose the node graph ourselves and build the data from it: keys stay strings as
+written (YAML 1.1 would turn `on:` into True), duplicates are problems, aliases are
+counted so a "billion laughs" file stops early instead of eating memory.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from .problems import Problem
+from .source import JsonPath, Position, SourceMap
+
+Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+MAX_FILE_BYTES = 2 * 1024 * 1024
+MAX_NODES = 200_000
+
+
+class LoadAbort(Exception):
+    """Building the document had to stop; carries the problem that says why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+@dataclass
+class Document:
+    """A parsed workflow file: its data (None when unreadable), positions and load problems."""
+
+    path: str
+    data: Any = None
+    source: SourceMap = field(default_factory=SourceMap)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def read_document(path: Path) -> Document:
+    """Read and parse a workflow file; every failure becomes a Problem, never an exception."""
+    display = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return _failed(
+                display,
+                f"file is {size:,} bytes; a workflow may be at most {MAX_FILE_BYTES:,}",
+                "file-too-large",
+                "split the work into smaller workflows; keep large data in input files",
+            )
+        raw = path.read_bytes()
+    except OSError as error:
+        return _failed(display, f"cannot read file: {error.strerror or error}", "unreadable")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        return _failed(
+            display,
+            f"file is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start})",
+            "not-utf8",
+            "save the workflow as UTF-8",
+            line=line,
+        )
+    return parse_document(text, display)
+
+
+def parse_document(text: str, path: str = "<workflow>") -> Document:
+    """Parse YAML text into a Document."""
+    if "\x00" in text:
+        offset = text.index("\x00")
+        pos = SourceMap(path, text).offset_position(offset)
+        return _failed(
+            path,
+            "file contains a NUL byte: it is not a text file",
+            "not-text",
+            line=pos.line,
+            col=pos.col,
+        )
+    try:
+        nodes = list(yaml.compose_all(text, Loader=Loader))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        message = " ".join(filter(None, [error.context, error.problem])) or "invalid YAML"
+        return _failed(
+            path,
+            f"YAML syntax: {message}",
+            "yaml-syntax",
+            _syntax_hint(message),
+            line=mark.line + 1 if mark else 1,
+            col=mark.column + 1 if mark else 1,
+        )
+    except yaml.YAMLError as error:
+        return _failed(path, f"YAML syntax: {error}", "yaml-syntax")
+    except RecursionError:
+        return _failed(path, "YAML nesting is too deep", "yaml-too-deep")
+    nodes = [node for node in nodes if node is not None]
+    if not nodes:
+        return _failed(
+            path,
+            "file is empty",
+            "empty-file",
+            "start from an example: `lmflow schema` shows every key",
+        )
+    if len(nodes) > 1:
+        mark = nodes[1].start_mark
+        return _failed(
+            path,
+            "file holds more than one YAML document",
+            "multiple-documents",
+            "keep one workflow per file; remove the `---` separator",
+            line=mark.line + 1,
+            col=mark.column + 1,
+        )
+    builder = _Builder(path, text)
+    try:
+        data = builder.build(nodes[0], ())
+    except LoadAbort as abort:
+        return Document(path, None, builder.source_map(), [abort.problem])
+    except RecursionError:
+        return _failed(path, "YAML nesting is too deep", "yaml-too-deep")
+    return Document(path, data, builder.source_map(), builder.problems)
+
+
+def _failed(
+    path: str, message: str, rule: str, hint: str | None = None, *, line: int = 1, col: int = 1
+) -> Document:
+    return Document(path, None, SourceMap(path), [Problem(path, line, col, message, rule, hint)])
+
+
+def _syntax_hint(message: str) -> str | None:
+    if "tab" in message.lower():
+        return "indent with spaces, not tabs"
+    if "mapping values are not allowed" in message:
+        return "a value that contains ': ' must be quoted"
+    if "found character '{'" in message or "found unhashable key" in message:
+        return 'quote values that start with "{{": prompt: "{{ inputs.x }}"'
+    return None
+
+
+class _Builder:
+    """Turns composed nodes into plain data, recording positions and duplicate keys."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.text = text
+        self.values: dict[JsonPath, Position] = {}
+        self.keys: dict[JsonPath, Position] = {}
+        self.problems: list[Problem] = []
+        self.visited = 0
+        self.constructor = yaml.SafeLoader("")
+
+    def source_map(self) -> SourceMap:
+        return SourceMap(
+            self.path, self.text, MappingProxyType(self.values), MappingProxyType(self.keys)
+        )
+
+    def build(self, node: yaml.Node, path: JsonPath) -> Any:
+        self.visited += 1
+        if self.visited > MAX_NODES:
+            raise LoadAbort(
+                Problem(
+                    self.path,
+                    *self._line_col(node),
+                    f"document expands to more than {MAX_NODES:,} nodes",
+                    "yaml-too-large",
+                    "YAML aliases (*name) that repeat large anchors multiply the document; "
+                    "write the values out or shrink the file",
+                )
+            )
+        self.values.setdefault(path, self._position(node))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self.problems.append(
+                    self._problem(
+                        key_node,
+                        "YAML merge keys (<<) are not supported",
+                        "yaml-merge-key",
+                        "write the keys out; use `defaults:` for values shared by steps",
+                    )
+                )
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problems.append(
+                    self._problem(
+                        key_node,
+                        "a key must be a plain name, not a list or mapping",
+                        "non-scalar-key",
+                    )
+                )
+                continue
+            key = key_node.value
+            child = (*path, key)
+            if key in result:
+                first = self.keys[child]
+                self.problems.append(
+                    self._problem(
+                        key_node,
+                        f"duplicate key {key!r} (first at line {first.line}, column {first.col})",
+                        "duplicate-key",
+                        "YAML keeps only one of them; remove or rename the other",
+                    )
+                )
+                continue
+            self.keys[child] = self._position(key_node)
+            result[key] = self.build(value_node, child)
+        return result
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        tag = node.tag
+        if tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
+            return node.value  # a date stays the text the user wrote
+        if tag in (
+            "tag:yaml.org,2002:int",
+            "tag:yaml.org,2002:float",
+            "tag:yaml.org,2002:bool",
+            "tag:yaml.org,2002:null",
+        ):
+            try:
+                value = self.constructor.construct_object(node, deep=True)
+            except (yaml.YAMLError, ValueError, OverflowError):
+                return node.value
+            return node.value if isinstance(value, datetime.date) else value
+        self.problems.append(
+            self._problem(
+                node,
+                f"unsupported YAML tag {tag!r}",
+                "yaml-tag",
+                "remove the tag; lmflow reads plain strings, numbers, booleans, lists and maps",
+            )
+        )
+        return node.value if isinstance(node.value, str) else None
+
+    def _position(self, node: yaml.Node) -> Position:
+        return Position(
+            node.start_mark.line + 1,
+            node.start_mark.column + 1,
+            node.start_mark.index,
+            node.end_mark.index,
+        )
+
+    def _line_col(self, node: yaml.Node) -> tuple[int, int]:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+    def _problem(
+        self, node: yaml.Node, message: str, rule: str, hint: str | None = None
+    ) -> Problem:
+        return Problem(self.path, *self._line_col(node), message, rule, hint)

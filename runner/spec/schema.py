@@ -1,0 +1,265 @@
+"""The published workflow schema, loaded once, and its translation into readable problems.
+
+jsonschema's own messages ("Additional properties are not allowed ('promt' was
+unexpected)") are accurate but not kind; here each error becomes a Problem that points at
+the offending key and says what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from .problems import Problem
+from .source import JsonPath, SourceMap
+
+TYPE_NAMES = {
+    dict: "a mapping",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "empty (null)",
+}
+SCHEMA_TYPE_NAMES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "boolean": "true or false",
+    "integer": "an integer",
+    "number": "a number",
+    "null": "empty",
+}
+PATTERN_EXPLAINED = {
+    "^[A-Za-z_][A-Za-z0-9_]*$": "letters, digits and underscores, not starting with a digit",
+    "^[A-Za-z_][A-Za-z0-9_-]*$": "letters, digits, '_' and '-', not starting with a digit",
+    "^[A-Za-z_][A-Za-z0-9_.-]*$": "letters, digits, '_', '.' and '-', not starting with a digit",
+    "^https?://": "an http:// or https:// URL",
+    "^(https?://|\\{\\{)": "an http:// or https:// URL",
+    "^[A-Za-z_][A-Za-z0-9_-]*\\.[^.\\s]": "server.tool, e.g. filesystem.read_text_file",
+}
+
+
+def schema_text() -> str:
+    return (resources.files("runner.spec") / "workflow.schema.json").read_text("utf-8")
+
+
+@cache
+def workflow_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(schema_text())
+    return schema
+
+
+@cache
+def validator() -> Draft202012Validator:
+    return Draft202012Validator(workflow_schema())
+
+
+def did_you_mean(word: str, candidates: Sequence[str]) -> str | None:
+    """A hint naming the closest candidates, or None when nothing is close."""
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    if not close:
+        return None
+    return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def describe(path: JsonPath, data: Any) -> str:
+    """A human name for the place at `path`: "step 'survey'", "server 'fs'", "defaults"."""
+    if len(path) >= 2 and path[0] == "steps" and isinstance(path[1], int):
+        step_id = _get(data, ("steps", path[1], "id"))
+        name = f"step {step_id!r}" if isinstance(step_id, str) else f"step #{path[1] + 1}"
+        rest = path[2:]
+        return name + (f" key {_dotted(rest)!r}" if rest else "")
+    if len(path) >= 2 and path[0] == "mcp_servers":
+        rest = path[2:]
+        return f"server {path[1]!r}" + (f" key {_dotted(rest)!r}" if rest else "")
+    if len(path) >= 2 and path[0] == "inputs":
+        rest = path[2:]
+        return f"input {path[1]!r}" + (f" key {_dotted(rest)!r}" if rest else "")
+    return repr(_dotted(path)) if path else "the workflow"
+
+
+def _dotted(path: JsonPath) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _get(data: Any, path: JsonPath) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def type_name(value: Any) -> str:
+    return TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def schema_problems(data: Any, source: SourceMap) -> list[Problem]:
+    """Every schema violation in `data`, translated."""
+    problems: list[Problem] = []
+    for error in validator().iter_errors(data):
+        problems.extend(_translate(error, data, source))
+    return problems
+
+
+def _allowed_keys(schema: dict[str, Any]) -> list[str]:
+    return list(schema.get("properties", {}))
+
+
+def _translate(error: ValidationError, data: Any, source: SourceMap) -> Iterator[Problem]:
+    path: JsonPath = tuple(error.absolute_path)
+    where = describe(path, data)
+    kind = error.validator
+    value = error.instance
+
+    def problem(
+        message: str, rule: str, hint: str | None = None, *, at: JsonPath = path, key: bool = False
+    ) -> Problem:
+        pos = source.key_position(at) if key else source.position(at)
+        return Problem(source.path, pos.line, pos.col, message, rule, hint)
+
+    if kind == "additionalProperties":
+        allowed = _allowed_keys(error.schema)
+        patterns = list(error.schema.get("patternProperties", {}))
+        for key in value:
+            if key in allowed or any(re.search(p, key) for p in patterns):
+                continue
+            yield problem(
+                f"unknown key {key!r} in {where}",
+                "unknown-key",
+                _unknown_key_hint(key, allowed, path, value),
+                at=(*path, key),
+                key=True,
+            )
+    elif kind == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        for key in missing:
+            yield problem(
+                f"{where} is missing the required key {key!r}",
+                "missing-key",
+                _missing_key_hint(key, path),
+                key=True,
+            )
+    elif kind == "type":
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else expected
+        wanted = " or ".join(SCHEMA_TYPE_NAMES.get(n, n) for n in names)
+        yield problem(
+            f"{where} must be {wanted}, not {type_name(value)}",
+            "wrong-type",
+            _type_hint(value, names),
+        )
+    elif kind == "const":
+        yield problem(
+            f"{where} must be {error.validator_value!r}, not {value!r}",
+            "bad-value",
+            "lmflow reads version 1 of the workflow format",
+        )
+    elif kind == "enum":
+        options = [str(o) for o in error.validator_value]
+        hint = did_you_mean(str(value), options) or "choose one of: " + ", ".join(options)
+        yield problem(
+            f"{where} is {value!r}; it must be one of {', '.join(options)}", "bad-value", hint
+        )
+    elif kind == "pattern":
+        explained = PATTERN_EXPLAINED.get(error.validator_value, f"match {error.validator_value}")
+        yield problem(
+            f"{where} is {value!r}; it must be {explained}", "bad-value", _pattern_hint(path)
+        )
+    elif kind == "propertyNames":
+        # the error's instance is the offending key; its position is the key's
+        key = value
+        explained = PATTERN_EXPLAINED.get(
+            error.schema.get("propertyNames", {}).get("pattern", ""), "a valid name"
+        )
+        yield problem(
+            f"name {key!r} in {where} must be {explained}",
+            "bad-name",
+            "names are used in templates such as {{ inputs.name }}",
+            at=(*path, key),
+            key=True,
+        )
+    elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = error.validator_value
+        words = {
+            "minimum": f"at least {bound}",
+            "maximum": f"at most {bound}",
+            "exclusiveMinimum": f"greater than {bound}",
+            "exclusiveMaximum": f"less than {bound}",
+        }[kind]
+        yield problem(f"{where} is {value!r}; it must be {words}", "bad-value")
+    elif kind == "minItems":
+        yield problem(
+            f"{where} must not be empty",
+            "bad-value",
+            "add at least one step" if path == ("steps",) else None,
+        )
+    elif kind == "minLength":
+        yield problem(f"{where} must not be empty", "bad-value")
+    elif kind == "uniqueItems":
+        yield problem(f"{where} lists the same entry twice", "duplicate-entry")
+    elif kind == "not":
+        yield problem(
+            f"{where} must not be {value!r}",
+            "bad-value",
+            "use -1 for no limit, or a positive number",
+        )
+    else:
+        yield problem(f"{where}: {error.message}", "schema")
+
+
+def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) -> str:
+    is_step = len(path) == 2 and path[0] == "steps"
+    if is_step and key == "with" and "tool" not in obj:
+        return "`with:` holds the arguments of a `tool:` step; add `tool: server.tool`"
+    if is_step and "tool" in obj and key in ("prompt", "system", "model", "mcp", "tools"):
+        return (
+            f"a `tool:` step calls the tool directly, without a model; remove {key!r}, "
+            "or remove `tool:` to let a model do the work"
+        )
+    suggestion = did_you_mean(key, allowed)
+    valid = "valid keys: " + ", ".join(allowed) + " (and x-* for your own notes)"
+    return f"{suggestion} {valid}" if suggestion else valid
+
+
+def _missing_key_hint(key: str, path: JsonPath) -> str | None:
+    if key == "prompt":
+        return "a step needs `prompt:` (ask a model) or `tool: server.tool` (call an MCP tool)"
+    if key == "command":
+        return "a server needs `command:` (started over stdio) or `url:` (streamable HTTP)"
+    if key == "steps":
+        return "add a list of steps, each with an `id` and a `prompt`"
+    if key == "version":
+        return "add `version: 1` at the top of the file"
+    return None
+
+
+def _type_hint(value: Any, expected: list[str]) -> str | None:
+    if "array" in expected and isinstance(value, dict):
+        return "write the entries as a list: each one starts with '- '"
+    if "array" in expected and isinstance(value, str):
+        return f"write a list: [{value}]"
+    if "object" in expected and isinstance(value, list):
+        return "write `key: value` pairs, without '- '"
+    if "string" in expected and isinstance(value, (dict, list)):
+        return 'quote text that starts with "{{" or "[": prompt: "{{ inputs.x }}"'
+    return None
+
+
+def _pattern_hint(path: JsonPath) -> str | None:
+    if path[-1:] == ("id",):
+        return "step ids are used as steps.<id> in templates; write my_step, not my-step"
+    if path[-1:] == ("token_env",):
+        return "token_env names an environment variable (e.g. LM_API_TOKEN), never the token"
+    return None

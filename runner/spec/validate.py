@@ -1,0 +1,678 @@
+"""Schema and semantic checks of a workflow -> every Problem, in one pass.
+
+The schema (schema.py) checks shape; this module checks meaning: ids, references between
+steps, templates, servers, models, secrets. Each check reads the data defensively, so a
+file with schema errors still gets its other problems reported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from .. import templating
+from .load import Document
+from .problems import Problem
+from .schema import describe, did_you_mean, schema_problems
+from .source import JsonPath, SourceMap
+
+STEP_ATTRIBUTES = ("output", "status")
+WORKFLOW_ATTRIBUTES = ("name", "description", "path", "dir")
+RUN_ATTRIBUTES = ("id", "dir", "started_at")
+TOOL_CHOICES = ("auto", "none", "required")
+SECRET_KEY = re.compile(
+    r"(token|secret|password|passwd|api[_-]?key|apikey|auth|credential)", re.IGNORECASE
+)
+SECRET_VALUE = re.compile(
+    r"^(Bearer|Basic|Token)\s+\S{8,}$"  # an Authorization header with the credential inline
+    r"|^(sk|pk|rk)-[A-Za-z0-9_-]{16,}"  # OpenAI-style keys
+    r"|^gh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
+    r"|^github_pat_[A-Za-z0-9_]{20,}"
+    r"|^xox[abprs]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|^AKIA[0-9A-Z]{16}$"  # AWS access key id
+    r"|^glpat-[A-Za-z0-9_-]{20,}"  # GitLab
+    r"|^hf_[A-Za-z0-9]{20,}",  # Hugging Face
+    re.IGNORECASE,
+)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class _Template:
+    """A template-bearing field: where it is, what it refers to, what it may refer to."""
+
+    path: JsonPath
+    text: str
+    is_condition: bool
+    refs: list[templating.Reference] = field(default_factory=list)
+
+
+def validate_document(doc: Document) -> list[Problem]:
+    """All problems of a loaded document (its load problems included), sorted by position."""
+    problems = list(doc.problems)
+    if doc.data is not None:
+        problems.extend(schema_problems(doc.data, doc.source))
+        if isinstance(doc.data, dict):
+            problems.extend(_Checker(doc.data, doc.source).run())
+    return sorted(set(problems), key=lambda p: (p.line, p.col, p.rule, p.message))
+
+
+class _Checker:
+    """The semantic checks. One instance per document."""
+
+    def __init__(self, data: dict[str, Any], source: SourceMap) -> None:
+        self.data = data
+        self.source = source
+        self.problems: list[Problem] = []
+        self.steps = [s if isinstance(s, dict) else {} for s in _list(data.get("steps"))]
+        self.step_index: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
+            step_id = _str(step.get("id"))
+            if step_id is not None:
+                self.step_index.setdefault(step_id, i)
+        self.inputs = _dict(data.get("inputs"))
+        self.servers = _dict(data.get("mcp_servers"))
+        self.aliases = _dict(data.get("models"))
+
+    def run(self) -> list[Problem]:
+        self._check_step_ids()
+        self._check_inputs()
+        self._check_servers()
+        dependencies = self._check_steps()
+        self._check_cycles(dependencies)
+        self._check_outputs()
+        self._check_token_env()
+        return self.problems
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def report(
+        self,
+        path: JsonPath,
+        message: str,
+        rule: str,
+        hint: str | None = None,
+        *,
+        key: bool = False,
+        severity: str = "error",
+        offset: int | None = None,
+    ) -> None:
+        if offset is not None:
+            pos = self.source.offset_position(offset)
+        else:
+            pos = self.source.key_position(path) if key else self.source.position(path)
+        self.problems.append(
+            Problem(
+                self.source.path,
+                pos.line,
+                pos.col,
+                message,
+                rule,
+                hint,
+                "warning" if severity == "warning" else "error",
+            )
+        )
+
+    def where(self, path: JsonPath) -> str:
+        return describe(path, self.data)
+
+    # --- ids, inputs, servers --------------------------------------------------------------
+
+    def _check_step_ids(self) -> None:
+        for i, step in enumerate(self.steps):
+            step_id = _str(step.get("id"))
+            if step_id is not None and self.step_index[step_id] != i:
+                first = self.source.position(("steps", self.step_index[step_id]))
+                self.report(
+                    ("steps", i, "id"),
+                    f"step id {step_id!r} is used twice",
+                    "duplicate-step-id",
+                    f"the first step with this id is at line {first.line}; "
+                    "give each step its own id",
+                )
+
+    def _check_inputs(self) -> None:
+        for name, spec in self.inputs.items():
+            spec = _dict(spec)
+            schema = {k: spec[k] for k in ("type", "enum", "minimum", "maximum") if k in spec}
+            if not isinstance(spec.get("type"), str):
+                continue
+            try:
+                checker = Draft202012Validator(schema)
+                checker.check_schema(schema)
+            except SchemaError:
+                continue  # the workflow schema already reported the bad declaration
+            if "default" in spec:
+                for error in checker.iter_errors(spec["default"]):
+                    self.report(
+                        ("inputs", name, "default"),
+                        f"default of input {name!r} does not fit its declaration: {error.message}",
+                        "bad-input-default",
+                        f"make the default {spec['type']!r}, or change `type:`",
+                    )
+            for i, option in enumerate(_list(spec.get("enum"))):
+                type_only = Draft202012Validator({"type": spec["type"]})
+                for error in type_only.iter_errors(option):
+                    self.report(
+                        ("inputs", name, "enum", i),
+                        f"enum value of input {name!r}: {error.message}",
+                        "bad-input-default",
+                    )
+            low, high = spec.get("minimum"), spec.get("maximum")
+            if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+                self.report(
+                    ("inputs", name, "minimum"),
+                    f"input {name!r} has minimum {low} above maximum {high}",
+                    "bad-value",
+                )
+            if spec.get("required") is True and "default" in spec:
+                self.report(
+                    ("inputs", name, "required"),
+                    f"input {name!r} is required but also has a default",
+                    "required-with-default",
+                    "the default is never used; drop `required: true` or the default",
+                    severity="warning",
+                )
+
+    def _check_servers(self) -> None:
+        for name, spec in self.servers.items():
+            spec = _dict(spec)
+            for key in ("command", "cwd", "url"):
+                if isinstance(spec.get(key), str):
+                    self._template(("mcp_servers", name, key), spec[key], allow_steps=False)
+            for i, arg in enumerate(_list(spec.get("args"))):
+                if isinstance(arg, str):
+                    self._template(("mcp_servers", name, "args", i), arg, allow_steps=False)
+            for table in ("env", "headers"):
+                for key, value in _dict(spec.get(table)).items():
+                    if not isinstance(value, str):
+                        continue
+                    path = ("mcp_servers", name, table, key)
+                    self._template(path, value, allow_steps=False)
+                    self._check_secret(path, key, value, table)
+
+    def _check_secret(self, path: JsonPath, key: str, value: str, table: str) -> None:
+        if templating.is_template(value) or not value.strip():
+            return
+        looks_secret = SECRET_VALUE.search(value.strip()) or (
+            SECRET_KEY.search(key) and len(value) >= 8 and " " not in value.strip()
+        )
+        if looks_secret:
+            generic = key.lower() in ("authorization", "proxy-authorization", "cookie")
+            name = re.sub(r"[^A-Za-z0-9]+", "_", f"{path[1]}_token" if generic else key)
+            name = name.upper().strip("_")
+            fix = (
+                f"Bearer {{{{ env.{name} }}}}"
+                if value.lower().startswith("bearer")
+                else (f"{{{{ env.{name} }}}}")
+            )
+            self.report(
+                path,
+                f"{table} {key!r} of server {path[1]!r} holds a literal secret",
+                "literal-secret",
+                f'keep secrets out of the file: write `{key}: "{fix}"` and set '
+                f"{name} in the environment",
+            )
+
+    def _check_token_env(self) -> None:
+        token_env = _str(_dict(self.data.get("lmstudio")).get("token_env"))
+        if token_env and (
+            SECRET_VALUE.search(token_env)
+            or (
+                len(token_env) >= 24
+                and re.search(r"\d", token_env)
+                and re.search(r"[a-z]", token_env)
+                and re.search(r"[A-Z]", token_env)
+            )
+        ):
+            self.report(
+                ("lmstudio", "token_env"),
+                "lmstudio.token_env looks like a token, not the name of a variable",
+                "literal-secret",
+                "write the variable's name (token_env: LM_API_TOKEN) and export the "
+                "token in that variable",
+            )
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def _check_steps(self) -> dict[int, set[int]]:
+        """Check every step; returns the dependency graph (needs + references) by index."""
+        dependencies: dict[int, set[int]] = {}
+        defaults = _dict(self.data.get("defaults"))
+        for i, step in enumerate(self.steps):
+            here = ("steps", i)
+            deps: set[int] = set()
+            needs = step.get("needs")
+            needs_list = [needs] if isinstance(needs, str) else _list(needs)
+            needed: set[str] = set()
+            for j, name in enumerate(needs_list):
+                if not isinstance(name, str):
+                    continue
+                at = (*here, "needs") if isinstance(needs, str) else (*here, "needs", j)
+                if name == step.get("id"):
+                    self.report(at, f"step {name!r} needs itself", "needs-cycle")
+                elif name not in self.step_index:
+                    self.report(
+                        at,
+                        f"{self.where(here)} needs unknown step {name!r}",
+                        "unknown-step",
+                        did_you_mean(name, list(self.step_index)),
+                    )
+                else:
+                    needed.add(name)
+                    deps.add(self.step_index[name])
+            for template in self._step_templates(i, step):
+                deps |= self._check_step_refs(i, template, needed)
+            dependencies[i] = deps
+            self._check_step_tools(i, step)
+            if "tool" not in step:
+                self._check_step_model(i, step, defaults)
+        return dependencies
+
+    def _step_templates(self, i: int, step: dict[str, Any]) -> Iterator[_Template]:
+        here = ("steps", i)
+        for key in ("prompt", "system", "name"):
+            if isinstance(step.get(key), str):
+                template = self._template((*here, key), step[key])
+                if template:
+                    yield template
+        if isinstance(step.get("if"), str):
+            template = self._template((*here, "if"), step["if"], condition=True)
+            if template:
+                yield template
+        for path, text in _strings(step.get("with"), (*here, "with")):
+            template = self._template(path, text)
+            if template:
+                yield template
+
+    def _check_step_refs(self, i: int, template: _Template, needed: set[str]) -> set[int]:
+        deps: set[int] = set()
+        own_id = self.steps[i].get("id")
+        for ref in template.refs:
+            if ref.root != "steps" or not ref.path or not isinstance(ref.path[0], str):
+                continue
+            target = ref.path[0]
+            if target == own_id:
+                self._ref_problem(
+                    template,
+                    ref,
+                    f"{self.where(('steps', i))} refers to its own output",
+                    "self-reference",
+                    "a step can read only steps that ran before it",
+                )
+                continue
+            if target not in self.step_index:
+                continue  # reported by _check_ref
+            j = self.step_index[target]
+            if j > i and target not in needed:
+                self._ref_problem(
+                    template,
+                    ref,
+                    f"{self.where(('steps', i))} reads steps.{target}, which comes later",
+                    "forward-reference",
+                    f"move step {target!r} before {own_id!r}, or add `needs: [{target}]`",
+                )
+            deps.add(j)
+        return deps
+
+    def _check_step_tools(self, i: int, step: dict[str, Any]) -> None:
+        here = ("steps", i)
+        servers = [s for s in _list(step.get("mcp")) if isinstance(s, str)]
+        for j, server in enumerate(servers):
+            if server not in self.servers:
+                self.report(
+                    (*here, "mcp", j),
+                    f"{self.where(here)} uses MCP server {server!r}, which is not declared",
+                    "unknown-server",
+                    self._server_hint(server),
+                )
+        tools = [t for t in _list(step.get("tools")) if isinstance(t, str)]
+        if tools and not servers:
+            self.report(
+                (*here, "tools"),
+                f"{self.where(here)} lists `tools:` but no `mcp:` servers to take them from",
+                "tools-without-mcp",
+                "add `mcp: [server]` naming the servers that offer these tools",
+            )
+        for j, tool in enumerate(tools):
+            server = tool.split(".", 1)[0] if "." in tool else None
+            if server is not None and server in self.servers and server not in servers:
+                self.report(
+                    (*here, "tools", j),
+                    f"tool {tool!r} belongs to server {server!r}, which "
+                    f"{self.where(here)} does not list in `mcp:`",
+                    "unknown-server",
+                    f"add {server!r} to `mcp:`",
+                )
+        choice = _str(step.get("tool_choice"))
+        if choice and choice not in TOOL_CHOICES:
+            if not servers:
+                self.report(
+                    (*here, "tool_choice"),
+                    f"{self.where(here)} forces tool {choice!r} but offers no tools",
+                    "tool-choice-without-tools",
+                    "add `mcp: [server]`",
+                )
+            elif (
+                tools
+                and choice not in tools
+                and not any(t.split(".", 1)[-1] == choice for t in tools)
+            ):
+                self.report(
+                    (*here, "tool_choice"),
+                    f"{self.where(here)} forces tool {choice!r}, which is not in its "
+                    "`tools:` allow-list",
+                    "unknown-tool",
+                    did_you_mean(choice, tools),
+                )
+        elif choice == "required" and not servers:
+            self.report(
+                (*here, "tool_choice"),
+                f"{self.where(here)} requires a tool call but offers no tools",
+                "tool-choice-without-tools",
+                "add `mcp: [server]`",
+            )
+        tool = _str(step.get("tool"))
+        if tool and "." in tool:
+            server = tool.split(".", 1)[0]
+            if server not in self.servers:
+                self.report(
+                    (*here, "tool"),
+                    f"{self.where(here)} calls {tool!r}, but server {server!r} is not declared",
+                    "unknown-server",
+                    self._server_hint(server),
+                )
+        schema = step.get("output_schema")
+        if isinstance(schema, dict):
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as error:
+                at = (*here, "output_schema", *error.path)
+                self.report(
+                    at,
+                    f"output_schema of {self.where(here)} is not a valid JSON "
+                    f"Schema: {error.message}",
+                    "invalid-output-schema",
+                    "see https://json-schema.org/understanding-json-schema/",
+                )
+
+    def _server_hint(self, server: str) -> str:
+        declared = list(self.servers)
+        suggestion = did_you_mean(server, declared)
+        if not declared:
+            return "declare it under `mcp_servers:`"
+        listing = "declared servers: " + ", ".join(declared)
+        return f"{suggestion} {listing}" if suggestion else listing
+
+    def _check_step_model(self, i: int, step: dict[str, Any], defaults: dict[str, Any]) -> None:
+        here = ("steps", i)
+        model = _str(step.get("model"))
+        if model is None and _str(defaults.get("model")) is None:
+            self.report(
+                here,
+                f"{self.where(here)} talks to a model but none is set",
+                "no-model",
+                "add `model:` to the step, or `defaults: {model: ...}`",
+            )
+            return
+        for name, at in (
+            (model, (*here, "model")),
+            (_str(defaults.get("model")), ("defaults", "model")),
+        ):
+            if name is None or name in self.aliases or "/" in name or "@" in name:
+                continue
+            suggestion = did_you_mean(name, list(self.aliases))
+            if suggestion:
+                self.report(
+                    at,
+                    f"model {name!r} is not an alias; it will be used as a model id",
+                    "unknown-model-alias",
+                    suggestion,
+                    severity="warning",
+                )
+
+    # --- graph, outputs -------------------------------------------------------------------
+
+    def _check_cycles(self, dependencies: dict[int, set[int]]) -> None:
+        state: dict[int, int] = {}  # 1 = on the stack, 2 = done
+        stack: list[int] = []
+        reported: set[frozenset[int]] = set()
+
+        def visit(node: int) -> None:
+            state[node] = 1
+            stack.append(node)
+            for dep in sorted(dependencies.get(node, ())):
+                if state.get(dep) == 1:
+                    cycle = stack[stack.index(dep) :]
+                    if frozenset(cycle) not in reported:
+                        reported.add(frozenset(cycle))
+                        self._report_cycle(cycle)
+                elif dep not in state:
+                    visit(dep)
+            stack.pop()
+            state[node] = 2
+
+        for node in sorted(dependencies):
+            if node not in state:
+                visit(node)
+
+    def _report_cycle(self, cycle: list[int]) -> None:
+        ids = [str(self.steps[i].get("id")) for i in cycle]
+        # a -> b means "a waits for b"; spell it from the earliest step in the file.
+        start = cycle.index(min(cycle))
+        ordered = ids[start:] + ids[:start]
+        spelled = " -> ".join([*ordered, ordered[0]])
+        self.report(
+            ("steps", min(cycle), "needs"),
+            f"steps wait for each other: {spelled}",
+            "needs-cycle",
+            "remove one of the `needs:` entries or references in the loop",
+        )
+
+    def _check_outputs(self) -> None:
+        for path, text in _strings(self.data.get("outputs"), ("outputs",)):
+            self._template(path, text)
+
+    # --- templates ---------------------------------------------------------------------------
+
+    def _template(
+        self, path: JsonPath, text: str, *, condition: bool = False, allow_steps: bool = True
+    ) -> _Template | None:
+        """Parse one field and check its references. None when it does not parse."""
+        if not condition and not templating.is_template(text):
+            return _Template(path, text, condition)
+        try:
+            tree = (
+                templating.parse_condition(text) if condition else templating.parse_template(text)
+            )
+        except templating.TemplateSyntaxError as error:
+            self._syntax_problem(path, text, error, condition)
+            return None
+        template = _Template(path, text, condition, templating.references(tree))
+        for name in sorted(templating.unknown_names(tree)):
+            self._name_problem(template, name, path)
+        for ref in template.refs:
+            self._check_ref(template, ref, allow_steps)
+        return template
+
+    def _syntax_problem(self, path: JsonPath, text: str, error: Exception, condition: bool) -> None:
+        lineno = getattr(error, "lineno", 1) or 1
+        offset = None if condition else self._line_offset(path, lineno)
+        message = getattr(error, "message", None) or str(error)
+        kind = "condition" if condition else "template"
+        self.report(
+            path,
+            f"{kind} in {self.where(path)} does not parse: {message}",
+            "template-syntax",
+            "conditions are bare expressions: if: steps.a.output | length > 0"
+            if condition
+            else "check the {{ }} and {% %} pairs",
+            offset=offset,
+        )
+
+    def _name_problem(self, template: _Template, name: str, path: JsonPath) -> None:
+        suggestion = did_you_mean(name, list(templating.ROOTS))
+        self.report(
+            path,
+            f"{self.where(path)} uses unknown variable {name!r}",
+            "unknown-variable",
+            suggestion or "templates can read: " + ", ".join(templating.ROOTS),
+            offset=self._find(template, name),
+        )
+
+    def _check_ref(self, template: _Template, ref: templating.Reference, allow_steps: bool) -> None:
+        where = self.where(template.path)
+        if not ref.path or not isinstance(ref.path[0], str):
+            return  # a dynamic lookup such as steps[name]: nothing to check statically
+        name, rest = ref.path[0], ref.path[1:]
+        if ref.root == "inputs" and name not in self.inputs:
+            self._ref_problem(
+                template,
+                ref,
+                f"{where} reads undeclared input {name!r}",
+                "unknown-input",
+                did_you_mean(name, list(self.inputs))
+                or f"declare it under `inputs:` ({name}: {{type: string}})",
+            )
+        elif ref.root == "workflow" and name not in WORKFLOW_ATTRIBUTES:
+            self._attribute_problem(template, ref, name, WORKFLOW_ATTRIBUTES)
+        elif ref.root == "run" and name not in RUN_ATTRIBUTES:
+            self._attribute_problem(template, ref, name, RUN_ATTRIBUTES)
+        elif ref.root == "steps":
+            if not allow_steps:
+                self._ref_problem(
+                    template,
+                    ref,
+                    f"{where} reads steps.{name}, but servers start before any step runs",
+                    "step-in-server",
+                    "server settings may read inputs and env only",
+                )
+            elif name not in self.step_index:
+                self._ref_problem(
+                    template,
+                    ref,
+                    f"{where} reads unknown step {name!r}",
+                    "unknown-step",
+                    did_you_mean(name, list(self.step_index)),
+                )
+            elif rest and rest[0] not in STEP_ATTRIBUTES:
+                self._ref_problem(
+                    template,
+                    ref,
+                    f"{where} reads steps.{name}.{rest[0]}; a step has only `output` and `status`",
+                    "unknown-reference",
+                    did_you_mean(str(rest[0]), STEP_ATTRIBUTES) or f"write steps.{name}.output",
+                )
+            elif rest[:1] == ("output",) and len(rest) > 1:
+                self._check_output_field(template, ref, name, rest[1])
+
+    def _attribute_problem(
+        self, template: _Template, ref: templating.Reference, name: str, allowed: tuple[str, ...]
+    ) -> None:
+        self._ref_problem(
+            template,
+            ref,
+            f"{self.where(template.path)} reads {ref.root}.{name}, which does not exist",
+            "unknown-reference",
+            did_you_mean(name, allowed) or f"{ref.root} has: " + ", ".join(allowed),
+        )
+
+    def _check_output_field(
+        self, template: _Template, ref: templating.Reference, step_id: str, field_name: str | int
+    ) -> None:
+        schema = _dict(self.steps[self.step_index[step_id]].get("output_schema"))
+        properties = _dict(schema.get("properties"))
+        if not properties or not isinstance(field_name, str) or field_name in properties:
+            return
+        if field_name in _JINJA_DICT_METHODS:
+            return
+        self._ref_problem(
+            template,
+            ref,
+            f"{self.where(template.path)} reads steps.{step_id}.output."
+            f"{field_name}, but the output_schema of {step_id!r} declares no "
+            f"{field_name!r}",
+            "unknown-output-field",
+            did_you_mean(field_name, list(properties))
+            or "declared fields: " + ", ".join(properties),
+        )
+
+    def _ref_problem(
+        self,
+        template: _Template,
+        ref: templating.Reference,
+        message: str,
+        rule: str,
+        hint: str | None,
+    ) -> None:
+        self.report(template.path, message, rule, hint, offset=self._find(template, ref))
+
+    # --- positions inside a template ----------------------------------------------------------
+
+    def _find(self, template: _Template, ref: templating.Reference | str) -> int | None:
+        """The file offset of a reference inside the field's raw text, when it can be found."""
+        raw = self.source.raw(template.path)
+        base = self.source.position(template.path).start
+        needles = (
+            [ref]
+            if isinstance(ref, str)
+            else [
+                ref.dotted,
+                ".".join([ref.root, *map(str, ref.path[:1])]),
+                str(ref.path[0]) if ref.path else ref.root,
+            ]
+        )
+        for needle in needles:
+            index = _find_word(raw, needle)
+            if index >= 0:
+                return base + index
+        return None
+
+    def _line_offset(self, path: JsonPath, lineno: int) -> int | None:
+        """The file offset of line `lineno` of a template field (block scalars map exactly)."""
+        raw = self.source.raw(path)
+        if not raw:
+            return None
+        base = self.source.position(path).start
+        lines = raw.split("\n")
+        index = lineno if raw.lstrip()[:1] in ("|", ">") else lineno - 1
+        index = max(0, min(index, len(lines) - 1))
+        offset = sum(len(line) + 1 for line in lines[:index])
+        line = lines[index]
+        return base + offset + (len(line) - len(line.lstrip()))
+
+
+_JINJA_DICT_METHODS = ("items", "keys", "values", "get")
+
+
+def _find_word(text: str, needle: str) -> int:
+    match = re.search(r"(?<![\w.])" + re.escape(needle) + r"(?!\w)", text)
+    return match.start() if match else -1
+
+
+def _strings(value: Any, path: JsonPath) -> Iterable[tuple[JsonPath, str]]:
+    """Every string inside nested mappings and lists, with its path."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, (*path, i))
