@@ -1,0 +1,428 @@
+"""The shared agent engine: a model, a prompt and a toolbox in; an answer and events out.
+
+It knows nothing of workflows or YAML, so the executor, `lmflow agent` and any future caller
+run exactly the same loop. Small local models misbehave (broken tool arguments, invented tool
+names, empty turns, JSON that misses the schema); the engine hands each slip back to the model
+as something it can correct, and records it as an `agent_notice` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
+
+from .chat import ChatModel, ChatRequest, ChatResponse, Message, Toolbox, ToolCall, Usage
+from .errors import ConfigurationError, StepFailedError
+
+Emit = Callable[[str, dict[str, Any]], None]
+"""Receives each event: its type and its fields (every one has `round`)."""
+
+MAX_REPORTED_SCHEMA_ERRORS = 5
+_JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)```", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """How far one run may go. Repair requests come on top of `max_rounds` so that even a
+    one-round step can have its structured answer corrected."""
+
+    max_rounds: int = 10
+    timeout: float | None = None
+    max_repairs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_rounds < 1:
+            raise ConfigurationError(f"max_rounds must be at least 1, not {self.max_rounds}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigurationError(f"timeout must be positive, not {self.timeout}")
+        if self.max_repairs < 0:
+            raise ConfigurationError(f"max_repairs must not be negative, not {self.max_repairs}")
+
+
+@dataclass(frozen=True)
+class AgentTask:
+    """What to ask and how. `tool_choice` is "auto", "none", "required" or a tool name."""
+
+    model: str
+    prompt: str
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    tool_choice: str | None = None
+    output_schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """`output` is the answer text, or the parsed object when the task has an output schema."""
+
+    output: Any
+    text: str
+    rounds: int
+    tool_calls: int
+    usage: Usage
+    messages: tuple[Message, ...]
+
+
+async def run_agent(
+    model: ChatModel,
+    task: AgentTask,
+    toolbox: Toolbox | None,
+    limits: AgentLimits,
+    emit: Emit,
+) -> AgentResult:
+    """Loop until the model answers without tool calls; every call of a turn runs concurrently.
+
+    Structured output: `response_format` is sent only on requests that offer no tools, because
+    some servers cannot both constrain the answer to a schema and let the model call tools.
+    With tools, the prompt states the schema, the final answer is validated, and if it does not
+    match the model is asked again with `response_format` and without tools.
+
+    A forced `tool_choice` ("required" or a tool name) applies until the model has called
+    tools once, then falls back to "auto": forcing every turn would never let it answer.
+
+    Raises `ConfigurationError` for a task that cannot be run (a `tool_choice` naming a tool
+    that is not offered, an invalid output schema), `StepFailedError` when the rounds, the
+    repairs or the time run out, and lets `MCPServerError` and LLM client errors through.
+    """
+    run = _Run(model, task, toolbox, limits, emit)
+    if limits.timeout is None:
+        return await run.loop()
+    try:
+        return await asyncio.wait_for(run.loop(), limits.timeout)
+    except asyncio.TimeoutError:
+        raise StepFailedError(
+            f"no final answer within the timeout of {limits.timeout:g} s (in round {run.round})"
+        ) from None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What goes back to the model for one tool call."""
+
+    content: str
+    is_error: bool
+
+
+class _Run:
+    """The state of one `run_agent` call: the conversation and its counters."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        task: AgentTask,
+        toolbox: Toolbox | None,
+        limits: AgentLimits,
+        emit: Emit,
+    ) -> None:
+        self.model = model
+        self.task = task
+        self.limits = limits
+        self.emit = emit
+        self.toolbox = toolbox
+        specs = () if toolbox is None or task.tool_choice == "none" else tuple(toolbox.specs())
+        self.tools = tuple(spec.as_openai() for spec in specs)
+        self.tool_names = tuple(spec.name for spec in specs)
+        self.tool_choice = _resolve_tool_choice(task.tool_choice, self.tool_names)
+        # A plain copy: callers may hold the schema as read-only mappings and tuples, which
+        # neither `json` nor the JSON Schema meta-schema accept.
+        self.schema = (
+            None
+            if task.output_schema is None
+            else json.loads(json.dumps(task.output_schema, default=dict))
+        )
+        self.validator = _validator(self.schema)
+        # With tools on offer the schema is enforced only once the model has stopped calling them.
+        self.structured = self.schema is not None and not self.tools
+        self.messages: list[Message] = []
+        if task.system is not None:
+            self.messages.append({"role": "system", "content": task.system})
+        self.messages.append({"role": "user", "content": self._first_prompt()})
+        self.sent = 0
+        self.round = 0
+        self.repairs = 0
+        self.calls = 0
+        self.usage = Usage()
+
+    def _first_prompt(self) -> str:
+        if self.schema is None or self.structured:
+            return self.task.prompt
+        return (
+            f"{self.task.prompt}\n\nWhen you are done, reply with only a JSON object that "
+            f"matches this JSON schema:\n{json.dumps(self.schema)}"
+        )
+
+    async def loop(self) -> AgentResult:
+        while True:
+            if self.round >= self.limits.max_rounds + self.repairs:
+                raise StepFailedError(
+                    f"no final answer after {self.round} rounds",
+                    hint="raise max_rounds, or tell the model when to stop calling tools",
+                )
+            self.round += 1
+            response = await self._ask()
+            self.messages.append(response.assistant_message())
+            text = response.content or ""
+            if response.tool_calls:
+                await self._run_tools(response.tool_calls)
+                if self.tool_choice not in (None, "auto", "none"):
+                    self.tool_choice = "auto"
+            elif not text.strip():
+                self._notice(
+                    "empty_answer",
+                    f"the model gave neither text nor tool calls "
+                    f"(finish_reason {response.finish_reason!r})",
+                )
+                self._say("Your last reply was empty. Please answer.")
+            elif self.validator is None:
+                return self._result(text, text)
+            else:
+                parsed, problems = self._check(self.validator, text)
+                if not problems:
+                    return self._result(parsed, text)
+                self._repair(problems)
+
+    async def _ask(self) -> ChatResponse:
+        offer = not self.structured
+        response_format = (
+            {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "output",
+                    "strict": True,
+                    "schema": self.schema,
+                },
+            }
+            if self.structured
+            else None
+        )
+        request = ChatRequest(
+            model=self.task.model,
+            messages=tuple(self.messages),
+            tools=self.tools if offer else (),
+            tool_choice=self.tool_choice if offer and self.tools else None,
+            temperature=self.task.temperature,
+            max_tokens=self.task.max_tokens,
+            response_format=response_format,
+        )
+        params: dict[str, Any] = {
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+            "tool_choice": request.tool_choice,
+        }
+        if response_format is not None:
+            params["response_format"] = response_format
+        self.emit(
+            "llm_request",
+            {
+                "round": self.round,
+                "model": request.model,
+                "messages": [dict(m) for m in self.messages[self.sent :]],
+                "tools": [t["function"]["name"] for t in request.tools],
+                "params": params,
+            },
+        )
+        self.sent = len(self.messages)
+        response = await self.model.chat(request)
+        self.usage += response.usage
+        self.emit(
+            "llm_response",
+            {
+                "round": self.round,
+                "content": response.content,
+                "tool_calls": [
+                    {"id": c.id, "name": c.name, "arguments": c.arguments}
+                    for c in response.tool_calls
+                ],
+                "finish_reason": response.finish_reason,
+                "reasoning": response.reasoning,
+                "usage": {
+                    "prompt_tokens": response.usage.prompt_tokens,
+                    "completion_tokens": response.usage.completion_tokens,
+                },
+            },
+        )
+        return response
+
+    async def _run_tools(self, calls: Sequence[ToolCall]) -> None:
+        """Run the turn's calls concurrently; record and answer them in the order they came."""
+        self.calls += len(calls)
+        pending = [self._prepare(call) for call in calls]
+        replies = await _gather_or_cancel(pending)
+        for call, reply in zip(calls, replies, strict=True):
+            self.emit(
+                "tool_result",
+                {
+                    "round": self.round,
+                    "id": call.id,
+                    "name": call.name,
+                    "is_error": reply.is_error,
+                    "content": reply.content,
+                },
+            )
+            self.messages.append(
+                {"role": "tool", "tool_call_id": call.id, "content": reply.content}
+            )
+
+    def _prepare(self, call: ToolCall) -> Coroutine[Any, Any, _Reply]:
+        """Record the call and check it, in call order; the coroutine returned runs the tool,
+        or just gives back the error that stopped it."""
+        arguments, problem = _parse_arguments(call.arguments)
+        self.emit(
+            "tool_call",
+            {
+                "round": self.round,
+                "id": call.id,
+                "name": call.name,
+                "arguments": call.arguments if problem else arguments,
+            },
+        )
+        if call.name not in self.tool_names:
+            available = ", ".join(self.tool_names)
+            hint = f"Available tools: {available}." if available else "No tools are available now."
+            return self._refuse(
+                "unknown_tool", f"error: there is no tool named {call.name!r}. {hint}"
+            )
+        if problem:
+            return self._refuse(
+                "invalid_arguments",
+                f"error: the arguments of {call.name} {problem}: {call.arguments}\n"
+                "Call the tool again with a JSON object that matches its parameters.",
+            )
+        assert self.toolbox is not None  # a tool name on offer implies a toolbox
+        return self._call(self.toolbox, call.name, arguments)
+
+    def _refuse(self, kind: str, message: str) -> Coroutine[Any, Any, _Reply]:
+        self._notice(kind, message)
+        return _given(_Reply(message, is_error=True))
+
+    async def _call(self, toolbox: Toolbox, name: str, arguments: dict[str, Any]) -> _Reply:
+        result = await toolbox.call(name, arguments)
+        return _Reply(f"error: {result.text}" if result.is_error else result.text, result.is_error)
+
+    @staticmethod
+    def _check(validator: Validator, text: str) -> tuple[Any, list[str]]:
+        """Parse and validate a final answer; the problems are phrased for the model."""
+        try:
+            parsed = _parse_json_answer(text)
+        except json.JSONDecodeError as exc:
+            return None, [f"the answer is not valid JSON: {exc}"]
+        errors = sorted(validator.iter_errors(parsed), key=lambda e: list(e.absolute_path))
+        return parsed, [f"at {e.json_path}: {e.message}" for e in errors]
+
+    def _repair(self, problems: list[str]) -> None:
+        shown = problems[:MAX_REPORTED_SCHEMA_ERRORS]
+        if len(problems) > len(shown):
+            shown.append(f"... and {len(problems) - len(shown)} more")
+        detail = "\n".join(f"- {p}" for p in shown)
+        if self.repairs >= self.limits.max_repairs:
+            raise StepFailedError(
+                f"the answer does not match the output schema after "
+                f"{self.repairs} repair(s):\n{detail}"
+            )
+        self.repairs += 1
+        self._notice("schema_repair", detail)
+        self.structured = True
+        self._say(
+            f"Your answer does not match the required JSON schema:\n{detail}\n"
+            f"Reply with only a JSON object that matches this schema:\n"
+            f"{json.dumps(self.schema)}"
+        )
+
+    def _say(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+
+    def _notice(self, kind: str, detail: str) -> None:
+        self.emit("agent_notice", {"round": self.round, "kind": kind, "detail": detail})
+
+    def _result(self, output: Any, text: str) -> AgentResult:
+        return AgentResult(
+            output=output,
+            text=text,
+            rounds=self.round,
+            tool_calls=self.calls,
+            usage=self.usage,
+            messages=tuple(self.messages),
+        )
+
+
+def _resolve_tool_choice(
+    choice: str | None, offered: Sequence[str]
+) -> str | Mapping[str, Any] | None:
+    """Map the task's choice to the request field; a forced choice needs a tool to force."""
+    if choice in (None, "auto", "none"):
+        return choice
+    if not offered:
+        raise ConfigurationError(f"tool_choice {choice!r} needs tools, but none are offered")
+    if choice == "required":
+        return choice
+    if choice not in offered:
+        raise ConfigurationError(
+            f"tool_choice {choice!r} is not one of the offered tools",
+            hint="offered: " + ", ".join(offered),
+        )
+    return {"type": "function", "function": {"name": choice}}
+
+
+def _validator(schema: dict[str, Any] | None) -> Validator | None:
+    if schema is None:
+        return None
+    cls = validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        raise ConfigurationError(
+            f"output_schema is not a valid JSON Schema: {exc.message}"
+        ) from None
+    return cls(schema)
+
+
+def _parse_arguments(raw: str) -> tuple[dict[str, Any], str | None]:
+    """Tool arguments as an object, or what is wrong with them. Empty text means no arguments:
+    models often send it for tools without parameters."""
+    if not raw.strip():
+        return {}, None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return {}, f"are not valid JSON ({exc})"
+    if not isinstance(value, dict):
+        return {}, f"must be a JSON object, not {_JSON_TYPES.get(type(value), 'a number')}"
+    return value, None
+
+
+def _parse_json_answer(text: str) -> Any:
+    """The answer as JSON, or the JSON inside a ```json fence if the model wrapped it in one."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        match = _FENCE.search(text)
+        if match is None:
+            raise
+        return json.loads(match.group(1))
+
+
+async def _given(reply: _Reply) -> _Reply:
+    return reply
+
+
+async def _gather_or_cancel(coros: Sequence[Coroutine[Any, Any, _Reply]]) -> list[_Reply]:
+    """Like `asyncio.gather`, but a failure cancels the calls still running instead of
+    leaving them behind."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -1,0 +1,419 @@
+"""MCP server connections for one run, on the `mcp` SDK 2.x.
+
+`McpSessions` starts every server a run needs once, before the first step, lists each
+server's tools completely, and closes them all when the run ends, however it ends. Steps
+see the tools through `McpSessions.toolbox`, a `runner.chat.Toolbox` whose tool names the
+OpenAI function-name rules accept.
+
+Each connection lives in a task of its own. The SDK's transports run task groups inside
+the task that opened the connection, and a failing transport (an HTTP server that went
+away) cancels that task: kept apart, such a failure ends one connection, not the step or
+the run that happened to be waiting on it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import shlex
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from mcp import Client, MCPError, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.types import (
+    CONNECTION_CLOSED,
+    REQUEST_TIMEOUT,
+    CallToolResult,
+    EmbeddedResource,
+    ResourceLink,
+    TextContent,
+    TextResourceContents,
+    Tool,
+)
+
+from .chat import ToolResult, ToolSpec
+from .errors import MCPServerError
+from .spec.model import HttpServer, McpServer, StdioServer, thawed
+
+# The classic initialize handshake: every server speaks it, 1.x and 2.x alike. "auto" would
+# first probe the 2026-07-28 protocol, and a 1.x server logs a traceback for each probe.
+PROTOCOL_MODE = "legacy"
+DEFAULT_START_TIMEOUT = 60.0
+STDERR_TAIL_LINES = 20
+_STDERR_TAIL_BYTES = 8192
+_MAX_TOOL_PAGES = 1000
+
+_FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_NOT_IN_FUNCTION_NAME = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+@dataclass
+class _Connection:
+    """One running server. `alive` turns false as soon as the connection starts to close."""
+
+    name: str
+    server: McpServer
+    stderr_path: Path | None
+    client: Client | None = None
+    tools: list[Tool] = field(default_factory=list)
+    alive: bool = False
+    failure: str | None = None
+
+
+class McpSessions:
+    """The MCP servers of one run: `async with McpSessions(servers) as sessions: ...`.
+
+    `servers` maps a name to a server whose fields are already rendered. Entering starts
+    every server (concurrently) and lists its tools; a server that will not start raises
+    `MCPServerError` after the others are closed again. Leaving closes every server, also on
+    an exception or a cancellation; the SDK runs each stdio server in a session of its own
+    and kills that whole process group when the server does not exit on its own.
+    Stdio servers write their stderr to `<log_dir>/mcp-<name>.stderr.log` (a temporary
+    directory, removed at the end, when `log_dir` is None): never to the terminal.
+    """
+
+    def __init__(
+        self,
+        servers: Mapping[str, McpServer],
+        *,
+        log_dir: Path | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        self._servers = dict(servers)
+        self._log_dir = log_dir
+        self._start_timeout = start_timeout
+        self._connections: dict[str, _Connection] = {}
+        self._closing = anyio.Event()
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> McpSessions:
+        stderr_dir = self._log_dir
+        if stderr_dir is None:
+            stderr_dir = Path(tempfile.mkdtemp(prefix="lmflow-mcp-"))
+            self._stack.callback(shutil.rmtree, stderr_dir, ignore_errors=True)
+        else:
+            stderr_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            owners = await self._stack.enter_async_context(anyio.create_task_group())
+            self._stack.callback(self._closing.set)
+            failures: list[str] = []
+            async with anyio.create_task_group() as starters:
+                for name, server in self._servers.items():
+                    stderr = stderr_dir / f"mcp-{name}.stderr.log"
+                    connection = _Connection(
+                        name, server, stderr if isinstance(server, StdioServer) else None
+                    )
+                    self._connections[name] = connection
+                    starters.start_soon(self._start, owners, connection, failures)
+            if failures:
+                raise MCPServerError("\n".join(failures))
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Not handed the exception: the owners' task group would wrap it in a group.
+        await self._stack.aclose()
+
+    def tools(self, server: str) -> list[Tool]:
+        """Every tool the server offers (all pages), as the SDK describes them."""
+        return list(self._connection(server).tools)
+
+    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None = None) -> McpToolbox:
+        """The tools of `servers` a step may call, limited to `allow` when it is given.
+
+        An `allow` entry is `tool` (that tool on each listed server that has it) or
+        `server.tool`. An entry that matches nothing raises `MCPServerError`: build every
+        step's toolbox before the first step runs so such a workflow stops before it starts.
+        """
+        offered = [
+            (server, tool) for server in dict.fromkeys(servers) for tool in self.tools(server)
+        ]
+        if allow is not None:
+            offered = _allowed(offered, allow, servers)
+        return McpToolbox(self, _exposed_names(offered))
+
+    async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
+        """Call one tool. Errors of the call come back as an `is_error` result; a server
+        that is gone raises `MCPServerError`."""
+        connection = self._connection(server)
+        if not connection.alive or connection.client is None:
+            raise self._stopped(connection)
+        timeout = connection.server.timeout
+        try:
+            result = await connection.client.call_tool(
+                tool, thawed(dict(arguments)), read_timeout_seconds=timeout
+            )
+        except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED or not connection.alive:
+                raise self._stopped(connection, exc) from exc
+            if exc.code == REQUEST_TIMEOUT:
+                text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
+            else:
+                text = f"tool {tool!r} of MCP server {server!r} failed: {exc.message}"
+            return ToolResult(f"{text} (MCP error {exc.code})", is_error=True)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise self._stopped(connection, exc) from exc
+        except RuntimeError as exc:
+            # The SDK's check of structured content against the tool's output schema, or a
+            # client that closed under the call.
+            if not connection.alive:
+                raise self._stopped(connection, exc) from exc
+            return ToolResult(f"tool {tool!r} of MCP server {server!r}: {exc}", is_error=True)
+        return _tool_result(result)
+
+    def _connection(self, server: str) -> _Connection:
+        try:
+            return self._connections[server]
+        except KeyError:
+            raise MCPServerError(f"MCP server {server!r} was not started for this run") from None
+
+    async def _start(self, owners: TaskGroup, connection: _Connection, failures: list[str]) -> None:
+        """Start one server in its own task, within the start timeout; record a failure."""
+        try:
+            with anyio.move_on_after(self._start_timeout) as deadline:
+                await owners.start(self._serve, connection)
+        except Exception as exc:
+            failures.append(self._describe_failure(connection, _reason(exc)))
+            return
+        if deadline.cancelled_caught:
+            reason = f"no answer to the handshake within {self._start_timeout:g}s"
+            failures.append(self._describe_failure(connection, reason))
+
+    async def _serve(
+        self, connection: _Connection, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own one connection from its start to its end.
+
+        Failures before `started` go to the starter; a failure later ends this connection
+        only, and is kept for the next call to report.
+        """
+        started = False
+        try:
+            async with AsyncExitStack() as stack:
+                client = await stack.enter_async_context(await self._client(connection, stack))
+                connection.tools = await _list_all_tools(client)
+                connection.client = client
+                connection.alive = True
+                task_status.started()
+                started = True
+                try:
+                    await self._closing.wait()
+                finally:
+                    connection.alive = False
+        except Exception as exc:
+            if not started:
+                raise
+            connection.failure = _reason(exc)
+
+    async def _client(self, connection: _Connection, stack: AsyncExitStack) -> Client:
+        server = connection.server
+        if isinstance(server, HttpServer):
+            http = await stack.enter_async_context(
+                create_mcp_http_client(headers=dict(server.headers))
+            )
+            return Client(streamable_http_client(server.url, http_client=http), mode=PROTOCOL_MODE)
+        assert connection.stderr_path is not None
+        stderr: TextIO = stack.enter_context(
+            connection.stderr_path.open("w", encoding="utf-8", errors="replace")
+        )
+        parameters = StdioServerParameters(
+            command=server.command,
+            args=list(server.args),
+            env=dict(server.env) or None,
+            cwd=server.cwd,
+        )
+        return Client(stdio_client(parameters, errlog=stderr), mode=PROTOCOL_MODE)
+
+    def _stopped(self, connection: _Connection, exc: BaseException | None = None) -> MCPServerError:
+        if connection.failure is not None:
+            reason = connection.failure
+        elif self._closing.is_set():
+            reason = "the run already closed it"
+        else:
+            reason = _reason(exc) if exc is not None else "the connection closed"
+        return MCPServerError(self._describe_failure(connection, reason, verb="stopped"))
+
+    def _describe_failure(self, connection: _Connection, reason: str, verb: str = "") -> str:
+        """A message naming the server, how it was started, and the end of its stderr."""
+        server = connection.server
+        verb = verb or "would not start"
+        lines = [f"MCP server {connection.name!r} {verb}: {reason}"]
+        if isinstance(server, StdioServer):
+            lines.append(f"  command: {shlex.join([server.command, *server.args])}")
+            if server.cwd:
+                lines.append(f"  cwd: {server.cwd}")
+        else:
+            lines.append(f"  url: {server.url}")
+        if connection.stderr_path is not None:
+            tail = _tail(connection.stderr_path)
+            where = f" ({connection.stderr_path})" if self._log_dir is not None else ""
+            if tail:
+                lines.append(f"  last lines of its stderr{where}:")
+                lines.extend(f"    {line}" for line in tail)
+            else:
+                lines.append("  (it wrote nothing to stderr)")
+        return "\n".join(lines)
+
+
+class McpToolbox:
+    """The tools one step may call, under names the OpenAI function-name rules accept.
+
+    A tool keeps its own name when no other server of the step offers the same one;
+    otherwise it is `server__tool`, so both stay reachable. Names that are not valid
+    function names are sanitized, and shortened with a hash suffix when too long.
+    """
+
+    def __init__(self, sessions: McpSessions, routes: Mapping[str, tuple[str, Tool]]) -> None:
+        self._sessions = sessions
+        self._routes = dict(routes)
+        self._specs = tuple(
+            ToolSpec(name, tool.description or tool.title or "", tool.input_schema)
+            for name, (_, tool) in self._routes.items()
+        )
+
+    def specs(self) -> Sequence[ToolSpec]:
+        return self._specs
+
+    def route(self, name: str) -> tuple[str, str] | None:
+        """The (server, tool) behind an exposed name, for logs and events."""
+        found = self._routes.get(name)
+        return None if found is None else (found[0], found[1].name)
+
+    async def call(self, name: str, arguments: Mapping[str, Any]) -> ToolResult:
+        found = self._routes.get(name)
+        if found is None:
+            available = ", ".join(self._routes) or "none"
+            return ToolResult(
+                f"unknown tool {name!r}; the available tools are: {available}", is_error=True
+            )
+        server, tool = found
+        return await self._sessions.call_tool(server, tool.name, arguments)
+
+
+def function_name(label: str, *, salted: bool = False) -> str:
+    """`label` as an OpenAI function name: itself when valid, else sanitized and shortened.
+
+    `salted` forces a hash suffix, to part names that sanitizing made equal.
+    """
+    if not salted and _FUNCTION_NAME.match(label):
+        return label
+    cleaned = _NOT_IN_FUNCTION_NAME.sub("_", label)
+    if not salted and 0 < len(cleaned) <= 64:
+        return cleaned
+    digest = hashlib.sha256(label.encode()).hexdigest()[:8]
+    return f"{cleaned[:55]}_{digest}"
+
+
+def _exposed_names(offered: Sequence[tuple[str, Tool]]) -> dict[str, tuple[str, Tool]]:
+    counts = Counter(tool.name for _, tool in offered)
+    routes: dict[str, tuple[str, Tool]] = {}
+    for server, tool in offered:
+        label = tool.name if counts[tool.name] == 1 else f"{server}__{tool.name}"
+        name = function_name(label)
+        if name in routes:
+            name = function_name(label, salted=True)
+        routes[name] = (server, tool)
+    return routes
+
+
+def _allowed(
+    offered: Sequence[tuple[str, Tool]], allow: Sequence[str], servers: Sequence[str]
+) -> list[tuple[str, Tool]]:
+    """The offered tools an allow-list keeps; an entry that matches none is an error."""
+    keys = [(tool.name, f"{server}.{tool.name}") for server, tool in offered]
+    missing = [entry for entry in allow if not any(entry in key for key in keys)]
+    if missing:
+        known = [qualified for _, qualified in keys]
+        closest = {
+            m: difflib.get_close_matches(m, known + [n for n, _ in keys], n=3) for m in missing
+        }
+        hints = [f"{m!r}: did you mean {', '.join(c)}?" for m, c in closest.items() if c]
+        raise MCPServerError(
+            f"tools allow-list: no MCP server of the step ({', '.join(servers) or 'none'}) "
+            f"offers {', '.join(repr(m) for m in missing)}",
+            hint="; ".join([*hints, "available: " + (", ".join(known) or "none")]),
+        )
+    wanted = set(allow)
+    return [item for item, key in zip(offered, keys, strict=True) if wanted.intersection(key)]
+
+
+async def _list_all_tools(client: Client) -> list[Tool]:
+    """Every page of the tool list: the SDK returns one page per call."""
+    tools: list[Tool] = []
+    cursor: str | None = None
+    for _ in range(_MAX_TOOL_PAGES):
+        page = await client.list_tools(cursor=cursor)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            return tools
+    raise RuntimeError(f"the tool list did not end after {_MAX_TOOL_PAGES} pages")
+
+
+def _tool_result(result: CallToolResult) -> ToolResult:
+    """Text for the model: text blocks joined, other content named by its type."""
+    parts: list[str] = []
+    for block in result.content:
+        if isinstance(block, TextContent):
+            parts.append(block.text)
+        elif isinstance(block, ResourceLink):
+            parts.append(f"[resource link: {block.uri}]")
+        elif isinstance(block, EmbeddedResource):
+            resource = block.resource
+            if isinstance(resource, TextResourceContents):
+                parts.append(resource.text)
+            else:
+                parts.append(f"[binary resource: {resource.uri} ({resource.mime_type})]")
+        else:  # an image, audio, or a kind of content newer than this code
+            mime = getattr(block, "mime_type", None)
+            parts.append(f"[{block.type} content{f': {mime}' if mime else ''}]")
+    structured = result.structured_content
+    if not parts and structured is not None:
+        parts.append(json.dumps(structured, ensure_ascii=False))
+    return ToolResult("\n".join(parts), is_error=bool(result.is_error), structured=structured)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why: the innermost meaningful error of an exception group."""
+    inner = getattr(exc, "exceptions", None)
+    if inner:
+        return "; ".join(dict.fromkeys(_reason(e) for e in inner))
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {exc.filename or exc}"
+    if isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED:
+        return "the server closed the connection (did it exit?)"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _tail(path: Path) -> list[str]:
+    """The last lines of a log file, read through a handle of our own."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, 2)
+            file.seek(max(0, size - _STDERR_TAIL_BYTES))
+            data = file.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return [line for line in lines if line.strip()][-STDERR_TAIL_LINES:]

@@ -1,0 +1,213 @@
+"""Run-log events: how a run is told to the terminal, to `events.jsonl`, and to snapshots.
+
+Every part of a run reports through one `RunLog`; sinks (the JSONL file, the console
+view, a test's list) subscribe to it. Secrets are masked before any sink sees an event, so
+no writer can leak them by mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+EVENT_TYPES = (
+    "run_started",
+    "notice",
+    "step_started",
+    "llm_request",
+    "llm_response",
+    "tool_call",
+    "tool_result",
+    "agent_notice",
+    "step_finished",
+    "run_finished",
+)
+MASK = "***"
+MIN_SECRET_LENGTH = 4
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened in a run. `data` holds the type-specific fields."""
+
+    type: str
+    seq: int
+    time: float
+    run_id: str
+    step: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        stamp = datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds")
+        head = {"seq": self.seq, "type": self.type, "time": stamp, "run_id": self.run_id}
+        if self.step is not None:
+            head["step"] = self.step
+        return {**head, **self.data}
+
+
+Sink = Callable[[Event], None]
+StepEmit = Callable[[str, dict[str, Any]], None]
+
+
+class Redactor:
+    """Masks every known secret value wherever it appears in event data."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        if secret and len(secret) >= MIN_SECRET_LENGTH and secret not in self._secrets:
+            self._secrets.add(secret)
+            ordered = sorted(self._secrets, key=len, reverse=True)  # longest first
+            self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+    def text(self, value: str) -> str:
+        return self._pattern.sub(MASK, value) if self._pattern else value
+
+    def __call__(self, value: Any) -> Any:
+        if self._pattern is None:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {self.text(str(k)): self(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self(v) for v in value]
+        return value
+
+
+class SecretEnv(Mapping[str, str]):
+    """The `env` template context: every value a template reads becomes a secret to mask."""
+
+    def __init__(self, redactor: Redactor, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        self._redactor = redactor
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ[name]
+        self._redactor.add(value)
+        return value
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across processes."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class RunLog:
+    """The event bus of one run: numbers events, masks secrets, hands them to every sink."""
+
+    def __init__(self, run_id: str, redactor: Redactor | None = None) -> None:
+        self.run_id = run_id
+        self.redactor = redactor or Redactor()
+        self._sinks: list[Sink] = []
+        self._seq = 0
+
+    def subscribe(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def emit(self, type: str, step: str | None = None, **data: Any) -> Event:
+        self._seq += 1
+        event = Event(type, self._seq, time.time(), self.run_id, step, self.redactor(data))
+        for sink in self._sinks:
+            sink(event)
+        return event
+
+    def for_step(self, step: str) -> StepEmit:
+        """The `emit` callback the agent engine gets: it knows events, not steps."""
+
+        def emit(type: str, fields: dict[str, Any]) -> None:
+            self.emit(type, step, **fields)
+
+        return emit
+
+
+class JsonlWriter:
+    """Writes each event as one JSON line and flushes it, so a crashed run keeps its log."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+
+    def __call__(self, event: Event) -> None:
+        self._file.write(json.dumps(event.as_dict(), ensure_ascii=False, default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write a JSON file atomically (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(
+        json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+    )
+    os.replace(tmp, path)
+
+
+# --- the snapshot view ----------------------------------------------------------------------
+
+VOLATILE_KEYS = frozenset({"seq", "time", "run_id", "duration"})
+
+
+def _tool_call_ids(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Tool-call ids in order of first appearance -> call-1, call-2, ..."""
+    ids: dict[str, str] = {}
+    for event in events:
+        calls = event.get("tool_calls") if event.get("type") == "llm_response" else None
+        candidates = [c.get("id") for c in calls or () if isinstance(c, Mapping)]
+        if event.get("type") in ("tool_call", "tool_result"):
+            candidates.append(event.get("id"))
+        for call_id in candidates:
+            if isinstance(call_id, str) and call_id not in ids:
+                ids[call_id] = f"call-{len(ids) + 1}"
+    return ids
+
+
+def snapshot_view(
+    events: Iterable[Mapping[str, Any]], placeholders: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The events without what changes from run to run, for a byte-stable snapshot.
+
+    Drops timestamps, durations, sequence numbers and run ids; renumbers tool-call ids in
+    order of appearance; replaces absolute paths (`placeholders`: path -> `<name>`) so the
+    same exchanges give the same view on any machine, whatever the timing.
+    """
+    events = list(events)
+    ids = _tool_call_ids(events)
+    replacements = sorted((placeholders or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            if value in ids:
+                return ids[value]
+            for path, name in replacements:
+                value = value.replace(path, name)
+            return value
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return [clean(event) for event in events]

@@ -1,0 +1,199 @@
+"""Assembles a live run: LM Studio client, model check, MCP servers, run log files.
+
+The executor runs steps; this module gives it its parts and makes sure they are closed:
+one HTTP connection pool for the whole run, every MCP server started once before the first
+step and stopped when the run ends, whatever way it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .chat import ChatModel
+from .errors import ConfigurationError, LmflowError
+from .executor import (
+    Executor,
+    RunResult,
+    ToolProvider,
+    base_context,
+    coerce_inputs,
+    render_servers,
+    servers_in_use,
+)
+from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
+from .spec.model import Workflow
+
+RUNS_DIR = Path(".lmflow") / "runs"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: where the server is, what to check first, where the log goes."""
+
+    base_url: str | None = None
+    runs_dir: Path = RUNS_DIR
+    log_path: Path | None = None
+    write_log: bool = True
+    require_loaded: bool = False
+    load: bool = False
+    refresh: bool = False
+    cache_ttl: float | None = None
+    sinks: tuple[Sink, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run has before its first step: ids, log, template context."""
+
+    workflow: Workflow
+    inputs: dict[str, Any]
+    run_id: str
+    run_dir: Path
+    log: RunLog
+    context: dict[str, Any]
+    writer: JsonlWriter | None
+
+
+def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions) -> PreparedRun:
+    """Check the inputs (exit 2 on a bad one) and open the run log."""
+    inputs = coerce_inputs(workflow, raw_inputs)
+    run_id = new_run_id()
+    run_dir = options.runs_dir / run_id
+    redactor = Redactor()
+    log = RunLog(run_id, redactor)
+    writer = None
+    if options.write_log:
+        writer = JsonlWriter(options.log_path or run_dir / "events.jsonl")
+        log.subscribe(writer)
+    for sink in options.sinks:
+        log.subscribe(sink)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    context = base_context(workflow, inputs, SecretEnv(redactor), run_id, run_dir, started_at)
+    return PreparedRun(workflow, inputs, run_id, run_dir, log, context, writer)
+
+
+@contextlib.asynccontextmanager
+async def live_parts(
+    run: PreparedRun, options: RunOptions
+) -> AsyncIterator[tuple[ChatModel, ToolProvider]]:
+    """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked)."""
+    from .catalog import model_cache_ttl
+    from .lmstudio import LMStudioClient, resolve_server
+    from .mcp import McpSessions
+    from .preflight import verify_models
+
+    server = resolve_server(options.base_url, run.workflow.lmstudio)
+    run.log.redactor.add(server.token)
+    async with LMStudioClient.from_config(server) as client:
+        warnings = await verify_models(
+            run.workflow,
+            server,
+            ttl=model_cache_ttl(options.cache_ttl),
+            refresh=options.refresh,
+            require_loaded=options.require_loaded,
+            load=options.load,
+            client=client,
+        )
+        for problem in warnings:
+            run.log.emit(
+                "notice",
+                rule=problem.rule,
+                message=problem.message,
+                hint=problem.hint,
+                line=problem.line,
+            )
+        servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
+        async with McpSessions(servers, log_dir=run.run_dir) as sessions:
+            check_allow_lists(run.workflow, sessions)
+            yield client, sessions
+
+
+def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:
+    """Build every step's toolbox once up front: a `tools:` entry no server offers stops the
+    run before its first step (MCPServerError, exit 3)."""
+    for step in workflow.steps:
+        if step.mcp:
+            tools.toolbox(step.mcp, step.tools)
+
+
+async def execute(
+    run: PreparedRun,
+    parts: contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider]],
+) -> RunResult:
+    """Run the steps with the given parts; the run log and result.json record how it ended."""
+    run.log.emit(
+        "run_started",
+        workflow=run.workflow.name,
+        path=str(run.workflow.path),
+        inputs=run.inputs,
+        steps=[s.id for s in run.workflow.steps],
+    )
+    try:
+        async with parts as (chat, tools):
+            result = await Executor(
+                run.workflow, run.inputs, chat=chat, tools=tools, log=run.log, context=run.context
+            ).run()
+    except LmflowError as error:
+        # The run never got to its steps: the environment was not ready.
+        run.log.emit("run_finished", status="error", outputs={}, error=error.message)
+        _write_result(run, {"status": "error", "error": error.message})
+        raise
+    except BaseException:
+        _write_result(run, {"status": "interrupted", "error": "interrupted"})
+        raise
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+    _write_result(run, result.as_dict())
+    return result
+
+
+def _write_result(run: PreparedRun, payload: Mapping[str, Any]) -> None:
+    if run.writer is None:
+        return
+    base = {
+        "run_id": run.run_id,
+        "workflow": run.workflow.name,
+        "path": str(run.workflow.path),
+        "inputs": run.inputs,
+    }
+    write_json(run.run_dir / "result.json", run.log.redactor({**base, **payload}))
+
+
+async def run_workflow(
+    workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions
+) -> RunResult:
+    """Run a workflow against LM Studio and its MCP servers."""
+    run = prepare(workflow, raw_inputs, options)
+    return await execute(run, live_parts(run, options))
+
+
+def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any]:
+    """Inputs from `--inputs FILE` (YAML or JSON), then `-i key=value` pairs over them."""
+    values: dict[str, Any] = {}
+    if inputs_file is not None:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(inputs_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ConfigurationError(f"cannot read inputs file {inputs_file}: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigurationError(
+                f"inputs file {inputs_file} must hold a mapping of "
+                f"name: value, not {type(loaded).__name__}"
+            )
+        values.update(loaded or {})
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(
+                f"input {pair!r} is not key=value", hint="write -i name=value, e.g. -i path=src"
+            )
+        values[key.strip()] = value
+    return values
