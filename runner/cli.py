@@ -4,6 +4,7 @@ and `lmflow validate` never pay for mcp or httpx; errors become exit codes here,
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import NoReturn
 
@@ -81,8 +82,18 @@ def report(error: LmflowError) -> None:
         click.echo(f"  hint: {error.hint}", err=True)
 
 
+def _quiet_libraries() -> None:
+    """The MCP SDK logs through `logging`; without a handler Python would print its warnings
+    over the progress display. Our run log records what matters."""
+    for name in ("mcp", "httpx", "httpx2"):
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """The console-script entry point."""
+    _quiet_libraries()
     try:
         code = cli.main(args=argv, prog_name="lmflow", standalone_mode=False)
     except LmflowError as error:

@@ -8,10 +8,12 @@ step and stopped when the run ends, whatever way it ends.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+import shlex
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .chat import ChatModel
@@ -26,7 +28,7 @@ from .executor import (
     servers_in_use,
 )
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
-from .spec.model import Workflow
+from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow
 
 RUNS_DIR = Path(".lmflow") / "runs"
 
@@ -197,3 +199,74 @@ def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any
             )
         values[key.strip()] = value
     return values
+
+
+async def list_tools(
+    workflow: Workflow, raw_inputs: Mapping[str, Any]
+) -> dict[str, list[tuple[str, str]]]:
+    """Start every declared server once and list its tools: (name, description) each."""
+    from .mcp import McpSessions
+
+    run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
+    servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
+    async with McpSessions(servers) as sessions:
+        return {
+            name: [(tool.name, tool.description or "") for tool in sessions.tools(name)]
+            for name in servers
+        }
+
+
+def one_off_workflow(
+    task: str,
+    *,
+    model: str | None,
+    servers: Mapping[str, McpServer],
+    use: Sequence[str],
+    system: str | None = None,
+    max_rounds: int | None = None,
+    base: Workflow | None = None,
+) -> Workflow:
+    """A single-step workflow for `lmflow agent`, so a one-off task runs through exactly the
+    same checks, engine and run log as a workflow file."""
+    base = base or Workflow(path=Path("agent.yaml"), name="agent")
+    all_servers = {**base.mcp_servers, **servers}
+    unknown = [name for name in use if name not in all_servers]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown MCP server(s): {', '.join(unknown)}",
+            hint="declare them with --server name=command or take them from --from FILE "
+            f"(known: {', '.join(all_servers) or 'none'})",
+        )
+    if model is None and base.defaults.model is None:
+        raise ConfigurationError("no model given", hint="pass --model publisher/name")
+    step = Step(
+        id="agent",
+        index=0,
+        model=model,
+        system=system,
+        prompt=task,
+        mcp=tuple(use),
+        max_rounds=max_rounds,
+    )
+    return replace(
+        base,
+        name=f"{base.name}-agent" if base.steps else base.name,
+        mcp_servers=MappingProxyType(all_servers),
+        steps=(step,),
+        outputs=MappingProxyType({"answer": "{{ steps.agent.output }}"}),
+    )
+
+
+def parse_server_option(value: str) -> tuple[str, StdioServer | HttpServer]:
+    """`name=command args...` (stdio) or `name=http://host/mcp` (streamable HTTP)."""
+    name, sep, spec = value.partition("=")
+    if not sep or not name.strip() or not spec.strip():
+        raise ConfigurationError(
+            f"--server {value!r} is not name=command",
+            hint="e.g. --server time='python -m mcp_server_time'",
+        )
+    name = name.strip()
+    if spec.strip().startswith(("http://", "https://")):
+        return name, HttpServer(name, spec.strip())
+    words = shlex.split(spec)
+    return name, StdioServer(name, words[0], tuple(words[1:]))

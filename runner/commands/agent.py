@@ -1,0 +1,101 @@
+"""`lmflow agent`: the shared engine once, on a task given on the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_OK, EXIT_STEP_FAILED
+from ._console import ConsoleView
+
+
+@click.command("agent")
+@click.argument("task")
+@click.option("--model", "-m", help="Model id or alias (default: the --from file's default).")
+@click.option(
+    "--mcp",
+    "use",
+    multiple=True,
+    metavar="NAME",
+    help="A server whose tools the model may call (repeatable).",
+)
+@click.option(
+    "--server",
+    "server_specs",
+    multiple=True,
+    metavar="NAME=COMMAND",
+    help="Declare a server inline: name='command args' or name=http://host/mcp.",
+)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Take servers, models and LM Studio settings from this workflow.",
+)
+@click.option("--system", help="A system prompt.")
+@click.option("--max-rounds", type=click.IntRange(min=1), help="LLM turns (default 10).")
+@click.option(
+    "-i",
+    "--input",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An input of the --from workflow, for its server settings.",
+)
+@click.option("--base-url", help="LM Studio server.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--no-log", is_flag=True, help="Write no run log.")
+def command(
+    task: str,
+    model: str | None,
+    use: tuple[str, ...],
+    server_specs: tuple[str, ...],
+    from_file: Path | None,
+    system: str | None,
+    max_rounds: int | None,
+    pairs: tuple[str, ...],
+    base_url: str | None,
+    as_json: bool,
+    quiet: bool,
+    no_log: bool,
+) -> int:
+    """Ask a model to do TASK, with the tools of the MCP servers named by --mcp.
+
+    \b
+    lmflow agent --server time='python -m mcp_server_time' --mcp time \\
+                 --model qwen/qwen3-4b-2507 "What time is it in Tokyo?"
+    """
+    from ..runtime import (
+        RunOptions,
+        one_off_workflow,
+        parse_server_option,
+        read_inputs,
+        run_workflow,
+    )
+    from ..spec import load_workflow
+
+    base = load_workflow(from_file) if from_file else None
+    servers = dict(parse_server_option(spec) for spec in server_specs)
+    workflow = one_off_workflow(
+        task,
+        model=model,
+        servers=servers,
+        use=use or tuple(servers),
+        system=system,
+        max_rounds=max_rounds,
+        base=base,
+    )
+    options = RunOptions(
+        base_url=base_url, write_log=not no_log, sinks=(ConsoleView(0 if quiet else 1),)
+    )
+    result = asyncio.run(run_workflow(workflow, read_inputs(None, pairs), options))
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
+    elif result.status == "succeeded":
+        answer = result.outputs.get("answer")
+        click.echo(answer if isinstance(answer, str) else json.dumps(answer, default=str))
+    return EXIT_OK if result.status == "succeeded" else EXIT_STEP_FAILED

@@ -1,0 +1,56 @@
+"""`lmflow tools`: start a workflow's MCP servers and list what each offers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from ..spec import load_workflow
+
+
+@click.command("tools")
+@click.argument("workflow_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "-i",
+    "--input",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An input value used in server settings (repeatable).",
+)
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A YAML or JSON file of inputs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def command(
+    workflow_file: Path, pairs: tuple[str, ...], inputs_file: Path | None, as_json: bool
+) -> int:
+    """List every tool of every MCP server WORKFLOW_FILE declares, with its description.
+
+    This is how to find what a step may list under `tools:` or call with `tool:`.
+    """
+    from ..runtime import list_tools, read_inputs
+
+    workflow = load_workflow(workflow_file)
+    found = asyncio.run(list_tools(workflow, read_inputs(inputs_file, pairs)))
+    if as_json:
+        payload = {
+            server: [{"name": n, "description": d} for n, d in tools]
+            for server, tools in found.items()
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return 0
+    if not found:
+        click.echo("the workflow declares no MCP servers")
+    for server, tools in found.items():
+        click.secho(f"{server} ({len(tools)} tools)", bold=True)
+        for name, description in tools:
+            first_line = description.strip().splitlines()[0] if description.strip() else ""
+            click.echo(f"  {server}.{name}" + (f"  {first_line}" if first_line else ""))
+    return 0
