@@ -47,21 +47,20 @@ class LazyGroup(click.Group):
         target = COMMANDS.get(cmd_name)
         if target is None or not _available(cmd_name):
             return None
-        if ctx.resilient_parsing or _listing_help(ctx):
-            # `lmflow --help` lists commands: show their one-line help without importing them.
-            return click.Command(cmd_name, help=SHORT_HELP[cmd_name])
         module_name, attribute = target.split(":")
         command: click.Command = getattr(importlib.import_module(module_name), attribute)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """`lmflow --help` lists the commands from SHORT_HELP, importing none of them."""
+        rows = [(name, SHORT_HELP[name]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 def _available(name: str) -> bool:
     module_name = COMMANDS[name].split(":")[0]
     return importlib.util.find_spec(module_name) is not None
-
-
-def _listing_help(ctx: click.Context) -> bool:
-    return ctx.info_name == "lmflow" and ctx.invoked_subcommand is None and "--help" in sys.argv
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

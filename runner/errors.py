@@ -112,6 +112,8 @@ class ModelNotFoundError(EnvironmentNotReadyError):
     ) -> None:
         where = f" (on {server})" if server else ""
         message = f"model {model!r} is not available{where}"
+        if location is not None:
+            message = f"{location}: {message}"
         lines = []
         if closest:
             lines.append("closest: " + ", ".join(closest))

@@ -1,0 +1,683 @@
+"""The LM Studio client: chat completions and the model catalog over one httpx connection pool.
+
+Speaks LM Studio's OpenAI-compatible API (`/v1/...`) and its native model API (`/api/v1`
+since 0.4, `/api/v0` before), and falls back to plain `/v1/models` for other
+OpenAI-compatible servers. Transient failures are retried; everything else becomes an
+exception from `runner.errors` with a hint, so no caller ever sees an httpx error.
+
+Import this module only from code that talks to a server: it imports httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from .catalog import ApiFlavour, Catalog, ModelInfo, ModelState, ModelType
+from .chat import ChatRequest, ChatResponse, ToolCall, Usage
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    LLMClientError,
+    LLMConnectionError,
+    LLMResponseError,
+    LLMTimeoutError,
+)
+from .spec.model import DEFAULT_BASE_URL, DEFAULT_TOKEN_ENV, LMStudioSettings
+
+__all__ = [
+    "Catalog",
+    "LMStudioClient",
+    "ModelInfo",
+    "RetryPolicy",
+    "ServerConfig",
+    "resolve_base_url",
+    "resolve_server",
+]
+
+BASE_URL_ENV = "LMFLOW_BASE_URL"
+START_SERVER_HINT = (
+    "start LM Studio's server with `lms server start` (or in the LM Studio app: Developer tab, "
+    "switch the server on), or point lmflow elsewhere with --base-url or LMFLOW_BASE_URL"
+)
+
+CHAT_TIMEOUT = 300.0  # one chat request; long generations on a laptop take minutes
+LIST_TIMEOUT = 10.0  # listing models is quick when the server is healthy
+LOAD_TIMEOUT = 600.0  # loading a large model from disk
+CONNECT_TIMEOUT = 5.0
+LMS_TIMEOUT = 3.0
+
+T = TypeVar("T")
+_ModelParser = Callable[[Any], "tuple[ModelInfo, ...] | None"]
+
+
+# --- where the server is -------------------------------------------------------------------
+
+
+def resolve_base_url(cli_value: str | None, workflow_value: str | None = None) -> str:
+    """`--base-url`, then `LMFLOW_BASE_URL`, then the workflow's `lmstudio.base_url`, then
+    http://localhost:1234 — normalized (no trailing slash, no trailing `/v1`)."""
+    candidates = (
+        (cli_value, "--base-url"),
+        (os.environ.get(BASE_URL_ENV), BASE_URL_ENV),
+        (workflow_value, "lmstudio.base_url"),
+    )
+    for value, origin in candidates:
+        if value and value.strip():
+            return _normalize_url(value.strip(), origin)
+    return DEFAULT_BASE_URL
+
+
+def _normalize_url(url: str, origin: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"{origin} must be an http:// or https:// URL, not {url!r}",
+            hint=f"for example {DEFAULT_BASE_URL}",
+        )
+    url = url.rstrip("/")
+    # People paste the OpenAI base URL (`.../v1`); the client adds the API paths itself.
+    return url.removesuffix("/v1").rstrip("/")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything needed to reach one server. The token is kept out of the repr."""
+
+    base_url: str = DEFAULT_BASE_URL
+    token: str | None = field(default=None, repr=False)
+    token_env: str = DEFAULT_TOKEN_ENV
+    timeout: float | None = None
+
+
+def resolve_server(
+    cli_base_url: str | None = None, settings: LMStudioSettings | None = None
+) -> ServerConfig:
+    """The server a command talks to: base URL by precedence, token from `settings.token_env`."""
+    settings = settings or LMStudioSettings()
+    token = os.environ.get(settings.token_env) or None
+    return ServerConfig(
+        base_url=resolve_base_url(cli_base_url, settings.base_url),
+        token=token,
+        token_env=settings.token_env,
+        timeout=settings.timeout,
+    )
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` points at this machine (where `lms` describes the same LM Studio)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded in attempts and in total time.
+
+    `total` bounds when a new attempt may start (seconds after the first one began); it does
+    not cut an attempt short, which is the request timeout's job.
+    """
+
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    total: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        """The pause after failed attempt number `attempt` (1-based): half fixed, half random."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _transient(error: LLMClientError) -> bool:
+    if isinstance(error, (LLMConnectionError, LLMTimeoutError)):
+        return True
+    return isinstance(error, LLMResponseError) and (error.status_code or 0) >= 500
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class LMStudioClient:
+    """One connection pool to one server, shared by every request of a run.
+
+    Use as `async with LMStudioClient(url) as client:`. Implements `runner.chat.ChatModel`.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        token: str | None = None,
+        token_env: str = DEFAULT_TOKEN_ENV,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        stream: bool = False,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout or CHAT_TIMEOUT
+        self.retry = retry or RetryPolicy()
+        self.stream = stream
+        self._token = token
+        self._token_env = token_env
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout)),
+            # A proxy from the environment must not swallow requests to this machine.
+            trust_env=not is_loopback(self.base_url),
+        )
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, **options: Any) -> LMStudioClient:
+        return cls(
+            config.base_url,
+            token=config.token,
+            token_env=config.token_env,
+            timeout=config.timeout,
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        return f"LMStudioClient({self.base_url!r}, token={'set' if self._token else 'none'})"
+
+    async def __aenter__(self) -> LMStudioClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- public operations -------------------------------------------------------------------
+
+    async def list_models(self, *, use_lms: bool = True) -> Catalog:
+        """The server's models from the richest API it speaks.
+
+        Tries `/api/v1/models` (LM Studio 0.4+), `/api/v0/models` (0.3), then `/v1/models`
+        (any OpenAI-compatible server). On this machine, `lms ps --json` adds whether a loaded
+        model is idle or busy.
+        """
+        timeout = min(self.timeout, LIST_TIMEOUT)
+        for flavour, path, parse in _MODEL_ENDPOINTS:
+            models = await self._model_list(path, parse, timeout)
+            if models is None:
+                continue
+            if use_lms and is_loopback(self.base_url):
+                processes = await asyncio.to_thread(lms_processes)
+                if processes is not None:
+                    models = with_lms_status(models, processes)
+            return Catalog(self.base_url, flavour, models)
+        paths = ", ".join(path for _, path, _ in _MODEL_ENDPOINTS)
+        raise LLMResponseError(
+            f"{self.base_url} answered none of {paths} with a model list",
+            hint="is this an LM Studio or OpenAI-compatible server?",
+        )
+
+    async def _model_list(
+        self, path: str, parse: _ModelParser, timeout: float
+    ) -> tuple[ModelInfo, ...] | None:
+        """The models at `path`, or None when this server does not speak that API: a 404, or
+        (old LM Studio) a 200 whose body is `{"error": ...}` instead of a list."""
+        try:
+            response = await self._request("GET", path, timeout=timeout)
+        except LLMResponseError as error:
+            if error.status_code in (404, 405):
+                return None
+            raise
+        try:
+            return parse(response.json())
+        except ValueError:
+            return None
+
+    async def load_model(self, model: str, *, context_length: int | None = None) -> str:
+        """Load `model` now (blocks until loaded); returns the new instance id."""
+        body: dict[str, Any] = {"model": model}
+        if context_length is not None:
+            body["config"] = {"context_length": context_length}
+        timeout = max(self.timeout, LOAD_TIMEOUT)
+        response = await self._request("POST", "/api/v1/models/load", json=body, timeout=timeout)
+        data = _json_object(response, "/api/v1/models/load")
+        return str(data.get("model_instance_id") or model)
+
+    async def chat(self, request: ChatRequest, *, stream: bool | None = None) -> ChatResponse:
+        """One chat completion. Streaming gives the same `ChatResponse`, assembled from pieces."""
+        payload = request.payload()
+        payload["stream"] = self.stream if stream is None else stream
+        if payload["stream"]:
+            return await self._retrying(lambda: self._chat_stream(payload))
+        response = await self._request("POST", _CHAT_PATH, json=payload, timeout=self.timeout)
+        return parse_completion(_json_object(response, _CHAT_PATH))
+
+    # --- transport ---------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, timeout: float, json: Any = None
+    ) -> httpx.Response:
+        """One request with retries; answers >= 400 raise."""
+
+        async def attempt() -> httpx.Response:
+            with self._translated(path, timeout):
+                response = await self._http.request(method, path, json=json, timeout=timeout)
+            if response.status_code >= 400:
+                raise self._response_error(response, f"{method} {path}")
+            return response
+
+        return await self._retrying(attempt)
+
+    async def _chat_stream(self, payload: Mapping[str, Any]) -> ChatResponse:
+        collector = _StreamCollector()
+        with self._translated(_CHAT_PATH, self.timeout):
+            async with self._http.stream("POST", _CHAT_PATH, json=payload) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self._response_error(response, f"POST {_CHAT_PATH}")
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:") :].strip()
+                    # Past [DONE], read on to the end: a fully read response returns its
+                    # connection to the pool.
+                    if data != "[DONE]":
+                        collector.add(_loads(data, _CHAT_PATH))
+        return collector.response()
+
+    async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return await operation()
+            except LLMClientError as error:
+                if not _transient(error):
+                    raise
+                pause = self.retry.delay(attempt)
+                out_of_time = time.monotonic() - started + pause > self.retry.total
+                if attempt >= self.retry.attempts or out_of_time:
+                    if attempt > 1:
+                        error.message = f"{error.message} (gave up after {attempt} attempts)"
+                        error.args = (error.message,)
+                    raise
+            attempt += 1
+            await asyncio.sleep(pause)
+
+    @contextlib.contextmanager
+    def _translated(self, path: str, timeout: float) -> Iterator[None]:
+        """httpx transport errors -> lmflow errors that say which URL and what to do."""
+        try:
+            yield
+        except httpx.TimeoutException as error:
+            raise LLMTimeoutError(
+                f"{self.base_url}{path} did not answer within {timeout:g} s",
+                hint="the model may still be loading or the machine is busy; "
+                "raise lmstudio.timeout in the workflow if this is expected",
+            ) from error
+        except httpx.TransportError as error:
+            reason = str(error) or type(error).__name__
+            raise LLMConnectionError(
+                f"cannot reach LM Studio at {self.base_url} ({self._redact(reason)})",
+                hint=START_SERVER_HINT,
+            ) from error
+
+    def _response_error(self, response: httpx.Response, what: str) -> LLMResponseError:
+        message, code = error_detail(response)
+        message = self._redact(message)
+        status = response.status_code
+        if status in (401, 403):
+            if self._token:
+                hint = f"the token in ${self._token_env} was rejected; check it in LM Studio"
+            else:
+                hint = (
+                    f"the server requires an API token: set ${self._token_env} "
+                    "(LM Studio: Developer tab, server settings, manage tokens)"
+                )
+            return AuthenticationError(
+                f"{self.base_url} refused {what} ({status}): {message}",
+                status_code=status,
+                code=code,
+                hint=hint,
+            )
+        hint = (
+            "run `lmflow models` to see what the server has" if code == "model_not_found" else None
+        )
+        return LLMResponseError(
+            f"{self.base_url} answered {status} to {what}: {message}",
+            status_code=status,
+            code=code,
+            hint=hint,
+        )
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+
+_CHAT_PATH = "/v1/chat/completions"
+
+
+# --- parsing server answers -----------------------------------------------------------------
+
+
+def error_detail(response: httpx.Response) -> tuple[str, str | None]:
+    """Message and code from either LM Studio error shape: `{"error": {"message", "code"}}` or
+    `{"error": "text"}`; plain text bodies are kept as they are."""
+    try:
+        body = response.json()
+    except ValueError:
+        return (response.text.strip()[:500] or response.reason_phrase), None
+    return _error_fields(body) or (json.dumps(body)[:500], None)
+
+
+def _error_fields(body: Any) -> tuple[str, str | None] | None:
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error")
+    if isinstance(error, Mapping):
+        code = error.get("code")
+        return str(error.get("message") or json.dumps(dict(error))), (str(code) if code else None)
+    if isinstance(error, str):
+        return error, None
+    if isinstance(body.get("message"), str):
+        return body["message"], None
+    return None
+
+
+def _loads(text: str, path: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise LLMResponseError(f"{path} sent something that is not JSON: {text[:200]!r}") from error
+
+
+def _json_object(response: httpx.Response, path: str) -> Mapping[str, Any]:
+    body = _loads(response.text, path)
+    if not isinstance(body, Mapping):
+        raise LLMResponseError(f"{path} answered with JSON that is not an object")
+    fields = _error_fields(body) if "error" in body else None
+    if fields:  # some servers answer errors with status 200
+        raise LLMResponseError(f"{path} answered with an error: {fields[0]}", code=fields[1])
+    return body
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _entries(body: Any, key: str) -> list[Mapping[str, Any]] | None:
+    items = body.get(key) if isinstance(body, Mapping) else None
+    if not isinstance(items, list):
+        return None
+    return [item for item in items if isinstance(item, Mapping)]
+
+
+def _variant_names(raw: Any) -> tuple[str, ...]:
+    names = []
+    for item in raw if isinstance(raw, list) else ():
+        name = item.get("key") or item.get("name") if isinstance(item, Mapping) else item
+        if isinstance(name, str):
+            names.append(name)
+    return tuple(names)
+
+
+def models_native_v1(body: Any) -> tuple[ModelInfo, ...] | None:
+    """`GET /api/v1/models` (LM Studio 0.4+): loaded means `loaded_instances` is not empty."""
+    entries = _entries(body, "models")
+    if entries is None:
+        return None
+    models = []
+    for entry in entries:
+        if not isinstance(entry.get("key"), str):
+            continue
+        instances = [i for i in entry.get("loaded_instances") or () if isinstance(i, Mapping)]
+        capabilities = entry.get("capabilities")
+        capabilities = capabilities if isinstance(capabilities, Mapping) else {}
+        kind: ModelType = "llm"
+        if entry.get("type") in ("embedding", "embeddings"):
+            kind = "embedding"
+        elif capabilities.get("vision") is True:
+            kind = "vlm"
+        quantization = entry.get("quantization")
+        if isinstance(quantization, Mapping):
+            quantization = quantization.get("name")
+        contexts = [_int((i.get("config") or {}).get("context_length")) for i in instances]
+        tool_use = capabilities.get("trained_for_tool_use")
+        models.append(
+            ModelInfo(
+                id=entry["key"],
+                type=kind,
+                state="loaded" if instances else "not-loaded",
+                max_context_length=_int(entry.get("max_context_length")),
+                loaded_context_length=next((c for c in contexts if c), None),
+                tool_use=tool_use if isinstance(tool_use, bool) else None,
+                variants=_variant_names(entry.get("variants")),
+                quantization=quantization if isinstance(quantization, str) else None,
+                instances=tuple(str(i["id"]) for i in instances if "id" in i),
+            )
+        )
+    return tuple(models)
+
+
+def models_native_v0(body: Any) -> tuple[ModelInfo, ...] | None:
+    """`GET /api/v0/models` (LM Studio 0.3): `type` and `state` per model."""
+    entries = _entries(body, "data")
+    if entries is None or any("type" not in e and "state" not in e for e in entries):
+        return None
+    states: dict[Any, ModelState] = {"loaded": "loaded", "not-loaded": "not-loaded"}
+    types: dict[Any, ModelType] = {
+        "embeddings": "embedding",
+        "embedding": "embedding",
+        "vlm": "vlm",
+    }
+    models = []
+    for entry in entries:
+        if not isinstance(entry.get("id"), str):
+            continue
+        capabilities = entry.get("capabilities")
+        models.append(
+            ModelInfo(
+                id=entry["id"],
+                type=types.get(entry.get("type"), "llm"),
+                state=states.get(entry.get("state"), "unknown"),
+                max_context_length=_int(entry.get("max_context_length")),
+                loaded_context_length=_int(entry.get("loaded_context_length")),
+                tool_use="tool_use" in capabilities if isinstance(capabilities, list) else None,
+                quantization=entry.get("quantization")
+                if isinstance(entry.get("quantization"), str)
+                else None,
+            )
+        )
+    return tuple(models)
+
+
+def models_openai(body: Any) -> tuple[ModelInfo, ...] | None:
+    """`GET /v1/models`: ids only. Embedding models are recognized by name, as the API is mute."""
+    entries = _entries(body, "data")
+    if entries is None:
+        return None
+    return tuple(
+        ModelInfo(id=e["id"], type="embedding" if "embed" in e["id"].lower() else "llm")
+        for e in entries
+        if isinstance(e.get("id"), str)
+    )
+
+
+_MODEL_ENDPOINTS: tuple[tuple[ApiFlavour, str, _ModelParser], ...] = (
+    ("native-v1", "/api/v1/models", models_native_v1),
+    ("native-v0", "/api/v0/models", models_native_v0),
+    ("openai", "/v1/models", models_openai),
+)
+
+
+def _usage(raw: Any) -> Usage:
+    if not isinstance(raw, Mapping):
+        return Usage()
+    return Usage(_int(raw.get("prompt_tokens")) or 0, _int(raw.get("completion_tokens")) or 0)
+
+
+def _arguments_text(raw: Any) -> str:
+    """Arguments as the raw JSON text; a few servers send an object instead of a string."""
+    if isinstance(raw, str):
+        return raw
+    return "" if raw is None else json.dumps(raw)
+
+
+def parse_completion(body: Mapping[str, Any]) -> ChatResponse:
+    """A non-streaming `/v1/chat/completions` answer -> `ChatResponse`."""
+    try:
+        choice = body["choices"][0]
+        message = choice["message"]
+        calls = tuple(
+            ToolCall(
+                id=str(call.get("id") or f"call_{index}"),
+                name=str(call["function"]["name"]),
+                arguments=_arguments_text(call["function"].get("arguments")),
+            )
+            for index, call in enumerate(message.get("tool_calls") or ())
+        )
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        raise LLMResponseError(
+            f"{_CHAT_PATH} answered with something that is not a chat completion (missing {error})"
+        ) from error
+    return ChatResponse(
+        content=message.get("content") or None,
+        tool_calls=calls,
+        finish_reason=choice.get("finish_reason"),
+        reasoning=message.get("reasoning") or message.get("reasoning_content") or None,
+        usage=_usage(body.get("usage")),
+        model=body.get("model"),
+    )
+
+
+class _StreamCollector:
+    """Joins SSE chunks into one answer; tool-call pieces are joined by their `index`."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage = Usage()
+        self.model: str | None = None
+
+    def add(self, chunk: Any) -> None:
+        if not isinstance(chunk, Mapping):
+            raise LLMResponseError(f"{_CHAT_PATH} streamed a chunk that is not a JSON object")
+        fields = _error_fields(chunk) if "error" in chunk else None
+        if fields:
+            raise LLMResponseError(f"the server stopped the stream: {fields[0]}", code=fields[1])
+        self.model = chunk.get("model") or self.model
+        if chunk.get("usage"):
+            self.usage = _usage(chunk["usage"])
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self.content.append(delta["content"])
+            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+            if reasoning:
+                self.reasoning.append(reasoning)
+            for piece in delta.get("tool_calls") or ():
+                self._add_call_piece(piece)
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+
+    def _add_call_piece(self, piece: Mapping[str, Any]) -> None:
+        index = piece.get("index", len(self.calls))
+        slot = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
+        if piece.get("id"):
+            slot["id"] = piece["id"]
+        function = piece.get("function") or {}
+        if function.get("name") and not slot["name"]:
+            slot["name"] = function["name"]
+        if function.get("arguments"):
+            slot["arguments"].append(_arguments_text(function["arguments"]))
+
+    def response(self) -> ChatResponse:
+        calls = tuple(
+            ToolCall(
+                id=str(slot["id"] or f"call_{index}"),
+                name=slot["name"],
+                arguments="".join(slot["arguments"]),
+            )
+            for index, slot in sorted(self.calls.items())
+        )
+        return ChatResponse(
+            content="".join(self.content) if self.content else None,
+            tool_calls=calls,
+            finish_reason=self.finish_reason,
+            reasoning="".join(self.reasoning) or None,
+            usage=self.usage,
+            model=self.model,
+        )
+
+
+# --- the `lms` CLI --------------------------------------------------------------------------
+
+
+def lms_processes(timeout: float = LMS_TIMEOUT) -> list[Mapping[str, Any]] | None:
+    """`lms ps --json` when `lms` is on PATH; None when it is missing, slow or says nothing
+    useful. Only ever a refinement of what the server said, so every failure is ignored."""
+    executable = shutil.which("lms")
+    if executable is None:
+        return None
+    try:
+        done = subprocess.run(
+            [executable, "ps", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        data = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return [item for item in data if isinstance(item, Mapping)] if isinstance(data, list) else None
+
+
+def with_lms_status(
+    models: Sequence[ModelInfo], processes: Sequence[Mapping[str, Any]]
+) -> tuple[ModelInfo, ...]:
+    """Refine states with `lms ps`: IDLE is loaded and free, others are loaded and busy.
+
+    `lms` lists every loaded model of this machine, so a model of unknown state that it does
+    not list is not loaded.
+    """
+    by_key: dict[str, list[Mapping[str, Any]]] = {}
+    for process in processes:
+        key = process.get("modelKey") or process.get("identifier")
+        if isinstance(key, str):
+            by_key.setdefault(key, []).append(process)
+    refined = []
+    for model in models:
+        found = by_key.get(model.id) or by_key.get(model.name)
+        if not found:
+            state: ModelState = "not-loaded" if model.state == "unknown" else model.state
+            refined.append(replace(model, state=state))
+            continue
+        statuses = [str(p.get("status") or "").lower() for p in found]
+        queued = any((_int(p.get("queued")) or 0) > 0 for p in found)
+        idle = "idle" in statuses
+        activity = "queued" if queued else ("idle" if idle else statuses[0] or None)
+        refined.append(replace(model, state="idle" if idle else "loaded", activity=activity))
+    return tuple(refined)

@@ -1,0 +1,489 @@
+"""Before a run: does the server have every model the workflow can use, fit for its steps?
+
+`check_models` is pure (a workflow and a model list in, Problems out) so `validate` can show
+every finding with its file position; `ensure_models` turns the first error into the
+exception `lmflow run` exits with. The async helpers fetch the model list through the disk
+cache; they import the httpx client only when called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import re
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from .catalog import (
+    CACHE_DIR_ENV,
+    DEFAULT_TTL,
+    CacheError,
+    Catalog,
+    CatalogCache,
+    ModelInfo,
+    cache_dir,
+    model_cache_ttl,
+)
+from .errors import (
+    AuthenticationError,
+    LLMClientError,
+    ModelNotFoundError,
+    ModelValidationError,
+    SourceLocation,
+)
+from .spec.model import Step, Workflow
+from .spec.problems import Problem, Severity
+from .spec.source import Position
+
+if TYPE_CHECKING:
+    from .lmstudio import LMStudioClient, ServerConfig
+
+# --- matching a workflow's model name to the catalog ---------------------------------------
+
+_INSTANCE = re.compile(r"(?P<base>.+):(?P<n>\d+)")
+
+
+@dataclass(frozen=True)
+class Match:
+    """The model a name refers to, or the several it could mean (then `model` is None)."""
+
+    model: ModelInfo | None
+    candidates: tuple[ModelInfo, ...] = ()
+
+
+def _without_quant(model_id: str) -> str:
+    return model_id.split("@", 1)[0]
+
+
+def _short(model_id: str) -> str:
+    return model_id.rsplit("/", 1)[-1]
+
+
+def _has_quant(model: ModelInfo, quant: str) -> bool:
+    suffix = "@" + quant
+    names = (model.id, *model.variants)
+    return (model.quantization or "").casefold() == quant or any(
+        n.casefold().endswith(suffix) for n in names
+    )
+
+
+def match_model(name: str, models: Sequence[ModelInfo]) -> Match:
+    """Resolve a model name the way LM Studio does.
+
+    Accepted: the exact id; the id without its publisher (`qwen3-coder-30b` for
+    `qwen/qwen3-coder-30b`) when only one publisher has it; a `@quant` suffix naming a
+    quantization or variant of the model; an `:N` instance suffix (`model:2`). Case is
+    ignored except for the exact id.
+    """
+    for model in models:
+        if model.id == name:
+            return Match(model)
+    wanted = name.casefold()
+    found = _INSTANCE.fullmatch(wanted)
+    if found:
+        wanted = found["base"]
+    base, _, quant = wanted.partition("@")
+    key = _without_quant if "/" in base else (lambda i: _short(_without_quant(i)))
+    candidates = [m for m in models if key(m.id).casefold() == base]
+    if quant:
+        candidates = [m for m in candidates if _has_quant(m, quant)]
+    exact = [m for m in candidates if m.id.casefold() == wanted]
+    if len(exact) == 1:
+        return Match(exact[0])
+    if len({_without_quant(m.id) for m in candidates}) == 1:
+        # Several quantizations of one model, listed as `id@quant`: LM Studio picks one.
+        return Match(next((m for m in candidates if m.ready), candidates[0]))
+    return Match(None, tuple(candidates))
+
+
+def closest_names(name: str, models: Sequence[ModelInfo], limit: int = 3) -> list[str]:
+    """Ids that look like `name` (compared whole and without publishers), best first; only
+    those nearly as close as the best, so one obvious typo gets one suggestion."""
+
+    def score(model: ModelInfo) -> float:
+        whole = difflib.SequenceMatcher(None, name.casefold(), model.id.casefold()).ratio()
+        short = difflib.SequenceMatcher(None, _short(name).casefold(), model.name.casefold())
+        return max(whole, short.ratio())
+
+    scored = sorted(((score(m), m.id) for m in models), key=lambda pair: -pair[0])
+    if not scored or scored[0][0] < 0.6:
+        return []
+    best = scored[0][0]
+    return [model_id for value, model_id in scored[:limit] if value >= max(0.6, best - 0.1)]
+
+
+# --- the check ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Finding:
+    problem: Problem
+    model: str
+    closest: tuple[str, ...] = ()
+
+
+def _listing(ids: Sequence[str], limit: int = 25) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _wants_tools(workflow: Workflow, step: Step) -> tuple[str | int, ...] | None:
+    """Where a step asks for tools (its `mcp:` or a tool_choice other than none), if it does."""
+    if step.mcp:
+        return ("steps", step.index, "mcp")
+    if step.tool_choice not in (None, "none"):
+        return ("steps", step.index, "tool_choice")
+    if step.tool_choice is None and workflow.defaults.tool_choice not in (None, "none"):
+        return ("defaults", "tool_choice")
+    return None
+
+
+def _findings(
+    workflow: Workflow,
+    models: Sequence[ModelInfo],
+    *,
+    require_loaded: bool,
+    server: str,
+) -> list[_Finding]:
+    path = str(workflow.path)
+    found: list[_Finding] = []
+
+    def add(
+        at: Position,
+        model: str,
+        rule: str,
+        message: str,
+        hint: str | None,
+        severity: Severity = "error",
+        closest: Sequence[str] = (),
+    ) -> None:
+        problem = Problem(path, at.line, at.col, message, rule, hint, severity)
+        found.append(_Finding(problem, model, tuple(closest)))
+
+    ids = [m.id for m in models]
+    chat_ids = [m.id for m in models if m.type != "embedding"]
+    resolved: dict[str, ModelInfo] = {}
+    for name, at in workflow.models_in_use().items():
+        match = match_model(name, models)
+        model = match.model
+        if match.candidates:
+            several = [m.id for m in match.candidates]
+            add(
+                at,
+                name,
+                "model-ambiguous",
+                f"model {name!r} could mean several models on {server}: {_listing(several)}",
+                f"write the full id, for example {several[0]!r}",
+            )
+        elif model is None:
+            closest = closest_names(name, models)
+            guess = f"; did you mean {' or '.join(map(repr, closest))}?" if closest else ""
+            hint = (
+                f"available: {_listing(ids)}"
+                if ids
+                else "the server lists no models: download one in LM Studio or with `lms get`"
+            )
+            message = f"model {name!r} is not on {server}{guess}"
+            add(at, name, "model-not-found", message, hint, closest=closest)
+        elif model.type == "embedding":
+            add(
+                at,
+                name,
+                "embedding-model",
+                f"model {name!r} is an embedding model; steps need a chat model",
+                f"chat models on {server}: {_listing(chat_ids)}" if chat_ids else None,
+            )
+        else:
+            resolved[name] = model
+            if model.state == "not-loaded" and require_loaded:
+                message = f"model {model.id!r} is not loaded"
+                hint = f"load it with `lms load {model.id}`, or pass --load"
+                add(at, name, "model-not-loaded", message, hint)
+            elif model.state == "not-loaded":
+                message = f"model {model.id!r} is not loaded; LM Studio will load it on first use"
+                hint = f"to load it now: `lms load {model.id}` (or --load)"
+                add(at, name, "model-not-loaded", message, hint, "warning")
+
+    for step in workflow.steps:
+        model = resolved.get(workflow.step_model(step) or "")
+        where = _wants_tools(workflow, step)
+        if model is not None and model.tool_use is False and where is not None:
+            add(
+                workflow.source.position(where),
+                model.id,
+                "no-tool-use",
+                f"step {step.id!r} offers tools, but model {model.id!r} is not trained for "
+                "tool use",
+                "it may answer in text instead of calling tools; `lmflow models` shows which "
+                "models have tool use",
+                "warning",
+            )
+    return sorted(found, key=lambda f: (f.problem.line, f.problem.col))
+
+
+def check_models(
+    workflow: Workflow,
+    models: Sequence[ModelInfo],
+    *,
+    require_loaded: bool = False,
+    server: str = "the server",
+) -> list[Problem]:
+    """Every finding about the workflow's models, in file order. No network."""
+    found = _findings(workflow, models, require_loaded=require_loaded, server=server)
+    return [f.problem for f in found]
+
+
+def ensure_models(
+    workflow: Workflow,
+    models: Sequence[ModelInfo],
+    *,
+    require_loaded: bool = False,
+    server: str = "the server",
+) -> list[Problem]:
+    """Raise for the first error (ModelNotFoundError / ModelValidationError); return warnings."""
+    found = _findings(workflow, models, require_loaded=require_loaded, server=server)
+    for finding in found:
+        problem = finding.problem
+        if not problem.is_error:
+            continue
+        location = SourceLocation(problem.path, problem.line, problem.col)
+        if problem.rule == "model-not-found":
+            raise ModelNotFoundError(
+                finding.model,
+                [m.id for m in models],
+                closest=finding.closest,
+                location=location,
+                server=server,
+            )
+        raise ModelValidationError(f"{location}: {problem.message}", hint=problem.hint)
+    return [f.problem for f in found]
+
+
+# --- fetching the catalog -------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _client_for(
+    server: ServerConfig, client: LMStudioClient | None
+) -> AsyncIterator[LMStudioClient]:
+    """The caller's client (left open: it is the run's pool) or a new one closed afterwards."""
+    if client is not None:
+        yield client
+        return
+    from .lmstudio import LMStudioClient  # httpx only for commands that talk to a server
+
+    async with LMStudioClient.from_config(server) as new:
+        yield new
+
+
+def _open_cache() -> CatalogCache | None:
+    """The catalog cache, or None when its directory is unusable: a cache must never be the
+    reason a command fails (`lmflow doctor` reports it)."""
+    try:
+        return CatalogCache()
+    except CacheError:
+        return None
+
+
+async def fetch_catalog(
+    server: ServerConfig,
+    *,
+    ttl: float = DEFAULT_TTL,
+    refresh: bool = False,
+    client: LMStudioClient | None = None,
+) -> Catalog:
+    """The server's catalog: from the disk cache when younger than `ttl` seconds (and not
+    `refresh`), else from the server, then stored for the next process."""
+    cache = _open_cache()
+    try:
+        if cache is not None and not refresh:
+            with contextlib.suppress(*CacheError):
+                hit = cache.get(server.base_url, ttl=ttl)
+                if hit is not None:
+                    return hit
+        async with _client_for(server, client) as live:
+            catalog = await live.list_models()
+        if cache is not None:
+            with contextlib.suppress(*CacheError):
+                cache.put(catalog)
+        return catalog
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+async def _catalog_for(
+    workflows: Sequence[Workflow],
+    server: ServerConfig,
+    *,
+    ttl: float,
+    refresh: bool,
+    load: bool,
+    client: LMStudioClient | None,
+) -> Catalog:
+    """The catalog the check runs against; with `load`, after loading (`/api/v1/models/load`)
+    every chat model the workflows use that is not loaded yet."""
+    catalog = await fetch_catalog(server, ttl=ttl, refresh=refresh, client=client)
+    if not load:
+        return catalog
+    to_load = sorted(
+        {
+            match.model.id
+            for workflow in workflows
+            for name in workflow.models_in_use()
+            if (match := match_model(name, catalog.models)).model is not None
+            and match.model.state == "not-loaded"
+            and match.model.type != "embedding"
+        }
+    )
+    if not to_load:
+        return catalog
+    async with _client_for(server, client) as live:
+        for model_id in to_load:
+            await live.load_model(model_id)
+        return await fetch_catalog(server, refresh=True, client=live)
+
+
+async def verify_models(
+    workflow: Workflow,
+    server: ServerConfig,
+    *,
+    ttl: float = DEFAULT_TTL,
+    refresh: bool = False,
+    require_loaded: bool = False,
+    load: bool = False,
+    client: LMStudioClient | None = None,
+) -> list[Problem]:
+    """The model check of `lmflow run`: raises for the first error, returns the warnings.
+    Pass the run's client so the check reuses its connection pool."""
+    catalog = await _catalog_for(
+        [workflow], server, ttl=ttl, refresh=refresh, load=load, client=client
+    )
+    return ensure_models(
+        workflow, catalog.models, require_loaded=require_loaded, server=catalog.server
+    )
+
+
+def check_workflows_online(
+    workflows: Sequence[Workflow],
+    *,
+    base_url: str | None = None,
+    refresh: bool = False,
+    cache_ttl: float | None = None,
+    require_loaded: bool = False,
+    load: bool = False,
+) -> dict[str, list[Problem]]:
+    """The model check of `lmflow validate`: Problems per workflow path. Workflows that name
+    the same server share one catalog. An unreachable server raises (exit code 3)."""
+    from .lmstudio import resolve_server
+
+    ttl = model_cache_ttl(cache_ttl)
+    by_server: dict[ServerConfig, list[Workflow]] = {}
+    for workflow in workflows:
+        by_server.setdefault(resolve_server(base_url, workflow.lmstudio), []).append(workflow)
+
+    async def check_all() -> dict[str, list[Problem]]:
+        found: dict[str, list[Problem]] = {}
+        for server, group in by_server.items():
+            catalog = await _catalog_for(
+                group, server, ttl=ttl, refresh=refresh, load=load, client=None
+            )
+            for workflow in group:
+                found.setdefault(str(workflow.path), []).extend(
+                    check_models(
+                        workflow,
+                        catalog.models,
+                        require_loaded=require_loaded,
+                        server=catalog.server,
+                    )
+                )
+        return found
+
+    return asyncio.run(check_all())
+
+
+# --- lmflow doctor --------------------------------------------------------------------------
+
+CheckStatus = Literal["ok", "warn", "fail"]
+
+_FLAVOURS = {
+    "native-v1": "LM Studio 0.4+ native API (/api/v1)",
+    "native-v0": "LM Studio 0.3 native API (/api/v0)",
+    "openai": "an OpenAI-compatible API only (/v1/models): model state and tool use unknown",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `lmflow doctor`: what was checked, the verdict, and how to fix a failure."""
+
+    name: str
+    status: CheckStatus
+    detail: str
+    fix: str | None = None
+
+
+def _cache_check(server: str, ttl: float) -> Check:
+    try:
+        with CatalogCache() as cache:
+            catalog = cache.peek(server)
+            directory = cache.directory
+    except CacheError as error:
+        return Check(
+            "cache",
+            "fail",
+            f"{cache_dir()} cannot hold the model cache ({error})",
+            f"set {CACHE_DIR_ENV} to a writable directory",
+        )
+    if catalog is None:
+        age = f"nothing cached for {server} yet"
+    else:
+        fresh = "fresh" if catalog.age <= ttl else "stale"
+        age = f"{server} cached {catalog.age:.0f} s ago, {fresh} (TTL {ttl:g} s)"
+    return Check("cache", "ok", f"{directory}: {age}")
+
+
+async def diagnose(
+    server: ServerConfig, *, ttl: float = DEFAULT_TTL, client: LMStudioClient | None = None
+) -> list[Check]:
+    """Server reachable and which API it speaks, auth, `lms` on PATH, the cache. Asks the
+    server directly (never the cache) and leaves the cache as it was."""
+    from .lmstudio import START_SERVER_HINT
+
+    cache = _cache_check(server.base_url, ttl)  # before the probe, so the age is the user's
+    token = f"${server.token_env}"
+    try:
+        async with _client_for(server, client) as live:
+            catalog = await live.list_models()
+    except AuthenticationError as error:
+        reach = Check("server", "ok", f"{server.base_url} answers (and wants a token)")
+        auth = Check("auth", "fail", error.message, error.hint)
+    except LLMClientError as error:
+        reach = Check("server", "fail", error.message, error.hint or START_SERVER_HINT)
+        auth = Check("auth", "warn", "not checked: the server did not answer")
+    else:
+        loaded = sum(m.ready for m in catalog.models)
+        reach = Check(
+            "server",
+            "ok",
+            f"{server.base_url} speaks {_FLAVOURS[catalog.flavour]}; "
+            f"{len(catalog.models)} models, {loaded} loaded",
+        )
+        auth = Check(
+            "auth", "ok", f"token from {token} accepted" if server.token else "no token needed"
+        )
+    lms = shutil.which("lms")
+    tool = (
+        Check("lms", "ok", f"lms CLI at {lms}")
+        if lms
+        else Check(
+            "lms",
+            "warn",
+            "lms CLI not on PATH (optional: it tells idle from busy models)",
+            "install it with `npx lmstudio install-cli` or `~/.lmstudio/bin/lms bootstrap`",
+        )
+    )
+    return [reach, auth, tool, cache]

@@ -1,0 +1,1 @@
+"""Fakes of the outside world for the test suite: real servers on loopback, not mocks."""

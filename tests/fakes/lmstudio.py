@@ -1,0 +1,521 @@
+"""A fake LM Studio: a real HTTP server on 127.0.0.1 (random port) speaking its protocol.
+
+The client is tested over real sockets against this, never by patching httpx.
+
+    with FakeLMStudio() as lm:                      # LM Studio 0.4 with DEFAULT_MODELS
+        LMStudioClient(lm.url)
+
+Behaviours (keyword arguments, combinable; all are also plain attributes you may change):
+
+    api="v1" | "v0" | "openai"   LM Studio 0.4 (native /api/v1), 0.3 (/api/v0, /api/v1 is
+                                 404), or a bare OpenAI-compatible server (/api/* is 404)
+    models=[FakeModel(...)]      what the server has (default DEFAULT_MODELS)
+    token="secret"               every request needs `Authorization: Bearer secret`
+    fail_times=2                 the first N requests answer 503
+    delay=1.0                    every answer waits this many seconds
+    chat_error=(400, {...})      chat completions answer this status and JSON body, e.g.
+                                 the string-shaped `{"error": "No models loaded..."}`
+    script=[...]                 one item per chat request, in order:
+                                   "text"                          an answer
+                                   [("name", {"a": 1}), ...]       tool calls; arguments as a
+                                                                   dict (sent as JSON) or a
+                                                                   raw string (sent as is,
+                                                                   may be invalid JSON)
+                                   {"content": ..., ...}           the assistant message itself
+                                   callable(request_json)          returns any of the above
+                                 A request past the end of the script gets HTTP 400 (code
+                                 `script_exhausted`). Without a script, answers echo the last
+                                 user message.
+
+Chat answers are plain JSON or, when the request says `"stream": true`, SSE with content and
+tool-call arguments in small pieces (pieces of different calls interleaved, joined by
+`index`). Reasoning is passed through under the key the message uses (`reasoning` or
+`reasoning_content`).
+
+What it received: `requests` (every `Received`), `chat_requests` (the JSON bodies sent to
+/v1/chat/completions), `count(path)`. `down_url()` gives a URL where nothing listens.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+Api = Literal["v1", "v0", "openai"]
+ScriptItem = Any  # str | list of (name, arguments) | dict | Callable[[dict], ScriptItem]
+
+
+@dataclass
+class FakeModel:
+    """A model as the fake lists it; rendered in the shape of whichever API is asked."""
+
+    key: str
+    type: Literal["llm", "vlm", "embedding"] = "llm"
+    loaded: bool = False
+    tool_use: bool | None = True
+    max_context_length: int = 32768
+    context_length: int = 4096
+    quantization: str = "Q4_K_M"
+    variants: tuple[str, ...] = ()
+
+    @property
+    def publisher(self) -> str:
+        return self.key.split("/")[0] if "/" in self.key else "lmstudio-community"
+
+    def native_v1(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "type": "embedding" if self.type == "embedding" else "llm",
+            "publisher": self.publisher,
+            "key": self.key,
+            "display_name": self.key.rsplit("/", 1)[-1],
+            "quantization": {"name": self.quantization, "bits_per_weight": 4},
+            "size_bytes": 1_000_000,
+            "params_string": "7B",
+            "loaded_instances": (
+                [{"id": self.key, "config": {"context_length": self.context_length}}]
+                if self.loaded
+                else []
+            ),
+            "max_context_length": self.max_context_length,
+            "format": "gguf",
+        }
+        if self.type != "embedding":
+            entry["capabilities"] = {"vision": self.type == "vlm"}
+            if self.tool_use is not None:
+                entry["capabilities"]["trained_for_tool_use"] = self.tool_use
+        if self.variants:
+            entry["variants"] = list(self.variants)
+        return entry
+
+    def native_v0(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "id": self.key,
+            "object": "model",
+            "type": "embeddings" if self.type == "embedding" else self.type,
+            "publisher": self.publisher,
+            "arch": "llama",
+            "compatibility_type": "gguf",
+            "quantization": self.quantization,
+            "state": "loaded" if self.loaded else "not-loaded",
+            "max_context_length": self.max_context_length,
+        }
+        if self.loaded:
+            entry["loaded_context_length"] = self.context_length
+        if self.tool_use is not None:
+            entry["capabilities"] = ["tool_use"] if self.tool_use else []
+        return entry
+
+    def openai(self) -> dict[str, Any]:
+        return {"id": self.key, "object": "model", "owned_by": self.publisher}
+
+    def answers_to(self, name: str) -> bool:
+        """Whether LM Studio would serve a request for `name` with this model."""
+        base = name.split(":")[0].split("@")[0]
+        return base in (self.key, self.key.rsplit("/", 1)[-1])
+
+
+DEFAULT_MODELS: tuple[FakeModel, ...] = (
+    FakeModel("qwen/qwen3-coder-30b", loaded=True, max_context_length=262144, context_length=8192),
+    FakeModel("mistralai/magistral-small-2509"),
+    FakeModel("google/gemma-3-270m", tool_use=False),
+    FakeModel("qwen/qwen2.5-vl-7b", type="vlm"),
+    FakeModel("text-embedding-nomic-embed-text-v1.5", type="embedding", tool_use=None),
+)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the fake saw it."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+    client_port: int
+
+
+@dataclass
+class FakeLMStudio:
+    """See the module docstring. Start with `with FakeLMStudio(...) as lm:` or `.start()`."""
+
+    api: Api = "v1"
+    models: list[FakeModel] = field(default_factory=lambda: [*map(_copy, DEFAULT_MODELS)])
+    token: str | None = None
+    fail_times: int = 0
+    delay: float = 0.0
+    chat_error: tuple[int, Any] | None = None
+    script: Sequence[ScriptItem] | None = None
+    requests: list[Received] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._turn = 0
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakeLMStudio:
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        httpd.daemon_threads = True
+        httpd.fake = self  # type: ignore[attr-defined]
+        self._httpd = httpd
+        # A short poll interval: `stop()` waits for it.
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, args=(0.02,), name="fake-lmstudio"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+
+    def __enter__(self) -> FakeLMStudio:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "start the fake first"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # --- what it received --------------------------------------------------------------------
+
+    @property
+    def chat_requests(self) -> list[Any]:
+        return [r.body for r in self.requests if r.path == "/v1/chat/completions"]
+
+    def count(self, path: str) -> int:
+        return sum(r.path == path for r in self.requests)
+
+    # --- answering ---------------------------------------------------------------------------
+
+    def _handle(self, handler: _Handler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        path = handler.path.split("?")[0]
+        with self._lock:
+            self.requests.append(
+                Received(
+                    handler.command, path, dict(handler.headers), body, handler.client_address[1]
+                )
+            )
+            failing = self.fail_times > 0
+            if failing:
+                self.fail_times -= 1
+        if self.delay:
+            self._stopping.wait(self.delay)
+        if failing:
+            return _send(
+                handler, 503, {"error": {"message": "Service Unavailable", "type": "server_error"}}
+            )
+        if self.token and handler.headers.get("Authorization") != f"Bearer {self.token}":
+            return _send(
+                handler,
+                401,
+                {
+                    "error": {
+                        "message": "Invalid or missing API token",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
+        route = self._routes().get((handler.command, path))
+        if route is None:
+            if self.api == "openai":
+                return _send(handler, 404, {"detail": "Not Found"})
+            return _send(
+                handler,
+                404,
+                {"error": f"Unexpected endpoint or method. ({handler.command} {path})"},
+            )
+        route(handler, body)
+
+    def _routes(self) -> dict[tuple[str, str], Callable[[_Handler, Any], None]]:
+        routes: dict[tuple[str, str], Callable[[_Handler, Any], None]] = {
+            ("GET", "/v1/models"): lambda h, _: self._list(h, "data", FakeModel.openai),
+            ("POST", "/v1/chat/completions"): self._chat,
+        }
+        if self.api in ("v1", "v0"):
+            routes[("GET", "/api/v0/models")] = lambda h, _: self._list(
+                h, "data", FakeModel.native_v0
+            )
+        if self.api == "v1":
+            routes[("GET", "/api/v1/models")] = lambda h, _: self._list(
+                h, "models", FakeModel.native_v1
+            )
+            routes[("POST", "/api/v1/models/load")] = self._load
+        return routes
+
+    def _list(
+        self, handler: _Handler, key: str, render: Callable[[FakeModel], dict[str, Any]]
+    ) -> None:
+        body: dict[str, Any] = {key: [render(m) for m in self.models]}
+        if key == "data":
+            body["object"] = "list"
+        _send(handler, 200, body)
+
+    def _find(self, name: Any) -> FakeModel | None:
+        return next((m for m in self.models if isinstance(name, str) and m.answers_to(name)), None)
+
+    def _load(self, handler: _Handler, body: Any) -> None:
+        model = self._find((body or {}).get("model"))
+        if model is None:
+            return _send(
+                handler,
+                404,
+                {"error": {"message": f"Model not found: {body!r}", "code": "model_not_found"}},
+            )
+        model.loaded = True
+        _send(
+            handler,
+            200,
+            {
+                "type": "llm",
+                "instance_id": model.key,
+                "model_instance_id": model.key,
+                "load_time_seconds": 0.01,
+                "status": "loaded",
+                "config": {"context_length": model.context_length},
+            },
+        )
+
+    def _chat(self, handler: _Handler, body: Any) -> None:
+        if self.chat_error is not None:
+            return _send(handler, *self.chat_error)
+        name = (body or {}).get("model")
+        if self._find(name) is None:
+            return _send(
+                handler,
+                400,
+                {
+                    "error": {
+                        "message": f'Invalid model identifier "{name}".',
+                        "type": "invalid_request_error",
+                        "param": "model",
+                        "code": "model_not_found",
+                    }
+                },
+            )
+        with self._lock:
+            turn = self._turn
+            self._turn += 1
+        if self.script is None:
+            item: ScriptItem = f"echo: {_last_user_text(body)}"
+        elif turn >= len(self.script):
+            return _send(
+                handler,
+                400,
+                {
+                    "error": {
+                        "message": f"fake LM Studio: the script has only {len(self.script)} turns",
+                        "code": "script_exhausted",
+                    }
+                },
+            )
+        else:
+            item = self.script[turn]
+        message = _assistant_message(item(body) if callable(item) else item, turn)
+        usage = _usage(body, message)
+        if body.get("stream"):
+            return _stream(handler, name, message, usage)
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        _send(
+            handler,
+            200,
+            {
+                "id": f"chatcmpl-{turn}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": name,
+                "choices": [
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                ],
+                "usage": usage,
+                "system_fingerprint": name,
+            },
+        )
+
+
+def _copy(model: FakeModel) -> FakeModel:
+    return FakeModel(**vars(model))
+
+
+def _last_user_text(body: Any) -> str:
+    users = [m for m in body.get("messages", ()) if m.get("role") == "user"]
+    return str(users[-1].get("content", "")) if users else ""
+
+
+def _assistant_message(item: ScriptItem, turn: int) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"role": "assistant", "content": item}
+    if isinstance(item, Mapping):
+        return {"role": "assistant", **item}
+    calls = []
+    for index, call in enumerate(item):
+        name, arguments = (call["name"], call["arguments"]) if isinstance(call, Mapping) else call
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        calls.append(
+            {
+                "id": f"call_{turn}_{index}",
+                "type": "function",
+                "function": {"name": name, "arguments": text},
+            }
+        )
+    return {"role": "assistant", "content": "", "tool_calls": calls}
+
+
+def _usage(body: Any, message: Mapping[str, Any]) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content") or "").split()) for m in body.get("messages", ()))
+    completion = len(str(message.get("content") or "").split()) + len(
+        message.get("tool_calls") or ()
+    )
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _pieces(text: str, size: int = 5) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _stream_deltas(message: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    yield {"role": "assistant"}
+    for key in ("reasoning", "reasoning_content"):
+        for piece in _pieces(str(message.get(key) or "")):
+            yield {key: piece}
+    for piece in _pieces(str(message.get("content") or "")):
+        yield {"content": piece}
+    calls = message.get("tool_calls") or []
+    for index, call in enumerate(calls):
+        head = {"index": index, "id": call["id"], "type": "function"}
+        yield {
+            "tool_calls": [
+                {**head, "function": {"name": call["function"]["name"], "arguments": ""}}
+            ]
+        }
+    # Argument pieces of different calls interleaved: only `index` tells them apart.
+    pieces = [_pieces(call["function"]["arguments"]) for call in calls]
+    for position in range(max(map(len, pieces), default=0)):
+        for index, parts in enumerate(pieces):
+            if position < len(parts):
+                yield {"tool_calls": [{"index": index, "function": {"arguments": parts[position]}}]}
+
+
+def _stream(
+    handler: _Handler, model: str, message: Mapping[str, Any], usage: dict[str, int]
+) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Cache-Control", "no-cache")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    base = {
+        "id": "chatcmpl-stream",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+    }
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+        for d in _stream_deltas(message)
+    ]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    chunks.append({**base, "choices": [], "usage": usage})
+    for chunk in chunks:
+        _write_chunk(handler, f"data: {json.dumps(chunk)}\n\n".encode())
+    _write_chunk(handler, b"data: [DONE]\n\n")
+    handler.wfile.write(b"0\r\n\r\n")
+
+
+def _write_chunk(handler: _Handler, data: bytes) -> None:
+    handler.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+    handler.wfile.flush()
+
+
+def _send(handler: _Handler, status: int, body: Any) -> None:
+    if isinstance(body, str):
+        data, kind = body.encode(), "text/plain; charset=utf-8"
+    else:
+        data, kind = json.dumps(body).encode(), "application/json"
+    handler.send_response(status)
+    handler.send_header("Content-Type", kind)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse can be observed
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    timeout = 30  # an idle keep-alive connection is dropped after this
+
+    def do_GET(self) -> None:
+        self.server.fake._handle(self)  # type: ignore[attr-defined]
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the tests assert on `requests`, not on a log."""
+
+
+def down_url() -> str:
+    """A loopback URL where nothing listens (a port that was just free)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def install_fake_lms(directory: Path, processes: Sequence[Mapping[str, Any]]) -> Path:
+    """Write an executable `lms` into `directory` whose `lms ps --json` prints `processes`;
+    put `directory` first on PATH to use it. Any other command exits 1."""
+    script = directory / "lms"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"if sys.argv[1:] == ['ps', '--json']:\n"
+        f"    print({json.dumps(json.dumps(list(processes)))})\n"
+        "else:\n"
+        "    sys.exit(1)\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return directory
+
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "FakeLMStudio",
+    "FakeModel",
+    "Received",
+    "down_url",
+    "install_fake_lms",
+]
