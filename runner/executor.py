@@ -399,7 +399,7 @@ class Executor:
         self.log.emit(
             "step_started",
             step.id,
-            name=step.name,
+            name=self._title(step),
             model=model,
             kind="tool" if step.tool else "agent",
             tool=step.tool,
@@ -414,6 +414,15 @@ class Executor:
         record.duration = time.monotonic() - started
         self._finish(step, record)
         return record
+
+    def _title(self, step: Step) -> str | None:
+        """The step's `name:` with its templates filled in (as written if they cannot be)."""
+        if step.name is None:
+            return None
+        try:
+            return str(templating.render(step.name, self.context))
+        except templating.TemplateError:
+            return step.name
 
     def _finish(self, step: Step, record: StepRecord) -> None:
         self.context["steps"][step.id] = {"output": record.output, "status": record.status}

@@ -26,7 +26,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -145,12 +145,7 @@ class McpSessions:
         `server.tool`. An entry that matches nothing raises `MCPServerError`: build every
         step's toolbox before the first step runs so such a workflow stops before it starts.
         """
-        offered = [
-            (server, tool) for server in dict.fromkeys(servers) for tool in self.tools(server)
-        ]
-        if allow is not None:
-            offered = _allowed(offered, allow, servers)
-        return McpToolbox(self, _exposed_names(offered))
+        return build_toolbox(self, servers, allow)
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         """Call one tool. Errors of the call come back as an `is_error` result; a server
@@ -275,6 +270,28 @@ class McpSessions:
         return "\n".join(lines)
 
 
+class ToolSource(Protocol):
+    """What a toolbox needs: each server's tool list, and a way to call a tool. Live sessions
+    are one; a cassette (runner/replay.py) is another."""
+
+    def tools(self, server: str) -> list[Tool]: ...
+
+    async def call_tool(
+        self, server: str, tool: str, arguments: Mapping[str, Any]
+    ) -> ToolResult: ...
+
+
+def build_toolbox(
+    source: ToolSource, servers: Sequence[str], allow: Sequence[str] | None = None
+) -> McpToolbox:
+    """The toolbox of `McpSessions.toolbox`, over any tool source: a replayed run offers
+    exactly the names, and reports exactly the allow-list errors, of a live one."""
+    offered = [(server, tool) for server in dict.fromkeys(servers) for tool in source.tools(server)]
+    if allow is not None:
+        offered = _allowed(offered, allow, servers)
+    return McpToolbox(source, _exposed_names(offered))
+
+
 class McpToolbox:
     """The tools one step may call, under names the OpenAI function-name rules accept.
 
@@ -283,7 +300,7 @@ class McpToolbox:
     function names are sanitized, and shortened with a hash suffix when too long.
     """
 
-    def __init__(self, sessions: McpSessions, routes: Mapping[str, tuple[str, Tool]]) -> None:
+    def __init__(self, sessions: ToolSource, routes: Mapping[str, tuple[str, Tool]]) -> None:
         self._sessions = sessions
         self._routes = dict(routes)
         self._specs = tuple(

@@ -199,15 +199,68 @@ def snapshot_view(
 
     def clean(value: Any) -> Any:
         if isinstance(value, str):
-            if value in ids:
-                return ids[value]
             for path, name in replacements:
                 value = value.replace(path, name)
             return value
         if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+            return {k: clean(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [clean(v) for v in value]
         return value
 
-    return [clean(event) for event in events]
+    def renumber(event: dict[str, Any]) -> dict[str, Any]:
+        """Ids only where ids live: a tool result that happens to equal an id stays as is."""
+        if event.get("type") in ("tool_call", "tool_result") and event.get("id") in ids:
+            event["id"] = ids[event["id"]]
+        for call in event.get("tool_calls") or () if event.get("type") == "llm_response" else ():
+            if isinstance(call, dict) and call.get("id") in ids:
+                call["id"] = ids[call["id"]]
+        for message in event.get("messages") or () if event.get("type") == "llm_request" else ():
+            if not isinstance(message, dict):
+                continue
+            if message.get("tool_call_id") in ids:
+                message["tool_call_id"] = ids[message["tool_call_id"]]
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict) and call.get("id") in ids:
+                    call["id"] = ids[call["id"]]
+        return event
+
+    # Volatile keys go at the top of each event only: a tool argument named `time` stays.
+    return [
+        renumber(clean({k: v for k, v in event.items() if k not in VOLATILE_KEYS}))
+        for event in events
+    ]
+
+
+@dataclass(frozen=True)
+class EventsFile:
+    """The events read back from a JSONL log. `truncated_line` is the number of a last line
+    that was cut off (the run was killed while writing it); the events before it are whole."""
+
+    events: list[dict[str, Any]]
+    truncated_line: int | None = None
+
+
+def read_events(path: Path) -> EventsFile:
+    """Read an events.jsonl; a cut-off last line is reported, a broken line before it fails."""
+    from .errors import LmflowError
+
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise LmflowError(f"cannot read the run log {path}: {error.strerror or error}") from None
+    events: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                return EventsFile(events, truncated_line=number)
+            raise LmflowError(
+                f"{path}:{number}: the run log is damaged: not a JSON event ({error.msg})"
+            ) from None
+        if isinstance(event, dict):
+            events.append(event)
+    return EventsFile(events)

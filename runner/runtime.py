@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .chat import ChatModel
 from .errors import ConfigurationError, LmflowError
@@ -29,6 +29,10 @@ from .executor import (
 )
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
 from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow
+
+if TYPE_CHECKING:
+    from .lmstudio import LMStudioClient
+    from .mcp import McpSessions
 
 RUNS_DIR = Path(".lmflow") / "runs"
 
@@ -46,6 +50,18 @@ class RunOptions:
     refresh: bool = False
     cache_ttl: float | None = None
     sinks: tuple[Sink, ...] = field(default_factory=tuple)
+    record: Path | None = None
+    replay: Path | None = None
+    rerecord: bool = False
+    live_tools: bool = False
+
+    def __post_init__(self) -> None:
+        if self.record is not None and self.replay is not None:
+            raise ConfigurationError("--record and --replay exclude each other")
+        if self.rerecord and self.record is None:
+            raise ConfigurationError("--rerecord needs --record CASSETTE")
+        if self.live_tools and self.replay is None:
+            raise ConfigurationError("--live-tools needs --replay CASSETTE")
 
 
 @dataclass
@@ -65,7 +81,7 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
     """Check the inputs (exit 2 on a bad one) and open the run log."""
     inputs = coerce_inputs(workflow, raw_inputs)
     run_id = new_run_id()
-    run_dir = options.runs_dir / run_id
+    run_dir = options.runs_dir.resolve() / run_id  # absolute: servers run elsewhere
     redactor = Redactor()
     log = RunLog(run_id, redactor)
     writer = None
@@ -84,9 +100,15 @@ async def live_parts(
     run: PreparedRun, options: RunOptions
 ) -> AsyncIterator[tuple[ChatModel, ToolProvider]]:
     """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked)."""
+    async with live_model(run, options) as chat, live_tools(run) as tools:
+        yield chat, tools
+
+
+@contextlib.asynccontextmanager
+async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMStudioClient]:
+    """The LM Studio client, once every model the workflow uses is checked."""
     from .catalog import model_cache_ttl
     from .lmstudio import LMStudioClient, resolve_server
-    from .mcp import McpSessions
     from .preflight import verify_models
 
     server = resolve_server(options.base_url, run.workflow.lmstudio)
@@ -109,10 +131,69 @@ async def live_parts(
                 hint=problem.hint,
                 line=problem.line,
             )
-        servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
-        async with McpSessions(servers, log_dir=run.run_dir) as sessions:
-            check_allow_lists(run.workflow, sessions)
-            yield client, sessions
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def live_tools(run: PreparedRun) -> AsyncIterator[McpSessions]:
+    """The MCP servers the steps use, started once, allow-lists checked."""
+    from .mcp import McpSessions
+
+    servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
+    # With --no-log nothing lands in the run directory; stderr goes to a temporary one.
+    log_dir = run.run_dir if run.writer is not None else None
+    async with McpSessions(servers, log_dir=log_dir) as sessions:
+        check_allow_lists(run.workflow, sessions)
+        yield sessions
+
+
+def parts_for(
+    run: PreparedRun, options: RunOptions
+) -> contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider]]:
+    """Live parts, live parts recorded into a cassette, or a cassette's answers."""
+    if options.replay is not None:
+        return _replay_parts(run, options.replay, options.live_tools)
+    if options.record is not None:
+        return _recording_parts(run, options)
+    return live_parts(run, options)
+
+
+@contextlib.asynccontextmanager
+async def _recording_parts(
+    run: PreparedRun, options: RunOptions
+) -> AsyncIterator[tuple[ChatModel, ToolProvider]]:
+    """Live parts whose exchanges go into the cassette when the steps have run (succeeded or
+    failed: a failure replays too). An interrupted run, or one whose environment was not
+    ready, leaves any existing cassette as it was."""
+    from .replay import Recorder, ensure_recordable
+
+    assert options.record is not None
+    ensure_recordable(options.record, options.rerecord)
+    recorder = Recorder(run.workflow.name, run.log, run.context)
+    async with live_model(run, options) as chat, live_tools(run) as sessions:
+        yield recorder.chat(chat), recorder.tools(sessions, servers_in_use(run.workflow))
+    recorder.cassette().save(options.record)
+
+
+@contextlib.asynccontextmanager
+async def _replay_parts(
+    run: PreparedRun, cassette_path: Path, use_live_tools: bool
+) -> AsyncIterator[tuple[ChatModel, ToolProvider]]:
+    """The cassette's answers, and its tools unless `use_live_tools`. No LM Studio is
+    contacted, so models are not checked: a changed model shows up as a replay miss."""
+    from .replay import Cassette, Replayer
+
+    replayer = Replayer(Cassette.load(cassette_path), run.log, run.context)
+    if use_live_tools:
+        async with live_tools(run) as sessions:
+            yield replayer.chat(), sessions
+    else:
+        tools = replayer.tools()
+        check_allow_lists(run.workflow, tools)
+        yield replayer.chat(), tools
+    # A miss inside a step failed that step; the run as a whole says the environment (the
+    # cassette) was not ready for it: exit code 3.
+    replayer.raise_first_miss()
 
 
 def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:
@@ -135,15 +216,20 @@ async def execute(
         inputs=run.inputs,
         steps=[s.id for s in run.workflow.steps],
     )
+    result: RunResult | None = None
     try:
         async with parts as (chat, tools):
             result = await Executor(
                 run.workflow, run.inputs, chat=chat, tools=tools, log=run.log, context=run.context
             ).run()
     except LmflowError as error:
-        # The run never got to its steps: the environment was not ready.
-        run.log.emit("run_finished", status="error", outputs={}, error=error.message)
-        _write_result(run, {"status": "error", "error": error.message})
+        if result is None:
+            # The run never got to its steps: the environment was not ready.
+            run.log.emit("run_finished", status="error", outputs={}, error=error.message)
+        # Otherwise the parts refused a finished run (a replay that missed a request):
+        # result.json keeps the steps and says why.
+        done = result.as_dict() if result is not None else {}
+        _write_result(run, {**done, "status": "error", "error": error.message})
         raise
     except BaseException:
         _write_result(run, {"status": "interrupted", "error": "interrupted"})
@@ -170,9 +256,10 @@ def _write_result(run: PreparedRun, payload: Mapping[str, Any]) -> None:
 async def run_workflow(
     workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions
 ) -> RunResult:
-    """Run a workflow against LM Studio and its MCP servers."""
+    """Run a workflow against LM Studio and its MCP servers, recording a cassette, or
+    replaying one (`options.record` / `options.replay`)."""
     run = prepare(workflow, raw_inputs, options)
-    return await execute(run, live_parts(run, options))
+    return await execute(run, parts_for(run, options))
 
 
 def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any]:

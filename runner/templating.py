@@ -158,9 +158,22 @@ def render(text: str, context: Mapping[str, Any]) -> Any:
     env = environment()
     tree = env.parse(text)
     if _single_expression(tree) is not None:
-        source = text.strip()[2:-2].strip("-+")
+        source = _expression_source(text)
         return _defined(env.compile_expression(source, undefined_to_none=False)(**context))
     return env.from_string(text).render(**context)
+
+
+def _expression_source(text: str) -> str:
+    """The source inside the `{{ }}` of a one-expression field; comments next to it drop out."""
+    parts: list[str] = []
+    inside = False
+    for _, token, value in environment().lex(text):
+        if token == "variable_end":
+            break
+        if inside:
+            parts.append(value)
+        inside = inside or token == "variable_begin"
+    return "".join(parts)
 
 
 def render_value(value: Any, context: Mapping[str, Any]) -> Any:

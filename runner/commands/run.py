@@ -53,6 +53,24 @@ from ._console import ConsoleView
     default=None,
     help="Seconds the cached model list stays fresh (default 60).",
 )
+@click.option(
+    "--record",
+    "record",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="CASSETTE",
+    help="Save every model and tool exchange into this cassette (YAML).",
+)
+@click.option(
+    "--replay",
+    "replay",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="CASSETTE",
+    help="Answer model requests and tool calls from this cassette: no LM Studio needed.",
+)
+@click.option("--rerecord", is_flag=True, help="Let --record replace an existing cassette.")
+@click.option(
+    "--live-tools", is_flag=True, help="With --replay: call the real MCP servers instead."
+)
 def command(
     workflow_file: Path,
     pairs: tuple[str, ...],
@@ -67,11 +85,20 @@ def command(
     load_models: bool,
     refresh: bool,
     cache_ttl: float | None,
+    record: Path | None,
+    replay: Path | None,
+    rerecord: bool,
+    live_tools: bool,
 ) -> int:
     """Run WORKFLOW_FILE against LM Studio and the MCP servers it declares.
 
     Exit code 0 when every step succeeded, 1 when a step failed, 2 for an invalid workflow
-    or input, 3 when LM Studio, a model or an MCP server is not ready, 130 on Ctrl-C.
+    or input, 3 when LM Studio, a model or an MCP server is not ready (or a replayed
+    cassette lacks a request), 130 on Ctrl-C.
+
+    \b
+    lmflow run wf.yaml --record cassettes/wf.yaml   # save the exchanges for tests
+    lmflow run wf.yaml --replay cassettes/wf.yaml   # run from them, no LM Studio
     """
     from ..runtime import RunOptions, read_inputs, run_workflow
 
@@ -85,6 +112,10 @@ def command(
         refresh=refresh,
         cache_ttl=cache_ttl,
         sinks=(ConsoleView(0 if quiet else 2 if verbose else 1),),
+        record=record,
+        replay=replay,
+        rerecord=rerecord,
+        live_tools=live_tools,
     )
     result = asyncio.run(run_workflow(workflow, read_inputs(inputs_file, pairs), options))
     if as_json:

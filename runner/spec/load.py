@@ -9,6 +9,7 @@ counted so a "billion laughs" file stops early instead of eating memory.
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +24,7 @@ Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_NODES = 200_000
+QUOTE_TEMPLATE_HINT = 'quote values that start with "{{": prompt: "{{ inputs.x }}"'
 
 
 class LoadAbort(Exception):
@@ -101,7 +103,8 @@ def parse_document(text: str, path: str = "<workflow>") -> Document:
         return _failed(path, f"YAML syntax: {error}", "yaml-syntax")
     except RecursionError:
         return _failed(path, "YAML nesting is too deep", "yaml-too-deep")
-    nodes = [node for node in nodes if node is not None]
+    # a document that is only `---` or `null` holds no workflow either
+    nodes = [node for node in nodes if node is not None and node.tag != "tag:yaml.org,2002:null"]
     if not nodes:
         return _failed(
             path,
@@ -110,14 +113,17 @@ def parse_document(text: str, path: str = "<workflow>") -> Document:
             "start from an example: `lmflow schema` shows every key",
         )
     if len(nodes) > 1:
-        mark = nodes[1].start_mark
+        # point at the `---` that starts the second document, not at its first key
+        separators = list(re.finditer(r"^---", text[: nodes[1].start_mark.index], re.MULTILINE))
+        offset = separators[-1].start() if separators else nodes[1].start_mark.index
+        pos = SourceMap(path, text).offset_position(offset)
         return _failed(
             path,
             "file holds more than one YAML document",
             "multiple-documents",
             "keep one workflow per file; remove the `---` separator",
-            line=mark.line + 1,
-            col=mark.column + 1,
+            line=pos.line,
+            col=pos.col,
         )
     builder = _Builder(path, text)
     try:
@@ -141,7 +147,9 @@ def _syntax_hint(message: str) -> str | None:
     if "mapping values are not allowed" in message:
         return "a value that contains ': ' must be quoted"
     if "found character '{'" in message or "found unhashable key" in message:
-        return 'quote values that start with "{{": prompt: "{{ inputs.x }}"'
+        return QUOTE_TEMPLATE_HINT
+    if "expected '-' indicator" in message or "expected <block end>" in message:
+        return "check the indentation: the keys of one list entry line up under its first key"
     return None
 
 
@@ -201,6 +209,7 @@ class _Builder:
                         key_node,
                         "a key must be a plain name, not a list or mapping",
                         "non-scalar-key",
+                        QUOTE_TEMPLATE_HINT,
                     )
                 )
                 continue

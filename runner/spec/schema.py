@@ -122,6 +122,8 @@ def _translate(error: ValidationError, data: Any, source: SourceMap) -> Iterator
     where = describe(path, data)
     kind = error.validator
     value = error.instance
+    if kind == "pattern" and "propertyNames" in error.schema_path:
+        kind = "propertyNames"  # jsonschema reports the name's failed pattern, not propertyNames
 
     def problem(
         message: str, rule: str, hint: str | None = None, *, at: JsonPath = path, key: bool = False
@@ -180,9 +182,7 @@ def _translate(error: ValidationError, data: Any, source: SourceMap) -> Iterator
     elif kind == "propertyNames":
         # the error's instance is the offending key; its position is the key's
         key = value
-        explained = PATTERN_EXPLAINED.get(
-            error.schema.get("propertyNames", {}).get("pattern", ""), "a valid name"
-        )
+        explained = PATTERN_EXPLAINED.get(error.validator_value, "a valid name")
         yield problem(
             f"name {key!r} in {where} must be {explained}",
             "bad-name",
@@ -252,6 +252,8 @@ def _type_hint(value: Any, expected: list[str]) -> str | None:
         return f"write a list: [{value}]"
     if "object" in expected and isinstance(value, list):
         return "write `key: value` pairs, without '- '"
+    if ("number" in expected or "integer" in expected) and isinstance(value, str):
+        return "write a plain number without quotes or units (timeouts are in seconds)"
     if "string" in expected and isinstance(value, (dict, list)):
         return 'quote text that starts with "{{" or "[": prompt: "{{ inputs.x }}"'
     return None

@@ -308,7 +308,7 @@ class _Checker:
             if ref.root != "steps" or not ref.path or not isinstance(ref.path[0], str):
                 continue
             target = ref.path[0]
-            if target == own_id:
+            if target == own_id and self.step_index[target] == i:
                 self._ref_problem(
                     template,
                     ref,
@@ -409,7 +409,9 @@ class _Checker:
                     f"output_schema of {self.where(here)} is not a valid JSON "
                     f"Schema: {error.message}",
                     "invalid-output-schema",
-                    "see https://json-schema.org/understanding-json-schema/",
+                    "`type` is one of: string, number, integer, boolean, array, object, null"
+                    if at[-1] == "type"
+                    else "see https://json-schema.org/understanding-json-schema/",
                 )
 
     def _server_hint(self, server: str) -> str:
@@ -501,11 +503,13 @@ class _Checker:
             tree = (
                 templating.parse_condition(text) if condition else templating.parse_template(text)
             )
+            # finding the names runs Jinja's code generator, which rejects unknown filters/tests
+            unknown = templating.unknown_names(tree)
         except templating.TemplateSyntaxError as error:
             self._syntax_problem(path, text, error, condition)
             return None
         template = _Template(path, text, condition, templating.references(tree))
-        for name in sorted(templating.unknown_names(tree)):
+        for name in sorted(unknown):
             self._name_problem(template, name, path)
         for ref in template.refs:
             self._check_ref(template, ref, allow_steps)
@@ -516,18 +520,32 @@ class _Checker:
         offset = None if condition else self._line_offset(path, lineno)
         message = getattr(error, "message", None) or str(error)
         kind = "condition" if condition else "template"
+        unknown = re.match(r"No (filter|test) named '([^']+)'", message)
+        if unknown:
+            env = templating.environment()
+            names = list(env.filters if unknown[1] == "filter" else env.tests)
+            hint = did_you_mean(unknown[2], names) or f"known {unknown[1]}s: " + ", ".join(
+                sorted(names)
+            )
+        elif condition:
+            hint = "conditions are bare expressions: if: steps.a.output | length > 0"
+        else:
+            hint = "check the {{ }} and {% %} pairs"
         self.report(
             path,
             f"{kind} in {self.where(path)} does not parse: {message}",
             "template-syntax",
-            "conditions are bare expressions: if: steps.a.output | length > 0"
-            if condition
-            else "check the {{ }} and {% %} pairs",
+            hint,
             offset=offset,
         )
 
     def _name_problem(self, template: _Template, name: str, path: JsonPath) -> None:
-        suggestion = did_you_mean(name, list(templating.ROOTS))
+        if name in self.inputs:
+            suggestion: str | None = f"did you mean inputs.{name}?"
+        elif name in self.step_index:
+            suggestion = f"did you mean steps.{name}.output?"
+        else:
+            suggestion = did_you_mean(name, list(templating.ROOTS))
         self.report(
             path,
             f"{self.where(path)} uses unknown variable {name!r}",

@@ -1,0 +1,170 @@
+"""pytest fixtures that run a workflow from its cassette and snapshot the run with syrupy.
+
+    def test_meeting_planner(lmflow_run, lmflow_snapshot):
+        result = lmflow_run("workflows/meeting-planner.yaml", inputs={"time": "16:00"})
+        assert result.status == "succeeded"
+        assert result.outputs["everyone_fits"] is False
+        assert result.snapshot_view() == lmflow_snapshot
+
+`lmflow_run` replays `cassettes/<workflow name>.yaml` next to the test file (or the
+`cassette=` given): no LM Studio and no MCP server is needed. `pytest --lmflow-record`
+re-records those cassettes against LM Studio and the real servers instead.
+`lmflow_snapshot` is syrupy's `snapshot` storing one readable YAML file per test under
+`__snapshots__/<test file>/`; `--snapshot-update` writes them.
+
+pytest loads this module for every project that has lmflow installed (the `pytest11` entry
+point), so it imports nothing heavy, and syrupy only when it is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+except ImportError:  # syrupy is optional: only `lmflow_snapshot` needs it
+    SingleFileSnapshotExtension = None  # type: ignore[assignment,misc]
+
+
+class SnapshotView(list):  # type: ignore[type-arg]
+    """The normalized events of a run. Its repr is YAML, so even syrupy's default serializer
+    stores something a reviewer can read."""
+
+    def yaml(self) -> str:
+        from .replay import to_yaml
+
+        return to_yaml(list(self))
+
+    def __repr__(self) -> str:
+        return self.yaml()
+
+
+@dataclass
+class LmflowResult:
+    """What a test sees of a run: how it ended, its outputs, steps and events."""
+
+    status: str
+    outputs: dict[str, Any]
+    steps: dict[str, dict[str, Any]]
+    events: list[dict[str, Any]]
+    run_dir: Path
+    error: str | None = None
+    placeholders: dict[str, str] = field(default_factory=dict)
+
+    def snapshot_view(self) -> SnapshotView:
+        """The events without timings, ids and machine paths: equal for equal exchanges."""
+        from .runlog import snapshot_view
+
+        return SnapshotView(snapshot_view(self.events, self.placeholders))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lmflow")
+    group.addoption(
+        "--lmflow-record",
+        action="store_true",
+        help="lmflow_run: re-record the cassettes against LM Studio (LMFLOW_BASE_URL or the "
+        "workflow's base_url) and the real MCP servers, instead of replaying them.",
+    )
+
+
+@pytest.fixture
+def lmflow_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., LmflowResult]:
+    """Run a workflow file from a cassette: `lmflow_run(path, inputs={...}, cassette=...)`.
+
+    Relative paths are relative to the pytest root directory; the cassette defaults to
+    `cassettes/<workflow file name>` next to the test file. `live_tools=True` starts the
+    workflow's MCP servers instead of replaying the tool results. A request the cassette does
+    not hold fails the test with the closest recorded request and what differs.
+    """
+    record = bool(request.config.getoption("lmflow_record"))
+    root = request.config.rootpath
+
+    def run(
+        workflow: str | Path,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        cassette: str | Path | None = None,
+        live_tools: bool = False,
+    ) -> LmflowResult:
+        path = root / workflow
+        tape = root / cassette if cassette else request.path.parent / "cassettes" / path.name
+        return _run(path, dict(inputs or {}), tape, tmp_path, record=record, live=live_tools)
+
+    return run
+
+
+def _run(
+    path: Path, inputs: dict[str, Any], tape: Path, tmp: Path, *, record: bool, live: bool
+) -> LmflowResult:
+    import json
+
+    from .errors import LmflowError
+    from .runlog import Event
+    from .runtime import RunOptions, execute, parts_for, prepare
+    from .spec import load_workflow
+
+    events: list[dict[str, Any]] = []
+
+    def collect(event: Event) -> None:
+        events.append(json.loads(json.dumps(event.as_dict(), default=str)))
+
+    options = RunOptions(
+        runs_dir=tmp / "runs",
+        sinks=(collect,),
+        record=tape if record else None,
+        rerecord=record,
+        replay=None if record else tape,
+        live_tools=live and not record,
+    )
+    failure = None
+    try:
+        workflow = load_workflow(path)
+        run = prepare(workflow, inputs, options)
+        result = asyncio.run(execute(run, parts_for(run, options)))
+    except LmflowError as error:
+        failure = f"lmflow: {error.message}" + (f"\nhint: {error.hint}" if error.hint else "")
+    if failure is not None:  # outside the except: no chained traceback in the report
+        pytest.fail(failure, pytrace=False)
+    placeholders = {
+        str(path.parent.resolve()): "<workflow.dir>",
+        str(run.run_dir.resolve()): "<run.dir>",
+        str(run.run_dir): "<run.dir>",
+        str(tmp.resolve()): "<tmp>",
+        run.run_id: "<run.id>",
+        str(run.context["run"]["started_at"]): "<run.started_at>",
+    }
+    return LmflowResult(
+        status=result.status,
+        outputs=result.outputs,
+        steps={step.id: step.as_dict() for step in result.steps},
+        events=events,
+        run_dir=run.run_dir,
+        error=result.error,
+        placeholders=placeholders,
+    )
+
+
+if SingleFileSnapshotExtension is not None:
+
+    class YamlSnapshotExtension(SingleFileSnapshotExtension):
+        """One YAML file per snapshot: diffs in review read like the run itself."""
+
+        file_extension = "yaml"
+        _write_mode = WriteMode.TEXT
+
+        def serialize(self, data: Any, **kwargs: Any) -> str:
+            from .replay import to_yaml
+
+            return data.yaml() if isinstance(data, SnapshotView) else to_yaml(data)
+
+    @pytest.fixture
+    def lmflow_snapshot(snapshot: Any) -> Any:
+        """syrupy's `snapshot`, storing `__snapshots__/<test file>/<test>.yaml`."""
+        return snapshot.use_extension(YamlSnapshotExtension)

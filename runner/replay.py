@@ -1,0 +1,857 @@
+"""Record and replay a run's model and tool exchanges: cassettes.
+
+`lmflow run --record` wraps the live parts of a run (the LM Studio client and the MCP
+sessions) so every model request with its answer and every tool call with its result lands
+in a cassette, a YAML file reviewed in pull requests like code. `lmflow run --replay` gives
+the executor parts that answer from the cassette instead: no LM Studio, and, unless
+`--live-tools`, no MCP server.
+
+Requests are matched on their meaning (model, messages, tool names, parameters). What
+changes from run to run is normalized on both sides: secrets are masked, this run's workflow
+directory, run directory, run id and start time become placeholders, and tool-call ids are
+renumbered. Replayed answers get the placeholders filled back in with the current run's
+values, so a cassette recorded on one machine replays on another.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from mcp.types import Tool
+
+from .chat import ChatModel, ChatRequest, ChatResponse, ToolCall, ToolResult, Usage
+from .errors import CassetteError, ReplayMissError
+from .mcp import McpToolbox, ToolSource, build_toolbox
+from .runlog import Event, Redactor, RunLog
+
+CASSETTE_VERSION = 1
+HEADER = """\
+# lmflow cassette: the model requests and MCP tool calls of one recorded run, with their
+# answers. `lmflow run WORKFLOW --replay THIS_FILE` answers from it without LM Studio or MCP
+# servers; re-record with `lmflow run WORKFLOW --record THIS_FILE --rerecord`.
+# Placeholders: <workflow.dir>, <run.dir>, <run.id>, <run.started_at>; *** is a masked secret.
+"""
+MAX_DIFF_LINES = 40
+PARAMS = ("tool_choice", "temperature", "max_tokens", "response_format")
+REQUEST_FIELDS = ("model", "tools", "params", "messages")
+
+# --- the file -----------------------------------------------------------------------------
+
+
+@dataclass
+class LlmExchange:
+    """One model request and its answer. `request.messages` is the whole conversation."""
+
+    n: int
+    step: str | None
+    round: int | None
+    request: dict[str, Any]
+    response: dict[str, Any]
+
+
+@dataclass
+class ToolExchange:
+    """One MCP tool call and its result."""
+
+    n: int
+    step: str | None
+    server: str
+    tool: str
+    arguments: Any
+    result: dict[str, Any]
+
+
+Exchange = LlmExchange | ToolExchange
+
+
+@dataclass
+class Cassette:
+    """A recorded run: each server's tool list, then the exchanges in the order they began."""
+
+    workflow: str
+    servers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    exchanges: list[Exchange] = field(default_factory=list)
+    outcome: str | None = None
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> Cassette:
+        """Read and check a cassette; any problem is a `CassetteError` naming file and line."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CassetteError(
+                f"cassette {path} does not exist",
+                hint=f"record it with `lmflow run WORKFLOW --record {path}`",
+            ) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise CassetteError(f"cannot read cassette {path}: {error}") from None
+        node, data = _parse_yaml(text, path)
+        errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if errors:
+            error = errors[0]
+            line = _line_of(node, list(error.absolute_path))
+            where = "/".join(str(p) for p in error.absolute_path) or "the top level"
+            raise CassetteError(
+                f"{path}:{line}: not a valid cassette: at {where}: {error.message}",
+                hint="fix the file by hand, or re-record it with --record ... --rerecord",
+            )
+        cassette = cls(
+            workflow=data.get("workflow") or "",
+            servers={name: list(tools) for name, tools in (data.get("servers") or {}).items()},
+            outcome=data.get("outcome"),
+            path=path,
+        )
+        llm_messages: dict[int, list[Any]] = {}
+        for index, item in enumerate(data["exchanges"]):
+            if item["kind"] == "tool":
+                cassette.exchanges.append(
+                    ToolExchange(
+                        item["n"],
+                        item.get("step"),
+                        item["server"],
+                        item["tool"],
+                        item.get("arguments") or {},
+                        {"text": "", "is_error": False, **item["result"]},
+                    )
+                )
+                continue
+            request = dict(item["request"])
+            messages = list(request.pop("messages"))
+            if "continues" in request:
+                earlier = request.pop("continues")
+                if earlier not in llm_messages:
+                    line = _line_of(node, ["exchanges", index, "request", "continues"])
+                    raise CassetteError(
+                        f"{path}:{line}: exchange {item['n']} continues exchange {earlier}, "
+                        "which is not an earlier model exchange"
+                    )
+                messages = llm_messages[earlier] + messages
+            request = {"model": request["model"], "tools": [], "params": {}, **request}
+            request["messages"] = messages
+            llm_messages[item["n"]] = messages
+            cassette.exchanges.append(
+                LlmExchange(
+                    item["n"], item.get("step"), item.get("round"), request, item["response"]
+                )
+            )
+        return cassette
+
+    def dump(self) -> str:
+        """The YAML text: a conversation's later requests list only their new messages."""
+        exchanges: list[dict[str, Any]] = []
+        conversations: list[tuple[int, list[Any]]] = []
+        for exchange in self.exchanges:
+            if isinstance(exchange, ToolExchange):
+                result = dict(exchange.result)
+                if result.get("structured") is None:
+                    result.pop("structured", None)
+                exchanges.append(
+                    {
+                        "n": exchange.n,
+                        "kind": "tool",
+                        "step": exchange.step,
+                        "server": exchange.server,
+                        "tool": exchange.tool,
+                        "arguments": exchange.arguments,
+                        "result": result,
+                    }
+                )
+                continue
+            messages = exchange.request["messages"]
+            request = {k: v for k, v in exchange.request.items() if k != "messages"}
+            # The latest earlier request whose conversation this one continues.
+            for earlier, known in reversed(conversations):
+                if len(known) < len(messages) and messages[: len(known)] == known:
+                    request["continues"] = earlier
+                    request["messages"] = messages[len(known) :]
+                    break
+            else:
+                request["messages"] = messages
+            conversations.append((exchange.n, messages))
+            exchanges.append(
+                {
+                    "n": exchange.n,
+                    "kind": "llm",
+                    "step": exchange.step,
+                    "round": exchange.round,
+                    "request": request,
+                    "response": exchange.response,
+                }
+            )
+        document = {
+            "version": CASSETTE_VERSION,
+            "workflow": self.workflow,
+            "outcome": self.outcome,
+            "servers": self.servers,
+            "exchanges": exchanges,
+        }
+        return HEADER + to_yaml(document)
+
+    def save(self, path: Path) -> None:
+        """Write atomically: an interrupted save leaves the old cassette, never half a file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.dump(), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def ensure_recordable(path: Path, rerecord: bool) -> None:
+    """`--record` never overwrites a cassette by accident: it is reviewed, committed work."""
+    if path.is_dir():
+        raise CassetteError(f"cassette {path} is a directory")
+    if path.exists() and not rerecord:
+        raise CassetteError(
+            f"cassette {path} already exists; refusing to overwrite it",
+            hint="pass --rerecord to replace it, or --replay to run from it",
+        )
+
+
+# --- YAML ---------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    """Readable YAML: multi-line strings as `|` blocks, short flat collections on one line."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def _is_flat(values: Iterable[Any]) -> bool:
+    values = list(values)
+    scalars = all(
+        not isinstance(v, (Mapping, list, tuple)) and not (isinstance(v, str) and "\n" in v)
+        for v in values
+    )
+    return scalars and len(json.dumps(values, default=str)) <= 72
+
+
+def _represent_dict(dumper: yaml.SafeDumper, value: Mapping[str, Any]) -> yaml.Node:
+    return dumper.represent_mapping(
+        "tag:yaml.org,2002:map", value, flow_style=_is_flat(value.values())
+    )
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: Sequence[Any]) -> yaml.Node:
+    return dumper.represent_sequence(
+        "tag:yaml.org,2002:seq", value, flow_style=bool(value) and _is_flat(value)
+    )
+
+
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(dict, _represent_dict)
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(tuple, _represent_list)
+
+
+def to_yaml(value: Any) -> str:
+    """The YAML form of cassettes, snapshots and replay diffs."""
+    return yaml.dump(
+        _plain(value), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=10_000
+    )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-shaped data (no read-only mappings or tuples) that YAML and equality agree on."""
+    return json.loads(json.dumps(value, ensure_ascii=False, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise CassetteError(
+            f"{where}: the cassette is not valid YAML: {problem}",
+            hint="fix the file by hand, or re-record it with --record ... --rerecord",
+        ) from None
+    finally:
+        loader.dispose()
+    if data is None:
+        raise CassetteError(f"cassette {path} is empty", hint="re-record it with --record")
+    return node, data
+
+
+def _line_of(node: yaml.Node | None, path: Sequence[Any]) -> int:
+    """The line of the deepest node on `path` that exists (1-based)."""
+    if node is None:
+        return 1
+    for part in path:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if part < len(node.value) else None
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1
+
+
+_TEXT = {"type": ["string", "null"]}
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["version", "exchanges"],
+    "properties": {
+        "version": {"const": CASSETTE_VERSION},
+        "workflow": _TEXT,
+        "outcome": _TEXT,
+        "servers": {
+            "type": ["object", "null"],
+            "additionalProperties": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "title": _TEXT,
+                        "description": _TEXT,
+                        "input_schema": {"type": "object"},
+                    },
+                },
+            },
+        },
+        "exchanges": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["n", "kind"],
+                "properties": {
+                    "n": {"type": "integer"},
+                    "kind": {"enum": ["llm", "tool"]},
+                    "step": _TEXT,
+                },
+                "allOf": [
+                    {
+                        "if": {"properties": {"kind": {"const": "llm"}}},
+                        "then": {
+                            "required": ["request", "response"],
+                            "properties": {
+                                "round": {"type": ["integer", "null"]},
+                                "request": {
+                                    "type": "object",
+                                    "required": ["model", "messages"],
+                                    "properties": {
+                                        "model": {"type": "string"},
+                                        "tools": {"type": "array", "items": {"type": "string"}},
+                                        "params": {"type": "object"},
+                                        "continues": {"type": "integer"},
+                                        "messages": {
+                                            "type": "array",
+                                            "items": {"type": "object", "required": ["role"]},
+                                        },
+                                    },
+                                },
+                                "response": {
+                                    "type": "object",
+                                    "properties": {
+                                        "content": _TEXT,
+                                        "reasoning": _TEXT,
+                                        "finish_reason": _TEXT,
+                                        "tool_calls": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "required": ["id", "name", "arguments"],
+                                                "properties": {
+                                                    "id": {"type": "string"},
+                                                    "name": {"type": "string"},
+                                                    "arguments": {"type": "string"},
+                                                },
+                                            },
+                                        },
+                                        "usage": {
+                                            "type": "object",
+                                            "properties": {
+                                                "prompt_tokens": {"type": "integer"},
+                                                "completion_tokens": {"type": "integer"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    {
+                        "if": {"properties": {"kind": {"const": "tool"}}},
+                        "then": {
+                            "required": ["server", "tool", "result"],
+                            "properties": {
+                                "server": {"type": "string"},
+                                "tool": {"type": "string"},
+                                "arguments": {"type": ["object", "null"]},
+                                "result": {
+                                    "type": "object",
+                                    "properties": {
+                                        "text": {"type": "string"},
+                                        "is_error": {"type": "boolean"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                ],
+            },
+        },
+    },
+}
+_VALIDATOR = Draft202012Validator(_SCHEMA)
+
+
+# --- normalizing --------------------------------------------------------------------------
+
+
+class Normalizer:
+    """Turns what is particular to this run into stable text, and back.
+
+    Secrets are masked (and stay masked: a cassette never holds one); this run's workflow
+    directory, run directory, run id and start time become placeholders, which `restore`
+    fills back in with this run's values.
+    """
+
+    def __init__(self, redactor: Redactor, context: Mapping[str, Any]) -> None:
+        self._redactor = redactor
+        workflow = context.get("workflow", {})
+        run = context.get("run", {})
+        values = {
+            "<workflow.dir>": workflow.get("dir"),
+            "<run.dir>": run.get("dir"),
+            "<run.id>": run.get("id"),
+            "<run.started_at>": run.get("started_at"),
+        }
+        self._placeholders = sorted(
+            ((str(v), k) for k, v in values.items() if v and len(str(v)) > 1),
+            key=lambda pair: len(pair[0]),
+            reverse=True,
+        )
+
+    def __call__(self, value: Any) -> Any:
+        return _map_strings(_plain(self._redactor(_plain(value))), self._hide)
+
+    def restore(self, value: Any) -> Any:
+        return _map_strings(value, self._fill)
+
+    def _hide(self, text: str) -> str:
+        for actual, placeholder in self._placeholders:
+            text = text.replace(actual, placeholder)
+        return text
+
+    def _fill(self, text: str) -> str:
+        for actual, placeholder in self._placeholders:
+            text = text.replace(placeholder, actual)
+        return text
+
+
+def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, Mapping):
+        return {k: _map_strings(v, change) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, change) for v in value]
+    return value
+
+
+def renumber_ids(messages: Sequence[Mapping[str, Any]], ids: dict[str, str]) -> list[Any]:
+    """Tool-call ids as call-1, call-2, ... in order of first appearance (`ids` is updated)."""
+
+    def new(call_id: Any) -> Any:
+        if not isinstance(call_id, str):
+            return call_id
+        return ids.setdefault(call_id, f"call-{len(ids) + 1}")
+
+    renumbered = []
+    for message in messages:
+        message = dict(message)
+        if message.get("tool_calls"):
+            message["tool_calls"] = [
+                {**call, "id": new(call.get("id"))} for call in message["tool_calls"]
+            ]
+        if "tool_call_id" in message:
+            message["tool_call_id"] = new(message["tool_call_id"])
+        renumbered.append(message)
+    return renumbered
+
+
+def request_record(request: ChatRequest) -> dict[str, Any]:
+    """What a model request means, without transport details."""
+    params = {name: getattr(request, name) for name in PARAMS}
+    return {
+        "model": request.model,
+        "tools": [tool["function"]["name"] for tool in request.tools],
+        "params": {k: v for k, v in params.items() if v is not None},
+        "messages": [dict(m) for m in request.messages],
+    }
+
+
+def response_record(response: ChatResponse) -> dict[str, Any]:
+    record: dict[str, Any] = {"content": response.content}
+    if response.tool_calls:
+        record["tool_calls"] = [
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in response.tool_calls
+        ]
+    if response.reasoning is not None:
+        record["reasoning"] = response.reasoning
+    record["finish_reason"] = response.finish_reason
+    record["usage"] = {
+        "prompt_tokens": response.usage.prompt_tokens,
+        "completion_tokens": response.usage.completion_tokens,
+    }
+    return record
+
+
+def _llm_key(record: Mapping[str, Any]) -> str:
+    local = {**record, "messages": renumber_ids(record["messages"], {})}
+    return json.dumps(local, sort_keys=True, ensure_ascii=False)
+
+
+def _tool_key(server: str, tool: str, arguments: Any) -> str:
+    return json.dumps([server, tool, arguments], sort_keys=True, ensure_ascii=False)
+
+
+def _tool_spec(tool: Tool) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": tool.name}
+    if tool.title:
+        spec["title"] = tool.title
+    spec["description"] = tool.description
+    spec["input_schema"] = tool.input_schema
+    return spec
+
+
+class _Position:
+    """Which step and round the run is in: the run log knows, the model and tools do not."""
+
+    def __init__(self, log: RunLog) -> None:
+        self.step: str | None = None
+        self.round: int | None = None
+        self.outcome: str | None = None
+        log.subscribe(self)
+
+    def __call__(self, event: Event) -> None:
+        if event.type == "step_started":
+            self.step, self.round = event.step, None
+        elif event.type in ("llm_request", "tool_call"):
+            self.round = event.data.get("round")
+        elif event.type == "run_finished":
+            self.outcome = event.data.get("status")
+
+    def describe(self) -> str:
+        if self.step is None:
+            return "before the first step"
+        return f"step {self.step!r}" + (f", round {self.round}" if self.round else "")
+
+
+# --- recording ----------------------------------------------------------------------------
+
+
+class Recorder:
+    """Wraps a run's live model and tools and keeps every exchange for the cassette."""
+
+    def __init__(self, workflow: str, log: RunLog, context: Mapping[str, Any]) -> None:
+        self._workflow = workflow
+        self._normalize = Normalizer(log.redactor, context)
+        self._position = _Position(log)
+        # A slot per exchange, taken when it begins: the file follows the order of the
+        # calls, not the order in which concurrent calls happened to finish.
+        self._slots: list[tuple[str, Any] | None] = []
+        self._servers: dict[str, list[Tool]] = {}
+
+    def chat(self, model: ChatModel) -> ChatModel:
+        return _RecordingChat(model, self)
+
+    def tools(self, source: ToolSource, servers: Iterable[str]) -> RecordingTools:
+        """Record the tools of `servers` now, so a step the run skips still replays."""
+        recording = RecordingTools(source, self)
+        for server in servers:
+            recording.tools(server)
+        return recording
+
+    def _begin(self) -> int:
+        self._slots.append(None)
+        return len(self._slots) - 1
+
+    def cassette(self) -> Cassette:
+        """Everything recorded so far, normalized: secrets masked, placeholders, call ids."""
+        ids: dict[str, str] = {}
+        cassette = Cassette(
+            workflow=self._workflow,
+            outcome=self._position.outcome,
+            servers={
+                name: self._normalize([_tool_spec(t) for t in tools])
+                for name, tools in self._servers.items()
+            },
+        )
+        for kind, raw in filter(None, self._slots):
+            n = len(cassette.exchanges) + 1
+            if kind == "llm":
+                step, round_, request, response = raw
+                request = self._normalize(request)
+                request["messages"] = renumber_ids(request["messages"], ids)
+                response = self._normalize(response)
+                for call in response.get("tool_calls", ()):
+                    call["id"] = ids.setdefault(call["id"], f"call-{len(ids) + 1}")
+                cassette.exchanges.append(LlmExchange(n, step, round_, request, response))
+            else:
+                step, server, tool, arguments, result = raw
+                cassette.exchanges.append(
+                    ToolExchange(
+                        n, step, server, tool, self._normalize(arguments), self._normalize(result)
+                    )
+                )
+        return cassette
+
+
+class _RecordingChat:
+    def __init__(self, model: ChatModel, recorder: Recorder) -> None:
+        self._model = model
+        self._recorder = recorder
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        where = self._recorder._position
+        step, round_ = where.step, where.round
+        slot = self._recorder._begin()
+        response = await self._model.chat(request)
+        self._recorder._slots[slot] = (
+            "llm",
+            (step, round_, request_record(request), response_record(response)),
+        )
+        return response
+
+
+class RecordingTools:
+    """A tool provider that records what the live MCP sessions list and answer."""
+
+    def __init__(self, source: ToolSource, recorder: Recorder) -> None:
+        self._source = source
+        self._recorder = recorder
+
+    def tools(self, server: str) -> list[Tool]:
+        listed = self._source.tools(server)
+        self._recorder._servers.setdefault(server, listed)
+        return listed
+
+    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> McpToolbox:
+        return build_toolbox(self, servers, allow)
+
+    async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
+        step = self._recorder._position.step
+        slot = self._recorder._begin()
+        result = await self._source.call_tool(server, tool, arguments)
+        self._recorder._slots[slot] = (
+            "tool",
+            (
+                step,
+                server,
+                tool,
+                dict(arguments),
+                {"text": result.text, "is_error": result.is_error, "structured": result.structured},
+            ),
+        )
+        return result
+
+
+# --- replaying ----------------------------------------------------------------------------
+
+
+class Replayer:
+    """Answers a run's model requests and tool calls from a cassette.
+
+    A request the cassette does not hold raises `ReplayMissError` (exit code 3) naming the
+    closest recorded one and what differs. The executor turns an error inside a step into a
+    failed step; `misses` keeps each one so the caller can end the run with exit code 3.
+    """
+
+    def __init__(self, cassette: Cassette, log: RunLog, context: Mapping[str, Any]) -> None:
+        self.cassette = cassette
+        self.misses: list[ReplayMissError] = []
+        self._normalize = Normalizer(log.redactor, context)
+        self._position = _Position(log)
+        self._workflow = str(context.get("workflow", {}).get("name") or "")
+        self._llm: dict[str, deque[LlmExchange]] = {}
+        self._tool: dict[str, deque[ToolExchange]] = {}
+        for exchange in cassette.exchanges:
+            if isinstance(exchange, LlmExchange):
+                self._llm.setdefault(_llm_key(exchange.request), deque()).append(exchange)
+            else:
+                key = _tool_key(exchange.server, exchange.tool, exchange.arguments)
+                self._tool.setdefault(key, deque()).append(exchange)
+
+    def chat(self) -> ChatModel:
+        return _ReplayChat(self)
+
+    def tools(self) -> ReplayTools:
+        return ReplayTools(self)
+
+    def raise_first_miss(self) -> None:
+        if self.misses:
+            raise self.misses[0]
+
+    @staticmethod
+    def _take(queue: deque[Any]) -> Any:
+        """Identical requests get the recorded answers in order; the last one repeats."""
+        return queue.popleft() if len(queue) > 1 else queue[0]
+
+    def _miss(self, message: str, hint: str | None = None) -> ReplayMissError:
+        where = self.cassette.path or "the cassette"
+        text = f"replay miss ({self._position.describe()}): {message}"
+        if self.cassette.workflow and self.cassette.workflow != self._workflow:
+            text += (
+                f"\nnote: {where} was recorded for workflow {self.cassette.workflow!r}, "
+                f"not {self._workflow!r}"
+            )
+        error = ReplayMissError(
+            text,
+            hint=hint
+            or "the workflow, its inputs or a tool changed since the cassette was recorded; "
+            f"re-record it: lmflow run WORKFLOW --record {where} --rerecord",
+        )
+        self.misses.append(error)
+        return error
+
+    def answer(self, request: ChatRequest) -> ChatResponse:
+        record = self._normalize(request_record(request))
+        queue = self._llm.get(_llm_key(record))
+        if queue is None:
+            raise self._llm_miss(record)
+        response = self._normalize.restore(self._take(queue).response)
+        usage = response.get("usage") or {}
+        return ChatResponse(
+            content=response.get("content"),
+            tool_calls=tuple(
+                ToolCall(c["id"], c["name"], c["arguments"]) for c in response.get("tool_calls", ())
+            ),
+            finish_reason=response.get("finish_reason"),
+            reasoning=response.get("reasoning"),
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            model=request.model,
+        )
+
+    def _llm_miss(self, record: dict[str, Any]) -> ReplayMissError:
+        recorded = [e for e in self.cassette.exchanges if isinstance(e, LlmExchange)]
+        if not recorded:
+            return self._miss(
+                f"the cassette holds no model requests, and this run asks one of {record['model']}"
+            )
+        live = {**record, "messages": renumber_ids(record["messages"], {})}
+        candidates = [
+            (e, {**e.request, "messages": renumber_ids(e.request["messages"], {})})
+            for e in recorded
+        ]
+        best, closest = max(
+            candidates,
+            key=lambda c: (
+                _similarity(c[1], live),
+                c[0].step == self._position.step,
+                c[0].round == self._position.round,
+            ),
+        )
+        differing = [name for name in REQUEST_FIELDS if closest.get(name) != live.get(name)]
+        diff = "\n".join(_diff(closest[name], live[name], name) for name in differing)
+        where = f"step {best.step!r}, round {best.round}" if best.step else "no step"
+        return self._miss(
+            f"the cassette holds no answer to this model request.\n"
+            f"closest recorded request: exchange {best.n} ({where}); "
+            f"it differs in {', '.join(differing)}:\n{diff}"
+        )
+
+    async def call(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
+        normalized = self._normalize(dict(arguments))
+        queue = self._tool.get(_tool_key(server, tool, normalized))
+        if queue is None:
+            raise self._tool_miss(server, tool, normalized)
+        result = self._normalize.restore(self._take(queue).result)
+        return ToolResult(result["text"], bool(result["is_error"]), result.get("structured"))
+
+    def _tool_miss(self, server: str, tool: str, arguments: Any) -> ReplayMissError:
+        call = {"server": server, "tool": tool, "arguments": arguments}
+        recorded = [
+            {"server": e.server, "tool": e.tool, "arguments": e.arguments}
+            for e in self.cassette.exchanges
+            if isinstance(e, ToolExchange)
+        ]
+        text = f"the cassette holds no result of tool {server}.{tool} with these arguments"
+        if not recorded:
+            return self._miss(f"{text}; it holds no tool calls at all")
+        closest = max(
+            recorded,
+            key=lambda r: ((r["server"], r["tool"]) == (server, tool), _similarity(r, call)),
+        )
+        return self._miss(f"{text}.\nclosest recorded call:\n{_diff(closest, call, 'call')}")
+
+    def listed(self, server: str) -> list[Tool]:
+        specs = self.cassette.servers.get(server)
+        if specs is None:
+            known = ", ".join(self.cassette.servers) or "none"
+            raise self._miss(
+                f"the cassette holds no tool list of MCP server {server!r} (it has: {known})"
+            )
+        return [Tool.model_validate(self._normalize.restore(spec)) for spec in specs]
+
+
+def _similarity(a: Any, b: Any) -> float:
+    return difflib.SequenceMatcher(None, to_yaml(a).splitlines(), to_yaml(b).splitlines()).ratio()
+
+
+def _diff(recorded: Any, live: Any, name: str) -> str:
+    """A short unified diff of one field, in the cassette's own YAML form."""
+    lines = list(
+        difflib.unified_diff(
+            to_yaml(recorded).splitlines(),
+            to_yaml(live).splitlines(),
+            f"{name} (recorded)",
+            f"{name} (this run)",
+            n=2,
+            lineterm="",
+        )
+    )
+    if len(lines) > MAX_DIFF_LINES:
+        lines = [*lines[:MAX_DIFF_LINES], f"... ({len(lines) - MAX_DIFF_LINES} more lines)"]
+    return "\n".join(f"  {line}" for line in lines)
+
+
+class _ReplayChat:
+    def __init__(self, replayer: Replayer) -> None:
+        self._replayer = replayer
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        return self._replayer.answer(request)
+
+
+class ReplayTools:
+    """A tool provider whose tool lists and results come from the cassette: no server runs."""
+
+    def __init__(self, replayer: Replayer) -> None:
+        self._replayer = replayer
+
+    def tools(self, server: str) -> list[Tool]:
+        return self._replayer.listed(server)
+
+    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> McpToolbox:
+        return build_toolbox(self, servers, allow)
+
+    async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
+        return await self._replayer.call(server, tool, arguments)

@@ -1,0 +1,128 @@
+"""Benchmark: the engine's own overhead on a 50-step workflow, against a bare httpx loop.
+
+Run: python tests/bench/bench_engine.py [--steps N] [--repeat N]
+     (not collected by pytest: the name is bench_*)
+
+Both sides talk to the same fake LM Studio with zero latency and make the same chat
+requests (the bare loop replays the exact bodies the engine sent), so the difference is
+what lmflow adds per run: the model check (a disk-cache hit), planning, template rendering,
+the agent loop, events, and, in the first variant, writing events.jsonl and result.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `fakes`
+
+from fakes.lmstudio import FakeLMStudio, FakeModel
+
+from runner.runtime import RunOptions, run_workflow
+from runner.spec import load_workflow
+from runner.spec.model import Workflow
+
+MODEL = "qwen/qwen3-4b"
+
+
+def workflow_text(steps: int) -> str:
+    """Each step reads the previous one, so planning and rendering do real work."""
+    lines = [
+        "version: 1",
+        "name: bench",
+        f"defaults: {{model: {MODEL}, temperature: 0.2}}",
+        "inputs:",
+        "  topic: {type: string, default: benchmarks}",
+        "steps:",
+        "  - {id: s0, prompt: 'Start on {{ inputs.topic }}.'}",
+    ]
+    for i in range(1, steps):
+        lines.append(
+            f"  - {{id: s{i}, prompt: 'Step {i}, after {{{{ steps.s{i - 1}.output | length }}}}"
+            " characters.'}"
+        )
+    lines.append("outputs:")
+    lines.append(f"  last: '{{{{ steps.s{steps - 1}.output }}}}'")
+    return "\n".join(lines) + "\n"
+
+
+def engine(workflow: Workflow, url: str, runs_dir: Path, write_log: bool) -> Callable[[], None]:
+    options = RunOptions(base_url=url, runs_dir=runs_dir, write_log=write_log)
+
+    def run() -> None:
+        result = asyncio.run(run_workflow(workflow, {}, options))
+        assert result.status == "succeeded", result.error
+
+    return run
+
+
+def bare_loop(url: str, bodies: Sequence[Mapping[str, Any]]) -> Callable[[], None]:
+    """The same requests with nothing around them: one client, one POST after another."""
+
+    async def go() -> None:
+        async with httpx.AsyncClient(base_url=url) as client:
+            for body in bodies:
+                response = await client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+                response.json()
+
+    return lambda: asyncio.run(go())
+
+
+def median_seconds(function: Callable[[], None], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="lmflow-bench-"))
+    os.environ["LMFLOW_CACHE_DIR"] = str(scratch / "cache")
+    path = scratch / "bench.yaml"
+    path.write_text(workflow_text(args.steps))
+    workflow = load_workflow(path)
+
+    with FakeLMStudio(models=[FakeModel(MODEL, loaded=True)]) as lm:  # echo mode, no delay
+        with_log = engine(workflow, lm.url, scratch / "runs", write_log=True)
+        without_log = engine(workflow, lm.url, scratch / "runs", write_log=False)
+        with_log()  # warm up: imports, the model cache, the connection path
+        bodies = lm.chat_requests[-args.steps :]
+        assert len(bodies) == args.steps
+        bare = bare_loop(lm.url, bodies)
+        bare()
+        bare_time = median_seconds(bare, args.repeat)
+        engine_times = {
+            "engine, no run log": median_seconds(without_log, args.repeat),
+            "engine, events.jsonl": median_seconds(with_log, args.repeat),
+        }
+
+    print(f"{args.steps} chat requests, zero-latency fake, medians of {args.repeat} runs:")
+    print(f"  {'bare httpx loop':22} {bare_time * 1e3:8.1f} ms")
+    for name, seconds in engine_times.items():
+        per_step = (seconds - bare_time) / args.steps * 1e3
+        print(
+            f"  {name:22} {seconds * 1e3:8.1f} ms  ratio {seconds / bare_time:4.2f}x"
+            f"  (+{per_step:.2f} ms per step)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,466 @@
+"""Re-record the cassettes of the example workflows (tests/cassettes/<name>.yaml).
+
+    python tests/record_cassettes.py                # every example
+    python tests/record_cassettes.py changelog      # one of them
+
+The model is scripted: the fake LM Studio of the test suite (tests/fakes/lmstudio.py) plays
+a model whose turns are written below, computed from what the real tools answered. The MCP
+servers are the REAL ones the workflows declare (mcp-server-time, mcp-server-git on a small
+repository made here, the npm filesystem and memory servers pinned in tests/node), run by
+`lmflow run --record` exactly as a user's run would. Each cassette is replayed once right
+after recording, as a check. Then refresh the snapshots:
+`python -m pytest tests/test_examples_replay.py --snapshot-update`.
+
+To record a cassette with a real model instead, run the workflow against LM Studio:
+`lmflow run workflows/<name>.yaml --record tests/cassettes/<name>.yaml --rerecord`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+WORKFLOWS = ROOT / "workflows"
+CASSETTES = TESTS / "cassettes"
+sys.path.insert(0, str(TESTS))
+
+from fakes.lmstudio import FakeLMStudio, FakeModel  # noqa: E402
+
+Request = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Example:
+    """How to record one example: where to run it, with which inputs, and the model's turns."""
+
+    name: str
+    models: Sequence[str]
+    script: Sequence[Any]
+    setup: Callable[[Path], tuple[Path, list[str]]]  # scratch dir -> (cwd, extra arguments)
+
+
+# --- reading what the model was sent ---------------------------------------------------------
+
+
+def tool_results(request: Request) -> list[str]:
+    """The tool results the model sees this turn (after its last tool calls)."""
+    results: list[str] = []
+    for message in request["messages"]:
+        if message["role"] == "assistant":
+            results = []
+        elif message["role"] == "tool":
+            results.append(message["content"])
+    return results
+
+
+def prompt(request: Request) -> str:
+    return next(m["content"] for m in request["messages"] if m["role"] == "user")
+
+
+def answer(value: Any) -> str:
+    return json.dumps(value, indent=2)
+
+
+# --- meeting-planner: the time server ----------------------------------------------------------
+
+PARTICIPANTS = {"America/New_York": "Ana", "Asia/Tokyo": "Kenji", "Asia/Kolkata": "Priya"}
+
+
+def conversions(request: Request) -> list[dict[str, Any]]:
+    return [json.loads(text) for text in tool_results(request)]
+
+
+def fits(local: dict[str, Any], minutes: int = 30) -> bool:
+    hour, minute = map(int, local["datetime"][11:16].split(":"))
+    start = hour * 60 + minute
+    weekday = local["day_of_week"] not in ("Saturday", "Sunday")
+    return weekday and start >= 9 * 60 and start + minutes <= 18 * 60
+
+
+def check_answer(request: Request) -> str:
+    rows = [
+        {
+            "name": PARTICIPANTS[c["target"]["timezone"]],
+            "timezone": c["target"]["timezone"],
+            "local_start": c["target"]["datetime"][11:16],
+            "local_day": c["target"]["day_of_week"],
+            "fits": fits(c["target"]),
+        }
+        for c in conversions(request)
+    ]
+    return answer({"participants": rows, "everyone_fits": all(r["fits"] for r in rows)})
+
+
+def convert(times: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
+    return [
+        (
+            "convert_time",
+            {"source_timezone": "Europe/Berlin", "time": time, "target_timezone": zone},
+        )
+        for time in times
+        for zone in PARTICIPANTS
+    ]
+
+
+def alternatives_answer(request: Request) -> str:
+    slots: dict[str, list[dict[str, Any]]] = {}
+    for c in conversions(request):
+        slots.setdefault(c["source"]["datetime"][11:16], []).append(c["target"])
+    answers = []
+    for time, targets in slots.items():
+        good = [PARTICIPANTS[t["timezone"]] for t in targets if fits(t)]
+        bad = [
+            f"{PARTICIPANTS[t['timezone']]} {t['datetime'][11:16]}" for t in targets if not fits(t)
+        ]
+        note = f"fits {', '.join(good) or 'nobody'}"
+        if bad:
+            note += f"; outside working hours for {', '.join(bad)}"
+        answers.append({"time": time, "fits_everyone": not bad, "note": note})
+    return answer({"slots": answers})
+
+
+def invitation(request: Request) -> str:
+    text = prompt(request)
+    lines = re.findall(r"^- (\w+): (\d\d:\d\d) (\w+) \(([\w/]+)\)$", text, re.MULTILINE)
+    schedule = "\n".join(f"- {name}: {start} on {day} ({zone})" for name, start, day, zone in lines)
+    slots = re.findall(r'"time": "(\d\d:\d\d)"', text)
+    offer = ""
+    if slots:
+        offer = (
+            "\n\n16:00 is outside working hours for some of us, so here are other options "
+            f"(Berlin time): {', '.join(slots)}. Please reply with the one that suits you."
+        )
+    return (
+        "Subject: Quarterly roadmap review (30 min)\n\n"
+        "Hi Ana, Kenji and Priya,\n\n"
+        "I would like to hold our quarterly roadmap review, proposed for 16:00 Berlin time. "
+        f"That is:\n{schedule}{offer}\n\nThanks, and talk soon!"
+    )
+
+
+def meeting_planner_setup(scratch: Path) -> tuple[Path, list[str]]:
+    return ROOT, []
+
+
+MEETING_PLANNER = Example(
+    name="meeting-planner",
+    models=["qwen/qwen3-4b-2507", "mistralai/magistral-small-2509", "google/gemma-3-12b"],
+    script=[
+        convert(["16:00"]),
+        check_answer,
+        convert(["09:30", "15:00"]),
+        alternatives_answer,
+        invitation,
+    ],
+    setup=meeting_planner_setup,
+)
+
+
+# --- changelog: mcp-server-git on a small repository -------------------------------------------
+
+COMMITS = [
+    ("Read CSV files into row dictionaries", {"csvq/reader.py": "def read(path): ...\n"}),
+    (
+        "Add --json output to the report command",
+        {"csvq/report.py": "def report(rows, json=False): ...\n"},
+    ),
+    (
+        "Fix crash when the input file is empty",
+        {"csvq/reader.py": "def read(path):\n    return []\n"},
+    ),
+    (
+        "Refactor: split the parser into tokenizer and reader",
+        {"csvq/tokenizer.py": "def tokens(line): ...\n"},
+    ),
+    ("Add tests for the tokenizer", {"tests/test_tokenizer.py": "def test_tokens(): ...\n"}),
+    ("Tweak defaults", {"csvq/config.py": "ROW_LIMIT = 1000  # was 100\n"}),
+    ("ci: test on Python 3.13", {".github/workflows/ci.yml": "python: ['3.13']\n"}),
+]
+
+
+def make_repository(root: Path) -> None:
+    """A repository whose commits (and so their hashes) are the same on every recording."""
+    root.mkdir()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Ada Lovelace",
+        "GIT_AUTHOR_EMAIL": "ada@example.org",
+        "GIT_COMMITTER_NAME": "Ada Lovelace",
+        "GIT_COMMITTER_EMAIL": "ada@example.org",
+    }
+
+    def git(*args: str, day: int = 1) -> None:
+        stamp = f"2026-03-{day:02d}T10:00:00+00:00"
+        subprocess.run(
+            ["git", *args],
+            cwd=root,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**env, "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp},
+        )
+
+    git("init", "-q", "-b", "main")
+    for day, (message, files) in enumerate(COMMITS, start=1):
+        for name, text in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        git("add", "-A")
+        git("commit", "-q", "-m", message, day=day)
+
+
+def commit_hashes(request: Request) -> dict[str, str]:
+    """Commit message -> short hash, from the git log in the prompt."""
+    found = re.findall(r"Commit: ([0-9a-f]{40})\n.*?Message: (.*?)\n", prompt(request), re.DOTALL)
+    return {message: sha[:7] for sha, message in found}
+
+
+def show_vague_commit(request: Request) -> list[tuple[str, dict[str, str]]]:
+    return [("git_show", {"repo_path": ".", "revision": commit_hashes(request)["Tweak defaults"]})]
+
+
+def classify_answer(request: Request) -> str:
+    sha = commit_hashes(request)
+    entries = [
+        ("Added", "Read CSV files into row dictionaries", "Read CSV files into row dictionaries"),
+        (
+            "Added",
+            "Add a --json output to the report command",
+            "Add --json output to the report command",
+        ),
+        ("Changed", "Raise the default row limit from 100 to 1000", "Tweak defaults"),
+        (
+            "Fixed",
+            "Fix a crash when the input file is empty",
+            "Fix crash when the input file is empty",
+        ),
+    ]
+    return answer(
+        {
+            "entries": [
+                {"category": category, "summary": summary, "commits": [sha[message]]}
+                for category, summary, message in entries
+            ],
+            "breaking": False,
+        }
+    )
+
+
+def changelog_entry(request: Request) -> str:
+    text = prompt(request)
+    entries = json.loads(re.search(r"^\[$.*^\]$", text, re.MULTILINE | re.DOTALL).group())  # type: ignore[union-attr]
+    sections = []
+    for category in ("Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"):
+        items = [e for e in entries if e["category"] == category]
+        if items:
+            bullets = "\n".join(f"- {e['summary']} ({', '.join(e['commits'])})" for e in items)
+            sections.append(f"### {category}\n\n{bullets}")
+    return "## [Unreleased]\n\n" + "\n\n".join(sections)
+
+
+def changelog_setup(scratch: Path) -> tuple[Path, list[str]]:
+    repo = scratch / "csvq"
+    make_repository(repo)
+    return repo, []
+
+
+CHANGELOG = Example(
+    name="changelog",
+    models=["qwen/qwen3-coder-30b", "google/gemma-3-12b"],
+    script=[show_vague_commit, classify_answer, changelog_entry],
+    setup=changelog_setup,
+)
+
+
+# --- repo-survey: the npm filesystem and memory servers ---------------------------------------
+
+SAMPLE_PROJECT = {
+    "README.md": "# tinyq\n\nA tiny persistent job queue: `tinyq.enqueue(job)`, then run "
+    "`python -m tinyq.worker`.\n",
+    "pyproject.toml": '[project]\nname = "tinyq"\nversion = "0.3.0"\n',
+    "tinyq/__init__.py": "from .queue import enqueue\n",
+    "tinyq/queue.py": (
+        '"""The queue: jobs in memory, flushed to storage."""\n'
+        "from . import storage\n\n"
+        "_JOBS = []  # global state shared by every caller\n\n\n"
+        "def enqueue(job):\n"
+        "    _JOBS.append(job)\n"
+        "    try:\n"
+        "        storage.save(_JOBS)\n"
+        "    except Exception:\n"
+        "        pass  # TODO: report storage errors\n"
+    ),
+    "tinyq/worker.py": (
+        '"""Runs queued jobs forever."""\n'
+        "import time\n\n"
+        "from . import storage\n\n\n"
+        "def main():\n"
+        "    while True:\n"
+        "        for job in storage.load():\n"
+        "            job()\n"
+        "        time.sleep(1)\n"
+    ),
+    "tinyq/storage.py": (
+        '"""Pickles the job list to jobs.pkl."""\n'
+        "import pickle\n\n\n"
+        "def save(jobs):\n"
+        "    with open('jobs.pkl', 'wb') as f:\n"
+        "        pickle.dump(jobs, f)\n\n\n"
+        "def load():\n"
+        "    with open('jobs.pkl', 'rb') as f:\n"
+        "        return pickle.load(f)\n"
+    ),
+    "tests/test_queue.py": (
+        "from tinyq import enqueue\n\n\ndef test_enqueue():\n    enqueue(print)\n"
+    ),
+}
+
+SURVEY_NOTES = """\
+Modules:
+- tinyq/queue.py: the public `enqueue`; keeps every job in a module-level list `_JOBS` and
+  saves the whole list on each call. A bare `except Exception: pass` swallows storage
+  errors (marked TODO), so a failed save loses jobs silently.
+- tinyq/storage.py: pickles the job list to a fixed relative path `jobs.pkl` (depends on
+  the working directory) and unpickles it; loading a pickle runs arbitrary code.
+- tinyq/worker.py: an endless loop that loads the jobs and runs each one, with no error
+  handling and no removal of finished jobs, so jobs run again every second.
+Dependencies: queue -> storage, worker -> storage.
+Tests: only tests/test_queue.py, which enqueues one job; storage and worker are untested."""
+
+RISKS = {
+    "summary": "A small queue whose storage and worker are untested. Errors are swallowed "
+    "and finished jobs are never removed, so failures are silent and jobs repeat.",
+    "modules": [
+        {
+            "path": "tinyq/worker.py",
+            "risk": "high",
+            "reason": "No error handling, and finished jobs are never removed: they run again.",
+        },
+        {
+            "path": "tinyq/queue.py",
+            "risk": "high",
+            "reason": "Global mutable state and a bare except that hides lost jobs.",
+        },
+        {
+            "path": "tinyq/storage.py",
+            "risk": "medium",
+            "reason": "Unpickles a file from the working directory; no tests.",
+        },
+    ],
+}
+
+
+def started_at(request: Request) -> str:
+    return re.search(r"dated (\S+?)\)", prompt(request)).group(1)  # type: ignore[union-attr]
+
+
+def create_entities(request: Request) -> list[tuple[str, dict[str, Any]]]:
+    date = started_at(request)
+    entities = [{"name": ".", "entityType": "repository", "observations": ["tinyq 0.3.0"]}]
+    entities += [
+        {
+            "name": m["path"],
+            "entityType": "module",
+            "observations": [f"risk {m['risk']}: {m['reason']} (survey of {date})"],
+        }
+        for m in RISKS["modules"]
+    ]
+    return [("create_entities", {"entities": entities})]
+
+
+def repo_survey_setup(scratch: Path) -> tuple[Path, list[str]]:
+    # npx finds the pinned servers through a node_modules next to the project.
+    (scratch / "node_modules").symlink_to(TESTS / "node" / "node_modules")
+    project = scratch / "tinyq"
+    for name, text in SAMPLE_PROJECT.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    return project, ["-i", f"memory_file={scratch / 'memory.jsonl'}"]
+
+
+REPO_SURVEY = Example(
+    name="repo-survey",
+    models=["qwen/qwen3-coder-30b", "mistralai/magistral-small-2509"],
+    script=[
+        [("directory_tree", {"path": "."})],
+        [
+            ("read_text_file", {"path": "tinyq/queue.py"}),
+            ("read_text_file", {"path": "tinyq/worker.py"}),
+            ("read_text_file", {"path": "tinyq/storage.py"}),
+        ],
+        SURVEY_NOTES,
+        answer(RISKS),
+        [("search_nodes", {"query": "."})],
+        create_entities,
+        [
+            (
+                "create_relations",
+                {
+                    "relations": [
+                        {"from": ".", "to": m["path"], "relationType": "contains"}
+                        for m in RISKS["modules"]
+                    ]
+                },
+            )
+        ],
+        "Recorded the repository, its three riskiest modules and a contains-relation to each.",
+    ],
+    setup=repo_survey_setup,
+)
+
+EXAMPLES = {e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY)}
+
+
+# --- recording ----------------------------------------------------------------------------
+
+
+def lmflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def record(example: Example) -> None:
+    workflow = WORKFLOWS / f"{example.name}.yaml"
+    cassette = CASSETTES / f"{example.name}.yaml"
+    models = [FakeModel(key, loaded=True) for key in example.models]
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        FakeLMStudio(models=models, script=example.script) as lm,
+    ):
+        cwd, extra = example.setup(Path(scratch))
+        recorded = lmflow(
+            "run", str(workflow), "--record", str(cassette), "--rerecord", "--base-url", lm.url,
+            "--json", "-q", *extra, cwd=cwd,
+        )  # fmt: skip
+        if recorded.returncode != 0:
+            sys.exit(f"{example.name}: recording failed:\n{recorded.stderr}{recorded.stdout}")
+        replayed = lmflow("run", str(workflow), "--replay", str(cassette), "--json", "-q", cwd=ROOT)
+        if replayed.returncode != 0:
+            sys.exit(f"{example.name}: the new cassette does not replay:\n{replayed.stderr}")
+        outputs = json.loads(replayed.stdout)["outputs"]
+        if outputs != json.loads(recorded.stdout)["outputs"]:
+            sys.exit(f"{example.name}: the replay gave other outputs than the recording")
+    print(f"recorded {cassette.relative_to(ROOT)} ({len(lm.chat_requests)} model requests)")
+
+
+def main(names: Sequence[str]) -> None:
+    unknown = sorted(set(names) - set(EXAMPLES))
+    if unknown:
+        sys.exit(f"unknown example(s): {', '.join(unknown)}; known: {', '.join(EXAMPLES)}")
+    for name in names or EXAMPLES:
+        record(EXAMPLES[name])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,113 @@
+"""The example workflows run from their cassettes and match their snapshots.
+
+These tests use the pytest plugin's fixtures exactly as a user's project would
+(runner/pytest_plugin.py); the cassettes come from tests/record_cassettes.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fakes.lmstudio import down_url
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted(path.stem for path in (ROOT / "workflows").glob("*.yaml"))
+
+pytest_plugins = ("pytester",)
+
+
+def test_every_example_has_a_cassette() -> None:
+    assert EXAMPLES, "no example workflows found"
+    missing = [
+        name for name in EXAMPLES if not (ROOT / "tests/cassettes" / f"{name}.yaml").exists()
+    ]
+    assert not missing, f"record them with: python tests/record_cassettes.py {' '.join(missing)}"
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_replays_to_its_snapshot(
+    name: str, lmflow_run, lmflow_snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing listens here: a replay must not need LM Studio.
+    monkeypatch.setenv("LMFLOW_BASE_URL", down_url())
+    result = lmflow_run(f"workflows/{name}.yaml")
+    assert result.status == "succeeded", result.error
+    assert all(step["status"] in ("succeeded", "skipped") for step in result.steps.values())
+    assert result.outputs
+    assert (result.run_dir / "events.jsonl").is_file()
+    assert result.snapshot_view() == lmflow_snapshot
+
+
+def test_meeting_planner_outputs_come_from_the_cassette(lmflow_run) -> None:
+    result = lmflow_run("workflows/meeting-planner.yaml")
+    assert result.outputs["everyone_fits"] is False
+    assert [p["name"] for p in result.outputs["schedule"]] == ["Ana", "Kenji", "Priya"]
+    assert "Quarterly roadmap review" in result.outputs["invitation"]
+
+
+WORKFLOW = """\
+version: 1
+name: echo
+defaults: {model: qwen/qwen3-4b}
+inputs:
+  word: {type: string, default: hello}
+steps:
+  - id: say
+    prompt: "Say {{ inputs.word }}"
+outputs:
+  said: "{{ steps.say.output }}"
+"""
+
+CASSETTE = """\
+version: 1
+workflow: echo
+exchanges:
+- n: 1
+  kind: llm
+  step: say
+  round: 1
+  request:
+    model: qwen/qwen3-4b
+    messages:
+    - {role: user, content: Say hello}
+  response:
+    content: hello
+    finish_reason: stop
+"""
+
+TEST_FILE = """\
+def test_echo(lmflow_run, lmflow_snapshot):
+    result = lmflow_run("echo.yaml", inputs={"word": WORD})
+    assert result.outputs == {"said": "hello"}
+    assert result.snapshot_view() == lmflow_snapshot
+"""
+
+
+def test_plugin_in_a_users_project(pytester: pytest.Pytester) -> None:
+    """A project with a workflow, a cassette and a test: the snapshot is written as YAML,
+    then checked; a request the cassette lacks fails the test with the closest one."""
+    pytester.makefile(".yaml", echo=WORKFLOW)
+    (pytester.path / "cassettes").mkdir()
+    (pytester.path / "cassettes" / "echo.yaml").write_text(CASSETTE)
+    pytester.makepyfile(test_echo="WORD = 'hello'\n" + TEST_FILE)
+
+    pytester.runpytest("--snapshot-update").assert_outcomes(passed=1)
+    stored = pytester.path / "__snapshots__" / "test_echo" / "test_echo.yaml"
+    text = stored.read_text()
+    assert "type: llm_response" in text and "content: hello" in text
+    assert "run_id" not in text and "<workflow.dir>/echo.yaml" in text
+
+    pytester.runpytest().assert_outcomes(passed=1)
+
+    pytester.makepyfile(test_echo="WORD = 'bye'\n" + TEST_FILE)
+    failed = pytester.runpytest()
+    failed.assert_outcomes(failed=1)
+    failed.stdout.fnmatch_lines(
+        [
+            "*replay miss*",
+            "*-- {role: user, content: Say hello}",
+            "*+- {role: user, content: Say bye}",
+        ]
+    )
+    assert "Traceback" not in failed.stdout.str()
