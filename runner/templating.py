@@ -10,9 +10,9 @@ written as JSON rather than Python reprs.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, Undefined, meta, nodes
@@ -151,16 +151,33 @@ def _single_expression(tree: nodes.Template) -> nodes.Expr | None:
     return None
 
 
+Renderer = Callable[[Mapping[str, Any]], Any]
+
+
+@lru_cache(maxsize=4096)
+def _compiled(text: str) -> Renderer:
+    """A field compiled once: steps re-render the same prompts and fields on every run."""
+    env = environment()
+    if _single_expression(env.parse(text)) is not None:
+        expression = env.compile_expression(_expression_source(text), undefined_to_none=False)
+        return lambda context: _defined(expression(**context))
+    template = env.from_string(text)
+    return lambda context: template.render(**context)
+
+
+@lru_cache(maxsize=1024)
+def _compiled_condition(expression: str) -> Renderer:
+    compiled = environment().compile_expression(
+        _condition_source(expression), undefined_to_none=False
+    )
+    return lambda context: _defined(compiled(**context))
+
+
 def render(text: str, context: Mapping[str, Any]) -> Any:
     """Render one field. A lone `{{ expr }}` returns the expression's native value."""
     if not is_template(text):
         return text
-    env = environment()
-    tree = env.parse(text)
-    if _single_expression(tree) is not None:
-        source = _expression_source(text)
-        return _defined(env.compile_expression(source, undefined_to_none=False)(**context))
-    return env.from_string(text).render(**context)
+    return _compiled(text)(context)
 
 
 def _expression_source(text: str) -> str:
@@ -191,9 +208,7 @@ def evaluate(expression: str | bool, context: Mapping[str, Any]) -> Any:
     """Evaluate an `if:` condition."""
     if isinstance(expression, bool):
         return expression
-    env = environment()
-    source = _condition_source(expression)
-    return _defined(env.compile_expression(source, undefined_to_none=False)(**context))
+    return _compiled_condition(expression)(context)
 
 
 def _defined(value: Any) -> Any:

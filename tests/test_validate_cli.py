@@ -12,6 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from runner.cli import main
+from runner.spec import load_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +38,7 @@ defaults:
   model: qwen/qwen3-8b
 steps:
   - id: summary
+  - id: second
     promt: Summarize the project.
 """
 
@@ -87,7 +89,7 @@ def test_text_format_lists_every_problem_in_file_order(tmp_path, lmflow_cli) -> 
     outcome = lmflow_cli("validate", "--offline", "--format", "text", str(path))
     problem_lines = [line for line in outcome.stdout.splitlines() if not line.startswith(" ")]
     assert all(TEXT_LINE.match(line) for line in problem_lines)
-    assert [line.split(": ", 1)[0] for line in problem_lines] == [f"{path}:5:5", f"{path}:6:5"]
+    assert [line.split(": ", 1)[0] for line in problem_lines] == [f"{path}:5:5", f"{path}:7:5"]
     assert problem_lines[0].endswith("[missing-key]")
     assert problem_lines[1].endswith("[unknown-key]")
     assert "    hint: did you mean 'prompt'?" in outcome.stdout
@@ -278,15 +280,18 @@ lmstudio:
   x-note: the team's shared box
 models:
   coder: qwen/qwen3-coder-30b
+  x-comment: pinned after the March evaluation
 defaults:
   model: coder
   x-why: one model keeps runs comparable
 inputs:
+  x-note: inputs documented in the README
   path:
     type: string
     default: "."
     x-example: src/
 mcp_servers:
+  x-policy: {owner: infra}
   time:
     command: uvx
     args: [mcp-server-time]
@@ -303,6 +308,9 @@ steps:
     mcp: [search]
     prompt: "It is {{ steps.now.output }}. Survey {{ inputs.path }}."
     x-reviewed-by: [alice, bob]
+outputs:
+  x-consumer: the nightly report
+  survey: "{{ steps.survey.output }}"
 """
 
 
@@ -310,6 +318,15 @@ def test_x_keys_are_accepted_everywhere_they_may_appear(tmp_path, lmflow_cli) ->
     code, payload = validate_json(lmflow_cli, write(tmp_path, "annotated.yaml", ANNOTATED))
     assert payload["files"][0]["problems"] == []
     assert code == 0
+
+
+def test_x_entries_of_named_maps_are_notes_not_names(tmp_path) -> None:
+    workflow = load_workflow(write(tmp_path, "annotated.yaml", ANNOTATED))
+    assert dict(workflow.models) == {"coder": "qwen/qwen3-coder-30b"}
+    assert list(workflow.inputs) == ["path"]
+    assert list(workflow.mcp_servers) == ["time", "search"]
+    assert list(workflow.outputs) == ["survey"]
+    assert list(workflow.models_in_use()) == ["qwen/qwen3-coder-30b"]
 
 
 @pytest.mark.parametrize(

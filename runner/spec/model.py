@@ -205,6 +205,15 @@ class Workflow:
         return found
 
 
+def is_note(key: str) -> bool:
+    """Keys starting with `x-` are the user's own annotations; lmflow ignores them."""
+    return key.startswith("x-")
+
+
+def _named(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    return {name: value for name, value in data.get(key, {}).items() if not is_note(name)}
+
+
 def _server(name: str, data: Mapping[str, Any]) -> McpServer:
     timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
     if "url" in data:
@@ -274,7 +283,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
             token_env=lmstudio.get("token_env", DEFAULT_TOKEN_ENV),
             timeout=lmstudio.get("timeout"),
         ),
-        models=frozen(data.get("models", {})),
+        models=frozen(_named(data, "models")),
         defaults=Defaults(
             model=defaults.get("model"),
             max_rounds=defaults.get("max_rounds", DEFAULT_MAX_ROUNDS),
@@ -284,12 +293,12 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
             tool_choice=defaults.get("tool_choice"),
         ),
         inputs=MappingProxyType(
-            {name: _input(name, spec) for name, spec in data.get("inputs", {}).items()}
+            {name: _input(name, spec) for name, spec in _named(data, "inputs").items()}
         ),
         mcp_servers=MappingProxyType(
-            {name: _server(name, spec) for name, spec in data.get("mcp_servers", {}).items()}
+            {name: _server(name, spec) for name, spec in _named(data, "mcp_servers").items()}
         ),
         steps=tuple(_step(i, s) for i, s in enumerate(data["steps"])),
-        outputs=frozen(data.get("outputs", {})),
+        outputs=frozen(_named(data, "outputs")),
         source=source,
     )

@@ -48,6 +48,9 @@ PATTERN_EXPLAINED = {
     "^[A-Za-z_][A-Za-z0-9_-]*\\.[^.\\s]": "server.tool, e.g. filesystem.read_text_file",
 }
 
+NOTES_ALTERNATIVE = re.compile(r"\^\(x-\.\*\|(.*)\)\$")
+"""Name patterns of the form ^(x-.*|NAME)$ accept the user's own x- entries besides names."""
+
 
 def schema_text() -> str:
     return (resources.files("runner.spec") / "workflow.schema.json").read_text("utf-8")
@@ -146,7 +149,10 @@ def _translate(error: ValidationError, data: Any, source: SourceMap) -> Iterator
             )
     elif kind == "required":
         missing = [k for k in error.validator_value if k not in value]
+        unknown = [k for k in value if k not in _allowed_keys(error.schema)]
         for key in missing:
+            if did_you_mean(key, unknown):
+                continue  # a misspelling of it is reported as an unknown key, with this fix
             yield problem(
                 f"{where} is missing the required key {key!r}",
                 "missing-key",
@@ -182,11 +188,22 @@ def _translate(error: ValidationError, data: Any, source: SourceMap) -> Iterator
     elif kind == "propertyNames":
         # the error's instance is the offending key; its position is the key's
         key = value
-        explained = PATTERN_EXPLAINED.get(error.validator_value, "a valid name")
+        pattern = error.validator_value
+        own_notes = NOTES_ALTERNATIVE.fullmatch(pattern)
+        if own_notes:  # ^(x-.*|NAME)$: explain NAME, mention x- entries
+            pattern = f"^{own_notes.group(1)}$"
+        explained = PATTERN_EXPLAINED.get(pattern, "a valid name")
+        used_as = {
+            "inputs": "templates as {{ inputs.<name> }}",
+            "outputs": "the run's outputs",
+            "mcp_servers": "`mcp: [name]` and `tool: name.tool`",
+            "models": "`model: name`",
+        }
         yield problem(
             f"name {key!r} in {where} must be {explained}",
             "bad-name",
-            "names are used in templates such as {{ inputs.name }}",
+            f"names are used in {used_as.get(str(path[-1]) if path else '', 'templates')}"
+            + ("; keys starting with x- are your own notes" if own_notes else ""),
             at=(*path, key),
             key=True,
         )

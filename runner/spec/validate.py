@@ -17,6 +17,7 @@ from jsonschema.exceptions import SchemaError
 
 from .. import templating
 from .load import Document
+from .model import is_note
 from .problems import Problem
 from .schema import describe, did_you_mean, schema_problems
 from .source import JsonPath, SourceMap
@@ -28,6 +29,8 @@ TOOL_CHOICES = ("auto", "none", "required")
 SECRET_KEY = re.compile(
     r"(token|secret|password|passwd|api[_-]?key|apikey|auth|credential)", re.IGNORECASE
 )
+URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s{]*:[^/@\s{]+@", re.IGNORECASE)
+"""A URL with `user:password@` written into it (a templated password is fine)."""
 SECRET_VALUE = re.compile(
     r"^(Bearer|Basic|Token)\s+\S{8,}$"  # an Authorization header with the credential inline
     r"|^(sk|pk|rk)-[A-Za-z0-9_-]{16,}"  # OpenAI-style keys
@@ -43,6 +46,11 @@ SECRET_VALUE = re.compile(
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _entries(value: Any) -> dict[str, Any]:
+    """A named map without the user's own `x-` notes."""
+    return {k: v for k, v in _dict(value).items() if not is_note(k)}
 
 
 def _list(value: Any) -> list[Any]:
@@ -86,9 +94,9 @@ class _Checker:
             step_id = _str(step.get("id"))
             if step_id is not None:
                 self.step_index.setdefault(step_id, i)
-        self.inputs = _dict(data.get("inputs"))
-        self.servers = _dict(data.get("mcp_servers"))
-        self.aliases = _dict(data.get("models"))
+        self.inputs = _entries(data.get("inputs"))
+        self.servers = _entries(data.get("mcp_servers"))
+        self.aliases = _entries(data.get("models"))
 
     def run(self) -> list[Problem]:
         self._check_step_ids()
@@ -196,6 +204,15 @@ class _Checker:
             for key in ("command", "cwd", "url"):
                 if isinstance(spec.get(key), str):
                     self._template(("mcp_servers", name, key), spec[key], allow_steps=False)
+            url = _str(spec.get("url"))
+            if url and URL_PASSWORD.search(url):
+                self.report(
+                    ("mcp_servers", name, "url"),
+                    f"url of server {name!r} holds a password",
+                    "literal-secret",
+                    "keep secrets out of the file: send the credential in `headers:` with "
+                    f'Authorization: "Bearer {{{{ env.{name.upper().replace("-", "_")}_TOKEN }}}}"',
+                )
             for i, arg in enumerate(_list(spec.get("args"))):
                 if isinstance(arg, str):
                     self._template(("mcp_servers", name, "args", i), arg, allow_steps=False)
@@ -352,7 +369,14 @@ class _Checker:
             )
         for j, tool in enumerate(tools):
             server = tool.split(".", 1)[0] if "." in tool else None
-            if server is not None and server in self.servers and server not in servers:
+            if server is not None and server not in self.servers and server not in servers:
+                self.report(
+                    (*here, "tools", j),
+                    f"tool {tool!r} names server {server!r}, which is not declared",
+                    "unknown-server",
+                    self._server_hint(server),
+                )
+            elif server is not None and server in self.servers and server not in servers:
                 self.report(
                     (*here, "tools", j),
                     f"tool {tool!r} belongs to server {server!r}, which "
@@ -488,7 +512,7 @@ class _Checker:
         )
 
     def _check_outputs(self) -> None:
-        for path, text in _strings(self.data.get("outputs"), ("outputs",)):
+        for path, text in _strings(_entries(self.data.get("outputs")), ("outputs",)):
             self._template(path, text)
 
     # --- templates ---------------------------------------------------------------------------
@@ -596,6 +620,15 @@ class _Checker:
                     f"{where} reads steps.{name}.{rest[0]}; a step has only `output` and `status`",
                     "unknown-reference",
                     did_you_mean(str(rest[0]), STEP_ATTRIBUTES) or f"write steps.{name}.output",
+                )
+            elif rest[:1] == ("status",) and len(rest) > 1:
+                self._ref_problem(
+                    template,
+                    ref,
+                    f"{where} reads steps.{name}.status.{rest[1]}, but a status is a plain "
+                    "word (succeeded, failed or skipped)",
+                    "unknown-reference",
+                    f"compare it: steps.{name}.status == 'succeeded'",
                 )
             elif rest[:1] == ("output",) and len(rest) > 1:
                 self._check_output_field(template, ref, name, rest[1])
