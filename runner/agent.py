@@ -245,10 +245,7 @@ class _Run:
                 ],
                 "finish_reason": response.finish_reason,
                 "reasoning": response.reasoning,
-                "usage": {
-                    "prompt_tokens": response.usage.prompt_tokens,
-                    "completion_tokens": response.usage.completion_tokens,
-                },
+                "usage": response.usage.as_dict(),
             },
         )
         return response

@@ -191,10 +191,7 @@ class StepRecord:
             "model": self.model,
             "rounds": self.rounds,
             "tool_calls": self.tool_calls,
-            "usage": {
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-            },
+            "usage": self.usage.as_dict(),
             "duration": round(self.duration, 3),
         }
 
@@ -226,10 +223,7 @@ class RunResult:
             "outputs": self.outputs,
             "error": self.error,
             "duration": round(self.duration, 3),
-            "usage": {
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-            },
+            "usage": self.usage.as_dict(),
             "steps": [s.as_dict() for s in self.steps],
         }
 
@@ -352,10 +346,7 @@ class Executor:
                 outputs=result.outputs,
                 error=result.error,
                 duration=round(result.duration, 3),
-                usage={
-                    "prompt_tokens": result.usage.prompt_tokens,
-                    "completion_tokens": result.usage.completion_tokens,
-                },
+                usage=result.usage.as_dict(),
             )
         return result
 
@@ -436,10 +427,7 @@ class Executor:
             rounds=record.rounds,
             tool_calls=record.tool_calls,
             duration=round(record.duration, 3),
-            usage={
-                "prompt_tokens": record.usage.prompt_tokens,
-                "completion_tokens": record.usage.completion_tokens,
-            },
+            usage=record.usage.as_dict(),
         )
 
     def _timeout(self, step: Step) -> float | None:
