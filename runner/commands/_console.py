@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from ..errors import EXIT_OK, EXIT_STEP_FAILED
+from ..executor import RunResult
 from ..runlog import Event
 
 MAX_DETAIL = 100
@@ -75,3 +77,18 @@ class ConsoleView:
             detail.append(f"{data['tool_calls']} tool call(s)")
         detail.append(f"{data.get('duration', 0):.1f}s")
         return click.style(f"✓ {step}", fg="green") + "  " + ", ".join(detail)
+
+
+def print_result(result: RunResult, as_json: bool) -> int:
+    """The run's outputs on stdout (the whole result with --json); returns the exit code."""
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        for name, value in result.outputs.items():
+            text = (
+                value
+                if isinstance(value, str)
+                else json.dumps(value, ensure_ascii=False, default=str)
+            )
+            click.echo(f"{name}: {text}" if len(result.outputs) > 1 else text)
+    return EXIT_OK if result.status == "succeeded" else EXIT_STEP_FAILED

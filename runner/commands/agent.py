@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import click
 
-from ..errors import EXIT_OK, EXIT_STEP_FAILED
-from ._console import ConsoleView
+from . import _options as options
+from ._console import ConsoleView, print_result
 
 
 @click.command("agent")
@@ -37,18 +36,11 @@ from ._console import ConsoleView
 )
 @click.option("--system", help="A system prompt.")
 @click.option("--max-rounds", type=click.IntRange(min=1), help="LLM turns (default 10).")
-@click.option(
-    "-i",
-    "--input",
-    "pairs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="An input of the --from workflow, for its server settings.",
-)
-@click.option("--base-url", help="LM Studio server.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-@click.option("--no-log", is_flag=True, help="Write no run log.")
+@options.inputs
+@options.model_check
+@options.as_json
+@options.quiet
+@options.no_log
 def command(
     task: str,
     model: str | None,
@@ -58,7 +50,12 @@ def command(
     system: str | None,
     max_rounds: int | None,
     pairs: tuple[str, ...],
+    inputs_file: Path | None,
     base_url: str | None,
+    refresh: bool,
+    cache_ttl: float | None,
+    require_loaded: bool,
+    load_models: bool,
     as_json: bool,
     quiet: bool,
     no_log: bool,
@@ -89,13 +86,14 @@ def command(
         max_rounds=max_rounds,
         base=base,
     )
-    options = RunOptions(
-        base_url=base_url, write_log=not no_log, sinks=(ConsoleView(0 if quiet else 1),)
+    run_options = RunOptions(
+        base_url=base_url,
+        write_log=not no_log,
+        require_loaded=require_loaded,
+        load=load_models,
+        refresh=refresh,
+        cache_ttl=cache_ttl,
+        sinks=(ConsoleView(0 if quiet else 1),),
     )
-    result = asyncio.run(run_workflow(workflow, read_inputs(None, pairs), options))
-    if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
-    elif result.status == "succeeded":
-        answer = result.outputs.get("answer")
-        click.echo(answer if isinstance(answer, str) else json.dumps(answer, default=str))
-    return EXIT_OK if result.status == "succeeded" else EXIT_STEP_FAILED
+    raw_inputs = read_inputs(inputs_file, pairs)
+    return print_result(asyncio.run(run_workflow(workflow, raw_inputs, run_options)), as_json)

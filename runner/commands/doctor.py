@@ -10,16 +10,13 @@ from ..catalog import model_cache_ttl
 from ..errors import EXIT_ENVIRONMENT, EXIT_OK
 from ..lmstudio import resolve_server
 from ..preflight import diagnose
+from . import _options as options
 
 _COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
 
 
 @click.command(help="Check the LM Studio server, auth, the lms CLI and the model cache.")
-@click.option(
-    "--base-url",
-    metavar="URL",
-    help="Server URL (default: LMFLOW_BASE_URL, then http://localhost:1234).",
-)
+@options.base_url
 def command(base_url: str | None) -> int:
     server = resolve_server(base_url)
     checks = asyncio.run(diagnose(server, ttl=model_cache_ttl()))

@@ -10,6 +10,7 @@ import click
 from ..catalog import Catalog, ModelInfo, model_cache_ttl
 from ..lmstudio import resolve_server
 from ..preflight import fetch_catalog
+from . import _options as options
 
 _COLUMNS = ("ID", "TYPE", "STATE", "CONTEXT", "TOOLS")
 
@@ -42,19 +43,10 @@ def _table(catalog: Catalog) -> str:
 
 
 @click.command(help="List the models the LM Studio server has: type, state, context, tool use.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--base-url",
-    metavar="URL",
-    help="Server URL (default: LMFLOW_BASE_URL, then http://localhost:1234).",
-)
-@click.option("--refresh", is_flag=True, help="Ask the server even if the cached list is fresh.")
-@click.option(
-    "--cache-ttl",
-    type=float,
-    metavar="SECONDS",
-    help="How old a cached list may be (default 60, LMFLOW_MODEL_CACHE_TTL).",
-)
+@options.as_json
+@options.base_url
+@options.refresh
+@options.cache_ttl
 def command(as_json: bool, base_url: str | None, refresh: bool, cache_ttl: float | None) -> int:
     server = resolve_server(base_url)
     ttl = model_cache_ttl(cache_ttl)

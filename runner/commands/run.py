@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import click
 
-from ..errors import EXIT_OK, EXIT_STEP_FAILED
 from ..spec import load_workflow
-from ._console import ConsoleView
+from . import _options as options
+from ._console import ConsoleView, print_result
 
 
 @click.command("run")
 @click.argument("workflow_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "-i",
-    "--input",
-    "pairs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="An input value (repeatable).",
-)
-@click.option(
-    "--inputs",
-    "inputs_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="A YAML or JSON file of inputs; -i values override it.",
-)
-@click.option(
-    "--base-url",
-    help="LM Studio server (default: LMFLOW_BASE_URL, the workflow's "
-    "lmstudio.base_url, http://localhost:1234).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@options.inputs
+@options.as_json
+@options.quiet
 @click.option("-v", "--verbose", is_flag=True, help="Also show tool results and answers.")
 @click.option(
     "--log",
@@ -43,16 +24,8 @@ from ._console import ConsoleView
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the events here instead of .lmflow/runs/<run-id>/events.jsonl.",
 )
-@click.option("--no-log", is_flag=True, help="Write no run log.")
-@click.option("--require-loaded", is_flag=True, help="Fail when a model is not loaded.")
-@click.option("--load", "load_models", is_flag=True, help="Load unloaded models up front.")
-@click.option("--refresh", is_flag=True, help="Ignore the cached model list.")
-@click.option(
-    "--cache-ttl",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Seconds the cached model list stays fresh (default 60).",
-)
+@options.no_log
+@options.model_check
 @click.option(
     "--record",
     "record",
@@ -103,7 +76,7 @@ def command(
     from ..runtime import RunOptions, read_inputs, run_workflow
 
     workflow = load_workflow(workflow_file)
-    options = RunOptions(
+    run_options = RunOptions(
         base_url=base_url,
         log_path=log_path,
         write_log=not no_log,
@@ -117,15 +90,5 @@ def command(
         rerecord=rerecord,
         live_tools=live_tools,
     )
-    result = asyncio.run(run_workflow(workflow, read_inputs(inputs_file, pairs), options))
-    if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
-    else:
-        for name, value in result.outputs.items():
-            text = (
-                value
-                if isinstance(value, str)
-                else json.dumps(value, ensure_ascii=False, default=str)
-            )
-            click.echo(f"{name}: {text}" if len(result.outputs) > 1 else text)
-    return EXIT_OK if result.status == "succeeded" else EXIT_STEP_FAILED
+    raw_inputs = read_inputs(inputs_file, pairs)
+    return print_result(asyncio.run(run_workflow(workflow, raw_inputs, run_options)), as_json)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, LmflowError
 
 RUNS_DIR_OPTION = click.option(
     "--runs-dir",
@@ -89,6 +89,11 @@ def show_command(run_id: str, runs_dir: Path, show_events: bool) -> int:
         for name, value in result["outputs"].items():
             click.echo(f"  {name}: {_text(value)}")
     if show_events:
+        if not (summary.path / "events.jsonl").is_file():
+            raise LmflowError(
+                f"run {summary.run_id} has no events.jsonl",
+                hint="it was run with --log FILE (the events are there) or --no-log",
+            )
         log = read_events(summary.path / "events.jsonl")
         click.secho("events:", bold=True)
         for event in log.events:

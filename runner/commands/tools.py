@@ -9,25 +9,13 @@ from pathlib import Path
 import click
 
 from ..spec import load_workflow
+from . import _options as options
 
 
 @click.command("tools")
 @click.argument("workflow_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "-i",
-    "--input",
-    "pairs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="An input value used in server settings (repeatable).",
-)
-@click.option(
-    "--inputs",
-    "inputs_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="A YAML or JSON file of inputs.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@options.inputs
+@options.as_json
 def command(
     workflow_file: Path, pairs: tuple[str, ...], inputs_file: Path | None, as_json: bool
 ) -> int:

@@ -10,6 +10,7 @@ import click
 
 from ..errors import EXIT_ENVIRONMENT, EXIT_INVALID, EXIT_OK
 from ..spec import Problem, Workflow, check_file
+from . import _options as options
 
 WORKFLOW_SUFFIXES = (".yaml", ".yml")
 
@@ -73,27 +74,7 @@ def render_github(problem: Problem) -> str:
     help="How to print the problems.",
 )
 @click.option("--offline", is_flag=True, help="Skip the model check against the LM Studio server.")
-@click.option(
-    "--base-url",
-    help="LM Studio server (default: LMFLOW_BASE_URL, the workflow's "
-    "lmstudio.base_url, http://localhost:1234).",
-)
-@click.option("--refresh", is_flag=True, help="Ignore the cached model list.")
-@click.option(
-    "--cache-ttl",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Seconds the cached model list stays fresh (default 60).",
-)
-@click.option(
-    "--require-loaded", is_flag=True, help="Treat a downloaded but unloaded model as an error."
-)
-@click.option(
-    "--load",
-    "load_models",
-    is_flag=True,
-    help="Load every unloaded model the workflow uses, up front.",
-)
+@options.model_check
 def command(
     targets: Sequence[Path],
     output_format: str,
