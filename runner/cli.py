@@ -4,6 +4,7 @@ and `lmflow validate` never pay for mcp or httpx; errors become exit codes here,
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 from typing import NoReturn
@@ -75,7 +76,10 @@ def cli() -> None:
 
 
 def report(error: LmflowError) -> None:
-    """Print an lmflow error the way every command does: message, then how to fix it."""
+    """Print an lmflow error the way every command does: message, then how to fix it; for an
+    invalid workflow, every problem with its place in the file."""
+    for problem in getattr(error, "problems", ()):
+        click.echo(problem.format(), err=True)
     click.secho(f"error: {error.message}", fg="red", err=True)
     if error.hint:
         click.echo(f"  hint: {error.hint}", err=True)
@@ -98,8 +102,6 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except LmflowError as error:
         report(error)
         sys.exit(error.exit_code)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)

@@ -20,7 +20,7 @@ from .agent import AgentLimits, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
 from .errors import InputError, LmflowError, StepFailedError, ToolExecutionError
 from .runlog import RunLog, SecretEnv
-from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow, thawed
+from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow, strings_in, thawed
 
 StepStatus = Literal["succeeded", "failed", "skipped"]
 RunStatus = Literal["succeeded", "failed", "interrupted"]
@@ -61,9 +61,7 @@ def coerce_inputs(workflow: Workflow, raw: Mapping[str, Any]) -> dict[str, Any]:
             except ValueError as error:
                 errors.append(f"input {name!r}: {error}")
                 continue
-        elif spec.has_default:
-            value = thawed(spec.default)
-        elif spec.required:
+        elif spec.required:  # `required: true` wins over a default (validate warns of it)
             errors.append(
                 f"input {name!r} is required ({spec.type}"
                 + (f": {spec.description}" if spec.description else "")
@@ -71,7 +69,7 @@ def coerce_inputs(workflow: Workflow, raw: Mapping[str, Any]) -> dict[str, Any]:
             )
             continue
         else:
-            value = None
+            value = thawed(spec.default) if spec.has_default else None
         if value is not None:
             for error in Draft202012Validator(spec.json_schema()).iter_errors(value):
                 errors.append(f"input {name!r}: {error.message}")
@@ -116,7 +114,7 @@ def _parse_input(kind: str, value: Any) -> Any:
 def step_references(step: Step) -> set[str]:
     """Ids of the steps a step's templates read."""
     texts: list[tuple[str, bool]] = [(t, False) for t in (step.prompt, step.system, step.name) if t]
-    texts += [(t, False) for t in _strings(step.with_)]
+    texts += [(t, False) for _, t in strings_in(step.with_)]
     if isinstance(step.if_, str):
         texts.append((step.if_, True))
     found: set[str] = set()
@@ -153,16 +151,6 @@ def plan(workflow: Workflow) -> list[Step]:
         else:  # validation rejects cycles; this guards a Workflow built by hand
             raise StepFailedError("steps wait for each other: " + ", ".join(s.id for s in pending))
     return order
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Mapping):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in _strings(v)]
-    return []
 
 
 # --- results ------------------------------------------------------------------------------
@@ -267,7 +255,7 @@ def render_servers(
     """Server settings with their templates filled in (inputs and env only)."""
 
     def text(value: str) -> str:
-        return str(templating.render(value, context))
+        return templating.render_text(value, context)
 
     rendered: dict[str, McpServer] = {}
     for name in names:
@@ -337,6 +325,10 @@ class Executor:
         except (asyncio.CancelledError, KeyboardInterrupt):
             result.status = "interrupted"
             result.error = "interrupted"
+            raise
+        except BaseException as error:  # never let the log say "succeeded" over a crash
+            result.status = "failed"
+            result.error = f"{type(error).__name__}: {error}"
             raise
         finally:
             result.duration = time.monotonic() - started
@@ -411,7 +403,7 @@ class Executor:
         if step.name is None:
             return None
         try:
-            return str(templating.render(step.name, self.context))
+            return templating.render_text(step.name, self.context)
         except templating.TemplateError:
             return step.name
 
@@ -471,11 +463,12 @@ class Executor:
             toolbox = self.tools.toolbox(step.mcp, step.tools)
         task = AgentTask(
             model=model,
-            system=templating.render(step.system, self.context) if step.system else None,
-            prompt=str(templating.render(step.prompt or "", self.context)),
+            system=templating.render_text(step.system, self.context) if step.system else None,
+            prompt=templating.render_text(step.prompt or "", self.context),
             temperature=step.temperature if step.temperature is not None else defaults.temperature,
             max_tokens=step.max_tokens if step.max_tokens is not None else defaults.max_tokens,
-            tool_choice=step.tool_choice or defaults.tool_choice,
+            # the default applies to steps that offer tools; a step without any has no choice
+            tool_choice=step.tool_choice or (defaults.tool_choice if step.mcp else None),
             output_schema=thawed(step.output_schema) if step.output_schema else None,
         )
         limits = AgentLimits(

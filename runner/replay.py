@@ -517,10 +517,7 @@ def response_record(response: ChatResponse) -> dict[str, Any]:
     if response.reasoning is not None:
         record["reasoning"] = response.reasoning
     record["finish_reason"] = response.finish_reason
-    record["usage"] = {
-        "prompt_tokens": response.usage.prompt_tokens,
-        "completion_tokens": response.usage.completion_tokens,
-    }
+    record["usage"] = response.usage.as_dict()
     return record
 
 
@@ -738,7 +735,6 @@ class Replayer:
         if queue is None:
             raise self._llm_miss(record)
         response = self._normalize.restore(self._take(queue).response)
-        usage = response.get("usage") or {}
         return ChatResponse(
             content=response.get("content"),
             tool_calls=tuple(
@@ -746,7 +742,7 @@ class Replayer:
             ),
             finish_reason=response.get("finish_reason"),
             reasoning=response.get("reasoning"),
-            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            usage=Usage.from_dict(response.get("usage") or {}),
             model=request.model,
         )
 

@@ -28,7 +28,7 @@ from .executor import (
     servers_in_use,
 )
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
-from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow
+from .spec.model import HttpServer, Input, McpServer, StdioServer, Step, Workflow
 
 if TYPE_CHECKING:
     from .lmstudio import LMStudioClient
@@ -326,18 +326,26 @@ def one_off_workflow(
         )
     if model is None and base.defaults.model is None:
         raise ConfigurationError("no model given", hint="pass --model publisher/name")
+    # The task and system prompt are the user's literal text, not templates: they travel as
+    # inputs (recorded in the run log) and the step reads them from there.
+    texts = {"task": task, **({"system": system} if system is not None else {})}
     step = Step(
         id="agent",
         index=0,
         model=model,
-        system=system,
-        prompt=task,
+        system="{{ inputs.system }}" if system is not None else None,
+        prompt="{{ inputs.task }}",
         mcp=tuple(use),
         max_rounds=max_rounds,
     )
+    literal_inputs = {
+        name: Input(name, "string", default=text, has_default=True, required=False)
+        for name, text in texts.items()
+    }
     return replace(
         base,
         name=f"{base.name}-agent" if base.steps else base.name,
+        inputs=MappingProxyType({**base.inputs, **literal_inputs}),
         mcp_servers=MappingProxyType(all_servers),
         steps=(step,),
         outputs=MappingProxyType({"answer": "{{ steps.agent.output }}"}),
@@ -355,5 +363,10 @@ def parse_server_option(value: str) -> tuple[str, StdioServer | HttpServer]:
     name = name.strip()
     if spec.strip().startswith(("http://", "https://")):
         return name, HttpServer(name, spec.strip())
-    words = shlex.split(spec)
+    try:
+        words = shlex.split(spec)
+    except ValueError as error:
+        raise ConfigurationError(
+            f"--server {value!r}: {error}", hint="close the quotes around the command"
+        ) from None
     return name, StdioServer(name, words[0], tuple(words[1:]))

@@ -16,7 +16,12 @@ from functools import cache, lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, Undefined, meta, nodes
-from jinja2.exceptions import TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import (
+    TemplateError,
+    TemplateRuntimeError,
+    TemplateSyntaxError,
+    UndefinedError,
+)
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ROOTS = ("inputs", "steps", "env", "workflow", "run")
@@ -33,6 +38,7 @@ __all__ = [
     "parse_template",
     "references",
     "render",
+    "render_text",
     "render_value",
     "unknown_names",
 ]
@@ -173,11 +179,37 @@ def _compiled_condition(expression: str) -> Renderer:
     return lambda context: _defined(compiled(**context))
 
 
+@lru_cache(maxsize=4096)
+def _compiled_text(text: str) -> Renderer:
+    template = environment().from_string(text)
+    return lambda context: template.render(**context)
+
+
+def _guarded(renderer: Renderer, context: Mapping[str, Any]) -> Any:
+    """Run a compiled template; any error of the expression itself (a division by zero, `+`
+    on None) becomes a TemplateRuntimeError, so every caller handles one kind of failure."""
+    try:
+        return renderer(context)
+    except TemplateError:
+        raise
+    except Exception as error:
+        raise TemplateRuntimeError(f"{type(error).__name__}: {error}") from error
+
+
 def render(text: str, context: Mapping[str, Any]) -> Any:
-    """Render one field. A lone `{{ expr }}` returns the expression's native value."""
+    """Render a data field (outputs, tool arguments): a lone `{{ expr }}` keeps its native
+    value, so a list stays a list."""
     if not is_template(text):
         return text
-    return _compiled(text)(context)
+    return _guarded(_compiled(text), context)
+
+
+def render_text(text: str, context: Mapping[str, Any]) -> str:
+    """Render a text field (prompts, names, server settings): always a string, with lists and
+    mappings written as JSON."""
+    if not is_template(text):
+        return text
+    return str(_guarded(_compiled_text(text), context))
 
 
 def _expression_source(text: str) -> str:
@@ -208,7 +240,7 @@ def evaluate(expression: str | bool, context: Mapping[str, Any]) -> Any:
     """Evaluate an `if:` condition."""
     if isinstance(expression, bool):
         return expression
-    return _compiled_condition(expression)(context)
+    return _guarded(_compiled_condition(expression), context)
 
 
 def _defined(value: Any) -> Any:

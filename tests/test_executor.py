@@ -739,3 +739,70 @@ def test_secrets_read_through_env_are_masked_in_every_event() -> None:
     assert secret not in logged
     assert logged.count(MASK) >= 5  # tool call, tool result, prompt, answer, outputs
     assert "not-read-by-any-template" not in logged
+
+
+# --- template values and failures -----------------------------------------------------------
+
+
+def test_an_expression_that_raises_fails_the_step_instead_of_crashing_the_run() -> None:
+    workflow = load(
+        """
+        inputs:
+          zero: {type: integer, default: 0}
+        steps:
+          - {id: divide, prompt: "{{ 10 / inputs.zero }}"}
+          - {id: after, prompt: "never asked"}
+        """
+    )
+    result, events = run(workflow)
+    assert statuses(result) == {"divide": "failed", "after": "skipped"}
+    assert "ZeroDivisionError" in (result.steps[0].error or "")
+    assert events[-1].type == "run_finished" and events[-1].data["status"] == "failed"
+
+
+def test_a_lone_expression_in_a_prompt_is_sent_as_json_text() -> None:
+    workflow = load(
+        """
+        inputs:
+          spec: {type: object, default: {modules: [a, b]}}
+        steps:
+          - {id: s, system: "{{ inputs.spec }}", prompt: "{{ inputs.spec }}"}
+        """
+    )
+    chat = ScriptedChat("ok")
+    run(workflow, chat=chat)
+    system, user = chat.requests[0].messages[:2]
+    assert json.loads(user["content"]) == {"modules": ["a", "b"]}
+    assert system["content"] == user["content"]
+
+
+def test_the_default_tool_choice_applies_only_to_steps_that_offer_tools() -> None:
+    workflow = load(
+        """
+        mcp_servers:
+          box: {command: box}
+        steps:
+          - {id: plain, prompt: "Say hi."}
+          - {id: tooled, mcp: [box], prompt: "Use the tool."}
+        """,
+        defaults="{model: qwen/qwen3-4b, tool_choice: required}",
+    )
+    chat = ScriptedChat("hi", call("echo", {"x": 1}), "done")
+    result, _ = run(workflow, chat=chat, tools=FakeTools(box={"echo": echo}))
+    assert statuses(result) == {"plain": "succeeded", "tooled": "succeeded"}
+    assert chat.requests[0].tool_choice is None
+    assert chat.requests[1].tool_choice == "required"
+
+
+def test_a_required_input_with_a_default_must_still_be_given() -> None:
+    workflow = load(
+        """
+        inputs:
+          top: {type: integer, default: 3, required: true}
+        steps:
+          - {id: s, prompt: "{{ inputs.top }}"}
+        """
+    )
+    with pytest.raises(InputError, match="'top' is required"):
+        coerce_inputs(workflow, {})
+    assert coerce_inputs(workflow, {"top": "5"}) == {"top": 5}

@@ -231,6 +231,7 @@ def test_a_failing_tool_step_stops_the_run_with_exit_1(
     assert "- later skipped: the run stopped after step 'bad' failed" in run.stderr
     assert lm.chat_requests == []
     assert [s["status"] for s in run.result()["steps"]] == ["failed", "skipped"]
+    assert run.stdout == ""  # no half outputs of a failed run
     assert_clean(run)
 
 
@@ -722,3 +723,35 @@ def test_agent_runs_the_engine_once_with_an_inline_server(
     assert tool_messages(second)[0]["content"] == "pong"
     assert "round 1: echo" in run.stderr
     assert (run.run_dir / "mcp-fx.stderr.log").exists()
+
+
+def test_agent_takes_the_task_and_system_prompt_literally(
+    tmp_path: Path, make_fake_lmstudio: Make
+) -> None:
+    lm = make_fake_lmstudio(script=["Jinja prints it."])
+    task = "Explain {{ name }} and {% raw %} in Jinja."
+    run = lmflow(
+        tmp_path, "agent", "--model", MODEL, "--base-url", lm.url, "--system", "{{ x }}", task
+    )
+    assert run.code == 0, run.stderr
+    (request,) = lm.chat_requests
+    assert request["messages"] == [
+        {"role": "system", "content": "{{ x }}"},
+        {"role": "user", "content": task},
+    ]
+
+
+def test_an_unclosed_quote_in_an_inline_server_exits_2(tmp_path: Path) -> None:
+    run = lmflow(tmp_path, "agent", "--server", "x='oops", "--model", MODEL, "task")
+    assert run.code == 2
+    assert '--server "x=\'oops"' in run.stderr and "No closing quotation" in run.stderr
+    assert_clean(run)
+
+
+def test_an_invalid_workflow_is_explained_line_by_line(tmp_path: Path) -> None:
+    file = workflow(tmp_path, "steps:\n  - id: a\n    promt: hi\n")
+    run = lmflow(tmp_path, "run", file)
+    assert run.code == 2
+    assert f"{file}:6:5: error: unknown key 'promt' in step 'a' [unknown-key]" in run.stderr
+    assert "did you mean 'prompt'?" in run.stderr
+    assert_clean(run)

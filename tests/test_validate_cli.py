@@ -81,7 +81,10 @@ def test_text_format_prints_location_message_rule_and_hint(tmp_path, lmflow_cli)
         f"{path}:3:5: error: step 'haiku' talks to a model but none is set [no-model]",
         "    hint: add `model:` to the step, or `defaults: {model: ...}`",
     ]
-    assert "1 file(s) checked: 0 valid, 1 invalid (1 error(s), 0 warning(s))" in outcome.stderr
+    assert (
+        "1 file(s) checked: 0 without errors, 1 with errors (1 error(s), 0 warning(s))"
+        in outcome.stderr
+    )
 
 
 def test_text_format_lists_every_problem_in_file_order(tmp_path, lmflow_cli) -> None:
@@ -158,7 +161,7 @@ def test_exit_code_zero_for_a_valid_file(tmp_path, lmflow_cli) -> None:
     outcome = lmflow_cli("validate", "--offline", str(write(tmp_path, "ok.yaml", VALID)))
     assert outcome.exit_code == 0
     assert outcome.stdout == ""
-    assert "1 valid, 0 invalid" in outcome.stderr
+    assert "1 without errors, 0 with errors" in outcome.stderr
 
 
 def test_no_arguments_is_a_usage_error(lmflow_cli) -> None:
@@ -347,3 +350,30 @@ def test_a_misspelled_key_next_to_x_keys_is_still_caught(
     code, payload = validate_json(lmflow_cli, write(tmp_path, "annotated.yaml", text))
     assert code == 2
     assert [p["rule"] for p in payload["files"][0]["problems"]] == ["unknown-key"]
+
+
+# --- the model check when the server is down --------------------------------------------------
+
+
+def test_a_down_server_does_not_hide_the_problems_of_the_files(tmp_path, lmflow_cli) -> None:
+    from fakes.lmstudio import down_url
+
+    bad = write(tmp_path, "bad.yaml", NO_MODEL)
+    good = write(tmp_path, "good.yaml", VALID)
+    outcome = lmflow_cli(
+        "validate", "--format", "json", "--base-url", down_url(), str(bad), str(good)
+    )
+    assert outcome.exit_code == 2
+    files = {
+        f["path"]: [p["rule"] for p in f["problems"]] for f in json.loads(outcome.stdout)["files"]
+    }
+    assert files == {str(bad): ["no-model"], str(good): []}
+
+
+def test_a_down_server_with_valid_files_is_exit_3(tmp_path, lmflow_cli) -> None:
+    from fakes.lmstudio import down_url
+
+    good = write(tmp_path, "good.yaml", VALID)
+    outcome = lmflow_cli("validate", "--base-url", down_url(), str(good))
+    assert outcome.exit_code == 3
+    assert "cannot reach LM Studio" in outcome.stderr

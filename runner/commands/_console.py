@@ -83,7 +83,7 @@ def print_result(result: RunResult, as_json: bool) -> int:
     """The run's outputs on stdout (the whole result with --json); returns the exit code."""
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
-    else:
+    elif result.status == "succeeded":  # a failed run's error is on stderr, not half outputs
         for name, value in result.outputs.items():
             text = (
                 value

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import EXIT_ENVIRONMENT, EXIT_INVALID, EXIT_OK
+from ..errors import EXIT_ENVIRONMENT, EXIT_INVALID, EXIT_OK, EnvironmentNotReadyError
 from ..spec import Problem, Workflow, check_file
 from . import _options as options
 
@@ -35,14 +35,6 @@ def workflow_files(targets: Iterable[Path]) -> list[Path]:
         else:
             files.append(target)
     return files
-
-
-def render_text(problem: Problem) -> str:
-    line = (
-        f"{problem.path}:{problem.line}:{problem.col}: {problem.severity}: "
-        f"{problem.message} [{problem.rule}]"
-    )
-    return line + (f"\n    hint: {problem.hint}" if problem.hint else "")
 
 
 def _escape_github(text: str, *, property_value: bool = False) -> str:
@@ -108,14 +100,22 @@ def command(
     if not offline and workflows:
         from ..preflight import check_workflows_online
 
-        findings = check_workflows_online(
-            workflows,
-            base_url=base_url,
-            refresh=refresh,
-            cache_ttl=cache_ttl,
-            require_loaded=require_loaded,
-            load=load_models,
-        )
+        try:
+            findings = check_workflows_online(
+                workflows,
+                base_url=base_url,
+                refresh=refresh,
+                cache_ttl=cache_ttl,
+                require_loaded=require_loaded,
+                load=load_models,
+            )
+        except EnvironmentNotReadyError:
+            # The server is down: still show what the files themselves got wrong. An invalid
+            # file is the more precise verdict (exit 2); otherwise the error explains exit 3.
+            _print(results, output_format)
+            if invalid:
+                return EXIT_INVALID
+            raise
         for path, problems in results:
             extra = findings.get(str(path), [])
             problems.extend(extra)
@@ -141,7 +141,7 @@ def _print(results: list[tuple[Path, list[Problem]]], output_format: str) -> Non
         }
         click.echo(json.dumps(payload, indent=2))
         return
-    render = render_github if output_format == "github" else render_text
+    render = render_github if output_format == "github" else Problem.format
     for _, problems in results:
         for problem in problems:
             click.echo(render(problem))
@@ -150,7 +150,7 @@ def _print(results: list[tuple[Path, list[Problem]]], output_format: str) -> Non
         warnings = sum(not p.is_error for _, ps in results for p in ps)
         bad = sum(any(p.is_error for p in ps) for _, ps in results)
         summary = (
-            f"{len(results)} file(s) checked: {len(results) - bad} valid, {bad} invalid "
-            f"({errors} error(s), {warnings} warning(s))"
+            f"{len(results)} file(s) checked: {len(results) - bad} without errors, {bad} with "
+            f"errors ({errors} error(s), {warnings} warning(s))"
         )
         click.secho(summary, err=True, fg="red" if bad else "green")

@@ -9,6 +9,7 @@ counted so a "billion laughs" file stops early instead of eating memory.
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,16 @@ class _Builder:
                 value = self.constructor.construct_object(node, deep=True)
             except (yaml.YAMLError, ValueError, OverflowError):
                 return node.value
+            if isinstance(value, float) and not math.isfinite(value):
+                self.problems.append(
+                    self._problem(
+                        node,
+                        f"{node.value!r} is not a finite number",
+                        "bad-value",
+                        "JSON, and so LM Studio and MCP servers, cannot carry .nan or .inf; "
+                        "write a plain number",
+                    )
+                )
             return node.value if isinstance(value, datetime.date) else value
         self.problems.append(
             self._problem(

@@ -6,13 +6,13 @@ their own. Everything is frozen: the executor and the engine read it and never w
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from .source import Position, SourceMap
+from .source import JsonPath, Position, SourceMap
 
 InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
 
@@ -159,12 +159,6 @@ class Workflow:
     outputs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
 
-    def step(self, step_id: str) -> Step:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
-
     def model_reference(self, step: Step) -> tuple[str | None, tuple[str | int, ...]]:
         """The model name a step asks for (before alias resolution) and where it was written."""
         if step.model is not None:
@@ -203,6 +197,19 @@ class Workflow:
             if step.uses_model:
                 add(*self.model_reference(step))
         return found
+
+
+def strings_in(value: Any, path: JsonPath = ()) -> Iterator[tuple[JsonPath, str]]:
+    """Every string inside nested mappings and lists, with its path: the template fields of
+    free-form values such as `with:` and `outputs:`."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from strings_in(item, (*path, key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from strings_in(item, (*path, i))
 
 
 def is_note(key: str) -> bool:

@@ -26,3 +26,8 @@ class Problem:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def format(self) -> str:
+        """`path:line:col: severity: message [rule]`, then an indented hint line."""
+        line = f"{self.path}:{self.line}:{self.col}: {self.severity}: {self.message} [{self.rule}]"
+        return line + (f"\n    hint: {self.hint}" if self.hint else "")

@@ -8,7 +8,7 @@ file with schema errors still gets its other problems reported.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from jsonschema.exceptions import SchemaError
 
 from .. import templating
 from .load import Document
-from .model import is_note
+from .model import is_note, strings_in
 from .problems import Problem
 from .schema import describe, did_you_mean, schema_problems
 from .source import JsonPath, SourceMap
@@ -88,7 +88,9 @@ class _Checker:
         self.data = data
         self.source = source
         self.problems: list[Problem] = []
-        self.steps = [s if isinstance(s, dict) else {} for s in _list(data.get("steps"))]
+        raw_steps = _list(data.get("steps"))
+        self.steps = [s if isinstance(s, dict) else {} for s in raw_steps]
+        self.malformed_steps = {i for i, s in enumerate(raw_steps) if not isinstance(s, dict)}
         self.step_index: dict[str, int] = {}
         for i, step in enumerate(self.steps):
             step_id = _str(step.get("id"))
@@ -275,6 +277,9 @@ class _Checker:
         for i, step in enumerate(self.steps):
             here = ("steps", i)
             deps: set[int] = set()
+            if i in self.malformed_steps:
+                dependencies[i] = deps
+                continue  # not a mapping: the schema said so, nothing more to check
             needs = step.get("needs")
             needs_list = [needs] if isinstance(needs, str) else _list(needs)
             needed: set[str] = set()
@@ -313,7 +318,7 @@ class _Checker:
             template = self._template((*here, "if"), step["if"], condition=True)
             if template:
                 yield template
-        for path, text in _strings(step.get("with"), (*here, "with")):
+        for path, text in strings_in(step.get("with"), (*here, "with")):
             template = self._template(path, text)
             if template:
                 yield template
@@ -437,6 +442,16 @@ class _Checker:
                     if at[-1] == "type"
                     else "see https://json-schema.org/understanding-json-schema/",
                 )
+                return
+            for at, ref in _unresolvable_refs(schema):
+                self.report(
+                    (*here, "output_schema", *at),
+                    f"output_schema of {self.where(here)} refers to {ref!r}, which it does "
+                    "not contain",
+                    "invalid-output-schema",
+                    "a $ref must point inside the schema, e.g. #/$defs/item with the item "
+                    "declared under $defs",
+                )
 
     def _server_hint(self, server: str) -> str:
         declared = list(self.servers)
@@ -512,7 +527,7 @@ class _Checker:
         )
 
     def _check_outputs(self) -> None:
-        for path, text in _strings(_entries(self.data.get("outputs")), ("outputs",)):
+        for path, text in strings_in(_entries(self.data.get("outputs")), ("outputs",)):
             self._template(path, text)
 
     # --- templates ---------------------------------------------------------------------------
@@ -717,13 +732,28 @@ def _find_word(text: str, needle: str) -> int:
     return match.start() if match else -1
 
 
-def _strings(value: Any, path: JsonPath) -> Iterable[tuple[JsonPath, str]]:
-    """Every string inside nested mappings and lists, with its path."""
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _strings(item, (*path, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _strings(item, (*path, i))
+def _unresolvable_refs(schema: dict[str, Any]) -> Iterator[tuple[JsonPath, str]]:
+    """`$ref`s of a schema that do not resolve within it (remote ones are never fetched)."""
+    from referencing import Registry, Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    base = "urn:lmflow:output-schema"
+    resource = Resource.from_contents(schema, default_specification=DRAFT202012)
+    resolver = Registry().with_resource(base, resource).resolver(base_uri=base)
+
+    def walk(value: Any, path: JsonPath) -> Iterator[tuple[JsonPath, str]]:
+        if isinstance(value, dict):
+            ref = value.get("$ref")
+            if isinstance(ref, str):
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable:
+                    yield (*path, "$ref"), ref
+            for key, item in value.items():
+                yield from walk(item, (*path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from walk(item, (*path, i))
+
+    yield from walk(schema, ())
