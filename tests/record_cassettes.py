@@ -283,46 +283,7 @@ CHANGELOG = Example(
 
 # --- repo-survey: the npm filesystem and memory servers ---------------------------------------
 
-SAMPLE_PROJECT = {
-    "README.md": "# tinyq\n\nA tiny persistent job queue: `tinyq.enqueue(job)`, then run "
-    "`python -m tinyq.worker`.\n",
-    "pyproject.toml": '[project]\nname = "tinyq"\nversion = "0.3.0"\n',
-    "tinyq/__init__.py": "from .queue import enqueue\n",
-    "tinyq/queue.py": (
-        '"""The queue: jobs in memory, flushed to storage."""\n'
-        "from . import storage\n\n"
-        "_JOBS = []  # global state shared by every caller\n\n\n"
-        "def enqueue(job):\n"
-        "    _JOBS.append(job)\n"
-        "    try:\n"
-        "        storage.save(_JOBS)\n"
-        "    except Exception:\n"
-        "        pass  # TODO: report storage errors\n"
-    ),
-    "tinyq/worker.py": (
-        '"""Runs queued jobs forever."""\n'
-        "import time\n\n"
-        "from . import storage\n\n\n"
-        "def main():\n"
-        "    while True:\n"
-        "        for job in storage.load():\n"
-        "            job()\n"
-        "        time.sleep(1)\n"
-    ),
-    "tinyq/storage.py": (
-        '"""Pickles the job list to jobs.pkl."""\n'
-        "import pickle\n\n\n"
-        "def save(jobs):\n"
-        "    with open('jobs.pkl', 'wb') as f:\n"
-        "        pickle.dump(jobs, f)\n\n\n"
-        "def load():\n"
-        "    with open('jobs.pkl', 'rb') as f:\n"
-        "        return pickle.load(f)\n"
-    ),
-    "tests/test_queue.py": (
-        "from tinyq import enqueue\n\n\ndef test_enqueue():\n    enqueue(print)\n"
-    ),
-}
+SAMPLE_PROJECT = "workflows/sample-project"  # committed, so a replay with --live-tools matches
 
 SURVEY_NOTES = """\
 Modules:
@@ -365,7 +326,9 @@ def started_at(request: Request) -> str:
 
 def create_entities(request: Request) -> list[tuple[str, dict[str, Any]]]:
     date = started_at(request)
-    entities = [{"name": ".", "entityType": "repository", "observations": ["tinyq 0.3.0"]}]
+    entities = [
+        {"name": SAMPLE_PROJECT, "entityType": "repository", "observations": ["tinyq 0.3.0"]}
+    ]
     entities += [
         {
             "name": m["path"],
@@ -378,13 +341,12 @@ def create_entities(request: Request) -> list[tuple[str, dict[str, Any]]]:
 
 
 def repo_survey_setup(scratch: Path) -> tuple[Path, list[str]]:
-    # npx finds the pinned servers through a node_modules next to the project.
-    (scratch / "node_modules").symlink_to(TESTS / "node" / "node_modules")
-    project = scratch / "tinyq"
-    for name, text in SAMPLE_PROJECT.items():
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        (project / name).write_text(text)
-    return project, ["-i", f"memory_file={scratch / 'memory.jsonl'}"]
+    # From the project root, as the README runs it; the memory graph goes to a fresh file.
+    return ROOT, [
+        "-i", f"path={SAMPLE_PROJECT}",
+        "-i", "remember=true",
+        "-i", f"memory_file={scratch / 'memory.jsonl'}",
+    ]  # fmt: skip
 
 
 REPO_SURVEY = Example(
@@ -399,14 +361,14 @@ REPO_SURVEY = Example(
         ],
         SURVEY_NOTES,
         answer(RISKS),
-        [("search_nodes", {"query": "."})],
+        [("search_nodes", {"query": SAMPLE_PROJECT})],
         create_entities,
         [
             (
                 "create_relations",
                 {
                     "relations": [
-                        {"from": ".", "to": m["path"], "relationType": "contains"}
+                        {"from": SAMPLE_PROJECT, "to": m["path"], "relationType": "contains"}
                         for m in RISKS["modules"]
                     ]
                 },
@@ -445,7 +407,9 @@ def record(example: Example) -> None:
         )  # fmt: skip
         if recorded.returncode != 0:
             sys.exit(f"{example.name}: recording failed:\n{recorded.stderr}{recorded.stdout}")
-        replayed = lmflow("run", str(workflow), "--replay", str(cassette), "--json", "-q", cwd=ROOT)
+        replayed = lmflow(
+            "run", str(workflow), "--replay", str(cassette), "--json", "-q", *extra, cwd=ROOT
+        )
         if replayed.returncode != 0:
             sys.exit(f"{example.name}: the new cassette does not replay:\n{replayed.stderr}")
         outputs = json.loads(replayed.stdout)["outputs"]

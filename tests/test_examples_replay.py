@@ -6,6 +6,12 @@ These tests use the pytest plugin's fixtures exactly as a user's project would
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,13 +31,17 @@ def test_every_example_has_a_cassette() -> None:
     assert not missing, f"record them with: python tests/record_cassettes.py {' '.join(missing)}"
 
 
+# The inputs each cassette was recorded with (tests/record_cassettes.py).
+RECORDED_INPUTS = {"repo-survey": {"path": "workflows/sample-project", "remember": True}}
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_replays_to_its_snapshot(
     name: str, lmflow_run, lmflow_snapshot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Nothing listens here: a replay must not need LM Studio.
     monkeypatch.setenv("LMFLOW_BASE_URL", down_url())
-    result = lmflow_run(f"workflows/{name}.yaml")
+    result = lmflow_run(f"workflows/{name}.yaml", inputs=RECORDED_INPUTS.get(name, {}))
     assert result.status == "succeeded", result.error
     assert all(step["status"] in ("succeeded", "skipped") for step in result.steps.values())
     assert result.outputs
@@ -111,3 +121,36 @@ def test_plugin_in_a_users_project(pytester: pytest.Pytester) -> None:
         ]
     )
     assert "Traceback" not in failed.stdout.str()
+
+
+def readme_main_job() -> list[str]:
+    """The `lmflow ...` part of the README's first quick-start command."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in readme.splitlines() if "pip install -e . && lmflow" in line)
+    return shlex.split(line.split("&& ")[-1])
+
+
+def test_the_readme_main_job_runs_with_live_mcp_servers(tmp_path: Path) -> None:
+    """The README's first command, as a user runs it: real servers (npx), recorded model."""
+    if shutil.which("npx") is None:
+        pytest.skip("npx is not installed")
+    for name in ("workflows", "tests"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    argv = readme_main_job()
+    assert argv[:2] == ["lmflow", "run"] and "--live-tools" in argv
+    env = {**os.environ, "LMFLOW_BASE_URL": down_url(), "LMFLOW_CACHE_DIR": str(tmp_path / "c")}
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", *argv[1:]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tinyq/worker.py" in done.stdout
+    (run_dir,) = (tmp_path / ".lmflow" / "runs").iterdir()
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    live_results = [e for e in events if e["type"] == "tool_result" and e["step"] == "survey"]
+    assert live_results and not any(e["is_error"] for e in live_results)
+    assert (run_dir / "mcp-filesystem.stderr.log").exists()  # the real server ran

@@ -1,0 +1,5 @@
+from tinyq import enqueue
+
+
+def test_enqueue():
+    enqueue(print)
