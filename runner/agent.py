@@ -18,6 +18,7 @@ from typing import Any
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
+from referencing.exceptions import Unresolvable
 
 from .chat import ChatModel, ChatRequest, ChatResponse, Message, Toolbox, ToolCall, Usage
 from .errors import ConfigurationError, StepFailedError
@@ -313,7 +314,15 @@ class _Run:
             parsed = _parse_json_answer(text)
         except json.JSONDecodeError as exc:
             return None, [f"the answer is not valid JSON: {exc}"]
-        errors = sorted(validator.iter_errors(parsed), key=lambda e: list(e.absolute_path))
+        try:
+            errors = sorted(validator.iter_errors(parsed), key=lambda e: list(e.absolute_path))
+        except Unresolvable as exc:
+            # Found only when an answer reaches the `$ref`; no answer can satisfy it.
+            raise StepFailedError(
+                f"output_schema has a $ref that cannot be resolved: {exc.ref}",
+                hint="a `$ref` may point only inside the schema itself, "
+                "e.g. `#/$defs/item` with the definition under `$defs:`",
+            ) from None
         return parsed, [f"at {e.json_path}: {e.message}" for e in errors]
 
     def _repair(self, problems: list[str]) -> None:

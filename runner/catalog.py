@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,12 +101,6 @@ class Catalog:
     @property
     def age(self) -> float:
         return max(0.0, time.time() - self.fetched_at)
-
-    def ids(self) -> list[str]:
-        return [model.id for model in self.models]
-
-    def with_models(self, models: tuple[ModelInfo, ...]) -> Catalog:
-        return replace(self, models=models)
 
     def as_dict(self) -> dict[str, Any]:
         return {

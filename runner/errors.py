@@ -99,29 +99,23 @@ class SourceLocation:
 
 
 class ModelNotFoundError(EnvironmentNotReadyError):
-    """A model named by the workflow is not on the server."""
+    """A model named by the workflow is not on the server.
+
+    The wording comes from the caller (the model check), so `lmflow run` says exactly what
+    `lmflow validate` says; the attributes are for code that wants the parts.
+    """
 
     def __init__(
         self,
+        message: str,
+        *,
         model: str,
         available: Sequence[str],
-        *,
         closest: Sequence[str] = (),
         location: SourceLocation | None = None,
-        server: str | None = None,
+        hint: str | None = None,
     ) -> None:
-        where = f" (on {server})" if server else ""
-        message = f"model {model!r} is not available{where}"
-        if location is not None:
-            message = f"{location}: {message}"
-        lines = []
-        if closest:
-            lines.append("closest: " + ", ".join(closest))
-        if available:
-            lines.append("available: " + ", ".join(available))
-        else:
-            lines.append("the server lists no models; download one with `lms get` or LM Studio")
-        super().__init__(message, hint="; ".join(lines))
+        super().__init__(message, hint=hint)
         self.model = model
         self.available = list(available)
         self.closest = list(closest)
@@ -153,9 +147,3 @@ class ToolExecutionError(LmflowError):
 
 class StepFailedError(LmflowError):
     """A step failed: rounds ran out, timeout, output did not match its schema, a server died."""
-
-
-class RunInterrupted(LmflowError):
-    """The user pressed Ctrl-C."""
-
-    exit_code = EXIT_INTERRUPTED

@@ -82,8 +82,15 @@ def resolve_base_url(cli_value: str | None, workflow_value: str | None = None) -
 
 
 def _normalize_url(url: str, origin: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError as error:
+        raise ConfigurationError(
+            f"{origin} is not a valid URL: {url!r} ({error})",
+            hint=f"for example {DEFAULT_BASE_URL}",
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"{origin} must be an http:// or https:// URL, not {url!r}",
             hint=f"for example {DEFAULT_BASE_URL}",
@@ -135,6 +142,17 @@ def is_loopback(url: str) -> bool:
 class RetryPolicy:
     """Exponential backoff with jitter, bounded in attempts and in total time.
 
+    What is retried, and why:
+
+    - a 5xx answer, or a connection that broke during a request: up to `attempts` in all,
+      the server is busy or restarting and will likely answer the next one;
+    - a server that refuses the connection (nothing listens): up to `refused_attempts` in
+      all, so a server that is down is reported in about half a second, not after a minute;
+    - a timeout: only where the caller says so (listing models, which is cheap to repeat). A
+      chat completion that timed out is not retried: the server may still be generating it,
+      and a new request would run the whole generation again. Loading a model neither;
+    - a 4xx answer: never, asking again gets the same answer.
+
     `total` bounds when a new attempt may start (seconds after the first one began); it does
     not cut an attempt short, which is the request timeout's job.
     """
@@ -143,17 +161,23 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 8.0
     total: float = 60.0
+    refused_attempts: int = 2
 
     def delay(self, attempt: int) -> float:
         """The pause after failed attempt number `attempt` (1-based): half fixed, half random."""
         ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
 
-
-def _transient(error: LLMClientError) -> bool:
-    if isinstance(error, (LLMConnectionError, LLMTimeoutError)):
-        return True
-    return isinstance(error, LLMResponseError) and (error.status_code or 0) >= 500
+    def attempts_for(self, error: LLMClientError, *, retry_timeouts: bool) -> int:
+        """How many attempts in all an operation failing with `error` may make."""
+        if isinstance(error, LLMConnectionError):
+            refused = isinstance(error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout))
+            return self.refused_attempts if refused else self.attempts
+        if isinstance(error, LLMTimeoutError):
+            return self.attempts if retry_timeouts else 1
+        if isinstance(error, LLMResponseError) and (error.status_code or 0) >= 500:
+            return self.attempts
+        return 1
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -185,7 +209,7 @@ class LMStudioClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
-            timeout=httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout)),
+            timeout=_timeouts(self.timeout),
             # A proxy from the environment must not swallow requests to this machine.
             trust_env=not is_loopback(self.base_url),
         )
@@ -218,15 +242,16 @@ class LMStudioClient:
         """The server's models from the richest API it speaks.
 
         Tries `/api/v1/models` (LM Studio 0.4+), `/api/v0/models` (0.3), then `/v1/models`
-        (any OpenAI-compatible server). On this machine, `lms ps --json` adds whether a loaded
-        model is idle or busy.
+        (any OpenAI-compatible server). When LM Studio itself answered on this machine,
+        `lms ps --json` adds whether a loaded model is idle or busy; behind a bare `/v1/models`
+        is another server (Ollama, llama.cpp) that `lms` knows nothing about.
         """
         timeout = min(self.timeout, LIST_TIMEOUT)
         for flavour, path, parse in _MODEL_ENDPOINTS:
             models = await self._model_list(path, parse, timeout)
             if models is None:
                 continue
-            if use_lms and is_loopback(self.base_url):
+            if use_lms and flavour != "openai" and is_loopback(self.base_url):
                 processes = await asyncio.to_thread(lms_processes)
                 if processes is not None:
                     models = with_lms_status(models, processes)
@@ -243,7 +268,7 @@ class LMStudioClient:
         """The models at `path`, or None when this server does not speak that API: a 404, or
         (old LM Studio) a 200 whose body is `{"error": ...}` instead of a list."""
         try:
-            response = await self._request("GET", path, timeout=timeout)
+            response = await self._request("GET", path, timeout=timeout, retry_timeouts=True)
         except LLMResponseError as error:
             if error.status_code in (404, 405):
                 return None
@@ -253,13 +278,12 @@ class LMStudioClient:
         except ValueError:
             return None
 
-    async def load_model(self, model: str, *, context_length: int | None = None) -> str:
+    async def load_model(self, model: str) -> str:
         """Load `model` now (blocks until loaded); returns the new instance id."""
-        body: dict[str, Any] = {"model": model}
-        if context_length is not None:
-            body["config"] = {"context_length": context_length}
         timeout = max(self.timeout, LOAD_TIMEOUT)
-        response = await self._request("POST", "/api/v1/models/load", json=body, timeout=timeout)
+        response = await self._request(
+            "POST", "/api/v1/models/load", json={"model": model}, timeout=timeout
+        )
         data = _json_object(response, "/api/v1/models/load")
         return str(data.get("model_instance_id") or model)
 
@@ -268,25 +292,33 @@ class LMStudioClient:
         payload = request.payload()
         payload["stream"] = self.stream if stream is None else stream
         if payload["stream"]:
-            return await self._retrying(lambda: self._chat_stream(payload))
+            return await self._retrying(lambda: self._chat_stream(payload), retry_timeouts=False)
         response = await self._request("POST", _CHAT_PATH, json=payload, timeout=self.timeout)
         return parse_completion(_json_object(response, _CHAT_PATH))
 
     # --- transport ---------------------------------------------------------------------------
 
     async def _request(
-        self, method: str, path: str, *, timeout: float, json: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float,
+        json: Any = None,
+        retry_timeouts: bool = False,
     ) -> httpx.Response:
-        """One request with retries; answers >= 400 raise."""
+        """One request with retries (see `RetryPolicy`); answers >= 400 raise."""
 
         async def attempt() -> httpx.Response:
             with self._translated(path, timeout):
-                response = await self._http.request(method, path, json=json, timeout=timeout)
+                response = await self._http.request(
+                    method, path, json=json, timeout=_timeouts(timeout)
+                )
             if response.status_code >= 400:
                 raise self._response_error(response, f"{method} {path}")
             return response
 
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, retry_timeouts=retry_timeouts)
 
     async def _chat_stream(self, payload: Mapping[str, Any]) -> ChatResponse:
         collector = _StreamCollector()
@@ -305,18 +337,17 @@ class LMStudioClient:
                         collector.add(_loads(data, _CHAT_PATH))
         return collector.response()
 
-    async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(self, operation: Callable[[], Awaitable[T]], *, retry_timeouts: bool) -> T:
         started = time.monotonic()
         attempt = 1
         while True:
             try:
                 return await operation()
             except LLMClientError as error:
-                if not _transient(error):
-                    raise
+                limit = self.retry.attempts_for(error, retry_timeouts=retry_timeouts)
                 pause = self.retry.delay(attempt)
                 out_of_time = time.monotonic() - started + pause > self.retry.total
-                if attempt >= self.retry.attempts or out_of_time:
+                if attempt >= limit or out_of_time:
                     if attempt > 1:
                         error.message = f"{error.message} (gave up after {attempt} attempts)"
                         error.args = (error.message,)
@@ -329,6 +360,12 @@ class LMStudioClient:
         """httpx transport errors -> lmflow errors that say which URL and what to do."""
         try:
             yield
+        except httpx.ConnectTimeout as error:
+            raise LLMConnectionError(
+                f"cannot reach LM Studio at {self.base_url} (no connection within "
+                f"{min(CONNECT_TIMEOUT, timeout):g} s)",
+                hint=START_SERVER_HINT,
+            ) from error
         except httpx.TimeoutException as error:
             raise LLMTimeoutError(
                 f"{self.base_url}{path} did not answer within {timeout:g} s",
@@ -375,6 +412,11 @@ class LMStudioClient:
 
 
 _CHAT_PATH = "/v1/chat/completions"
+
+
+def _timeouts(seconds: float) -> httpx.Timeout:
+    """`seconds` for the answer, but a server that is not there is known within seconds."""
+    return httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT, seconds))
 
 
 # --- parsing server answers -----------------------------------------------------------------

@@ -21,7 +21,7 @@ import shlex
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +83,9 @@ class McpSessions:
     and kills that whole process group when the server does not exit on its own.
     Stdio servers write their stderr to `<log_dir>/mcp-<name>.stderr.log` (a temporary
     directory, removed at the end, when `log_dir` is None): never to the terminal.
+
+    `redact` masks secrets in every message this class writes: a command line, URL or
+    stderr tail may hold a value rendered from `{{ env.X }}`, and errors reach the terminal.
     """
 
     def __init__(
@@ -91,10 +94,12 @@ class McpSessions:
         *,
         log_dir: Path | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self._servers = dict(servers)
         self._log_dir = log_dir
         self._start_timeout = start_timeout
+        self._redact = redact or _unchanged
         self._connections: dict[str, _Connection] = {}
         self._closing = anyio.Event()
         self._stack = AsyncExitStack()
@@ -109,7 +114,7 @@ class McpSessions:
         try:
             owners = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(self._closing.set)
-            failures: list[str] = []
+            failures: dict[str, str] = {}
             async with anyio.create_task_group() as starters:
                 for name, server in self._servers.items():
                     stderr = stderr_dir / f"mcp-{name}.stderr.log"
@@ -119,7 +124,8 @@ class McpSessions:
                     self._connections[name] = connection
                     starters.start_soon(self._start, owners, connection, failures)
             if failures:
-                raise MCPServerError("\n".join(failures))
+                # In declaration order, not in the order the starts happened to fail.
+                raise MCPServerError("\n".join(failures[n] for n in self._servers if n in failures))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -165,7 +171,7 @@ class McpSessions:
                 text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
             else:
                 text = f"tool {tool!r} of MCP server {server!r} failed: {exc.message}"
-            return ToolResult(f"{text} (MCP error {exc.code})", is_error=True)
+            return ToolResult(self._redact(f"{text} (MCP error {exc.code})"), is_error=True)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise self._stopped(connection, exc) from exc
         except RuntimeError as exc:
@@ -173,7 +179,8 @@ class McpSessions:
             # client that closed under the call.
             if not connection.alive:
                 raise self._stopped(connection, exc) from exc
-            return ToolResult(f"tool {tool!r} of MCP server {server!r}: {exc}", is_error=True)
+            text = f"tool {tool!r} of MCP server {server!r}: {exc}"
+            return ToolResult(self._redact(text), is_error=True)
         return _tool_result(result)
 
     def _connection(self, server: str) -> _Connection:
@@ -182,17 +189,19 @@ class McpSessions:
         except KeyError:
             raise MCPServerError(f"MCP server {server!r} was not started for this run") from None
 
-    async def _start(self, owners: TaskGroup, connection: _Connection, failures: list[str]) -> None:
+    async def _start(
+        self, owners: TaskGroup, connection: _Connection, failures: dict[str, str]
+    ) -> None:
         """Start one server in its own task, within the start timeout; record a failure."""
         try:
             with anyio.move_on_after(self._start_timeout) as deadline:
                 await owners.start(self._serve, connection)
         except Exception as exc:
-            failures.append(self._describe_failure(connection, _reason(exc)))
+            failures[connection.name] = self._describe_failure(connection, _reason(exc))
             return
         if deadline.cancelled_caught:
             reason = f"no answer to the handshake within {self._start_timeout:g}s"
-            failures.append(self._describe_failure(connection, reason))
+            failures[connection.name] = self._describe_failure(connection, reason)
 
     async def _serve(
         self, connection: _Connection, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -267,7 +276,7 @@ class McpSessions:
                 lines.extend(f"    {line}" for line in tail)
             else:
                 lines.append("  (it wrote nothing to stderr)")
-        return "\n".join(lines)
+        return self._redact("\n".join(lines))
 
 
 class ToolSource(Protocol):
@@ -310,11 +319,6 @@ class McpToolbox:
 
     def specs(self) -> Sequence[ToolSpec]:
         return self._specs
-
-    def route(self, name: str) -> tuple[str, str] | None:
-        """The (server, tool) behind an exposed name, for logs and events."""
-        found = self._routes.get(name)
-        return None if found is None else (found[0], found[1].name)
 
     async def call(self, name: str, arguments: Mapping[str, Any]) -> ToolResult:
         found = self._routes.get(name)
@@ -408,6 +412,10 @@ def _tool_result(result: CallToolResult) -> ToolResult:
     if not parts and structured is not None:
         parts.append(json.dumps(structured, ensure_ascii=False))
     return ToolResult("\n".join(parts), is_error=bool(result.is_error), structured=structured)
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 def _reason(exc: BaseException) -> str:

@@ -131,14 +131,13 @@ def _listing(ids: Sequence[str], limit: int = 25) -> str:
 
 
 def _wants_tools(workflow: Workflow, step: Step) -> tuple[str | int, ...] | None:
-    """Where a step asks for tools (its `mcp:` or a tool_choice other than none), if it does."""
-    if step.mcp:
-        return ("steps", step.index, "mcp")
-    if step.tool_choice not in (None, "none"):
-        return ("steps", step.index, "tool_choice")
-    if step.tool_choice is None and workflow.defaults.tool_choice not in (None, "none"):
-        return ("defaults", "tool_choice")
-    return None
+    """Where a step offers the model tools, if it does: a step with `mcp:` whose tool_choice
+    (its own, else the default) is not `none`. Without `mcp:` no tools are offered, whatever
+    the tool_choice; `defaults.tool_choice` applies only to steps that offer tools."""
+    if not step.mcp:
+        return None
+    choice = workflow.defaults.tool_choice if step.tool_choice is None else step.tool_choice
+    return None if choice == "none" else ("steps", step.index, "mcp")
 
 
 def _findings(
@@ -243,22 +242,26 @@ def ensure_models(
     require_loaded: bool = False,
     server: str = "the server",
 ) -> list[Problem]:
-    """Raise for the first error (ModelNotFoundError / ModelValidationError); return warnings."""
+    """Raise for the first error (ModelNotFoundError / ModelValidationError); return warnings.
+
+    The error says what `check_models` says, behind the finding's `path:line:col:`."""
     found = _findings(workflow, models, require_loaded=require_loaded, server=server)
     for finding in found:
         problem = finding.problem
         if not problem.is_error:
             continue
         location = SourceLocation(problem.path, problem.line, problem.col)
+        message = f"{location}: {problem.message}"
         if problem.rule == "model-not-found":
             raise ModelNotFoundError(
-                finding.model,
-                [m.id for m in models],
+                message,
+                model=finding.model,
+                available=[m.id for m in models],
                 closest=finding.closest,
                 location=location,
-                server=server,
+                hint=problem.hint,
             )
-        raise ModelValidationError(f"{location}: {problem.message}", hint=problem.hint)
+        raise ModelValidationError(message, hint=problem.hint)
     return [f.problem for f in found]
 
 
@@ -322,10 +325,15 @@ async def _catalog_for(
     ttl: float,
     refresh: bool,
     load: bool,
+    require_loaded: bool,
     client: LMStudioClient | None,
 ) -> Catalog:
     """The catalog the check runs against; with `load`, after loading (`/api/v1/models/load`)
-    every chat model the workflows use that is not loaded yet."""
+    every chat model the workflows use that is not loaded yet.
+
+    `load` and `require_loaded` judge whether a model is loaded: from a fresh list, since a
+    cached one may be a minute old and LM Studio unloads idle models."""
+    refresh = refresh or load or require_loaded
     catalog = await fetch_catalog(server, ttl=ttl, refresh=refresh, client=client)
     if not load:
         return catalog
@@ -360,7 +368,13 @@ async def verify_models(
     """The model check of `lmflow run`: raises for the first error, returns the warnings.
     Pass the run's client so the check reuses its connection pool."""
     catalog = await _catalog_for(
-        [workflow], server, ttl=ttl, refresh=refresh, load=load, client=client
+        [workflow],
+        server,
+        ttl=ttl,
+        refresh=refresh,
+        load=load,
+        require_loaded=require_loaded,
+        client=client,
     )
     return ensure_models(
         workflow, catalog.models, require_loaded=require_loaded, server=catalog.server
@@ -389,7 +403,13 @@ def check_workflows_online(
         found: dict[str, list[Problem]] = {}
         for server, group in by_server.items():
             catalog = await _catalog_for(
-                group, server, ttl=ttl, refresh=refresh, load=load, client=None
+                group,
+                server,
+                ttl=ttl,
+                refresh=refresh,
+                load=load,
+                require_loaded=require_loaded,
+                client=None,
             )
             for workflow in group:
                 found.setdefault(str(workflow.path), []).extend(
@@ -432,10 +452,11 @@ def _cache_check(server: str, ttl: float) -> Check:
             catalog = cache.peek(server)
             directory = cache.directory
     except CacheError as error:
+        # A warning: every command works without the cache, only a little slower.
         return Check(
             "cache",
-            "fail",
-            f"{cache_dir()} cannot hold the model cache ({error})",
+            "warn",
+            f"{cache_dir()} cannot hold the model cache ({error}); working without it",
             f"set {CACHE_DIR_ENV} to a writable directory",
         )
     if catalog is None:

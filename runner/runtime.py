@@ -142,7 +142,8 @@ async def live_tools(run: PreparedRun) -> AsyncIterator[McpSessions]:
     servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
     # With --no-log nothing lands in the run directory; stderr goes to a temporary one.
     log_dir = run.run_dir if run.writer is not None else None
-    async with McpSessions(servers, log_dir=log_dir) as sessions:
+    # Rendering the servers told the redactor every `env` value they hold.
+    async with McpSessions(servers, log_dir=log_dir, redact=run.log.redactor.text) as sessions:
         check_allow_lists(run.workflow, sessions)
         yield sessions
 
@@ -296,7 +297,7 @@ async def list_tools(
 
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
-    async with McpSessions(servers) as sessions:
+    async with McpSessions(servers, redact=run.log.redactor.text) as sessions:
         return {
             name: [(tool.name, tool.description or "") for tool in sessions.tools(name)]
             for name in servers

@@ -579,6 +579,18 @@ def test_a_frozen_output_schema_is_used_as_plain_json() -> None:
     assert model.requests[1].response_format["json_schema"]["schema"] == plain
 
 
+@pytest.mark.parametrize(
+    "ref", ["#/defs/item", "https://example.com/item.json", "item.json"], ids=str
+)
+def test_an_unresolvable_ref_in_the_output_schema_fails_the_step_naming_it(ref: str) -> None:
+    schema = {"type": "object", "properties": {"item": {"$ref": ref}}}
+    model = ScriptedModel(answer('{"item": 1}'))
+    with pytest.raises(StepFailedError, match="cannot be resolved") as caught:
+        run(model, output_schema=schema)
+    assert caught.value.message.endswith(ref.lstrip("#"))
+    assert "$defs" in (caught.value.hint or "")
+
+
 def test_an_invalid_output_schema_is_a_configuration_error() -> None:
     model = ScriptedModel(answer("{}"))
     with pytest.raises(ConfigurationError, match="output_schema is not a valid JSON Schema"):

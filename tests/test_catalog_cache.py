@@ -97,11 +97,12 @@ def test_an_expired_entry_is_fetched_again(fake_lmstudio: FakeLMStudio) -> None:
     old = Catalog(fake_lmstudio.url, "openai", (ModelInfo("stale/model"),), time.time() - 120)
     with CatalogCache() as cache:
         cache.put(old)
-    assert fetch(fake_lmstudio, ttl=600).ids() == ["stale/model"]  # young enough for 600 s
+    # Young enough for 600 s:
+    assert fetch(fake_lmstudio, ttl=600).models == (ModelInfo("stale/model"),)
     assert fake_lmstudio.count(MODELS) == 0
     fresh = fetch(fake_lmstudio, ttl=60)
     assert fake_lmstudio.count(MODELS) == 1
-    assert "stale/model" not in fresh.ids()
+    assert "stale/model" not in [m.id for m in fresh.models]
     with CatalogCache() as cache:
         assert cache.get(fake_lmstudio.url) == fresh  # the new list replaced the old one
 
@@ -168,7 +169,7 @@ catalog = asyncio.run(fetch_catalog(ServerConfig(url), refresh=refresh))
 with CatalogCache() as cache:
     for _ in range(reads):
         assert cache.get(url) is not None
-print(json.dumps({"fetched_at": catalog.fetched_at, "ids": catalog.ids()}))
+print(json.dumps({"fetched_at": catalog.fetched_at, "ids": [m.id for m in catalog.models]}))
 """
 
 

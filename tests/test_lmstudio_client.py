@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,6 +67,33 @@ def test_bad_base_url_is_a_configuration_error() -> None:
     assert caught.value.exit_code == EXIT_INVALID
 
 
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://localhost:99999", "--base-url"),  # port out of range
+        ("http://[::1", "--base-url"),  # unclosed IPv6 bracket
+        ("http://localhost:port", "--base-url"),
+        ("http://:1234", "--base-url"),  # no host
+    ],
+)
+def test_a_malformed_base_url_is_a_configuration_error_naming_its_origin(
+    url: str, origin: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"^{origin} ") as caught:
+        resolve_base_url(url, None)
+    assert caught.value.exit_code == EXIT_INVALID
+
+
+def test_a_malformed_base_url_from_env_or_workflow_names_that_origin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"^lmstudio\.base_url "):
+        resolve_base_url(None, "http://[::1")
+    monkeypatch.setenv("LMFLOW_BASE_URL", "http://localhost:99999")
+    with pytest.raises(ConfigurationError, match=r"^LMFLOW_BASE_URL "):
+        resolve_base_url(None, None)
+
+
 def test_token_comes_from_the_named_env_var_and_stays_out_of_reprs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -103,7 +133,7 @@ async def test_model_list_from_each_api_flavour(
     assert catalog.flavour == flavour
     assert catalog.server == lm.url
     assert [r.path for r in lm.requests] == paths
-    assert catalog.ids() == [m.key for m in lm.models]
+    assert [m.id for m in catalog.models] == [m.key for m in lm.models]
     by_id = {m.id: m for m in catalog.models}
     embedding = by_id["text-embedding-nomic-embed-text-v1.5"]
     assert embedding.type == "embedding"
@@ -138,15 +168,12 @@ def test_an_error_answered_with_200_is_not_a_model_list() -> None:
 
 async def test_load_model(fake_lmstudio: FakeLMStudio) -> None:
     async with client(fake_lmstudio) as llm:
-        instance = await llm.load_model("mistralai/magistral-small-2509", context_length=8192)
+        instance = await llm.load_model("mistralai/magistral-small-2509")
         catalog = await llm.list_models()
     assert instance == "mistralai/magistral-small-2509"
     (load,) = [r for r in fake_lmstudio.requests if r.path == "/api/v1/models/load"]
     assert load.method == "POST"
-    assert load.body == {
-        "model": "mistralai/magistral-small-2509",
-        "config": {"context_length": 8192},
-    }
+    assert load.body == {"model": "mistralai/magistral-small-2509"}
     assert {m.id: m.state for m in catalog.models}["mistralai/magistral-small-2509"] == "loaded"
 
 
@@ -167,7 +194,7 @@ async def test_lms_ps_refines_states(
         {"modelKey": "google/gemma-3-270m", "identifier": "g", "status": "idle", "type": "llm"},
     ]
     monkeypatch.setenv("PATH", f"{install_fake_lms(tmp_path, processes)}")
-    lm = make_fake_lmstudio(api="openai")  # state unknown without lms
+    lm = make_fake_lmstudio(api="v0")
     async with client(lm) as llm:
         models = {m.id: m for m in (await llm.list_models()).models}
     assert (models[CODER].state, models[CODER].activity) == ("loaded", "queued")
@@ -175,8 +202,28 @@ async def test_lms_ps_refines_states(
         "idle",
         True,
     )
-    # lms lists every loaded model of this machine: the rest are not loaded.
     assert models["mistralai/magistral-small-2509"].state == "not-loaded"
+
+
+def test_lms_marks_models_of_unknown_state_it_does_not_list_as_not_loaded() -> None:
+    from runner.catalog import ModelInfo
+
+    # lms lists every loaded model of this machine: the rest are not loaded.
+    refined = with_lms_status([ModelInfo("a"), ModelInfo("b")], [{"modelKey": "a", "status": "x"}])
+    assert [(m.id, m.state) for m in refined] == [("a", "loaded"), ("b", "not-loaded")]
+
+
+async def test_lms_is_not_asked_about_a_server_that_is_not_lm_studio(
+    make_fake_lmstudio, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ollama or llama.cpp on this machine: `lms ps` describes LM Studio, not this server.
+    processes = [{"modelKey": CODER, "status": "idle"}]
+    monkeypatch.setenv("PATH", f"{install_fake_lms(tmp_path, processes)}")
+    lm = make_fake_lmstudio(api="openai")
+    async with client(lm) as llm:
+        models = {m.id: m for m in (await llm.list_models()).models}
+    assert {m.state for m in models.values()} == {"unknown"}
+    assert models[CODER].activity is None
 
 
 async def test_a_broken_lms_is_ignored(
@@ -355,15 +402,49 @@ async def test_the_string_shaped_error_is_parsed(make_fake_lmstudio, stream: boo
     assert len(lm.requests) == 1
 
 
-async def test_slow_server_times_out_and_is_retried(make_fake_lmstudio) -> None:
+async def test_a_timed_out_model_list_is_retried(make_fake_lmstudio) -> None:
     lm = make_fake_lmstudio(delay=2.0)
     retry = RetryPolicy(attempts=2, base_delay=0.01)
     async with client(lm, timeout=0.3, retry=retry) as llm:
         with pytest.raises(LLMTimeoutError) as caught:
-            await llm.chat(ask())
+            await llm.list_models()
     assert "did not answer within 0.3 s" in caught.value.message
     assert caught.value.exit_code == EXIT_ENVIRONMENT
-    assert len(lm.requests) == 2
+    assert lm.count("/api/v1/models") == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_timed_out_chat_completion_is_not_run_again(
+    make_fake_lmstudio, stream: bool
+) -> None:
+    # The server may still be generating: asking again would start the whole generation anew.
+    lm = make_fake_lmstudio(delay=2.0)
+    async with client(lm, timeout=0.3) as llm:
+        with pytest.raises(LLMTimeoutError, match=r"did not answer within 0\.3 s") as caught:
+            await llm.chat(ask(), stream=stream)
+    assert "gave up" not in caught.value.message
+    assert len(lm.chat_requests) == 1
+
+
+async def test_a_connection_dropped_mid_request_is_retried_in_full() -> None:
+    # A server that accepts and hangs up at once, as one that is restarting may.
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = listener.accept()
+                    accepted.append(connection)
+                    connection.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        async with client(f"http://127.0.0.1:{port}") as llm:
+            with pytest.raises(LLMConnectionError) as caught:
+                await llm.chat(ask())
+    assert "gave up after 4 attempts" in caught.value.message
+    assert len(accepted) == 4
 
 
 async def test_down_server_names_the_url_and_how_to_start_it() -> None:
@@ -372,7 +453,9 @@ async def test_down_server_names_the_url_and_how_to_start_it() -> None:
         with pytest.raises(LLMConnectionError) as caught:
             await llm.list_models()
     assert url in caught.value.message
-    assert "gave up after 4 attempts" in caught.value.message
+    # Nothing listens: asked once more, not for a minute, so `validate` and `doctor` say so
+    # at once.
+    assert "gave up after 2 attempts" in caught.value.message
     assert "lms server start" in (caught.value.hint or "")
     assert "Developer tab" in (caught.value.hint or "")
 

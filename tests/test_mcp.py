@@ -125,6 +125,20 @@ async def test_a_server_that_dies_mid_call_raises_server_error(tag: str, tmp_pat
     assert wait_until_gone(tag) == []
 
 
+async def test_a_server_that_stopped_is_reported_redacted(tag: str) -> None:
+    secret = "s3cr3t-name"
+    server = fixture_server(secret, tag=tag)
+    redact = lambda text: text.replace(secret, "***")  # noqa: E731
+    async with McpSessions({"fx": server}, redact=redact) as sessions:
+        with pytest.raises(MCPServerError) as crashed:
+            await sessions.call_tool("fx", "crash", {})
+    assert "MCP server 'fx' stopped" in crashed.value.message
+    assert "--name ***" in crashed.value.message  # the command line
+    assert "fixture server *** starting" in crashed.value.message  # the tail of its stderr
+    assert secret not in crashed.value.message
+    assert wait_until_gone(tag) == []
+
+
 async def test_a_missing_command_names_the_server_and_the_command() -> None:
     server = StdioServer("ghost", "lmflow-no-such-command", ("--serve", "x"))
     with pytest.raises(MCPServerError) as raised:
@@ -151,6 +165,43 @@ async def test_a_crash_at_start_shows_the_stderr_tail_and_stops_the_other_server
     assert "mcp_fixture_server.py --name bad --crash-on-start" in message
     assert "fatal: configured to crash on start" in message
     assert "'good'" not in message
+    assert wait_until_gone(tag) == []
+
+
+async def test_start_failures_are_reported_in_declaration_order(tag: str) -> None:
+    # "slow" fails half a second in, "ghost" at once: the report still follows the file.
+    slow = StdioServer(
+        "slow", sys.executable, ("-c", "import time; time.sleep(0.5)"), env={TAG_VARIABLE: tag}
+    )
+    servers = {
+        "slow": slow,
+        "good": fixture_server("good", tag=tag),
+        "ghost": StdioServer("ghost", "lmflow-no-such-command"),
+    }
+    with pytest.raises(MCPServerError) as raised:
+        async with McpSessions(servers):
+            pytest.fail("the body must not run")
+    headlines = [line for line in raised.value.message.splitlines() if line.startswith("MCP")]
+    assert [line.split("'")[1] for line in headlines] == ["slow", "ghost"]
+    assert wait_until_gone(tag) == []
+
+
+async def test_every_message_about_a_server_is_redacted(tag: str) -> None:
+    secret = "s3cr3t-value"
+    # The secret is in the command line, and the server repeats it on stderr before it dies.
+    leaky = StdioServer(
+        "leaky",
+        sys.executable,
+        ("-c", "import sys; print(f'token {sys.argv[1]}', file=sys.stderr)", secret),
+        env={TAG_VARIABLE: tag},
+    )
+    with pytest.raises(MCPServerError) as raised:
+        async with McpSessions({"leaky": leaky}, redact=lambda t: t.replace(secret, "***")):
+            pytest.fail("the body must not run")
+    message = raised.value.message
+    assert secret not in message
+    assert "file=sys.stderr)' ***\n" in message  # the command line
+    assert "    token ***" in message
     assert wait_until_gone(tag) == []
 
 
@@ -198,7 +249,6 @@ async def test_colliding_names_are_qualified_and_both_reachable(tag: str) -> Non
     assert from_one.text == "one read p"
     assert from_two.text == "two read p"
     assert plain.is_error and "one__read_file" in plain.text  # lists what is available
-    assert toolbox.route("two__read_file") == ("two", "read_file")
 
 
 async def test_allow_lists_take_tool_and_server_dot_tool(tag: str) -> None:

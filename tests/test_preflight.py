@@ -10,7 +10,7 @@ from types import MappingProxyType
 import pytest
 from fakes.lmstudio import FakeLMStudio, down_url
 
-from runner.catalog import ModelInfo
+from runner.catalog import Catalog, CatalogCache, ModelInfo
 from runner.errors import (
     EXIT_ENVIRONMENT,
     LLMConnectionError,
@@ -185,7 +185,7 @@ def test_idle_and_unknown_states_are_not_reported(name: str) -> None:
 def test_tools_on_a_model_without_tool_use_is_a_warning_at_the_tools() -> None:
     flow = workflow(
         step(0, "google/gemma-3-270m", mcp=("fs",)),
-        step(1, "google/gemma-3-270m", tool_choice="required"),
+        step(1, "google/gemma-3-270m", mcp=("fs",), tool_choice="required"),
         step(2, "google/gemma-3-270m", tool_choice="none"),  # no tools asked for
         step(3, "qwen/qwen3-8b", mcp=("fs",)),  # tool use unknown: no warning
         step(4, "qwen/qwen3-coder-30b", mcp=("fs",)),
@@ -193,14 +193,27 @@ def test_tools_on_a_model_without_tool_use_is_a_warning_at_the_tools() -> None:
     problems = check_models(flow, CATALOG)
     assert rules(problems) == [
         ("no-tool-use", "warning", 10, 40),
-        ("no-tool-use", "warning", 11, 60),
+        ("no-tool-use", "warning", 11, 40),
     ]
     assert "step 's0' offers tools" in problems[0].message
 
 
-def test_default_tool_choice_counts_as_asking_for_tools() -> None:
-    flow = workflow(step(0), default="google/gemma-3-270m", tool_choice="auto")
-    assert rules(check_models(flow, CATALOG)) == [("no-tool-use", "warning", 4, 16)]
+def test_no_tool_use_warning_where_no_tools_are_offered() -> None:
+    flow = workflow(
+        step(0, "google/gemma-3-270m", mcp=("fs",), tool_choice="none"),  # servers, no tools
+        step(1, "google/gemma-3-270m", tool_choice="required"),  # no servers: no tools
+    )
+    assert check_models(flow, CATALOG) == []
+
+
+def test_default_tool_choice_applies_only_to_steps_that_offer_tools() -> None:
+    gemma = "google/gemma-3-270m"
+    # Without `mcp:` the default tool_choice offers nothing.
+    assert check_models(workflow(step(0), default=gemma, tool_choice="auto"), CATALOG) == []
+    flow = workflow(step(0, mcp=("fs",)), default=gemma, tool_choice="required")
+    assert rules(check_models(flow, CATALOG)) == [("no-tool-use", "warning", 10, 40)]
+    flow = workflow(step(0, mcp=("fs",)), default=gemma, tool_choice="none")
+    assert check_models(flow, CATALOG) == []
 
 
 def test_aliases_and_defaults_are_checked_even_when_unused() -> None:
@@ -235,7 +248,19 @@ def test_ensure_raises_model_not_found_with_everything_a_user_needs() -> None:
     assert error.closest == ["qwen/qwen3-coder-30b"]
     assert error.location == SourceLocation(str(PATH), 11, 12)
     assert error.message.startswith(f"{PATH}:11:12: model 'qwen/qwen3-coder-3b'")
-    assert "closest: qwen/qwen3-coder-30b" in (error.hint or "")
+    assert "did you mean 'qwen/qwen3-coder-30b'?" in error.message
+
+
+def test_run_and_validate_word_a_missing_model_alike() -> None:
+    many = (*CATALOG, *(ModelInfo(f"acme/model-{i:02}") for i in range(30)))
+    flow = workflow(step(0, "qwen/qwen3-coder-3b"))
+    (problem,) = check_models(flow, many, server="http://h:1")
+    with pytest.raises(ModelNotFoundError) as caught:
+        ensure_models(flow, many, server="http://h:1")
+    assert caught.value.message == f"{PATH}:10:12: {problem.message}"
+    assert caught.value.hint == problem.hint
+    assert (problem.hint or "").endswith(f"and {len(many) - 25} more")  # 25 listed at most
+    assert caught.value.available == [m.id for m in many]
 
 
 def test_ensure_raises_model_validation_for_other_errors() -> None:
@@ -261,6 +286,28 @@ def test_verify_models_loads_up_front(fake_lmstudio: FakeLMStudio) -> None:
     assert warnings == []
     loads = [r.body for r in fake_lmstudio.requests if r.path == "/api/v1/models/load"]
     assert loads == [{"model": "mistralai/magistral-small-2509"}]  # only the unloaded one
+
+
+@pytest.mark.parametrize("option", ["load", "require_loaded"])
+def test_load_and_require_loaded_judge_a_fresh_model_list(
+    fake_lmstudio: FakeLMStudio, option: str
+) -> None:
+    flow = workflow(step(0, "mistralai/magistral-small-2509"))
+    server = ServerConfig(fake_lmstudio.url)
+    # A minute-old list said the model was loaded; LM Studio has unloaded it since.
+    stale = Catalog(
+        fake_lmstudio.url, "native-v1", (ModelInfo(flow.steps[0].model, state="loaded"),)
+    )
+    with CatalogCache() as cache:
+        cache.put(stale)
+    if option == "load":
+        assert asyncio.run(verify_models(flow, server, load=True)) == []
+        loads = [r.body for r in fake_lmstudio.requests if r.path == "/api/v1/models/load"]
+        assert loads == [{"model": "mistralai/magistral-small-2509"}]
+    else:
+        with pytest.raises(ModelValidationError, match="is not loaded"):
+            asyncio.run(verify_models(flow, server, require_loaded=True))
+    assert fake_lmstudio.count("/api/v1/models") >= 1
 
 
 def test_verify_models_raises_for_a_missing_model(fake_lmstudio: FakeLMStudio) -> None:

@@ -601,7 +601,8 @@ def test_a_model_the_server_lacks_exits_3_listing_the_available_ones(
     file = workflow(tmp_path, "steps:\n  - {id: s, model: acme/nope-7b, prompt: x}\n")
     run = lmflow(tmp_path, "run", file, "--base-url", fake_lmstudio.url)
     assert run.code == 3
-    assert "model 'acme/nope-7b' is not available" in run.stderr
+    # The same words as `lmflow validate`, behind the position in the file.
+    assert f"wf.yaml:5:20: model 'acme/nope-7b' is not on {fake_lmstudio.url}" in run.stderr
     assert "available: " in run.stderr and MODEL in run.stderr
     assert fake_lmstudio.chat_requests == []
     assert_clean(run)
@@ -639,6 +640,35 @@ def test_a_server_that_will_not_start_exits_3_before_any_step(
     assert lm.chat_requests == []
     assert not any(e["type"] == "step_started" for e in run.events())
     assert run.result()["status"] == "error"
+    assert_clean(run)
+
+
+@pytest.mark.parametrize("command", ["run", "tools"])
+def test_a_secret_in_the_command_of_a_server_that_will_not_start_is_never_shown(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str, command: str
+) -> None:
+    secret = "hunter2-secret-value"
+    lm = make_fake_lmstudio(script=["unused"])
+    # The secret is in its command line, and the server writes it to stderr before it dies.
+    args = ["--name", "{{ env.MY_SECRET }}", "--crash-on-start"]
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          broken: {fixture(tag, *args)}
+        steps:
+          - {{id: a, mcp: [broken], prompt: x}}
+        """,
+    )
+    options = ["--base-url", lm.url] if command == "run" else []
+    run = lmflow(tmp_path, command, file, *options, tag=tag, env={"MY_SECRET": secret})
+    assert run.code == 3
+    assert "MCP server 'broken' would not start" in run.stderr
+    assert "--name *** --crash-on-start" in run.stderr
+    assert "fixture server *** starting" in run.stderr  # the tail of its stderr
+    assert secret not in run.stdout + run.stderr
+    for written in (tmp_path / ".lmflow").rglob("*.json*"):
+        assert secret not in written.read_text()
     assert_clean(run)
 
 
