@@ -84,8 +84,9 @@ class McpSessions:
     Stdio servers write their stderr to `<log_dir>/mcp-<name>.stderr.log` (a temporary
     directory, removed at the end, when `log_dir` is None): never to the terminal.
 
-    `redact` masks secrets in every message this class writes: a command line, URL or
-    stderr tail may hold a value rendered from `{{ env.X }}`, and errors reach the terminal.
+    `redact` masks secrets in every message this class writes (a command line, URL or
+    stderr tail may hold a value rendered from `{{ env.X }}`, and errors reach the terminal)
+    and, once the servers have stopped, in the stderr logs left in `log_dir`.
     """
 
     def __init__(
@@ -111,6 +112,8 @@ class McpSessions:
             self._stack.callback(shutil.rmtree, stderr_dir, ignore_errors=True)
         else:
             stderr_dir.mkdir(parents=True, exist_ok=True)
+            # Registered first, so it runs last: once every server has stopped writing.
+            self._stack.callback(self._redact_stderr_logs)
         try:
             owners = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(self._closing.set)
@@ -139,6 +142,18 @@ class McpSessions:
     ) -> None:
         # Not handed the exception: the owners' task group would wrap it in a group.
         await self._stack.aclose()
+
+    def _redact_stderr_logs(self) -> None:
+        """A server may print what it was given (a token in its arguments); its log stays in
+        the run directory, so the secrets are masked there too."""
+        for connection in self._connections.values():
+            path = connection.stderr_path
+            if path is None or not path.is_file():
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            masked = self._redact(text)
+            if masked != text:
+                path.write_text(masked, encoding="utf-8")
 
     def tools(self, server: str) -> list[Tool]:
         """Every tool the server offers (all pages), as the SDK describes them."""

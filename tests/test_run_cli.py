@@ -667,8 +667,11 @@ def test_a_secret_in_the_command_of_a_server_that_will_not_start_is_never_shown(
     assert "--name *** --crash-on-start" in run.stderr
     assert "fixture server *** starting" in run.stderr  # the tail of its stderr
     assert secret not in run.stdout + run.stderr
-    for written in (tmp_path / ".lmflow").rglob("*.json*"):
-        assert secret not in written.read_text()
+    for written in (tmp_path / ".lmflow").rglob("*"):
+        assert not written.is_file() or secret not in written.read_text()
+    if command == "run":  # the server's own stderr log is kept, masked
+        (log,) = (tmp_path / ".lmflow").rglob("mcp-broken.stderr.log")
+        assert "fixture server *** starting" in log.read_text()
     assert_clean(run)
 
 
