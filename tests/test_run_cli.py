@@ -788,3 +788,31 @@ def test_an_invalid_workflow_is_explained_line_by_line(tmp_path: Path) -> None:
     assert f"{file}:6:5: error: unknown key 'promt' in step 'a' [unknown-key]" in run.stderr
     assert "did you mean 'prompt'?" in run.stderr
     assert_clean(run)
+
+
+def test_agent_takes_servers_and_aliases_from_a_workflow(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str
+) -> None:
+    lm = make_fake_lmstudio(script=[[("add", {"a": 2, "b": 3})], "2 + 3 = 5"])
+    file = workflow(
+        tmp_path,
+        f"""
+        models: {{coder: {MODEL}}}
+        mcp_servers:
+          fx: {fixture(tag)}
+          unused: {fixture(tag, "--name", "unused")}
+        steps:
+          - {{id: a, model: coder, prompt: x}}
+        """,
+    )
+    run = lmflow(
+        tmp_path, "agent", "--from", file, "--mcp", "fx", "--model", "coder",
+        "--base-url", lm.url, "Add 2 and 3.", tag=tag,
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert run.stdout == "2 + 3 = 5\n"
+    first, second = lm.chat_requests
+    assert first["model"] == MODEL  # the alias of the --from workflow resolved
+    assert "add" in offered(first)
+    assert tool_messages(second)[0]["content"] == "5.0"  # the fixture's add() works in floats
+    assert_clean(run)

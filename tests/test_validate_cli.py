@@ -377,3 +377,13 @@ def test_a_down_server_with_valid_files_is_exit_3(tmp_path, lmflow_cli) -> None:
     outcome = lmflow_cli("validate", "--base-url", down_url(), str(good))
     assert outcome.exit_code == 3
     assert "cannot reach LM Studio" in outcome.stderr
+
+
+def test_a_10_mb_file_is_refused_with_a_message_not_read(tmp_path, lmflow_cli) -> None:
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"version: 1\n" + b"# padding padding padding\n" * 400_000)
+    assert huge.stat().st_size > 10_000_000
+    outcome = lmflow_cli("validate", "--offline", "--format", "json", str(huge))
+    assert outcome.exit_code == 2
+    (problem,) = json.loads(outcome.stdout)["files"][0]["problems"]
+    assert problem["rule"] == "file-too-large"

@@ -1,0 +1,29 @@
+"""The wheel ships the published schema (runner/spec/workflow.schema.json is a symlink to
+schemas/workflow.schema.json: a wheel must carry the file, not the link)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_wheel_carries_the_schema_and_the_console_script(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("lmflow-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("runner/spec/workflow.schema.json")
+        entry_points = archive.read(
+            next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
+        ).decode()
+    assert shipped == (ROOT / "schemas" / "workflow.schema.json").read_bytes()
+    assert "lmflow = runner.cli:main" in entry_points
+    assert "lmflow = runner.pytest_plugin" in entry_points
