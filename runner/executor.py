@@ -19,11 +19,11 @@ from . import templating
 from .agent import AgentLimits, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
 from .errors import InputError, LmflowError, StepFailedError, ToolExecutionError
-from .runlog import RunLog, SecretEnv
+from .runlog import DIRECT_CALL_ID, RunLog, SecretEnv
 from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow, strings_in, thawed
 
 StepStatus = Literal["succeeded", "failed", "skipped"]
-RunStatus = Literal["succeeded", "failed", "interrupted"]
+RunStatus = Literal["succeeded", "failed", "interrupted", "error"]
 
 
 class ToolProvider(Protocol):
@@ -111,21 +111,49 @@ def _parse_input(kind: str, value: Any) -> Any:
 # --- plan ---------------------------------------------------------------------------------
 
 
-def step_references(step: Step) -> set[str]:
-    """Ids of the steps a step's templates read."""
-    texts: list[tuple[str, bool]] = [(t, False) for t in (step.prompt, step.system, step.name) if t]
+def _step_templates(step: Step) -> list[tuple[str, bool]]:
+    """A step's template fields: (text, is it an `if:` condition)."""
+    texts = [(t, False) for t in (step.prompt, step.system, step.name) if t]
     texts += [(t, False) for _, t in strings_in(step.with_)]
     if isinstance(step.if_, str):
         texts.append((step.if_, True))
-    found: set[str] = set()
+    return texts
+
+
+def _server_templates(server: McpServer) -> list[str]:
+    if isinstance(server, StdioServer):
+        return [server.command, *server.args, *server.env.values(), server.cwd or ""]
+    return [server.url, *server.headers.values()]
+
+
+def _references(texts: list[tuple[str, bool]]) -> list[templating.Reference]:
+    found: list[templating.Reference] = []
     for text, is_condition in texts:
-        if not is_condition and not templating.is_template(text):
-            continue
-        tree = templating.parse_condition(text) if is_condition else templating.parse_template(text)
-        for ref in templating.references(tree):
-            if ref.root == "steps" and ref.path and isinstance(ref.path[0], str):
-                found.add(ref.path[0])
+        if is_condition:
+            found += templating.references(templating.parse_condition(text))
+        elif templating.is_template(text):
+            found += templating.references(templating.parse_template(text))
     return found
+
+
+def step_references(step: Step) -> set[str]:
+    """Ids of the steps a step's templates read."""
+    return {
+        ref.path[0]
+        for ref in _references(_step_templates(step))
+        if ref.root == "steps" and ref.path and isinstance(ref.path[0], str)
+    }
+
+
+def env_names(workflow: Workflow) -> set[str]:
+    """The environment variables the workflow's templates read (`env.NAME`): their values
+    are secrets from the first event on, before any template has read them."""
+    texts = [t for step in workflow.steps for t in _step_templates(step)]
+    texts += [
+        (t, False) for server in workflow.mcp_servers.values() for t in _server_templates(server)
+    ]
+    texts += [(t, False) for _, t in strings_in(workflow.outputs)]
+    return {str(ref.path[0]) for ref in _references(texts) if ref.root == "env" and ref.path}
 
 
 def dependencies(workflow: Workflow) -> dict[str, set[str]]:
@@ -300,10 +328,14 @@ class Executor:
         self.log = log
         self.context = context
         self.waits = dependencies(workflow)
+        self.result = RunResult(log.run_id, workflow.name, "succeeded", self.inputs)
 
     async def run(self) -> RunResult:
+        """Run every step; `self.result` holds what finished so far, also when interrupted.
+        The run's own start and end events belong to its caller (runtime), which knows how
+        the run ended as a whole."""
         started = time.monotonic()
-        result = RunResult(self.log.run_id, self.workflow.name, "succeeded", self.inputs)
+        result = self.result
         stopped_by: str | None = None
         try:
             for step in plan(self.workflow):
@@ -322,24 +354,8 @@ class Executor:
                     result.status = "failed"
                     result.error = f"step {step.id!r} failed: {record.error}"
             result.outputs = self._outputs(result)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            result.status = "interrupted"
-            result.error = "interrupted"
-            raise
-        except BaseException as error:  # never let the log say "succeeded" over a crash
-            result.status = "failed"
-            result.error = f"{type(error).__name__}: {error}"
-            raise
         finally:
             result.duration = time.monotonic() - started
-            self.log.emit(
-                "run_finished",
-                status=result.status,
-                outputs=result.outputs,
-                error=result.error,
-                duration=round(result.duration, 3),
-                usage=result.usage.as_dict(),
-            )
         return result
 
     def _outputs(self, result: RunResult) -> dict[str, Any]:
@@ -429,7 +445,7 @@ class Executor:
         assert step.tool_server and step.tool_name and self.tools is not None
         arguments = templating.render_value(thawed(step.with_), self.context)
         self.log.emit(
-            "tool_call", step.id, round=0, id="direct", name=step.tool, arguments=arguments
+            "tool_call", step.id, round=0, id=DIRECT_CALL_ID, name=step.tool, arguments=arguments
         )
         try:
             outcome = await asyncio.wait_for(
@@ -444,7 +460,7 @@ class Executor:
             "tool_result",
             step.id,
             round=0,
-            id="direct",
+            id=DIRECT_CALL_ID,
             name=step.tool,
             is_error=outcome.is_error,
             content=outcome.text,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -18,18 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-EVENT_TYPES = (
-    "run_started",
-    "notice",
-    "step_started",
-    "llm_request",
-    "llm_response",
-    "tool_call",
-    "tool_result",
-    "agent_notice",
-    "step_finished",
-    "run_finished",
-)
+from .errors import ConfigurationError
+
 MASK = "***"
 MIN_SECRET_LENGTH = 4
 
@@ -76,15 +67,18 @@ class Redactor:
         return self._pattern.sub(MASK, value) if self._pattern else value
 
     def __call__(self, value: Any) -> Any:
-        if self._pattern is None:
-            return value
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, Mapping):
-            return {self.text(str(k)): self(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self(v) for v in value]
-        return value
+        return value if self._pattern is None else map_strings(value, self.text)
+
+
+def map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    """A copy of JSON-like data with `change` applied to every string, mapping keys too."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, Mapping):
+        return {change(str(k)): map_strings(v, change) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_strings(v, change) for v in value]
+    return value
 
 
 class SecretEnv(Mapping[str, str]):
@@ -140,12 +134,21 @@ class RunLog:
 
 
 class JsonlWriter:
-    """Writes each event as one JSON line and flushes it, so a crashed run keeps its log."""
+    """Writes each event as one JSON line and flushes it, so a crashed run keeps its log.
+
+    An existing file is appended to, never overwritten: `--log FILE` twice keeps both runs.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file: IO[str] = path.open("a", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] = path.open("a", encoding="utf-8")
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot write the run log to {path}: {error.strerror or error}",
+                hint="choose another --log file, or --no-log",
+            ) from None
 
     def __call__(self, event: Event) -> None:
         self._file.write(json.dumps(event.as_dict(), ensure_ascii=False, default=str) + "\n")
@@ -155,19 +158,32 @@ class JsonlWriter:
         self._file.close()
 
 
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write a JSON file atomically (a reader never sees half of it)."""
+def write_atomic(path: Path, text: str) -> None:
+    """Replace a file in one step: a reader sees the old file or the new one, never half of
+    one, and a failed write leaves no temporary file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    write_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 # --- the snapshot view ----------------------------------------------------------------------
 
 VOLATILE_KEYS = frozenset({"seq", "time", "run_id", "duration"})
+MACHINE_EVENTS = frozenset({"notice"})
+"""Events about this machine (a model not loaded), not about the exchanges: a replay, which
+checks no models, must give the same view as the run it replays."""
+DIRECT_CALL_ID = "direct"
+"""The id of the tool call of a `tool:` step: fixed already, so it is never renumbered."""
 
 
 def _tool_call_ids(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -179,7 +195,7 @@ def _tool_call_ids(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
         if event.get("type") in ("tool_call", "tool_result"):
             candidates.append(event.get("id"))
         for call_id in candidates:
-            if isinstance(call_id, str) and call_id not in ids:
+            if isinstance(call_id, str) and call_id != DIRECT_CALL_ID and call_id not in ids:
                 ids[call_id] = f"call-{len(ids) + 1}"
     return ids
 
@@ -193,20 +209,14 @@ def snapshot_view(
     order of appearance; replaces absolute paths (`placeholders`: path -> `<name>`) so the
     same exchanges give the same view on any machine, whatever the timing.
     """
-    events = list(events)
+    events = [event for event in events if event.get("type") not in MACHINE_EVENTS]
     ids = _tool_call_ids(events)
     replacements = sorted((placeholders or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            for path, name in replacements:
-                value = value.replace(path, name)
-            return value
-        if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
+    def place(text: str) -> str:
+        for path, name in replacements:
+            text = text.replace(path, name)
+        return text
 
     def renumber(event: dict[str, Any]) -> dict[str, Any]:
         """Ids only where ids live: a tool result that happens to equal an id stays as is."""
@@ -227,7 +237,7 @@ def snapshot_view(
 
     # Volatile keys go at the top of each event only: a tool argument named `time` stays.
     return [
-        renumber(clean({k: v for k, v in event.items() if k not in VOLATILE_KEYS}))
+        renumber(map_strings({k: v for k, v in event.items() if k not in VOLATILE_KEYS}, place))
         for event in events
     ]
 
@@ -243,12 +253,12 @@ class EventsFile:
 
 def read_events(path: Path) -> EventsFile:
     """Read an events.jsonl; a cut-off last line is reported, a broken line before it fails."""
-    from .errors import LmflowError
-
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as error:
-        raise LmflowError(f"cannot read the run log {path}: {error.strerror or error}") from None
+        raise ConfigurationError(
+            f"cannot read the run log {path}: {error.strerror or error}"
+        ) from None
     events: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -258,7 +268,7 @@ def read_events(path: Path) -> EventsFile:
         except json.JSONDecodeError as error:
             if number == len(lines):
                 return EventsFile(events, truncated_line=number)
-            raise LmflowError(
+            raise ConfigurationError(
                 f"{path}:{number}: the run log is damaged: not a JSON event ({error.msg})"
             ) from None
         if isinstance(event, dict):

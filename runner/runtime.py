@@ -7,8 +7,11 @@ step and stopped when the run ends, whatever way it ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import shlex
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -16,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .chat import ChatModel
+from .chat import ChatModel, Usage
 from .errors import ConfigurationError, LmflowError
 from .executor import (
     Executor,
@@ -24,6 +27,7 @@ from .executor import (
     ToolProvider,
     base_context,
     coerce_inputs,
+    env_names,
     render_servers,
     servers_in_use,
 )
@@ -62,6 +66,26 @@ class RunOptions:
             raise ConfigurationError("--rerecord needs --record CASSETTE")
         if self.live_tools and self.replay is None:
             raise ConfigurationError("--live-tools needs --replay CASSETTE")
+        if self.log_path is not None and not self.write_log:
+            raise ConfigurationError("--log and --no-log exclude each other")
+        if self.replay is not None:
+            # A replay never talks to LM Studio: options about it would be silently ignored.
+            ignored = [
+                flag
+                for flag, given in (
+                    ("--base-url", self.base_url is not None),
+                    ("--require-loaded", self.require_loaded),
+                    ("--load", self.load),
+                    ("--refresh", self.refresh),
+                    ("--cache-ttl", self.cache_ttl is not None),
+                )
+                if given
+            ]
+            if ignored:
+                raise ConfigurationError(
+                    f"{', '.join(ignored)} cannot be used with --replay",
+                    hint="a replay answers from the cassette and never asks LM Studio",
+                )
 
 
 @dataclass
@@ -90,6 +114,8 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
         log.subscribe(writer)
     for sink in options.sinks:
         log.subscribe(sink)
+    for name in env_names(workflow):
+        redactor.add(os.environ.get(name))
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, SecretEnv(redactor), run_id, run_dir, started_at)
     return PreparedRun(workflow, inputs, run_id, run_dir, log, context, writer)
@@ -166,10 +192,9 @@ async def _recording_parts(
     """Live parts whose exchanges go into the cassette when the steps have run (succeeded or
     failed: a failure replays too). An interrupted run, or one whose environment was not
     ready, leaves any existing cassette as it was."""
-    from .replay import Recorder, ensure_recordable
+    from .replay import Recorder
 
     assert options.record is not None
-    ensure_recordable(options.record, options.rerecord)
     recorder = Recorder(run.workflow.name, run.log, run.context)
     async with live_model(run, options) as chat, live_tools(run) as sessions:
         yield recorder.chat(chat), recorder.tools(sessions, servers_in_use(run.workflow))
@@ -209,7 +234,8 @@ async def execute(
     run: PreparedRun,
     parts: contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider]],
 ) -> RunResult:
-    """Run the steps with the given parts; the run log and result.json record how it ended."""
+    """Run the steps with the given parts. The run's start and end are told here, once: the
+    last event and result.json give the same status, however the run ended."""
     run.log.emit(
         "run_started",
         workflow=run.workflow.name,
@@ -217,29 +243,57 @@ async def execute(
         inputs=run.inputs,
         steps=[s.id for s in run.workflow.steps],
     )
-    result: RunResult | None = None
+    started = time.monotonic()
+    executor: Executor | None = None
+    ending: tuple[str, str] | None = None  # (status, error) when the run did not finish
     try:
         async with parts as (chat, tools):
-            result = await Executor(
+            executor = Executor(
                 run.workflow, run.inputs, chat=chat, tools=tools, log=run.log, context=run.context
-            ).run()
+            )
+            await executor.run()
     except LmflowError as error:
-        if result is None:
-            # The run never got to its steps: the environment was not ready.
-            run.log.emit("run_finished", status="error", outputs={}, error=error.message)
-        # Otherwise the parts refused a finished run (a replay that missed a request):
-        # result.json keeps the steps and says why.
-        done = result.as_dict() if result is not None else {}
-        _write_result(run, {**done, "status": "error", "error": error.message})
+        # The environment was not ready, or the parts refused a finished run (a replay that
+        # missed a request): exit 3, with whatever steps ran.
+        ending = ("error", error.message)
         raise
-    except BaseException:
-        _write_result(run, {"status": "interrupted", "error": "interrupted"})
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        ending = ("interrupted", "interrupted")
+        raise
+    except BaseException as error:
+        ending = ("error", f"{type(error).__name__}: {error}")
         raise
     finally:
-        if run.writer is not None:
-            run.writer.close()
-    _write_result(run, result.as_dict())
+        result = executor.result if executor is not None else None
+        _finish(run, result, ending, time.monotonic() - started)
+    assert result is not None
     return result
+
+
+def _finish(
+    run: PreparedRun,
+    result: RunResult | None,
+    ending: tuple[str, str] | None,
+    duration: float,
+) -> None:
+    """The one `run_finished` event and result.json, then the log is closed."""
+    payload = result.as_dict() if result is not None else {"outputs": {}, "steps": []}
+    if ending is not None:
+        payload["status"], payload["error"] = ending
+    payload["duration"] = round(duration, 3)
+    run.log.emit(
+        "run_finished",
+        status=payload["status"],
+        outputs=payload["outputs"],
+        error=payload.get("error"),
+        duration=payload["duration"],
+        usage=payload.get("usage", Usage().as_dict()),
+    )
+    if result is not None and ending is not None:
+        result.status, result.error = ending  # type: ignore[assignment]
+    _write_result(run, payload)
+    if run.writer is not None:
+        run.writer.close()
 
 
 def _write_result(run: PreparedRun, payload: Mapping[str, Any]) -> None:
@@ -259,6 +313,11 @@ async def run_workflow(
 ) -> RunResult:
     """Run a workflow against LM Studio and its MCP servers, recording a cassette, or
     replaying one (`options.record` / `options.replay`)."""
+    if options.record is not None:
+        from .replay import ensure_recordable
+
+        # Before the run starts: a cassette that cannot be written is a command-line mistake.
+        ensure_recordable(options.record, options.rerecord)
     run = prepare(workflow, raw_inputs, options)
     return await execute(run, parts_for(run, options))
 

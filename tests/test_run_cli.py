@@ -172,6 +172,10 @@ def test_a_multi_step_run_over_stdio(tmp_path: Path, make_fake_lmstudio: Make, t
     assert events[0]["type"] == "run_started" and events[-1]["type"] == "run_finished"
     assert run.result()["outputs"] == {"sum": 3.5, "answer": "HELLO"}
     assert [s["status"] for s in run.result()["steps"]] == ["succeeded"] * 3
+    # One end, told alike by the last event and result.json.
+    assert [e["type"] for e in events].count("run_finished") == 1
+    assert events[-1]["outputs"] == run.result()["outputs"]
+    assert events[-1]["status"] == run.result()["status"] == "succeeded"
 
 
 @pytest.mark.parametrize(
@@ -816,3 +820,25 @@ def test_agent_takes_servers_and_aliases_from_a_workflow(
     assert "add" in offered(first)
     assert tool_messages(second)[0]["content"] == "5.0"  # the fixture's add() works in floats
     assert_clean(run)
+
+
+def test_a_secret_is_masked_before_any_template_has_read_it(
+    tmp_path: Path, make_fake_lmstudio: Make
+) -> None:
+    """The model repeats the secret in step one; only step two's prompt reads env.*."""
+    secret = "s3cr3t-value-for-the-log"
+    lm = make_fake_lmstudio(script=[f"the token is {secret}", "ok"])
+    file = workflow(
+        tmp_path,
+        """
+        steps:
+          - {id: first, prompt: "What is the token?"}
+          - {id: second, prompt: "Use {{ env.MY_SECRET }} with {{ steps.first.output }}"}
+        """,
+    )
+    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, env={"MY_SECRET": secret})
+    assert run.code == 0, run.stderr
+    assert secret not in run.stderr
+    written = [p for p in (tmp_path / ".lmflow").rglob("*") if p.is_file()]
+    assert written and all(secret not in p.read_text() for p in written)
+    assert "the token is ***" in (run.run_dir / "events.jsonl").read_text()

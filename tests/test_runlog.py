@@ -181,3 +181,70 @@ def test_runs_show_events_on_a_truncated_log(tiny: Path) -> None:
     assert f"line {len(lines)} of" in done.stderr and "is cut off" in done.stderr
     shown = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(shown) == len(lines) - 1
+
+
+# --- the run's end, options, secrets ----------------------------------------------------------
+
+
+def test_notices_about_this_machine_stay_out_of_the_snapshot_view() -> None:
+    events = [
+        {"seq": 1, "type": "run_started", "workflow": "w"},
+        {"seq": 2, "type": "notice", "rule": "model-not-loaded", "message": "loads on use"},
+        {"seq": 3, "type": "run_finished", "status": "succeeded"},
+    ]
+    assert [e["type"] for e in snapshot_view(events)] == ["run_started", "run_finished"]
+
+
+def test_the_direct_call_of_a_tool_step_keeps_its_id() -> None:
+    events = [
+        {"type": "tool_call", "step": "a", "id": "direct", "name": "fs.read"},
+        {"type": "llm_response", "step": "b", "tool_calls": [{"id": "x9", "name": "t"}]},
+        {"type": "tool_call", "step": "b", "id": "x9", "name": "t"},
+    ]
+    view = snapshot_view(events)
+    assert [view[0]["id"], view[1]["tool_calls"][0]["id"], view[2]["id"]] == [
+        "direct",
+        "call-1",
+        "call-1",
+    ]
+
+
+def test_a_run_log_that_cannot_be_written_is_a_command_line_error(tiny: Path) -> None:
+    done = lmflow("run", "tiny.yaml", "--replay", "tiny.cassette.yaml", "--log",
+                  "/proc/no-such-dir/events.jsonl", cwd=tiny)  # fmt: skip
+    assert done.returncode == 2
+    assert "cannot write the run log to /proc/no-such-dir/events.jsonl" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--base-url", "http://127.0.0.1:9"], ["--refresh"], ["--no-log", "--log", "x.jsonl"]],
+)
+def test_options_a_replay_would_ignore_are_refused(tiny: Path, flags: list[str]) -> None:
+    done = lmflow("run", "tiny.yaml", "--replay", "tiny.cassette.yaml", *flags, cwd=tiny)
+    assert done.returncode == 2
+    assert "cannot be used with --replay" in done.stderr or "exclude each other" in done.stderr
+    assert not (tiny / ".lmflow").exists()
+
+
+def test_an_existing_cassette_is_refused_before_the_run_starts(tiny: Path) -> None:
+    done = lmflow("run", "tiny.yaml", "--record", "tiny.cassette.yaml", cwd=tiny)
+    assert done.returncode == 2
+    assert "already exists" in done.stderr and "--rerecord" in done.stderr
+    assert not (tiny / ".lmflow").exists()  # no run was started, so none is in the history
+    assert (tiny / "tiny.cassette.yaml").read_text() == CASSETTE
+
+
+def test_the_last_event_and_result_json_tell_the_same_end(tiny: Path) -> None:
+    """A replay that misses ends the run with exit 3: both records say `error`."""
+    (tiny / "tiny.yaml").write_text(WORKFLOW.replace("Say hi", "Say hello"))
+    done = lmflow("run", "tiny.yaml", "--replay", "tiny.cassette.yaml", cwd=tiny)
+    assert done.returncode == 3
+    (run_dir,) = (tiny / ".lmflow" / "runs").iterdir()
+    events = read_events(run_dir / "events.jsonl").events
+    result = json.loads((run_dir / "result.json").read_text())
+    assert [e["type"] for e in events].count("run_finished") == 1
+    assert events[-1]["status"] == result["status"] == "error"
+    assert events[-1]["error"] == result["error"]
+    assert result["steps"][0]["id"] == "say"  # the steps that ran are kept
