@@ -6,11 +6,11 @@
         assert result.outputs["everyone_fits"] is False
         assert result.snapshot_view() == lmflow_snapshot
 
-`lmflow_run` replays `cassettes/<workflow name>.yaml` next to the test file (or the
-`cassette=` given): no LM Studio and no MCP server is needed. `pytest --lmflow-record`
-re-records those cassettes against LM Studio and the real servers instead.
-`lmflow_snapshot` is syrupy's `snapshot` storing one readable YAML file per test under
-`__snapshots__/<test file>/`; `--snapshot-update` writes them.
+`lmflow_run` replays `cassettes/<workflow file name>` next to the test file (here
+`cassettes/meeting-planner.yaml`), or the `cassette=` given: no LM Studio and no MCP server
+is needed. `pytest --lmflow-record` re-records those cassettes against LM Studio and the real
+servers instead. `lmflow_snapshot` is syrupy's `snapshot` storing one readable YAML file per
+test under `__snapshots__/<test file>/`; `--snapshot-update` writes them.
 
 pytest loads this module for every project that has lmflow installed (the `pytest11` entry
 point), so it imports nothing heavy, and syrupy only when it is installed.
@@ -19,6 +19,7 @@ point), so it imports nothing heavy, and syrupy only when it is installed.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +32,8 @@ try:
 except ImportError:  # syrupy is optional: only `lmflow_snapshot` needs it
     SingleFileSnapshotExtension = None  # type: ignore[assignment,misc]
 
-
-class SnapshotView(list):  # type: ignore[type-arg]
-    """The normalized events of a run. Its repr is YAML, so even syrupy's default serializer
-    stores something a reviewer can read."""
-
-    def yaml(self) -> str:
-        from .replay import to_yaml
-
-        return to_yaml(list(self))
-
-    def __repr__(self) -> str:
-        return self.yaml()
+_RECORDED = pytest.StashKey[dict[Path, str]]()
+"""The cassettes `--lmflow-record` wrote in this session, and the test that wrote each."""
 
 
 @dataclass
@@ -57,11 +48,11 @@ class LmflowResult:
     error: str | None = None
     placeholders: dict[str, str] = field(default_factory=dict)
 
-    def snapshot_view(self) -> SnapshotView:
+    def snapshot_view(self) -> list[dict[str, Any]]:
         """The events without timings, ids and machine paths: equal for equal exchanges."""
         from .runlog import snapshot_view
 
-        return SnapshotView(snapshot_view(self.events, self.placeholders))
+        return snapshot_view(self.events, self.placeholders)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -79,7 +70,8 @@ def lmflow_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., 
     """Run a workflow file from a cassette: `lmflow_run(path, inputs={...}, cassette=...)`.
 
     Relative paths are relative to the pytest root directory; the cassette defaults to
-    `cassettes/<workflow file name>` next to the test file. `live_tools=True` starts the
+    `cassettes/<workflow file name>` next to the test file, so runs of one workflow with
+    different inputs each need their own `cassette=`. `live_tools=True` starts the
     workflow's MCP servers instead of replaying the tool results. A request the cassette does
     not hold fails the test with the closest recorded request and what differs.
     """
@@ -95,17 +87,33 @@ def lmflow_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., 
     ) -> LmflowResult:
         path = root / workflow
         tape = root / cassette if cassette else request.path.parent / "cassettes" / path.name
+        if record:
+            _claim(request, tape)
         return _run(path, dict(inputs or {}), tape, tmp_path, record=record, live=live_tools)
 
     return run
 
 
+def _claim(request: pytest.FixtureRequest, tape: Path) -> None:
+    """One recording per cassette and session: a second would silently replace the first."""
+    recorded = request.config.stash.setdefault(_RECORDED, {})
+    key = tape.resolve()
+    if key in recorded:
+        pytest.fail(
+            f"lmflow: cassette {tape} was already recorded in this session (by "
+            f"{recorded[key]}); recording it again would replace that recording\n"
+            "hint: give each run of the workflow its own cassette: "
+            "lmflow_run(..., cassette='cassettes/<name>.yaml')",
+            pytrace=False,
+        )
+    recorded[key] = request.node.nodeid
+
+
 def _run(
     path: Path, inputs: dict[str, Any], tape: Path, tmp: Path, *, record: bool, live: bool
 ) -> LmflowResult:
-    import json
-
     from .errors import LmflowError
+    from .replay import ensure_recordable
     from .runlog import Event
     from .runtime import RunOptions, execute, parts_for, prepare
     from .spec import load_workflow
@@ -126,6 +134,8 @@ def _run(
     failure = None
     try:
         workflow = load_workflow(path)
+        if record:
+            ensure_recordable(tape, rerecord=True)
         run = prepare(workflow, inputs, options)
         result = asyncio.run(execute(run, parts_for(run, options)))
     except LmflowError as error:
@@ -134,8 +144,7 @@ def _run(
         pytest.fail(failure, pytrace=False)
     placeholders = {
         str(path.parent.resolve()): "<workflow.dir>",
-        str(run.run_dir.resolve()): "<run.dir>",
-        str(run.run_dir): "<run.dir>",
+        str(run.run_dir): "<run.dir>",  # absolute already (runtime.prepare)
         str(tmp.resolve()): "<tmp>",
         run.run_id: "<run.id>",
         str(run.context["run"]["started_at"]): "<run.started_at>",
@@ -162,7 +171,7 @@ if SingleFileSnapshotExtension is not None:
         def serialize(self, data: Any, **kwargs: Any) -> str:
             from .replay import to_yaml
 
-            return data.yaml() if isinstance(data, SnapshotView) else to_yaml(data)
+            return to_yaml(data)
 
     @pytest.fixture
     def lmflow_snapshot(snapshot: Any) -> Any:

@@ -3,35 +3,51 @@
 `lmflow run --record` wraps the live parts of a run (the LM Studio client and the MCP
 sessions) so every model request with its answer and every tool call with its result lands
 in a cassette, a YAML file reviewed in pull requests like code. `lmflow run --replay` gives
-the executor parts that answer from the cassette instead: no LM Studio, and, unless
-`--live-tools`, no MCP server.
+the executor a `Replayer` that answers from the cassette instead: no LM Studio, and, unless
+`--live-tools`, no MCP server. A call that failed (an LM Studio error, an MCP server that
+died) is recorded with its error and fails the same way when replayed.
 
 Requests are matched on their meaning (model, messages, tool names, parameters). What
 changes from run to run is normalized on both sides: secrets are masked, this run's workflow
 directory, run directory, run id and start time become placeholders, and tool-call ids are
 renumbered. Replayed answers get the placeholders filled back in with the current run's
 values, so a cassette recorded on one machine replays on another.
+
+The MCP SDK is imported only where a tool list is built: `to_yaml`, which the pytest plugin
+uses for snapshots, does not pay for it.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import os
+import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from jsonschema import Draft202012Validator
-from mcp.types import Tool
 
+from . import errors
 from .chat import ChatModel, ChatRequest, ChatResponse, ToolCall, ToolResult, Usage
-from .errors import CassetteError, ReplayMissError
-from .mcp import McpToolbox, ToolSource, build_toolbox
-from .runlog import Event, Redactor, RunLog
+from .errors import (
+    CassetteError,
+    ConfigurationError,
+    LLMClientError,
+    LLMResponseError,
+    LmflowError,
+    MCPServerError,
+    ReplayMissError,
+)
+from .runlog import Event, Redactor, RunLog, map_strings, write_atomic
+
+if TYPE_CHECKING:
+    from mcp.types import Tool
+
+    from .mcp import McpToolbox, ToolSource
 
 CASSETTE_VERSION = 1
 HEADER = """\
@@ -43,31 +59,36 @@ HEADER = """\
 MAX_DIFF_LINES = 40
 PARAMS = ("tool_choice", "temperature", "max_tokens", "response_format")
 REQUEST_FIELDS = ("model", "tools", "params", "messages")
+Answer = TypeVar("Answer")
+FIX_HINT = "fix the file by hand, or re-record it with --record ... --rerecord"
 
 # --- the file -----------------------------------------------------------------------------
 
 
 @dataclass
 class LlmExchange:
-    """One model request and its answer. `request.messages` is the whole conversation."""
+    """One model request and its answer (or the error LM Studio gave instead).
+    `request.messages` is the whole conversation."""
 
     n: int
     step: str | None
     round: int | None
     request: dict[str, Any]
-    response: dict[str, Any]
+    response: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
 
 
 @dataclass
 class ToolExchange:
-    """One MCP tool call and its result."""
+    """One MCP tool call and its result (or the error of a server that failed)."""
 
     n: int
     step: str | None
     server: str
     tool: str
     arguments: Any
-    result: dict[str, Any]
+    result: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
 
 
 Exchange = LlmExchange | ToolExchange
@@ -85,7 +106,8 @@ class Cassette:
 
     @classmethod
     def load(cls, path: Path) -> Cassette:
-        """Read and check a cassette; any problem is a `CassetteError` naming file and line."""
+        """Read and check a cassette; any problem is a `CassetteError` naming the file, and
+        the line where the YAML tells one."""
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -96,24 +118,29 @@ class Cassette:
         except (OSError, UnicodeDecodeError) as error:
             raise CassetteError(f"cannot read cassette {path}: {error}") from None
         node, data = _parse_yaml(text, path)
-        errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(e.absolute_path))
-        if errors:
-            error = errors[0]
-            line = _line_of(node, list(error.absolute_path))
-            where = "/".join(str(p) for p in error.absolute_path) or "the top level"
+        problems = sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if problems:
+            problem = problems[0]
+            where = "/".join(str(p) for p in problem.absolute_path) or "the top level"
+            line = _line_of(node, list(problem.absolute_path))
             raise CassetteError(
-                f"{path}:{line}: not a valid cassette: at {where}: {error.message}",
-                hint="fix the file by hand, or re-record it with --record ... --rerecord",
+                f"{path}:{line}: not a valid cassette: at {where}: {problem.message}",
+                hint=FIX_HINT,
             )
-        cassette = cls(
-            workflow=data.get("workflow") or "",
-            servers={name: list(tools) for name, tools in (data.get("servers") or {}).items()},
-            outcome=data.get("outcome"),
-            path=path,
-        )
+        servers = {name: list(tools) for name, tools in (data.get("servers") or {}).items()}
+        _check_tool_specs(servers, node, path)
+        cassette = cls(data.get("workflow") or "", servers, outcome=data.get("outcome"), path=path)
         llm_messages: dict[int, list[Any]] = {}
         for index, item in enumerate(data["exchanges"]):
+            answer = "response" if item["kind"] == "llm" else "result"
+            if (answer in item) == ("error" in item):
+                raise CassetteError(
+                    f"{path}:{_line_of(node, ['exchanges', index])}: not a valid cassette: "
+                    f"exchange {item['n']} needs either `{answer}` or `error`",
+                    hint=FIX_HINT,
+                )
             if item["kind"] == "tool":
+                result = item.get("result")
                 cassette.exchanges.append(
                     ToolExchange(
                         item["n"],
@@ -121,7 +148,8 @@ class Cassette:
                         item["server"],
                         item["tool"],
                         item.get("arguments") or {},
-                        {"text": "", "is_error": False, **item["result"]},
+                        None if result is None else {"text": "", "is_error": False, **result},
+                        item.get("error"),
                     )
                 )
                 continue
@@ -141,7 +169,12 @@ class Cassette:
             llm_messages[item["n"]] = messages
             cassette.exchanges.append(
                 LlmExchange(
-                    item["n"], item.get("step"), item.get("round"), request, item["response"]
+                    item["n"],
+                    item.get("step"),
+                    item.get("round"),
+                    request,
+                    item.get("response"),
+                    item.get("error"),
                 )
             )
         return cassette
@@ -152,20 +185,21 @@ class Cassette:
         conversations: list[tuple[int, list[Any]]] = []
         for exchange in self.exchanges:
             if isinstance(exchange, ToolExchange):
-                result = dict(exchange.result)
-                if result.get("structured") is None:
-                    result.pop("structured", None)
-                exchanges.append(
-                    {
-                        "n": exchange.n,
-                        "kind": "tool",
-                        "step": exchange.step,
-                        "server": exchange.server,
-                        "tool": exchange.tool,
-                        "arguments": exchange.arguments,
-                        "result": result,
+                item: dict[str, Any] = {
+                    "n": exchange.n,
+                    "kind": "tool",
+                    "step": exchange.step,
+                    "server": exchange.server,
+                    "tool": exchange.tool,
+                    "arguments": exchange.arguments,
+                }
+                if exchange.result is not None:
+                    item["result"] = {
+                        k: v
+                        for k, v in exchange.result.items()
+                        if k != "structured" or v is not None
                     }
-                )
+                exchanges.append(_with_error(item, exchange.error))
                 continue
             messages = exchange.request["messages"]
             request = {k: v for k, v in exchange.request.items() if k != "messages"}
@@ -178,16 +212,16 @@ class Cassette:
             else:
                 request["messages"] = messages
             conversations.append((exchange.n, messages))
-            exchanges.append(
-                {
-                    "n": exchange.n,
-                    "kind": "llm",
-                    "step": exchange.step,
-                    "round": exchange.round,
-                    "request": request,
-                    "response": exchange.response,
-                }
-            )
+            item = {
+                "n": exchange.n,
+                "kind": "llm",
+                "step": exchange.step,
+                "round": exchange.round,
+                "request": request,
+            }
+            if exchange.response is not None:
+                item["response"] = exchange.response
+            exchanges.append(_with_error(item, exchange.error))
         document = {
             "version": CASSETTE_VERSION,
             "workflow": self.workflow,
@@ -199,24 +233,46 @@ class Cassette:
 
     def save(self, path: Path) -> None:
         """Write atomically: an interrupted save leaves the old cassette, never half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.dump(), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            write_atomic(path, self.dump())
+        except OSError as error:
+            raise CassetteError(
+                f"cannot write the cassette {path}: {error.strerror or error}"
+            ) from None
+
+
+def _with_error(item: dict[str, Any], error: Mapping[str, str] | None) -> dict[str, Any]:
+    return item if error is None else {**item, "error": dict(error)}
 
 
 def ensure_recordable(path: Path, rerecord: bool) -> None:
-    """`--record` never overwrites a cassette by accident: it is reviewed, committed work."""
+    """Checked before the run starts: `--record` never overwrites a cassette by accident (it
+    is reviewed, committed work), and a recording that could not be saved at the end would
+    waste the whole run. Either is a command-line mistake: `ConfigurationError`."""
     if path.is_dir():
-        raise CassetteError(f"cassette {path} is a directory")
+        raise ConfigurationError(
+            f"cassette {path} is a directory", hint="give --record the path of a file"
+        )
     if path.exists() and not rerecord:
-        raise CassetteError(
+        raise ConfigurationError(
             f"cassette {path} already exists; refusing to overwrite it",
             hint="pass --rerecord to replace it, or --replay to run from it",
         )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"):
+            pass  # created and deleted again: the directory takes new files
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot write the cassette {path}: {error.strerror or error}",
+            hint="choose another --record path",
+        ) from None
 
 
 # --- YAML ---------------------------------------------------------------------------------
+
+_YAML_LINE_BREAKS = ("\r", "\x85", "\u2028", "\u2029")
+"""Characters YAML reads as line breaks: only a double-quoted string keeps them as they are."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -224,7 +280,10 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    style = "|" if "\n" in value else None
+    if any(c in value for c in _YAML_LINE_BREAKS):
+        style: str | None = '"'
+    else:
+        style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
@@ -256,7 +315,8 @@ _Dumper.add_representer(tuple, _represent_list)
 
 
 def to_yaml(value: Any) -> str:
-    """The YAML form of cassettes, snapshots and replay diffs."""
+    """The YAML form of cassettes, snapshots and replay diffs; `yaml.safe_load` gives the
+    same data back."""
     return yaml.dump(
         _plain(value), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=10_000
     )
@@ -275,8 +335,18 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as JSON sees it: an unquoted `2024-01-01` stays the text it is, not a date."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _parse_yaml(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -285,14 +355,19 @@ def _parse_yaml(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(error, "problem", None) or str(error)
         raise CassetteError(
-            f"{where}: the cassette is not valid YAML: {problem}",
-            hint="fix the file by hand, or re-record it with --record ... --rerecord",
+            f"{where}: the cassette is not valid YAML: {problem}", hint=FIX_HINT
         ) from None
     finally:
         loader.dispose()
     if data is None:
         raise CassetteError(f"cassette {path} is empty", hint="re-record it with --record")
-    return node, data
+    try:
+        # Keys become strings and explicit tags (!!binary, !!set, ...) text, as in JSON.
+        return node, _plain(data)
+    except (TypeError, ValueError) as error:  # a recursive alias, a set of mixed types
+        raise CassetteError(
+            f"{path}: not a valid cassette: it holds data JSON cannot ({error})", hint=FIX_HINT
+        ) from None
 
 
 def _line_of(node: yaml.Node | None, path: Sequence[Any]) -> int:
@@ -311,7 +386,43 @@ def _line_of(node: yaml.Node | None, path: Sequence[Any]) -> int:
     return node.start_mark.line + 1
 
 
+def _check_tool_specs(servers: Mapping[str, list[Any]], node: yaml.Node | None, path: Path) -> None:
+    """Every recorded tool must make an MCP `Tool`, or the replay would fail half-way."""
+    from mcp.types import Tool
+    from pydantic import ValidationError
+
+    for server, specs in servers.items():
+        for index, spec in enumerate(specs):
+            try:
+                Tool.model_validate(spec)
+            except ValidationError as error:
+                detail = error.errors()[0]
+                at = ["servers", server, index, *detail["loc"]]
+                raise CassetteError(
+                    f"{path}:{_line_of(node, at)}: not a valid cassette: at "
+                    f"{'/'.join(map(str, at))}: {detail['msg']}",
+                    hint=FIX_HINT,
+                ) from None
+
+
 _TEXT = {"type": ["string", "null"]}
+_ERROR = {
+    "type": "object",
+    "required": ["type", "message"],
+    "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+}
+_TOOL_CALLS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["id", "name", "arguments"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "arguments": {"type": "string"},
+        },
+    },
+}
 _SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["version", "exchanges"],
@@ -325,7 +436,7 @@ _SCHEMA: dict[str, Any] = {
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "required": ["name"],
+                    "required": ["name", "input_schema"],
                     "properties": {
                         "name": {"type": "string"},
                         "title": _TEXT,
@@ -344,12 +455,13 @@ _SCHEMA: dict[str, Any] = {
                     "n": {"type": "integer"},
                     "kind": {"enum": ["llm", "tool"]},
                     "step": _TEXT,
+                    "error": _ERROR,
                 },
                 "allOf": [
                     {
                         "if": {"properties": {"kind": {"const": "llm"}}},
                         "then": {
-                            "required": ["request", "response"],
+                            "required": ["request"],
                             "properties": {
                                 "round": {"type": ["integer", "null"]},
                                 "request": {
@@ -362,7 +474,17 @@ _SCHEMA: dict[str, Any] = {
                                         "continues": {"type": "integer"},
                                         "messages": {
                                             "type": "array",
-                                            "items": {"type": "object", "required": ["role"]},
+                                            "items": {
+                                                "type": "object",
+                                                "required": ["role"],
+                                                "properties": {
+                                                    "role": {"type": "string"},
+                                                    "tool_calls": {
+                                                        "type": "array",
+                                                        "items": {"type": "object"},
+                                                    },
+                                                },
+                                            },
                                         },
                                     },
                                 },
@@ -372,18 +494,7 @@ _SCHEMA: dict[str, Any] = {
                                         "content": _TEXT,
                                         "reasoning": _TEXT,
                                         "finish_reason": _TEXT,
-                                        "tool_calls": {
-                                            "type": "array",
-                                            "items": {
-                                                "type": "object",
-                                                "required": ["id", "name", "arguments"],
-                                                "properties": {
-                                                    "id": {"type": "string"},
-                                                    "name": {"type": "string"},
-                                                    "arguments": {"type": "string"},
-                                                },
-                                            },
-                                        },
+                                        "tool_calls": _TOOL_CALLS,
                                         "usage": {
                                             "type": "object",
                                             "properties": {
@@ -399,7 +510,7 @@ _SCHEMA: dict[str, Any] = {
                     {
                         "if": {"properties": {"kind": {"const": "tool"}}},
                         "then": {
-                            "required": ["server", "tool", "result"],
+                            "required": ["server", "tool"],
                             "properties": {
                                 "server": {"type": "string"},
                                 "tool": {"type": "string"},
@@ -429,8 +540,8 @@ class Normalizer:
     """Turns what is particular to this run into stable text, and back.
 
     Secrets are masked (and stay masked: a cassette never holds one); this run's workflow
-    directory, run directory, run id and start time become placeholders, which `restore`
-    fills back in with this run's values.
+    directory, run directory, run id and start time become placeholders, in mapping keys as
+    in values, which `restore` fills back in with this run's values.
     """
 
     def __init__(self, redactor: Redactor, context: Mapping[str, Any]) -> None:
@@ -450,10 +561,10 @@ class Normalizer:
         )
 
     def __call__(self, value: Any) -> Any:
-        return _map_strings(_plain(self._redactor(_plain(value))), self._hide)
+        return map_strings(self._redactor(_plain(value)), self._hide)
 
     def restore(self, value: Any) -> Any:
-        return _map_strings(value, self._fill)
+        return map_strings(value, self._fill)
 
     def _hide(self, text: str) -> str:
         for actual, placeholder in self._placeholders:
@@ -466,18 +577,9 @@ class Normalizer:
         return text
 
 
-def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return change(value)
-    if isinstance(value, Mapping):
-        return {k: _map_strings(v, change) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_map_strings(v, change) for v in value]
-    return value
-
-
 def renumber_ids(messages: Sequence[Mapping[str, Any]], ids: dict[str, str]) -> list[Any]:
-    """Tool-call ids as call-1, call-2, ... in order of first appearance (`ids` is updated)."""
+    """Tool-call ids as call-1, call-2, ... in order of first appearance (`ids` is updated),
+    in each message's `tool_calls` and `tool_call_id`."""
 
     def new(call_id: Any) -> Any:
         if not isinstance(call_id, str):
@@ -521,13 +623,27 @@ def response_record(response: ChatResponse) -> dict[str, Any]:
     return record
 
 
+def result_record(result: ToolResult) -> dict[str, Any]:
+    return {"text": result.text, "is_error": result.is_error, "structured": result.structured}
+
+
+def _match_key(value: Any) -> str:
+    """Equal values give equal keys: a temperature of 0.0 is the temperature 0."""
+    whole = json.loads(json.dumps(value), parse_float=_number)
+    return json.dumps(whole, sort_keys=True, ensure_ascii=False)
+
+
+def _number(text: str) -> float | int:
+    number = float(text)
+    return int(number) if number.is_integer() else number
+
+
 def _llm_key(record: Mapping[str, Any]) -> str:
-    local = {**record, "messages": renumber_ids(record["messages"], {})}
-    return json.dumps(local, sort_keys=True, ensure_ascii=False)
+    return _match_key({**record, "messages": renumber_ids(record["messages"], {})})
 
 
 def _tool_key(server: str, tool: str, arguments: Any) -> str:
-    return json.dumps([server, tool, arguments], sort_keys=True, ensure_ascii=False)
+    return _match_key([server, tool, arguments])
 
 
 def _tool_spec(tool: Tool) -> dict[str, Any]:
@@ -540,12 +656,13 @@ def _tool_spec(tool: Tool) -> dict[str, Any]:
 
 
 class _Position:
-    """Which step and round the run is in: the run log knows, the model and tools do not."""
+    """Which step and round the run is in (the run log knows, the model and tools do not),
+    and whether a step failed: how the recorded run ended."""
 
     def __init__(self, log: RunLog) -> None:
         self.step: str | None = None
         self.round: int | None = None
-        self.outcome: str | None = None
+        self.failed = False
         log.subscribe(self)
 
     def __call__(self, event: Event) -> None:
@@ -553,8 +670,8 @@ class _Position:
             self.step, self.round = event.step, None
         elif event.type in ("llm_request", "tool_call"):
             self.round = event.data.get("round")
-        elif event.type == "run_finished":
-            self.outcome = event.data.get("status")
+        elif event.type == "step_finished" and event.data.get("status") == "failed":
+            self.failed = True
 
     def describe(self) -> str:
         if self.step is None:
@@ -574,7 +691,7 @@ class Recorder:
         self._position = _Position(log)
         # A slot per exchange, taken when it begins: the file follows the order of the
         # calls, not the order in which concurrent calls happened to finish.
-        self._slots: list[tuple[str, Any] | None] = []
+        self._slots: list[Exchange | None] = []
         self._servers: dict[str, list[Tool]] = {}
 
     def chat(self, model: ChatModel) -> ChatModel:
@@ -587,38 +704,58 @@ class Recorder:
             recording.tools(server)
         return recording
 
-    def _begin(self) -> int:
+    async def _record(
+        self,
+        exchange: Exchange,
+        call: Awaitable[Answer],
+        record: Callable[[Answer], dict[str, Any]],
+        failure: type[LmflowError],
+    ) -> Answer:
+        """Await `call` and keep its answer in the exchange; a `failure` is kept too (it
+        replays as the same error), then raised."""
+        slot = len(self._slots)
         self._slots.append(None)
-        return len(self._slots) - 1
+        try:
+            answer = await call
+        except failure as error:
+            self._slots[slot] = replace(
+                exchange, error={"type": type(error).__name__, "message": error.message}
+            )
+            raise
+        name = "response" if isinstance(exchange, LlmExchange) else "result"
+        self._slots[slot] = replace(exchange, **{name: record(answer)})
+        return answer
 
     def cassette(self) -> Cassette:
         """Everything recorded so far, normalized: secrets masked, placeholders, call ids."""
         ids: dict[str, str] = {}
         cassette = Cassette(
             workflow=self._workflow,
-            outcome=self._position.outcome,
+            outcome="failed" if self._position.failed else "succeeded",
             servers={
                 name: self._normalize([_tool_spec(t) for t in tools])
                 for name, tools in self._servers.items()
             },
         )
-        for kind, raw in filter(None, self._slots):
+        for exchange in filter(None, self._slots):
             n = len(cassette.exchanges) + 1
-            if kind == "llm":
-                step, round_, request, response = raw
-                request = self._normalize(request)
+            error = self._normalize(exchange.error)
+            if isinstance(exchange, LlmExchange):
+                request = self._normalize(exchange.request)
                 request["messages"] = renumber_ids(request["messages"], ids)
-                response = self._normalize(response)
-                for call in response.get("tool_calls", ()):
-                    call["id"] = ids.setdefault(call["id"], f"call-{len(ids) + 1}")
-                cassette.exchanges.append(LlmExchange(n, step, round_, request, response))
+                response = exchange.response
+                if response is not None:  # its tool-call ids: in the same numbering
+                    response = renumber_ids([self._normalize(response)], ids)[0]
+                exchange = replace(exchange, n=n, request=request, response=response, error=error)
             else:
-                step, server, tool, arguments, result = raw
-                cassette.exchanges.append(
-                    ToolExchange(
-                        n, step, server, tool, self._normalize(arguments), self._normalize(result)
-                    )
+                exchange = replace(
+                    exchange,
+                    n=n,
+                    arguments=self._normalize(exchange.arguments),
+                    result=self._normalize(exchange.result),
+                    error=error,
                 )
+            cassette.exchanges.append(exchange)
         return cassette
 
 
@@ -629,14 +766,12 @@ class _RecordingChat:
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         where = self._recorder._position
-        step, round_ = where.step, where.round
-        slot = self._recorder._begin()
-        response = await self._model.chat(request)
-        self._recorder._slots[slot] = (
-            "llm",
-            (step, round_, request_record(request), response_record(response)),
+        return await self._recorder._record(
+            LlmExchange(0, where.step, where.round, request_record(request)),
+            self._model.chat(request),
+            response_record,
+            LLMClientError,
         )
-        return response
 
 
 class RecordingTools:
@@ -652,39 +787,35 @@ class RecordingTools:
         return listed
 
     def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> McpToolbox:
+        from .mcp import build_toolbox
+
         return build_toolbox(self, servers, allow)
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
-        step = self._recorder._position.step
-        slot = self._recorder._begin()
-        result = await self._source.call_tool(server, tool, arguments)
-        self._recorder._slots[slot] = (
-            "tool",
-            (
-                step,
-                server,
-                tool,
-                dict(arguments),
-                {"text": result.text, "is_error": result.is_error, "structured": result.structured},
-            ),
+        return await self._recorder._record(
+            ToolExchange(0, self._recorder._position.step, server, tool, dict(arguments)),
+            self._source.call_tool(server, tool, arguments),
+            result_record,
+            MCPServerError,
         )
-        return result
 
 
 # --- replaying ----------------------------------------------------------------------------
 
 
 class Replayer:
-    """Answers a run's model requests and tool calls from a cassette.
+    """The cassette in place of LM Studio (a `ChatModel`) and of the MCP sessions (a tool
+    source whose tool lists and results come from the cassette: no server runs).
 
     A request the cassette does not hold raises `ReplayMissError` (exit code 3) naming the
     closest recorded one and what differs. The executor turns an error inside a step into a
-    failed step; `misses` keeps each one so the caller can end the run with exit code 3.
+    failed step; `first_miss` keeps the first one, so the caller can end the run with exit
+    code 3.
     """
 
     def __init__(self, cassette: Cassette, log: RunLog, context: Mapping[str, Any]) -> None:
         self.cassette = cassette
-        self.misses: list[ReplayMissError] = []
+        self.first_miss: ReplayMissError | None = None
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
         self._workflow = str(context.get("workflow", {}).get("name") or "")
@@ -697,20 +828,54 @@ class Replayer:
                 key = _tool_key(exchange.server, exchange.tool, exchange.arguments)
                 self._tool.setdefault(key, deque()).append(exchange)
 
-    def chat(self) -> ChatModel:
-        return _ReplayChat(self)
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        record = self._normalize(request_record(request))
+        queue = self._llm.get(_llm_key(record))
+        if queue is None:
+            raise self._llm_miss(record)
+        exchange = _take(queue)
+        if exchange.error is not None:
+            error = self._normalize.restore(exchange.error)
+            raise _recorded_error(error, LLMClientError, LLMResponseError)
+        response = self._normalize.restore(exchange.response)
+        return ChatResponse(
+            content=response.get("content"),
+            tool_calls=tuple(
+                ToolCall(c["id"], c["name"], c["arguments"]) for c in response.get("tool_calls", ())
+            ),
+            finish_reason=response.get("finish_reason"),
+            reasoning=response.get("reasoning"),
+            usage=Usage.from_dict(response.get("usage") or {}),
+            model=request.model,
+        )
 
-    def tools(self) -> ReplayTools:
-        return ReplayTools(self)
+    def tools(self, server: str) -> list[Tool]:
+        from mcp.types import Tool
 
-    def raise_first_miss(self) -> None:
-        if self.misses:
-            raise self.misses[0]
+        specs = self.cassette.servers.get(server)
+        if specs is None:
+            known = ", ".join(self.cassette.servers) or "none"
+            raise self._miss(
+                f"the cassette holds no tool list of MCP server {server!r} (it has: {known})"
+            )
+        return [Tool.model_validate(self._normalize.restore(spec)) for spec in specs]
 
-    @staticmethod
-    def _take(queue: deque[Any]) -> Any:
-        """Identical requests get the recorded answers in order; the last one repeats."""
-        return queue.popleft() if len(queue) > 1 else queue[0]
+    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> McpToolbox:
+        from .mcp import build_toolbox
+
+        return build_toolbox(self, servers, allow)
+
+    async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
+        normalized = self._normalize(dict(arguments))
+        queue = self._tool.get(_tool_key(server, tool, normalized))
+        if queue is None:
+            raise self._tool_miss(server, tool, normalized)
+        exchange = _take(queue)
+        if exchange.error is not None:
+            error = self._normalize.restore(exchange.error)
+            raise _recorded_error(error, MCPServerError, MCPServerError)
+        result = self._normalize.restore(exchange.result)
+        return ToolResult(result["text"], bool(result["is_error"]), result.get("structured"))
 
     def _miss(self, message: str, hint: str | None = None) -> ReplayMissError:
         where = self.cassette.path or "the cassette"
@@ -726,25 +891,8 @@ class Replayer:
             or "the workflow, its inputs or a tool changed since the cassette was recorded; "
             f"re-record it: lmflow run WORKFLOW --record {where} --rerecord",
         )
-        self.misses.append(error)
+        self.first_miss = self.first_miss or error
         return error
-
-    def answer(self, request: ChatRequest) -> ChatResponse:
-        record = self._normalize(request_record(request))
-        queue = self._llm.get(_llm_key(record))
-        if queue is None:
-            raise self._llm_miss(record)
-        response = self._normalize.restore(self._take(queue).response)
-        return ChatResponse(
-            content=response.get("content"),
-            tool_calls=tuple(
-                ToolCall(c["id"], c["name"], c["arguments"]) for c in response.get("tool_calls", ())
-            ),
-            finish_reason=response.get("finish_reason"),
-            reasoning=response.get("reasoning"),
-            usage=Usage.from_dict(response.get("usage") or {}),
-            model=request.model,
-        )
 
     def _llm_miss(self, record: dict[str, Any]) -> ReplayMissError:
         recorded = [e for e in self.cassette.exchanges if isinstance(e, LlmExchange)]
@@ -765,22 +913,20 @@ class Replayer:
                 c[0].round == self._position.round,
             ),
         )
-        differing = [name for name in REQUEST_FIELDS if closest.get(name) != live.get(name)]
+        differing = [
+            name
+            for name in REQUEST_FIELDS
+            if _match_key(closest.get(name)) != _match_key(live.get(name))
+        ]
         diff = "\n".join(_diff(closest[name], live[name], name) for name in differing)
+        if all(closest[name] == live[name] for name in differing):
+            diff = "(equal as numbers: they differ only in number types, e.g. 1 and true)\n" + diff
         where = f"step {best.step!r}, round {best.round}" if best.step else "no step"
         return self._miss(
             f"the cassette holds no answer to this model request.\n"
             f"closest recorded request: exchange {best.n} ({where}); "
             f"it differs in {', '.join(differing)}:\n{diff}"
         )
-
-    async def call(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
-        normalized = self._normalize(dict(arguments))
-        queue = self._tool.get(_tool_key(server, tool, normalized))
-        if queue is None:
-            raise self._tool_miss(server, tool, normalized)
-        result = self._normalize.restore(self._take(queue).result)
-        return ToolResult(result["text"], bool(result["is_error"]), result.get("structured"))
 
     def _tool_miss(self, server: str, tool: str, arguments: Any) -> ReplayMissError:
         call = {"server": server, "tool": tool, "arguments": arguments}
@@ -796,16 +942,25 @@ class Replayer:
             recorded,
             key=lambda r: ((r["server"], r["tool"]) == (server, tool), _similarity(r, call)),
         )
+        if closest == call:
+            text += " (equal as numbers: they differ only in number types, e.g. 1 and true)"
         return self._miss(f"{text}.\nclosest recorded call:\n{_diff(closest, call, 'call')}")
 
-    def listed(self, server: str) -> list[Tool]:
-        specs = self.cassette.servers.get(server)
-        if specs is None:
-            known = ", ".join(self.cassette.servers) or "none"
-            raise self._miss(
-                f"the cassette holds no tool list of MCP server {server!r} (it has: {known})"
-            )
-        return [Tool.model_validate(self._normalize.restore(spec)) for spec in specs]
+
+def _take(queue: deque[Any]) -> Any:
+    """Identical requests get the recorded answers in order; the last one repeats."""
+    return queue.popleft() if len(queue) > 1 else queue[0]
+
+
+def _recorded_error(
+    error: Mapping[str, str], family: type[LmflowError], default: type[LmflowError]
+) -> LmflowError:
+    """The recorded error again: its own class when that is one of `family` (the errors the
+    model client, or an MCP server, raise), else `default`."""
+    kind = getattr(errors, error["type"], None)
+    if not (isinstance(kind, type) and issubclass(kind, family)):
+        kind = default
+    return kind(error["message"])
 
 
 def _similarity(a: Any, b: Any) -> float:
@@ -827,27 +982,3 @@ def _diff(recorded: Any, live: Any, name: str) -> str:
     if len(lines) > MAX_DIFF_LINES:
         lines = [*lines[:MAX_DIFF_LINES], f"... ({len(lines) - MAX_DIFF_LINES} more lines)"]
     return "\n".join(f"  {line}" for line in lines)
-
-
-class _ReplayChat:
-    def __init__(self, replayer: Replayer) -> None:
-        self._replayer = replayer
-
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        return self._replayer.answer(request)
-
-
-class ReplayTools:
-    """A tool provider whose tool lists and results come from the cassette: no server runs."""
-
-    def __init__(self, replayer: Replayer) -> None:
-        self._replayer = replayer
-
-    def tools(self, server: str) -> list[Tool]:
-        return self._replayer.listed(server)
-
-    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> McpToolbox:
-        return build_toolbox(self, servers, allow)
-
-    async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
-        return await self._replayer.call(server, tool, arguments)

@@ -31,14 +31,13 @@ from .executor import (
     render_servers,
     servers_in_use,
 )
+from .history import RUNS_DIR
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
 from .spec.model import HttpServer, Input, McpServer, StdioServer, Step, Workflow
 
 if TYPE_CHECKING:
     from .lmstudio import LMStudioClient
     from .mcp import McpSessions
-
-RUNS_DIR = Path(".lmflow") / "runs"
 
 
 @dataclass(frozen=True)
@@ -212,14 +211,14 @@ async def _replay_parts(
     replayer = Replayer(Cassette.load(cassette_path), run.log, run.context)
     if use_live_tools:
         async with live_tools(run) as sessions:
-            yield replayer.chat(), sessions
+            yield replayer, sessions
     else:
-        tools = replayer.tools()
-        check_allow_lists(run.workflow, tools)
-        yield replayer.chat(), tools
+        check_allow_lists(run.workflow, replayer)
+        yield replayer, replayer
     # A miss inside a step failed that step; the run as a whole says the environment (the
     # cassette) was not ready for it: exit code 3.
-    replayer.raise_first_miss()
+    if replayer.first_miss is not None:
+        raise replayer.first_miss
 
 
 def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:

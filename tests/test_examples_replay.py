@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes.lmstudio import down_url
+from fakes.lmstudio import FakeLMStudio, FakeModel, down_url
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(path.stem for path in (ROOT / "workflows").glob("*.yaml"))
@@ -121,6 +121,41 @@ def test_plugin_in_a_users_project(pytester: pytest.Pytester) -> None:
         ]
     )
     assert "Traceback" not in failed.stdout.str()
+
+
+TWO_RECORDINGS = """\
+def test_hello(lmflow_run):
+    assert lmflow_run("echo.yaml", inputs={"word": "hello"}).outputs == {"said": "echo: Say hello"}
+
+def test_bye(lmflow_run):
+    lmflow_run("echo.yaml", inputs={"word": "bye"})
+
+def test_bye_in_its_own_cassette(lmflow_run):
+    result = lmflow_run("echo.yaml", inputs={"word": "bye"}, cassette="cassettes/echo-bye.yaml")
+    assert result.outputs == {"said": "echo: Say bye"}
+"""
+
+
+def test_recording_one_cassette_twice_in_a_session_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--lmflow-record`: a second run of a workflow would silently replace the first
+    recording of its default cassette; it fails and names `cassette=` instead."""
+    pytester.makefile(".yaml", echo=WORKFLOW)
+    pytester.makepyfile(test_twice=TWO_RECORDINGS)
+    with FakeLMStudio(models=[FakeModel("qwen/qwen3-4b", loaded=True)]) as lm:  # echoes
+        monkeypatch.setenv("LMFLOW_BASE_URL", lm.url)
+        outcome = pytester.runpytest("--lmflow-record")
+    outcome.assert_outcomes(passed=2, failed=1)
+    outcome.stdout.fnmatch_lines(
+        [
+            "*cassettes/echo.yaml was already recorded in this session "
+            "(by test_twice.py::test_hello)*",
+            "*cassette=*",
+        ]
+    )
+    assert "echo: Say hello" in (pytester.path / "cassettes" / "echo.yaml").read_text()
+    assert "echo: Say bye" in (pytester.path / "cassettes" / "echo-bye.yaml").read_text()
 
 
 def readme_main_job() -> list[str]:

@@ -113,7 +113,7 @@ def test_show_last_and_events(history: Path) -> None:
     assert "result.json is unreadable" in done.stdout
     # its events.jsonl is missing altogether: a message, not a traceback
     done = lmflow("runs", "show", "last", "--events", cwd=history)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "has no events.jsonl" in done.stderr and "Traceback" not in done.stderr
 
     done = lmflow("runs", "show", "20260103", "--events", cwd=history)
@@ -126,3 +126,52 @@ def test_show_an_unknown_run(history: Path, run_id: str, message: str) -> None:
     done = lmflow("runs", "show", run_id, cwd=history)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_show_a_damaged_log_exits_2(tmp_path: Path) -> None:
+    events = '{"seq": 1, "type": "run_started"}\n{broken\n{"seq": 3, "type": "run_finished"}\n'
+    make_run(tmp_path, "20260105-120000-eeeeee", events=events)
+    done = lmflow("runs", "show", "last", "--events", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "events.jsonl:2: the run log is damaged" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"status": "failed", "steps": 5, "outputs": ["a", "b"]},
+        {"status": ["odd"], "steps": [1, {"id": "x", "status": {"a": 1}}], "outputs": "text"},
+    ],
+)
+def test_show_an_odd_result_file(tmp_path: Path, result: dict[str, Any]) -> None:
+    make_run(tmp_path, "20260105-120000-eeeeee", result)
+    done = lmflow("runs", "show", "last", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "run 20260105-120000-eeeeee" in done.stdout and "outputs:" not in done.stdout
+    assert lmflow("runs", "list", cwd=tmp_path).returncode == 0
+
+
+def test_only_run_directories_count_newest_first(tmp_path: Path) -> None:
+    older = make_run(tmp_path, "20260105-120000-ffffff", {"workflow": "first", "status": "failed"})
+    newer = make_run(tmp_path, "20260105-120000-aaaaaa", {"workflow": "second", "status": "error"})
+    # The same second: the directory written last is the newer run, whatever its name.
+    os.utime(older, (1_000_000, 1_000_000))
+    os.utime(newer, (2_000_000, 2_000_000))
+    for name in ("zz-notes", "20261301-000000-abcdef", "99999999-999999-zzzzzz"):
+        (tmp_path / ".lmflow" / "runs" / name).mkdir()
+    (tmp_path / ".lmflow" / "runs" / "20270101-000000-abcdef").write_text("a file")
+
+    done = lmflow("runs", "list", cwd=tmp_path)
+    assert [line.split()[0] for line in done.stdout.splitlines()] == [newer.name, older.name]
+    done = lmflow("runs", "show", "last", cwd=tmp_path)
+    assert f"run {newer.name}: second" in done.stdout
+    assert lmflow("runs", "show", "zz", cwd=tmp_path).returncode == 2
+
+
+def test_the_workflow_of_a_run_without_result_comes_from_the_first_line(tmp_path: Path) -> None:
+    """Only the first line is read: a log damaged further on still names its workflow."""
+    events = '{"seq": 1, "type": "run_started", "workflow": "survey"}\n{broken\n{"seq": 3}\n'
+    make_run(tmp_path, "20260105-120000-eeeeee", events=events)
+    done = lmflow("runs", "list", cwd=tmp_path)
+    assert "survey" in done.stdout and "no result.json" in done.stdout

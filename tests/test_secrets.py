@@ -60,8 +60,8 @@ SCRIPT = [
 ]
 
 
-def lmflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FX_TOKEN": SECRET, "LM_API_TOKEN": LM_TOKEN}
+def lmflow(*args: str, cwd: Path, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FX_TOKEN": SECRET, "LM_API_TOKEN": LM_TOKEN, **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -85,8 +85,8 @@ def test_secrets_appear_nowhere(tmp_path: Path, http_fixture_url: str) -> None:
     assert recorded.returncode == 0, recorded.stderr
 
     replayed = lmflow(
-        "run", str(workflow), "-i", f"url={http_fixture_url}", "--base-url", down_url(),
-        "--replay", str(cassette), "--json", cwd=tmp_path,
+        "run", str(workflow), "-i", f"url={http_fixture_url}", "--replay", str(cassette),
+        "--json", cwd=tmp_path, LMFLOW_BASE_URL=down_url(),
     )  # fmt: skip
     assert replayed.returncode == 0, replayed.stderr
     outputs = json.loads(replayed.stdout)["outputs"]

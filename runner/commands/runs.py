@@ -8,12 +8,15 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_OK, LmflowError
+from ..errors import EXIT_OK, ConfigurationError
+from ..history import RUNS_DIR, find_run, list_runs, summarize
+from ..runlog import read_events
 
+_COLOURS = {"succeeded": "green", "failed": "red", "error": "red", "interrupted": "yellow"}
 RUNS_DIR_OPTION = click.option(
     "--runs-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path(".lmflow") / "runs",
+    default=RUNS_DIR,
     show_default=True,
     help="Where the runs are kept.",
 )
@@ -30,8 +33,6 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(runs_dir: Path, limit: int | None, as_json: bool) -> int:
     """Runs, newest first: id, workflow, status, start time, duration."""
-    from ..history import list_runs
-
     runs = list_runs(runs_dir)[:limit]
     if as_json:
         rows = [
@@ -59,18 +60,12 @@ def list_command(runs_dir: Path, limit: int | None, as_json: bool) -> int:
     return EXIT_OK
 
 
-_COLOURS = {"succeeded": "green", "failed": "red", "error": "red", "interrupted": "yellow"}
-
-
 @command.command("show")
 @click.argument("run_id")
 @RUNS_DIR_OPTION
 @click.option("--events", "show_events", is_flag=True, help="Print the whole event log.")
 def show_command(run_id: str, runs_dir: Path, show_events: bool) -> int:
     """Steps, outputs and failures of RUN_ID (an id, a unique prefix of one, or `last`)."""
-    from ..history import find_run, summarize
-    from ..runlog import read_events
-
     summary = summarize(find_run(runs_dir, run_id))
     click.secho(f"run {summary.run_id}: {summary.workflow or '?'}", bold=True)
     click.echo(f"  status: {summary.status}")
@@ -83,14 +78,14 @@ def show_command(run_id: str, runs_dir: Path, show_events: bool) -> int:
     result = summary.result or {}
     if result.get("error"):
         click.secho(f"  error: {result['error']}", fg="red")
-    _show_steps(result.get("steps") or [])
+    _show_steps(result.get("steps", []))
     if result.get("outputs"):
         click.secho("outputs:", bold=True)
         for name, value in result["outputs"].items():
             click.echo(f"  {name}: {_text(value)}")
     if show_events:
         if not (summary.path / "events.jsonl").is_file():
-            raise LmflowError(
+            raise ConfigurationError(
                 f"run {summary.run_id} has no events.jsonl",
                 hint="it was run with --log FILE (the events are there) or --no-log",
             )
@@ -108,14 +103,12 @@ def show_command(run_id: str, runs_dir: Path, show_events: bool) -> int:
     return EXIT_OK
 
 
-def _show_steps(steps: list[Any]) -> None:
+def _show_steps(steps: list[dict[str, Any]]) -> None:
     if not steps:
         return
     click.secho("steps:", bold=True)
     for step in steps:
-        if not isinstance(step, dict):
-            continue
-        status = step.get("status", "?")
+        status = str(step.get("status", "?"))
         detail = []
         if step.get("rounds"):
             detail.append(f"{step['rounds']} round(s)")
