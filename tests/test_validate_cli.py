@@ -387,3 +387,14 @@ def test_a_10_mb_file_is_refused_with_a_message_not_read(tmp_path, lmflow_cli) -
     assert outcome.exit_code == 2
     (problem,) = json.loads(outcome.stdout)["files"][0]["problems"]
     assert problem["rule"] == "file-too-large"
+
+
+def test_a_misspelled_command_gets_a_suggestion() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "valdate", "x.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "No such command 'valdate'. Did you mean validate?" in done.stderr
