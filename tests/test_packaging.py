@@ -3,6 +3,7 @@ schemas/workflow.schema.json: a wheel must carry the file, not the link)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_wheel_carries_the_schema_and_the_console_script(tmp_path: Path) -> None:
+    # Build from a copy: a build writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md", "runner", "schemas"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    assert (source / "runner" / "spec" / "workflow.schema.json").is_symlink()
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
