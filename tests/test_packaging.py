@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_wheel_carries_the_schema_and_the_console_script(tmp_path: Path) -> None:
     # Build from a copy: a build writes build/ and *.egg-info next to the sources.
     source = tmp_path / "source"
+    source.mkdir()
     for name in ("pyproject.toml", "README.md", "runner", "schemas"):
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, source / name, symlinks=True,
