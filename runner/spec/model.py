@@ -92,7 +92,6 @@ class StdioServer:
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     cwd: str | None = None
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
-    transport: Literal["stdio"] = "stdio"
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,6 @@ class HttpServer:
     url: str
     headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
-    transport: Literal["http"] = "http"
 
 
 McpServer = StdioServer | HttpServer
