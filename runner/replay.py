@@ -42,7 +42,7 @@ from .errors import (
     MCPServerError,
     ReplayMissError,
 )
-from .runlog import Event, Redactor, RunLog, map_strings, write_atomic
+from .runlog import Event, Redactor, RunLog, map_strings, renumber_ids, write_atomic
 
 if TYPE_CHECKING:
     from mcp.types import Tool
@@ -575,28 +575,6 @@ class Normalizer:
         for actual, placeholder in self._placeholders:
             text = text.replace(placeholder, actual)
         return text
-
-
-def renumber_ids(messages: Sequence[Mapping[str, Any]], ids: dict[str, str]) -> list[Any]:
-    """Tool-call ids as call-1, call-2, ... in order of first appearance (`ids` is updated),
-    in each message's `tool_calls` and `tool_call_id`."""
-
-    def new(call_id: Any) -> Any:
-        if not isinstance(call_id, str):
-            return call_id
-        return ids.setdefault(call_id, f"call-{len(ids) + 1}")
-
-    renumbered = []
-    for message in messages:
-        message = dict(message)
-        if message.get("tool_calls"):
-            message["tool_calls"] = [
-                {**call, "id": new(call.get("id"))} for call in message["tool_calls"]
-            ]
-        if "tool_call_id" in message:
-            message["tool_call_id"] = new(message["tool_call_id"])
-        renumbered.append(message)
-    return renumbered
 
 
 def request_record(request: ChatRequest) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -186,18 +186,27 @@ DIRECT_CALL_ID = "direct"
 """The id of the tool call of a `tool:` step: fixed already, so it is never renumbered."""
 
 
-def _tool_call_ids(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Tool-call ids in order of first appearance -> call-1, call-2, ..."""
-    ids: dict[str, str] = {}
-    for event in events:
-        calls = event.get("tool_calls") if event.get("type") == "llm_response" else None
-        candidates = [c.get("id") for c in calls or () if isinstance(c, Mapping)]
-        if event.get("type") in ("tool_call", "tool_result"):
-            candidates.append(event.get("id"))
-        for call_id in candidates:
-            if isinstance(call_id, str) and call_id != DIRECT_CALL_ID and call_id not in ids:
-                ids[call_id] = f"call-{len(ids) + 1}"
-    return ids
+def renumber_ids(messages: Sequence[Mapping[str, Any]], ids: dict[str, str]) -> list[Any]:
+    """Tool-call ids as call-1, call-2, ... in order of first appearance (`ids` is updated),
+    in each message's `tool_calls` and `tool_call_id`. Snapshots and cassettes share it."""
+
+    def new(call_id: Any) -> Any:
+        if not isinstance(call_id, str):
+            return call_id
+        return ids.setdefault(call_id, f"call-{len(ids) + 1}")
+
+    renumbered = []
+    for message in messages:
+        message = dict(message)
+        if message.get("tool_calls"):
+            message["tool_calls"] = [
+                {**call, "id": new(call.get("id"))} if isinstance(call, Mapping) else call
+                for call in message["tool_calls"]
+            ]
+        if "tool_call_id" in message:
+            message["tool_call_id"] = new(message["tool_call_id"])
+        renumbered.append(message)
+    return renumbered
 
 
 def snapshot_view(
@@ -210,7 +219,7 @@ def snapshot_view(
     same exchanges give the same view on any machine, whatever the timing.
     """
     events = [event for event in events if event.get("type") not in MACHINE_EVENTS]
-    ids = _tool_call_ids(events)
+    ids: dict[str, str] = {}
     replacements = sorted((placeholders or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
 
     def place(text: str) -> str:
@@ -219,20 +228,21 @@ def snapshot_view(
         return text
 
     def renumber(event: dict[str, Any]) -> dict[str, Any]:
-        """Ids only where ids live: a tool result that happens to equal an id stays as is."""
-        if event.get("type") in ("tool_call", "tool_result") and event.get("id") in ids:
-            event["id"] = ids[event["id"]]
-        for call in event.get("tool_calls") or () if event.get("type") == "llm_response" else ():
-            if isinstance(call, dict) and call.get("id") in ids:
-                call["id"] = ids[call["id"]]
-        for message in event.get("messages") or () if event.get("type") == "llm_request" else ():
-            if not isinstance(message, dict):
-                continue
-            if message.get("tool_call_id") in ids:
-                message["tool_call_id"] = ids[message["tool_call_id"]]
-            for call in message.get("tool_calls") or ():
-                if isinstance(call, dict) and call.get("id") in ids:
-                    call["id"] = ids[call["id"]]
+        """Ids only where ids live: a tool result that happens to equal an id stays as is.
+        Events come in order, so a response names each id before anything repeats it."""
+        kind = event.get("type")
+        call_id = event.get("id")
+        if kind in ("tool_call", "tool_result") and isinstance(call_id, str):
+            if call_id != DIRECT_CALL_ID:
+                event["id"] = ids.setdefault(call_id, f"call-{len(ids) + 1}")
+        elif kind == "llm_response" and isinstance(event.get("tool_calls"), list):
+            (carrier,) = renumber_ids([{"tool_calls": event["tool_calls"]}], ids)
+            event["tool_calls"] = carrier["tool_calls"]
+        elif kind == "llm_request" and isinstance(event.get("messages"), list):
+            event["messages"] = [
+                renumber_ids([m], ids)[0] if isinstance(m, Mapping) else m
+                for m in event["messages"]
+            ]
         return event
 
     # Volatile keys go at the top of each event only: a tool argument named `time` stays.
