@@ -71,8 +71,8 @@ def coerce_inputs(workflow: Workflow, raw: Mapping[str, Any]) -> dict[str, Any]:
         else:
             value = thawed(spec.default) if spec.has_default else None
         if value is not None:
-            for error in Draft202012Validator(spec.json_schema()).iter_errors(value):
-                errors.append(f"input {name!r}: {error.message}")
+            for violation in Draft202012Validator(spec.json_schema()).iter_errors(value):
+                errors.append(f"input {name!r}: {violation.message}")
         values[name] = value
     if errors:
         raise InputError("; ".join(errors), hint="pass inputs as -i name=value or --inputs FILE")

@@ -383,6 +383,7 @@ class LMStudioClient:
         message, code = error_detail(response)
         message = self._redact(message)
         status = response.status_code
+        hint: str | None
         if status in (401, 403):
             if self._token:
                 hint = f"the token in ${self._token_env} was rejected; check it in LM Studio"

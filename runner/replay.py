@@ -700,8 +700,11 @@ class Recorder:
                 exchange, error={"type": type(error).__name__, "message": error.message}
             )
             raise
-        name = "response" if isinstance(exchange, LlmExchange) else "result"
-        self._slots[slot] = replace(exchange, **{name: record(answer)})
+        recorded = record(answer)
+        if isinstance(exchange, LlmExchange):
+            self._slots[slot] = replace(exchange, response=recorded)
+        else:
+            self._slots[slot] = replace(exchange, result=recorded)
         return answer
 
     def cassette(self) -> Cassette:
@@ -715,8 +718,9 @@ class Recorder:
                 for name, tools in self._servers.items()
             },
         )
-        for exchange in filter(None, self._slots):
+        for exchange in (slot for slot in self._slots if slot is not None):
             n = len(cassette.exchanges) + 1
+            normalized: Exchange
             error = self._normalize(exchange.error)
             if isinstance(exchange, LlmExchange):
                 request = self._normalize(exchange.request)
@@ -724,16 +728,16 @@ class Recorder:
                 response = exchange.response
                 if response is not None:  # its tool-call ids: in the same numbering
                     response = renumber_ids([self._normalize(response)], ids)[0]
-                exchange = replace(exchange, n=n, request=request, response=response, error=error)
+                normalized = replace(exchange, n=n, request=request, response=response, error=error)
             else:
-                exchange = replace(
+                normalized = replace(
                     exchange,
                     n=n,
                     arguments=self._normalize(exchange.arguments),
                     result=self._normalize(exchange.result),
                     error=error,
                 )
-            cassette.exchanges.append(exchange)
+            cassette.exchanges.append(normalized)
         return cassette
 
 

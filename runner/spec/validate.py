@@ -373,21 +373,21 @@ class _Checker:
                 "add `mcp: [server]` naming the servers that offer these tools",
             )
         for j, tool in enumerate(tools):
-            server = tool.split(".", 1)[0] if "." in tool else None
-            if server is not None and server not in self.servers and server not in servers:
+            named = tool.split(".", 1)[0] if "." in tool else None
+            if named is not None and named not in self.servers and named not in servers:
                 self.report(
                     (*here, "tools", j),
-                    f"tool {tool!r} names server {server!r}, which is not declared",
+                    f"tool {tool!r} names server {named!r}, which is not declared",
                     "unknown-server",
-                    self._server_hint(server),
+                    self._server_hint(named),
                 )
-            elif server is not None and server in self.servers and server not in servers:
+            elif named is not None and named in self.servers and named not in servers:
                 self.report(
                     (*here, "tools", j),
-                    f"tool {tool!r} belongs to server {server!r}, which "
+                    f"tool {tool!r} belongs to server {named!r}, which "
                     f"{self.where(here)} does not list in `mcp:`",
                     "unknown-server",
-                    f"add {server!r} to `mcp:`",
+                    f"add {named!r} to `mcp:`",
                 )
         choice = _str(step.get("tool_choice"))
         if choice and choice not in TOOL_CHOICES:
@@ -417,13 +417,13 @@ class _Checker:
                 "tool-choice-without-tools",
                 "add `mcp: [server]`",
             )
-        tool = _str(step.get("tool"))
-        if tool and "." in tool:
-            server = tool.split(".", 1)[0]
+        direct = _str(step.get("tool"))
+        if direct and "." in direct:
+            server = direct.split(".", 1)[0]
             if server not in self.servers:
                 self.report(
                     (*here, "tool"),
-                    f"{self.where(here)} calls {tool!r}, but server {server!r} is not declared",
+                    f"{self.where(here)} calls {direct!r}, but server {server!r} is not declared",
                     "unknown-server",
                     self._server_hint(server),
                 )
