@@ -39,7 +39,7 @@ from .spec.problems import Problem, Severity
 from .spec.source import Position
 
 if TYPE_CHECKING:
-    from .lmstudio import LMStudioClient, ServerConfig
+    from .lmstudio import LMStudioClient, ServerConfig, WithheldToken
 
 # --- matching a workflow's model name to the catalog ---------------------------------------
 
@@ -412,7 +412,10 @@ def check_workflows_online(
                 client=None,
             )
             for workflow in group:
-                found.setdefault(str(workflow.path), []).extend(
+                problems = found.setdefault(str(workflow.path), [])
+                if server.withheld is not None:
+                    problems.append(_withheld_problem(workflow, server.withheld))
+                problems.extend(
                     check_models(
                         workflow,
                         catalog.models,
@@ -423,6 +426,15 @@ def check_workflows_online(
         return found
 
     return asyncio.run(check_all())
+
+
+def _withheld_problem(workflow: Workflow, withheld: WithheldToken) -> Problem:
+    """A warning, not an error: the check still runs, without the token."""
+    at = workflow.source.position(("lmstudio", "base_url"))
+    path = str(workflow.path)
+    return Problem(
+        path, at.line, at.col, withheld.message, "token-not-sent", withheld.hint, "warning"
+    )
 
 
 # --- lmflow doctor --------------------------------------------------------------------------

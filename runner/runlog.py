@@ -13,11 +13,12 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import unquote
 
 from .errors import ConfigurationError
 
@@ -63,11 +64,33 @@ class Redactor:
             ordered = sorted(self._secrets, key=len, reverse=True)  # longest first
             self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
+    def add_url_password(self, url: str | None) -> None:
+        """The password of `scheme://user:password@host` as written and percent-decoded."""
+        password = url_password(url or "")
+        if password:
+            self.add(password)
+            self.add(unquote(password))
+
     def text(self, value: str) -> str:
         return self._pattern.sub(MASK, value) if self._pattern else value
 
     def __call__(self, value: Any) -> Any:
         return value if self._pattern is None else map_strings(value, self.text)
+
+
+_URL_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://[^/?#]*?:)([^/?#]*)(@[^/?#@]*)", re.IGNORECASE)
+"""`scheme://user:` `password` `@host`: the userinfo ends at the last `@` of the authority,
+as httpx reads it. Tolerant: it also finds the password in a URL that is not valid."""
+
+
+def url_password(url: str) -> str | None:
+    match = _URL_USERINFO.match(url.strip())
+    return match[2] if match and match[2] else None
+
+
+def mask_url_password(url: str) -> str:
+    """`url` with its password masked, for messages about a URL that may be invalid."""
+    return _URL_USERINFO.sub(lambda m: m[1] + MASK + m[3] if m[2] else m[0], url)
 
 
 def map_strings(value: Any, change: Callable[[str], str]) -> Any:
@@ -81,23 +104,27 @@ def map_strings(value: Any, change: Callable[[str], str]) -> Any:
     return value
 
 
-class SecretEnv(Mapping[str, str]):
-    """The `env` template context: every value a template reads becomes a secret to mask."""
+class SecretEnv:
+    """The `env` template context: only the variables the workflow names statically
+    (`env.NAME`, `env["NAME"]`), each value a secret to mask from the first event on.
 
-    def __init__(self, redactor: Redactor, environ: Mapping[str, str] | None = None) -> None:
-        self._environ = os.environ if environ is None else environ
-        self._redactor = redactor
+    It has no methods and cannot be iterated, so `env.items()`, `env | list` or a loop
+    reveal nothing even in a workflow the validator never saw (one built in Python): `env.X`
+    reads the variable X and nothing else.
+    """
+
+    def __init__(
+        self, names: Iterable[str], redactor: Redactor, environ: Mapping[str, str] | None = None
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        self._values = {name: environ[name] for name in names if name in environ}
+        for value in self._values.values():
+            redactor.add(value)
 
     def __getitem__(self, name: str) -> str:
-        value = self._environ[name]
-        self._redactor.add(value)
-        return value
+        return self._values[name]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._environ)
-
-    def __len__(self) -> int:
-        return len(self._environ)
+    __iter__ = None  # not iterable: list(env) raises TypeError instead of trying env[0], ...
 
 
 def new_run_id() -> str:

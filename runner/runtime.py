@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shlex
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -102,6 +101,8 @@ class PreparedRun:
 
 def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions) -> PreparedRun:
     """Check the inputs (exit 2 on a bad one) and open the run log."""
+    from .lmstudio import base_url_candidates
+
     inputs = coerce_inputs(workflow, raw_inputs)
     run_id = new_run_id()
     run_dir = options.runs_dir.resolve() / run_id  # absolute: servers run elsewhere
@@ -113,10 +114,13 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
         log.subscribe(writer)
     for sink in options.sinks:
         log.subscribe(sink)
-    for name in env_names(workflow):
-        redactor.add(os.environ.get(name))
+    # Secrets are known before the first event: the variables the templates name (only
+    # those reach the templates) and any password in a server URL, valid or not.
+    env = SecretEnv(env_names(workflow), redactor)
+    for url, _ in base_url_candidates(options.base_url, workflow.lmstudio.base_url):
+        redactor.add_url_password(url)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    context = base_context(workflow, inputs, SecretEnv(redactor), run_id, run_dir, started_at)
+    context = base_context(workflow, inputs, env, run_id, run_dir, started_at)
     return PreparedRun(workflow, inputs, run_id, run_dir, log, context, writer)
 
 
@@ -138,6 +142,15 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
 
     server = resolve_server(options.base_url, run.workflow.lmstudio)
     run.log.redactor.add(server.token)
+    if server.withheld is not None:
+        where = run.workflow.source.position(("lmstudio", "base_url"))
+        run.log.emit(
+            "notice",
+            rule="token-not-sent",
+            message=server.withheld.message,
+            hint=server.withheld.hint,
+            line=where.line,
+        )
     async with LMStudioClient.from_config(server) as client:
         warnings = await verify_models(
             run.workflow,

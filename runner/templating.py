@@ -32,6 +32,7 @@ __all__ = [
     "TemplateError",
     "TemplateSyntaxError",
     "UndefinedError",
+    "WholeEnvUse",
     "evaluate",
     "is_template",
     "parse_condition",
@@ -41,6 +42,7 @@ __all__ = [
     "render_text",
     "render_value",
     "unknown_names",
+    "whole_env_uses",
 ]
 
 
@@ -136,6 +138,50 @@ def references(tree: nodes.Node) -> list[Reference]:
 
     visit(tree)
     return found
+
+
+@dataclass(frozen=True)
+class WholeEnvUse:
+    """A use of `env` other than reading one variable by a name written in the template:
+    `env | list`, `for k in env`, `env[expression]`, or a method call such as `env.items()`
+    (`method` is then the name called)."""
+
+    lineno: int
+    method: str | None = None
+
+
+def whole_env_uses(tree: nodes.Node) -> list[WholeEnvUse]:
+    """Every use of `env` that is not `env.NAME` or `env["NAME"]` read as a value.
+
+    Walked without recursion: templates can nest deeper than Python's stack."""
+    found: list[WholeEnvUse] = []
+    stack: list[tuple[nodes.Node, tuple[nodes.Node | None, ...]]] = [(tree, ())]
+    while stack:
+        node, parents = stack.pop()
+        if isinstance(node, nodes.Name) and node.name == "env" and node.ctx == "load":
+            use = _whole_env_use(node, *parents[:2])
+            if use is not None:
+                found.append(use)
+        for child in node.iter_child_nodes():
+            stack.append((child, (node, *parents[:1])))
+    return sorted(found, key=lambda use: use.lineno)
+
+
+def _whole_env_use(
+    name: nodes.Name, parent: nodes.Node | None = None, grandparent: nodes.Node | None = None
+) -> WholeEnvUse | None:
+    if isinstance(parent, nodes.Getattr) and parent.node is name:
+        if isinstance(grandparent, nodes.Call) and grandparent.node is parent:
+            return WholeEnvUse(name.lineno, parent.attr)
+        return None
+    if (
+        isinstance(parent, nodes.Getitem)
+        and parent.node is name
+        and isinstance(parent.arg, nodes.Const)
+        and isinstance(parent.arg.value, str)
+    ):
+        return None
+    return WholeEnvUse(name.lineno)
 
 
 def unknown_names(tree: nodes.Template) -> set[str]:

@@ -23,6 +23,7 @@ from runner.executor import (
     base_context,
     coerce_inputs,
     dependencies,
+    env_names,
     plan,
 )
 from runner.runlog import MASK, Event, RunLog, SecretEnv
@@ -137,7 +138,7 @@ def run(
     events: list[Event] = []
     log.subscribe(events.append)
     inputs = coerce_inputs(workflow, raw_inputs or {})
-    env = SecretEnv(log.redactor, environ or {})
+    env = SecretEnv(env_names(workflow), log.redactor, environ or {})
     context = base_context(workflow, inputs, env, "run-1", None, "2026-01-01T00:00:00+00:00")
     executor = Executor(
         workflow, inputs, chat=chat or ScriptedChat(), tools=tools, log=log, context=context

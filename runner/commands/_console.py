@@ -46,6 +46,9 @@ class ConsoleView:
         if event.type == "tool_result" and (data.get("is_error") or self.verbosity > 1):
             label = click.style("tool error", fg="yellow") if data.get("is_error") else "result"
             return f"    {label}: {_short(data.get('content'))}"
+        if event.type == "notice":  # about this machine: a model not loaded, a token not sent
+            hint = f"\n      hint: {data['hint']}" if data.get("hint") else ""
+            return click.style(f"note: {data.get('message')}", fg="yellow") + hint
         if event.type == "agent_notice":
             return click.style(
                 f"    note: {data.get('kind')}: {_short(data.get('detail'))}", fg="yellow"

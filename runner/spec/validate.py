@@ -552,7 +552,37 @@ class _Checker:
             self._name_problem(template, name, path)
         for ref in template.refs:
             self._check_ref(template, ref, allow_steps)
+        for use in templating.whole_env_uses(tree):
+            self._whole_env_problem(template, use)
         return template
+
+    def _whole_env_problem(self, template: _Template, use: templating.WholeEnvUse) -> None:
+        """`env` may only be read one variable at a time, by a name written in the file: only
+        those variables reach the templates, and only their values are masked."""
+        where = self.where(template.path)
+        if use.method is not None:
+            message = f"{where} calls env.{use.method}(); env has no methods"
+            needle = rf"(?<![\w.])env\s*\.\s*{re.escape(use.method)}\s*\("
+        else:
+            message = (
+                f"{where} uses env as a whole (in a filter, a loop, a test or env[expression]); "
+                "templates read environment variables only by name"
+            )
+            needle = r"(?<![\w.])env(?!\w)(?!\s*(\.\s*\w|\[\s*[\"']))"
+        found = re.search(needle, self.source.raw(template.path))
+        offset = (
+            self.source.position(template.path).start + found.start()
+            if found
+            else self._line_offset(template.path, use.lineno)
+        )
+        self.report(
+            template.path,
+            message,
+            "env-by-name",
+            'read each variable by its name: env.NAME or env["NAME"] '
+            "(with a default: env.NAME | default('...'))",
+            offset=offset,
+        )
 
     def _syntax_problem(self, path: JsonPath, text: str, error: Exception, condition: bool) -> None:
         lineno = getattr(error, "lineno", 1) or 1

@@ -40,6 +40,11 @@ def isolated_lmflow_env(
     """Every test gets its own model cache and none of the user's server settings."""
     cache = tmp_path_factory.mktemp("lmflow-cache")
     monkeypatch.setenv("LMFLOW_CACHE_DIR", str(cache))
-    for name in ("LMFLOW_BASE_URL", "LM_API_TOKEN", "LMFLOW_MODEL_CACHE_TTL"):
+    for name in (
+        "LMFLOW_BASE_URL",
+        "LMFLOW_TRUSTED_HOSTS",
+        "LM_API_TOKEN",
+        "LMFLOW_MODEL_CACHE_TTL",
+    ):
         monkeypatch.delenv(name, raising=False)
     return cache
