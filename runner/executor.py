@@ -82,7 +82,7 @@ def coerce_inputs(workflow: Workflow, raw: Mapping[str, Any]) -> dict[str, Any]:
         else:
             value = thawed(spec.default) if spec.has_default else None
         if nesting(value) > MAX_NESTING:
-            errors.append(f"input {name!r}: {too_deep_message('the value')}")
+            errors.append(f"input {name!r}: {too_deep_message('data')}")
             continue
         if isinstance(value, float) and not math.isfinite(value):
             errors.append(f"input {name!r}: {value} is not a number JSON can carry")
@@ -361,7 +361,7 @@ def _json_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """Rendered tool arguments as plain JSON data, checked here rather than deep in the MCP
     client: a value JSON cannot carry (a range, a set, NaN) fails the step, naming it."""
     if nesting(arguments) > MAX_NESTING:
-        raise StepFailedError(f"with: {too_deep_message('the arguments')}", hint=TOO_DEEP_HINT)
+        raise StepFailedError(f"with: {too_deep_message('data')}", hint=TOO_DEEP_HINT)
     return {key: _json_value(value, f"with.{key}") for key, value in arguments.items()}
 
 

@@ -238,7 +238,7 @@ def test_a_changed_parameter_is_named_in_the_miss(workflow_file: Path, tmp_path:
         # the workflow loader's limits hold for cassettes too (one shared loader)
         (
             "version: 1\nexchanges: " + "[" * 65 + "]" * 65 + "\n",
-            ":2:75: the cassette is not valid YAML: YAML nests more than 64",
+            ":2:75: the cassette is not valid YAML: YAML nesting is deeper than 64",
         ),
         (ALIAS_BOMB, "document expands to more than 200,000 nodes"),
         (

@@ -5,7 +5,8 @@ PyYAML's constructors lose positions and silently keep the last of two duplicate
 we compose the node graph ourselves and build the data from it: keys stay strings as
 written (YAML 1.1 would turn `on:` into True), dates stay text, duplicates are problems,
 aliases are counted so a "billion laughs" file stops early instead of eating memory, and
-nesting is bounded before composing (libyaml's composer recurses in C and would crash).
+nesting is bounded on the flat event stream before composing, so the limit has a position
+and never depends on how much stack is left.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def parse_document(text: str, path: str = "<workflow>") -> Document:
 
 
 def too_deep_message(what: str) -> str:
-    return f"{what} nests more than {MAX_NESTING} levels deep"
+    return f"{what} nesting is deeper than {MAX_NESTING} levels"
 
 
 TOO_DEEP_HINT = "flatten the data, or keep deep data in a file a tool reads"
