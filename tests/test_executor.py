@@ -979,3 +979,19 @@ def test_an_unset_variable_in_server_settings_names_server_field_and_variable() 
     assert "ZeroDivisionError" in broken.value.message
     context["env"] = SecretEnv(log.redactor, {"GITHUB_TOKEN": "s3cret"})
     assert render_servers(workflow, ["gh"], context)["gh"].env == {"TOKEN": "s3cret"}
+
+
+def test_a_template_that_recurses_while_rendering_fails_its_step_with_a_message() -> None:
+    workflow = load(
+        """
+        steps:
+          - {id: loop, prompt: "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"}
+          - {id: after, prompt: never asked}
+        """
+    )
+    result, events = run(workflow, chat=ScriptedChat())
+    assert statuses(result) == {"loop": "failed", "after": "skipped"}
+    assert "rendering recursed too deeply (a macro that calls itself" in (
+        result.steps[0].error or ""
+    )
+    assert finished(events)["loop"]["status"] == "failed"
