@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from . import templating
 from .agent import AgentLimits, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
-from .errors import InputError, LmflowError, StepFailedError, ToolExecutionError
+from .errors import (
+    ConfigurationError,
+    InputError,
+    LmflowError,
+    MCPServerError,
+    StepFailedError,
+    ToolExecutionError,
+)
 from .runlog import DIRECT_CALL_ID, RunLog, SecretEnv
+from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow, strings_in, thawed
 
 StepStatus = Literal["succeeded", "failed", "skipped"]
@@ -70,6 +81,12 @@ def coerce_inputs(workflow: Workflow, raw: Mapping[str, Any]) -> dict[str, Any]:
             continue
         else:
             value = thawed(spec.default) if spec.has_default else None
+        if nesting(value) > MAX_NESTING:
+            errors.append(f"input {name!r}: {too_deep_message('data')}")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.append(f"input {name!r}: {value} is not a number JSON can carry")
+            continue
         if value is not None:
             for violation in Draft202012Validator(spec.json_schema()).iter_errors(value):
                 errors.append(f"input {name!r}: {violation.message}")
@@ -79,6 +96,11 @@ def coerce_inputs(workflow: Workflow, raw: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+"""JSON's number grammar, ASCII digits only: `1_0`, `٣`, `nan` and `inf` are not numbers."""
+
+
 def _parse_input(kind: str, value: Any) -> Any:
     if not isinstance(value, str) or kind == "string":
         if kind == "number" and isinstance(value, int) and not isinstance(value, bool):
@@ -86,15 +108,13 @@ def _parse_input(kind: str, value: Any) -> Any:
         return value
     text = value.strip()
     if kind == "integer":
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an integer") from None
+        if not _INTEGER.fullmatch(text):
+            raise ValueError(f"{value!r} is not an integer")
+        return int(text)
     if kind == "number":
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number") from None
+        if not _NUMBER.fullmatch(text):
+            raise ValueError(f"{value!r} is not a number")
+        return _finite(text)
     if kind == "boolean":
         lowered = text.lower()
         if lowered in ("true", "yes", "1", "on"):
@@ -103,9 +123,22 @@ def _parse_input(kind: str, value: Any) -> Any:
             return False
         raise ValueError(f"{value!r} is not a boolean (use true or false)")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_float=_finite, parse_constant=_not_a_number)
     except json.JSONDecodeError as error:
         raise ValueError(f"{value!r} is not JSON for an {kind}: {error.msg}") from None
+    except RecursionError:
+        raise ValueError(too_deep_message("JSON")) from None
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large for a number")
+    return number
+
+
+def _not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON can carry")
 
 
 # --- plan ---------------------------------------------------------------------------------
@@ -281,28 +314,76 @@ def render_servers(
     workflow: Workflow, names: Sequence[str], context: Mapping[str, Any]
 ) -> dict[str, McpServer]:
     """Server settings with their templates filled in (inputs and env only)."""
-
-    def text(value: str) -> str:
-        return templating.render_text(value, context)
-
     rendered: dict[str, McpServer] = {}
     for name in names:
         server = workflow.mcp_servers[name]
+        text = partial(_render_setting, name, context=context)
         if isinstance(server, StdioServer):
             rendered[name] = replace(
                 server,
-                command=text(server.command),
-                args=tuple(text(a) for a in server.args),
-                env={k: text(v) for k, v in server.env.items()},
-                cwd=text(server.cwd) if server.cwd else None,
+                command=text("command", server.command),
+                args=tuple(text(f"args[{i}]", a) for i, a in enumerate(server.args)),
+                env={k: text(f"env.{k}", v) for k, v in server.env.items()},
+                cwd=text("cwd", server.cwd) if server.cwd else None,
             )
         elif isinstance(server, HttpServer):
             rendered[name] = replace(
                 server,
-                url=text(server.url),
-                headers={k: text(v) for k, v in server.headers.items()},
+                url=text("url", server.url),
+                headers={k: text(f"headers.{k}", v) for k, v in server.headers.items()},
             )
     return rendered
+
+
+def _render_setting(server: str, field: str, value: str, *, context: Mapping[str, Any]) -> str:
+    """One server setting. An unset environment variable is the environment not being ready
+    (exit 3); any other template failure is the workflow's (exit 2). Both name the server,
+    the field and the cause."""
+    try:
+        return templating.render_text(value, context)
+    except templating.TemplateError as error:
+        where = f"MCP server {server!r} setting {field}"
+        if isinstance(error, templating.UndefinedError):
+            unset = sorted(
+                str(ref.path[0])
+                for ref in templating.references(templating.parse_template(value))
+                if ref.root == "env" and ref.path and str(ref.path[0]) not in context["env"]
+            )
+            if unset:
+                raise MCPServerError(
+                    f"{where} reads environment variable {unset[0]}, which is not set",
+                    hint=f"set it before the run: export {unset[0]}=...",
+                ) from None
+        raise ConfigurationError(f"{where}: {error}") from None
+
+
+def _json_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Rendered tool arguments as plain JSON data, checked here rather than deep in the MCP
+    client: a value JSON cannot carry (a range, a set, NaN) fails the step, naming it."""
+    if nesting(arguments) > MAX_NESTING:
+        raise StepFailedError(f"with: {too_deep_message('data')}", hint=TOO_DEEP_HINT)
+    return {key: _json_value(value, f"with.{key}") for key, value in arguments.items()}
+
+
+def _json_value(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, str):
+        return str(value)  # a Markup or other str subclass becomes the plain text
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return {key: _json_value(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise StepFailedError(
+        f"{where} is {_describe(value)}, which is not JSON data",
+        hint="make it a list, string or number in the template, e.g. `{{ range(3) | list }}`",
+    )
+
+
+def _describe(value: Any) -> str:
+    return str(value) if isinstance(value, float) else f"a {type(value).__name__} value"
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -443,7 +524,7 @@ class Executor:
 
     async def _tool_step(self, step: Step) -> StepRecord:
         assert step.tool_server and step.tool_name and self.tools is not None
-        arguments = templating.render_value(thawed(step.with_), self.context)
+        arguments = _json_arguments(templating.render_value(thawed(step.with_), self.context))
         self.log.emit(
             "tool_call", step.id, round=0, id=DIRECT_CALL_ID, name=step.tool, arguments=arguments
         )

@@ -43,6 +43,8 @@ from .errors import (
     ReplayMissError,
 )
 from .runlog import Event, Redactor, RunLog, map_strings, renumber_ids, write_atomic
+from .spec.load import parse_document
+from .spec.source import SourceMap
 
 if TYPE_CHECKING:
     from mcp.types import Tool
@@ -117,25 +119,25 @@ class Cassette:
             ) from None
         except (OSError, UnicodeDecodeError) as error:
             raise CassetteError(f"cannot read cassette {path}: {error}") from None
-        node, data = _parse_yaml(text, path)
+        source, data = _parse_yaml(text, path)
         problems = sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(e.absolute_path))
         if problems:
             problem = problems[0]
             where = "/".join(str(p) for p in problem.absolute_path) or "the top level"
-            line = _line_of(node, list(problem.absolute_path))
+            line = _line_of(source, list(problem.absolute_path))
             raise CassetteError(
                 f"{path}:{line}: not a valid cassette: at {where}: {problem.message}",
                 hint=FIX_HINT,
             )
         servers = {name: list(tools) for name, tools in (data.get("servers") or {}).items()}
-        _check_tool_specs(servers, node, path)
+        _check_tool_specs(servers, source, path)
         cassette = cls(data.get("workflow") or "", servers, outcome=data.get("outcome"), path=path)
         llm_messages: dict[int, list[Any]] = {}
         for index, item in enumerate(data["exchanges"]):
             answer = "response" if item["kind"] == "llm" else "result"
             if (answer in item) == ("error" in item):
                 raise CassetteError(
-                    f"{path}:{_line_of(node, ['exchanges', index])}: not a valid cassette: "
+                    f"{path}:{_line_of(source, ['exchanges', index])}: not a valid cassette: "
                     f"exchange {item['n']} needs either `{answer}` or `error`",
                     hint=FIX_HINT,
                 )
@@ -158,7 +160,7 @@ class Cassette:
             if "continues" in request:
                 earlier = request.pop("continues")
                 if earlier not in llm_messages:
-                    line = _line_of(node, ["exchanges", index, "request", "continues"])
+                    line = _line_of(source, ["exchanges", index, "request", "continues"])
                     raise CassetteError(
                         f"{path}:{line}: exchange {item['n']} continues exchange {earlier}, "
                         "which is not an earlier model exchange"
@@ -335,58 +337,27 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML as JSON sees it: an unquoted `2024-01-01` stays the text it is, not a date."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _parse_yaml(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(error, "problem", None) or str(error)
-        raise CassetteError(
-            f"{where}: the cassette is not valid YAML: {problem}", hint=FIX_HINT
-        ) from None
-    finally:
-        loader.dispose()
-    if data is None:
+def _parse_yaml(text: str, path: Path) -> tuple[SourceMap, Any]:
+    """The cassette through the workflow loader: the same limits and rules, positions kept."""
+    doc = parse_document(text, str(path))
+    if any(problem.rule == "empty-file" for problem in doc.problems):
         raise CassetteError(f"cassette {path} is empty", hint="re-record it with --record")
-    try:
-        # Keys become strings and explicit tags (!!binary, !!set, ...) text, as in JSON.
-        return node, _plain(data)
-    except (TypeError, ValueError) as error:  # a recursive alias, a set of mixed types
+    if doc.problems:
+        first = doc.problems[0]
         raise CassetteError(
-            f"{path}: not a valid cassette: it holds data JSON cannot ({error})", hint=FIX_HINT
-        ) from None
+            f"{first.path}:{first.line}:{first.col}: the cassette is not valid YAML: "
+            f"{first.message}",
+            hint=first.hint or FIX_HINT,
+        )
+    return doc.source, doc.data
 
 
-def _line_of(node: yaml.Node | None, path: Sequence[Any]) -> int:
+def _line_of(source: SourceMap, path: Sequence[Any]) -> int:
     """The line of the deepest node on `path` that exists (1-based)."""
-    if node is None:
-        return 1
-    for part in path:
-        child = None
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if k.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            child = node.value[part] if part < len(node.value) else None
-        if child is None:
-            break
-        node = child
-    return node.start_mark.line + 1
+    return source.position(tuple(path)).line
 
 
-def _check_tool_specs(servers: Mapping[str, list[Any]], node: yaml.Node | None, path: Path) -> None:
+def _check_tool_specs(servers: Mapping[str, list[Any]], source: SourceMap, path: Path) -> None:
     """Every recorded tool must make an MCP `Tool`, or the replay would fail half-way."""
     from mcp.types import Tool
     from pydantic import ValidationError
@@ -399,7 +370,7 @@ def _check_tool_specs(servers: Mapping[str, list[Any]], node: yaml.Node | None, 
                 detail = error.errors()[0]
                 at = ["servers", server, index, *detail["loc"]]
                 raise CassetteError(
-                    f"{path}:{_line_of(node, at)}: not a valid cassette: at "
+                    f"{path}:{_line_of(source, at)}: not a valid cassette: at "
                     f"{'/'.join(map(str, at))}: {detail['msg']}",
                     hint=FIX_HINT,
                 ) from None

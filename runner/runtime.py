@@ -32,6 +32,7 @@ from .executor import (
 )
 from .history import RUNS_DIR
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
+from .spec.load import read_document
 from .spec.model import HttpServer, Input, McpServer, StdioServer, Step, Workflow
 
 if TYPE_CHECKING:
@@ -248,17 +249,17 @@ async def execute(
 ) -> RunResult:
     """Run the steps with the given parts. The run's start and end are told here, once: the
     last event and result.json give the same status, however the run ended."""
-    run.log.emit(
-        "run_started",
-        workflow=run.workflow.name,
-        path=str(run.workflow.path),
-        inputs=run.inputs,
-        steps=[s.id for s in run.workflow.steps],
-    )
     started = time.monotonic()
     executor: Executor | None = None
     ending: tuple[str, str] | None = None  # (status, error) when the run did not finish
     try:
+        run.log.emit(
+            "run_started",
+            workflow=run.workflow.name,
+            path=str(run.workflow.path),
+            inputs=run.inputs,
+            steps=[s.id for s in run.workflow.steps],
+        )
         async with parts as (chat, tools):
             executor = Executor(
                 run.workflow, run.inputs, chat=chat, tools=tools, log=run.log, context=run.context
@@ -338,18 +339,7 @@ def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any
     """Inputs from `--inputs FILE` (YAML or JSON), then `-i key=value` pairs over them."""
     values: dict[str, Any] = {}
     if inputs_file is not None:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(inputs_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise ConfigurationError(f"cannot read inputs file {inputs_file}: {error}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigurationError(
-                f"inputs file {inputs_file} must hold a mapping of "
-                f"name: value, not {type(loaded).__name__}"
-            )
-        values.update(loaded or {})
+        values.update(_inputs_file(inputs_file))
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
@@ -358,6 +348,23 @@ def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any
             )
         values[key.strip()] = value
     return values
+
+
+def _inputs_file(path: Path) -> dict[str, Any]:
+    """An inputs file through the workflow loader: the same limits, dates kept as text, and
+    every problem with its file:line:col (exit 2)."""
+    doc = read_document(path, max_bytes=None)
+    if any(problem.rule == "empty-file" for problem in doc.problems):
+        return {}
+    if doc.problems:
+        first = doc.problems[0]
+        raise ConfigurationError(f"{first.located} (--inputs file)", hint=first.hint)
+    if not isinstance(doc.data, dict):
+        raise ConfigurationError(
+            f"inputs file {path} must hold a mapping of name: value, not {type(doc.data).__name__}",
+            hint="write one `name: value` line per input",
+        )
+    return doc.data
 
 
 async def list_tools(

@@ -10,7 +10,8 @@ written as JSON rather than Python reprs.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
@@ -22,15 +23,25 @@ from jinja2.exceptions import (
     TemplateSyntaxError,
     UndefinedError,
 )
+from jinja2.lexer import TOKEN_OPERATOR
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ROOTS = ("inputs", "steps", "env", "workflow", "run")
+
+# Jinja parses, compiles and renders recursively, so a hostile template could exhaust Python's
+# stack. These limits are far beyond any real template and well inside that stack, so a too
+# deep template is refused the same way wherever it is parsed (validator, executor).
+MAX_BRACKETS = 20
+"""Brackets nesting in one template: the parser spends about 14 stack frames per level."""
+MAX_DEPTH = 100
+"""Depth of a parsed template's tree: nested blocks, operator chains, filters, attributes."""
 
 __all__ = [
     "ROOTS",
     "Reference",
     "TemplateError",
     "TemplateSyntaxError",
+    "TemplateTooDeepError",
     "UndefinedError",
     "WholeEnvUse",
     "evaluate",
@@ -73,9 +84,43 @@ def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text or "{#" in text
 
 
+class TemplateTooDeepError(TemplateSyntaxError):
+    """A template nests deeper than lmflow allows; a syntax error with the line it happens on."""
+
+
+_TOO_DEEP = (
+    f"template nests more than {MAX_DEPTH} levels deep (blocks, operators, filters or attributes)"
+)
+_OPENING = {"(", "[", "{"}
+_CLOSING = {")", "]", "}"}
+
+
 def parse_template(text: str) -> nodes.Template:
-    """Parse a template field; raises TemplateSyntaxError with the line inside the text."""
-    return environment().parse(text)
+    """Parse a template field; raises TemplateSyntaxError with the line inside the text, and
+    TemplateTooDeepError for one nested too deeply to parse, compile or render safely."""
+    depth = 0
+    for lineno, token, value in environment().lex(text):
+        if token != TOKEN_OPERATOR:
+            continue
+        depth += (value in _OPENING) - (value in _CLOSING)
+        if depth > MAX_BRACKETS:
+            raise TemplateTooDeepError(f"brackets nest more than {MAX_BRACKETS} deep", lineno)
+    try:
+        tree = environment().parse(text)
+    except RecursionError:
+        raise TemplateTooDeepError(_TOO_DEEP, 1) from None
+    _check_depth(tree)
+    return tree
+
+
+def _check_depth(tree: nodes.Node) -> None:
+    """Refuse a tree deeper than MAX_DEPTH (walked without recursion)."""
+    pending = [(tree, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise TemplateTooDeepError(_TOO_DEEP, node.lineno)
+        pending.extend((child, depth + 1) for child in node.iter_child_nodes())
 
 
 def _condition_source(expression: str) -> str:
@@ -88,7 +133,7 @@ def _condition_source(expression: str) -> str:
 
 def parse_condition(expression: str) -> nodes.Template:
     """Parse an `if:` expression (as the body of a `{{ }}` so references can be walked)."""
-    return environment().parse("{{ " + _condition_source(expression) + " }}")
+    return parse_template("{{ " + _condition_source(expression) + " }}")
 
 
 @dataclass(frozen=True)
@@ -127,16 +172,15 @@ def references(tree: nodes.Node) -> list[Reference]:
             return node.name, parts[::-1]
         return None
 
-    def visit(node: nodes.Node) -> None:
+    pending: list[nodes.Node] = [tree]  # a stack, not recursion: trees can be deep
+    while pending:
+        node = pending.pop()
         if isinstance(node, (nodes.Getattr, nodes.Getitem, nodes.Name)):
             found_chain = chain(node)
             if found_chain and found_chain[0] in ROOTS:
                 found.append(Reference(found_chain[0], tuple(found_chain[1]), node.lineno))
-                return
-        for child in node.iter_child_nodes():
-            visit(child)
-
-    visit(tree)
+                continue
+        pending.extend(reversed(list(node.iter_child_nodes())))
     return found
 
 
@@ -187,11 +231,9 @@ def _whole_env_use(
 def unknown_names(tree: nodes.Template) -> set[str]:
     """Variables a template reads that are neither context roots nor Jinja globals."""
     env = environment()
-    return {
-        name
-        for name in meta.find_undeclared_variables(tree)
-        if name not in ROOTS and name not in env.globals
-    }
+    with _compiling():  # finding the names runs Jinja's code generator
+        undeclared = meta.find_undeclared_variables(tree)
+    return {name for name in undeclared if name not in ROOTS and name not in env.globals}
 
 
 def _single_expression(tree: nodes.Template) -> nodes.Expr | None:
@@ -209,25 +251,42 @@ Renderer = Callable[[Mapping[str, Any]], Any]
 @lru_cache(maxsize=4096)
 def _compiled(text: str) -> Renderer:
     """A field compiled once: steps re-render the same prompts and fields on every run."""
-    env = environment()
-    if _single_expression(env.parse(text)) is not None:
-        expression = env.compile_expression(_expression_source(text), undefined_to_none=False)
-        return lambda context: _defined(expression(**context))
-    template = env.from_string(text)
-    return lambda context: template.render(**context)
+    tree = parse_template(text)
+    if _single_expression(tree) is not None:
+        return _expression_renderer(_expression_source(text))
+    return _template_renderer(tree)
 
 
 @lru_cache(maxsize=1024)
 def _compiled_condition(expression: str) -> Renderer:
-    compiled = environment().compile_expression(
-        _condition_source(expression), undefined_to_none=False
-    )
-    return lambda context: _defined(compiled(**context))
+    parse_condition(expression)  # the same depth limits as every other template
+    return _expression_renderer(_condition_source(expression))
 
 
 @lru_cache(maxsize=4096)
 def _compiled_text(text: str) -> Renderer:
-    template = environment().from_string(text)
+    return _template_renderer(parse_template(text))
+
+
+@contextmanager
+def _compiling() -> Iterator[None]:
+    """Jinja's code generator recurses: a run's deeper stack must not turn a template that
+    validated into a traceback."""
+    try:
+        yield
+    except RecursionError:
+        raise TemplateTooDeepError("template nests too deeply to compile", 1) from None
+
+
+def _expression_renderer(source: str) -> Renderer:
+    with _compiling():
+        compiled = environment().compile_expression(source, undefined_to_none=False)
+    return lambda context: _defined(compiled(**context))
+
+
+def _template_renderer(tree: nodes.Template) -> Renderer:
+    with _compiling():
+        template = environment().from_string(tree)
     return lambda context: template.render(**context)
 
 
@@ -238,6 +297,10 @@ def _guarded(renderer: Renderer, context: Mapping[str, Any]) -> Any:
         return renderer(context)
     except TemplateError:
         raise
+    except RecursionError:
+        raise TemplateRuntimeError(
+            "rendering recursed too deeply (a macro that calls itself, or deeply nested data)"
+        ) from None
     except Exception as error:
         raise TemplateRuntimeError(f"{type(error).__name__}: {error}") from error
 

@@ -14,9 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import ALIAS_BOMB, ALIAS_LOOP, nested_block_yaml, nested_list
 
 from runner.chat import ChatRequest, ChatResponse, ToolCall, ToolResult, ToolSpec
-from runner.errors import EXIT_INVALID, ConfigurationError, InputError, LLMConnectionError
+from runner.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_INVALID,
+    ConfigurationError,
+    InputError,
+    LLMConnectionError,
+    MCPServerError,
+)
 from runner.executor import (
     Executor,
     RunResult,
@@ -25,6 +33,7 @@ from runner.executor import (
     dependencies,
     env_names,
     plan,
+    render_servers,
 )
 from runner.runlog import MASK, Event, RunLog, SecretEnv
 from runner.runtime import read_inputs
@@ -805,3 +814,185 @@ def test_a_required_input_with_a_default_must_still_be_given() -> None:
     with pytest.raises(InputError, match="'top' is required"):
         coerce_inputs(workflow, {})
     assert coerce_inputs(workflow, {"top": "5"}) == {"top": 5}
+
+
+# --- hostile inputs (issue 8): refused with a message, never a traceback ------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("ratio", "nan", "'nan' is not a number"),
+        ("ratio", "inf", "'inf' is not a number"),
+        ("ratio", "1e999", "1e999 is too large for a number"),
+        ("count", "1_0", "'1_0' is not an integer"),
+        ("count", "٣", "'٣' is not an integer"),
+        ("ratio", "٣.5", "'٣.5' is not a number"),
+        ("count", "+3", "'+3' is not an integer"),
+        ("names", "[NaN]", "NaN is not a number JSON can carry"),
+        ("names", "[1e999]", "1e999 is too large for a number"),
+        ("names", "[" * 1000 + "]" * 1000, "nesting is deeper than 64 levels"),
+        ("names", "[" * 70 + "]" * 70, "nesting is deeper than 64 levels"),
+    ],
+)
+def test_numbers_are_parsed_strictly_and_deep_json_is_refused(
+    name: str, raw: str, message: str
+) -> None:
+    workflow = load(TYPED_INPUTS)
+    given = {"text": "t", "count": "1", "ratio": "1", "flag": "no", "names": "[]", "options": "{}"}
+    with pytest.raises(InputError) as caught:
+        coerce_inputs(workflow, {**given, name: raw})
+    assert f"input {name!r}: " in caught.value.message
+    assert message in caught.value.message
+
+
+def test_nan_passes_no_minimum_or_maximum() -> None:
+    workflow = load(
+        """
+        inputs:
+          r: {type: number, minimum: 0, maximum: 1}
+        steps:
+          - {id: s, prompt: "{{ inputs.r }}"}
+        """
+    )
+    for given in ("nan", float("nan"), float("inf")):
+        with pytest.raises(InputError, match="input 'r'"):
+            coerce_inputs(workflow, {"r": given})
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        (ALIAS_BOMB, ":1:56:", "document expands to more than 200,000 nodes"),
+        (ALIAS_LOOP, ":1:4:", "an alias (*name) is used inside the value its anchor"),
+        ("names: " + nested_list(900) + "\n", ":1:71:", "YAML nesting is deeper than 64 levels"),
+        (nested_block_yaml(900), ":65:", "YAML nesting is deeper than 64 levels"),
+        ("text: a\ntext: b\n", ":2:1:", "duplicate key 'text'"),
+        ("ratio: .nan\n", ":1:8:", "'.nan' is not a finite number"),
+        ("names: [a\n", ":2:1:", "YAML syntax"),
+    ],
+)
+def test_an_inputs_file_goes_through_the_workflow_loader_and_its_limits(
+    tmp_path: Path, text: str, where: str, message: str
+) -> None:
+    file = tmp_path / "inputs.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigurationError) as caught:
+        read_inputs(file, [])
+    assert caught.value.exit_code == EXIT_INVALID
+    assert caught.value.message.startswith(f"{file}{where}")
+    assert message in caught.value.message
+
+
+def test_a_date_in_an_inputs_file_stays_the_text_it_is(tmp_path: Path) -> None:
+    workflow = load(
+        """
+        inputs:
+          day: {type: string}
+        steps:
+          - {id: s, prompt: "{{ inputs.day }}"}
+        """
+    )
+    file = tmp_path / "inputs.yaml"
+    file.write_text("day: 2024-01-02\n")
+    assert coerce_inputs(workflow, read_inputs(file, [])) == {"day": "2024-01-02"}
+
+
+def test_an_empty_inputs_file_gives_no_inputs(tmp_path: Path) -> None:
+    file = tmp_path / "inputs.yaml"
+    file.write_text("# nothing yet\n")
+    assert read_inputs(file, ["a=1"]) == {"a": "1"}
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("{{ range(3) }}", "with.text is a range value, which is not JSON data"),
+        ("{{ [1, range(2)] }}", "with.text[1] is a range value"),
+        ("{{ {'a': lipsum} }}", "with.text.a is a function value"),
+        ("{{ inputs.word | float }}", "with.text is inf, which is not JSON data"),
+    ],
+)
+def test_a_tool_argument_that_is_not_json_fails_the_step_with_a_message(
+    argument: str, message: str
+) -> None:
+    workflow = load(
+        f"""
+        inputs:
+          word: {{type: string, default: inf}}
+        mcp_servers:
+          fs: {{command: fs-server}}
+        steps:
+          - id: call
+            tool: fs.list
+            with: {{text: "{argument}"}}
+          - {{id: after, prompt: never asked}}
+        """
+    )
+    tools = FakeTools(fs={"list": echo})
+    result, events = run(workflow, tools=tools)
+    assert statuses(result) == {"call": "failed", "after": "skipped"}
+    assert message in (result.steps[0].error or "")
+    assert tools.calls == []
+    assert finished(events)["call"]["status"] == "failed"
+    assert not [e for e in events if e.type == "tool_call"]
+
+
+def test_ranges_made_lists_in_the_template_reach_the_tool_as_json() -> None:
+    workflow = load(
+        """
+        mcp_servers:
+          fs: {command: fs-server}
+        steps:
+          - {id: call, tool: fs.list, with: {items: "{{ range(3) | list }}"}}
+        """
+    )
+    tools = FakeTools(fs={"list": echo})
+    result, _ = run(workflow, tools=tools)
+    assert tools.calls == [("fs", "list", {"items": [0, 1, 2]})]
+    assert statuses(result) == {"call": "succeeded"}
+
+
+def test_an_unset_variable_in_server_settings_names_server_field_and_variable() -> None:
+    workflow = load(
+        """
+        mcp_servers:
+          gh: {command: gh-server, env: {TOKEN: "{{ env.GITHUB_TOKEN }}"}}
+          web: {url: "http://127.0.0.1:9/mcp", headers: {X-Depth: "{{ 1 / 0 }}"}}
+        steps:
+          - {id: s, mcp: [gh, web], prompt: x}
+        """
+    )
+    log = RunLog("run-1")
+    context = base_context(workflow, {}, SecretEnv(log.redactor, {}), "run-1", None, "now")
+    with pytest.raises(MCPServerError) as unset:
+        render_servers(workflow, ["gh"], context)
+    assert unset.value.exit_code == EXIT_ENVIRONMENT
+    assert unset.value.message == (
+        "MCP server 'gh' setting env.TOKEN reads environment variable GITHUB_TOKEN, "
+        "which is not set"
+    )
+    assert unset.value.hint == "set it before the run: export GITHUB_TOKEN=..."
+    with pytest.raises(ConfigurationError) as broken:
+        render_servers(workflow, ["web"], context)
+    assert broken.value.exit_code == EXIT_INVALID
+    assert "MCP server 'web' setting headers.X-Depth: " in broken.value.message
+    assert "ZeroDivisionError" in broken.value.message
+    context["env"] = SecretEnv(log.redactor, {"GITHUB_TOKEN": "s3cret"})
+    assert render_servers(workflow, ["gh"], context)["gh"].env == {"TOKEN": "s3cret"}
+
+
+def test_a_template_that_recurses_while_rendering_fails_its_step_with_a_message() -> None:
+    workflow = load(
+        """
+        steps:
+          - {id: loop, prompt: "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"}
+          - {id: after, prompt: never asked}
+        """
+    )
+    result, events = run(workflow, chat=ScriptedChat())
+    assert statuses(result) == {"loop": "failed", "after": "skipped"}
+    assert "rendering recursed too deeply (a macro that calls itself" in (
+        result.steps[0].error or ""
+    )
+    assert finished(events)["loop"]["status"] == "failed"

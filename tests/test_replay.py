@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from fakes.lmstudio import FakeLMStudio, FakeModel, down_url
+from hostile import ALIAS_BOMB
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp_support import FIXTURE_SERVER, TAG_VARIABLE, new_tag, wait_until_gone
@@ -230,7 +231,20 @@ def test_a_changed_parameter_is_named_in_the_miss(workflow_file: Path, tmp_path:
             "version: 1\nexchanges:\n- n: 1\n  kind: llm\n  request: {model: m, messages: []}\n",
             ":3: not a valid cassette: exchange 1 needs either `response` or `error`",
         ),
-        ("version: 1\nexchanges: &loop [*loop]\n", "it holds data JSON cannot"),
+        (
+            "version: 1\nexchanges: &loop [*loop]\n",
+            ":2:12: the cassette is not valid YAML: an alias",
+        ),
+        # the workflow loader's limits hold for cassettes too (one shared loader)
+        (
+            "version: 1\nexchanges: " + "[" * 65 + "]" * 65 + "\n",
+            ":2:75: the cassette is not valid YAML: YAML nesting is deeper than 64",
+        ),
+        (ALIAS_BOMB, "document expands to more than 200,000 nodes"),
+        (
+            "version: 1\nversion: 1\nexchanges: []\n",
+            ":2:1: the cassette is not valid YAML: duplicate key",
+        ),
     ],
 )
 def test_a_corrupted_cassette_exits_3_with_file_and_line(

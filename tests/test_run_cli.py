@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from fakes.lmstudio import FakeLMStudio, down_url
+from hostile import ALIAS_BOMB, ALIAS_LOOP, nested_list
 from mcp_support import (
     FIXTURE_SERVER,
     TAG_VARIABLE,
@@ -842,3 +843,87 @@ def test_a_secret_is_masked_before_any_template_has_read_it(
     written = [p for p in (tmp_path / ".lmflow").rglob("*") if p.is_file()]
     assert written and all(secret not in p.read_text() for p in written)
     assert "the token is ***" in (run.run_dir / "events.jsonl").read_text()
+
+
+# --- hostile inputs and settings (issue 8): a message and the documented code, no traceback ---
+
+
+@pytest.mark.parametrize("command", ["run", "tools"])
+def test_an_unset_variable_in_server_settings_exits_3_naming_it(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str, command: str
+) -> None:
+    lm = make_fake_lmstudio(script=[])
+    server = json.loads(fixture(tag))
+    server["env"]["TOKEN"] = "{{ env.LMFLOW_TEST_UNSET_TOKEN }}"
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          gh: {json.dumps(server)}
+        steps:
+          - {{id: a, mcp: [gh], prompt: x}}
+        """,
+    )
+    extra = ["--base-url", lm.url] if command == "run" else []
+    run = lmflow(tmp_path, command, file, *extra, tag=tag)
+    assert run.code == 3, run.stderr
+    assert (
+        "error: MCP server 'gh' setting env.TOKEN reads environment variable "
+        "LMFLOW_TEST_UNSET_TOKEN, which is not set"
+    ) in run.stderr
+    assert "hint: set it before the run: export LMFLOW_TEST_UNSET_TOKEN=..." in run.stderr
+    assert lm.chat_requests == []
+    assert_clean(run)
+    if command == "run":
+        events = run.events()
+        assert events[-1]["type"] == "run_finished" and events[-1]["status"] == "error"
+
+
+def test_a_tool_argument_that_is_not_json_fails_the_step_not_the_process(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str
+) -> None:
+    lm = make_fake_lmstudio(script=[])
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          fx: {fixture(tag)}
+        steps:
+          - {{id: echo, tool: fx.echo, with: {{text: "{{{{ range(3) }}}}"}}}}
+        """,
+    )
+    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
+    assert run.code == 1, run.stderr
+    assert "✗ echo failed: with.text is a range value, which is not JSON data" in run.stderr
+    finished = [e for e in run.events() if e["type"] == "step_finished"]
+    assert [(e["step"], e["status"]) for e in finished] == [("echo", "failed")]
+    assert run.events()[-1]["type"] == "run_finished"
+    assert_clean(run)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (ALIAS_LOOP, ":1:4: an alias (*name) is used inside the value its anchor"),
+        (ALIAS_BOMB, "document expands to more than 200,000 nodes"),
+        ("a: " + nested_list(900) + "\n", "YAML nesting is deeper than 64 levels"),
+    ],
+)
+def test_a_hostile_inputs_file_exits_2_before_the_run_starts(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    file = workflow(tmp_path, "inputs:\n  a: {type: array}\nsteps:\n  - {id: s, prompt: x}\n")
+    (tmp_path / "inputs.yaml").write_text(text)
+    run = lmflow(tmp_path, "run", file, "--inputs", "inputs.yaml", "--base-url", down_url())
+    assert run.code == 2
+    assert "inputs.yaml:" in run.stderr and message in run.stderr
+    assert not (tmp_path / ".lmflow").exists()  # no run log without an end
+    assert_clean(run)
+
+
+def test_deep_json_on_the_command_line_exits_2(tmp_path: Path) -> None:
+    file = workflow(tmp_path, "inputs:\n  a: {type: array}\nsteps:\n  - {id: s, prompt: x}\n")
+    run = lmflow(tmp_path, "run", file, "-i", "a=" + nested_list(1000), "--base-url", down_url())
+    assert run.code == 2
+    assert "input 'a': JSON nesting is deeper than 64 levels" in run.stderr
+    assert_clean(run)

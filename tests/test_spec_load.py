@@ -7,10 +7,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from hostile import ALIAS_LOOP, nested_block_yaml, nested_list
 
 from runner.errors import WorkflowInvalidError
 from runner.spec import load_workflow, parse_document, read_document
-from runner.spec.load import MAX_FILE_BYTES
+from runner.spec.load import MAX_FILE_BYTES, MAX_NESTING
 from runner.spec.model import HttpServer, StdioServer
 from runner.spec.source import Position
 
@@ -308,3 +309,35 @@ def test_load_workflow_raises_with_every_problem(tmp_path: Path) -> None:
         load_workflow(path)
     assert raised.value.exit_code == 2
     assert sorted(p.rule for p in raised.value.problems) == ["unknown-step", "wrong-type"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col"),
+    [
+        ("x: " + nested_list(65), 1, 67),  # the mapping is level 1: the 64th `[` is too deep
+        ("x:\n" + nested_block_yaml(70), 66, 129),
+        (
+            "a: &a [[[[[[[[1]]]]]]]]\n"
+            + "".join(f"x{i}: &x{i} [*{'a' if i == 0 else f'x{i - 1}'}]\n" for i in range(60)),
+            1,
+            15,  # inside the anchored value, reached through 60 aliases
+        ),
+    ],
+    ids=["flow", "block", "through-aliases"],
+)
+def test_nesting_past_the_limit_is_refused_where_it_happens(text: str, line: int, col: int) -> None:
+    """One limit, below any recursion limit, with the position of the first level too deep:
+    also for aliases, which nest deeper than the text shows."""
+    doc = parse_document(text)
+    assert doc.data is None
+    [problem] = doc.problems
+    assert problem.rule == "yaml-too-deep"
+    assert problem.message == f"YAML nesting is deeper than {MAX_NESTING} levels"
+    assert (problem.line, problem.col) == (line, col)
+    assert parse_document("x: " + nested_list(MAX_NESTING - 1)).problems == []
+
+
+def test_an_alias_inside_its_own_anchor_is_refused_at_the_anchor() -> None:
+    [problem] = parse_document("version: 1\n" + ALIAS_LOOP).problems
+    assert problem.rule == "yaml-alias-loop"
+    assert (problem.line, problem.col) == (2, 4)

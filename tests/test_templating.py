@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
+from hostile import nested_ifs, nested_parentheses, plus_chain
 from jinja2.exceptions import SecurityError
 
 from runner import templating
@@ -181,3 +183,70 @@ def test_a_wrapped_condition_parses_with_its_references() -> None:
 def test_a_condition_with_two_expressions_is_not_unwrapped() -> None:
     with pytest.raises(templating.TemplateSyntaxError):
         templating.parse_condition("{{ inputs.a }} and {{ inputs.b }}")
+
+
+# --- templates nested too deeply (issue 8: RecursionError tracebacks) --------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ " + nested_parentheses(69) + " }}",
+        "{{ " + plus_chain(488) + " }}",
+        nested_ifs(242),
+        "{{ " + "[" * 21 + "]" * 21 + " }}",
+        "{{ " + "not " * 600 + "x }}",
+        "{{ inputs.path" + " | upper" * 150 + " }}",
+    ],
+)
+def test_a_too_deep_template_is_a_template_error_wherever_it_is_used(text: str) -> None:
+    for use in (
+        lambda: templating.parse_template(text),
+        lambda: templating.render(text, CONTEXT),
+        lambda: templating.render_text(text, CONTEXT),
+    ):
+        with pytest.raises(templating.TemplateTooDeepError, match="nest") as caught:
+            use()
+        assert isinstance(caught.value, templating.TemplateSyntaxError)
+        assert caught.value.lineno >= 1
+
+
+@pytest.mark.parametrize("condition", [nested_parentheses(69), plus_chain(488)])
+def test_a_too_deep_condition_is_a_template_error(condition: str) -> None:
+    with pytest.raises(templating.TemplateTooDeepError):
+        templating.parse_condition(condition)
+    with pytest.raises(templating.TemplateTooDeepError):
+        templating.evaluate(condition, CONTEXT)
+
+
+def test_the_line_of_a_too_deep_tree_is_where_it_gets_too_deep() -> None:
+    text = "line one\n{{ " + plus_chain(300) + " }}"
+    with pytest.raises(templating.TemplateTooDeepError) as caught:
+        templating.parse_template(text)
+    assert caught.value.lineno == 2
+
+
+def test_templates_just_inside_the_limits_parse_render_and_list_their_references() -> None:
+    brackets = "{{ " + nested_parentheses(templating.MAX_BRACKETS - 1) + " }}"
+    assert templating.render(brackets, CONTEXT) == 1
+    chain = "{{ inputs.top" + " + inputs.top" * 60 + " }}"
+    assert templating.render(chain, CONTEXT) == 3 * 61
+    assert refs(chain) == [("inputs", ("top",))] * 61
+
+
+def test_a_template_compiled_on_a_deeper_stack_fails_as_a_template_error() -> None:
+    """The run's stack is deeper than the validator's: a template that validated must still
+    fail as a TemplateError there, never as a RecursionError."""
+    text = "{{ " + nested_parentheses(templating.MAX_BRACKETS) + " + 7 }}"
+
+    def deep(levels: int) -> Any:
+        return deep(levels - 1) if levels else templating.render(text, CONTEXT)
+
+    with pytest.raises(templating.TemplateError):
+        deep(sys.getrecursionlimit() - 150)
+
+
+def test_rendering_that_recurses_forever_is_a_runtime_template_error() -> None:
+    text = "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"
+    with pytest.raises(templating.TemplateRuntimeError, match="recursed too deeply"):
+        templating.render_text(text, CONTEXT)

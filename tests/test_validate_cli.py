@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hostile import nested_ifs, nested_parentheses, plus_chain
 from jsonschema import Draft202012Validator
 
 from runner.cli import main
@@ -398,3 +399,49 @@ def test_a_misspelled_command_gets_a_suggestion() -> None:
     )
     assert done.returncode == 2
     assert "No such command 'valdate'. Did you mean validate?" in done.stderr
+
+
+# --- hostile files (issue 8): a problem with a position and exit 2, never a traceback --------
+
+DEEP_PROMPT = """\
+version: 1
+defaults: {{model: qwen/qwen3-8b}}
+steps:
+  - id: a
+    prompt: |
+      intro
+      {text}
+"""
+DEEP_CONDITION = """\
+version: 1
+defaults: {{model: qwen/qwen3-8b}}
+steps:
+  - id: a
+    prompt: hi
+    if: "{text}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("template", "text", "lines"),
+    [
+        (DEEP_PROMPT, "{{ " + nested_parentheses(69) + " }}", {7}),
+        (DEEP_PROMPT, "{{ " + plus_chain(488) + " }}", {7}),
+        # too deep for the parser itself: the field's first line
+        (DEEP_PROMPT, nested_ifs(242), {6, 7}),
+        (DEEP_CONDITION, nested_parentheses(69), {6}),
+        (DEEP_CONDITION, plus_chain(488), {6}),
+        (DEEP_CONDITION, "not " * 600 + "true", {6}),
+    ],
+)
+def test_a_template_nested_too_deeply_is_a_problem_with_a_position(
+    tmp_path, lmflow_cli, template: str, text: str, lines: set[int]
+) -> None:
+    path = write(tmp_path, "deep.yaml", template.format(text=text))
+    code, payload = validate_json(lmflow_cli, path)
+    assert code == 2
+    (problem,) = payload["files"][0]["problems"]
+    assert problem["rule"] == "template-syntax"
+    assert "nest" in problem["message"] and "deep" in problem["message"]
+    assert problem["line"] in lines and problem["col"] >= 1
+    assert problem["hint"]

@@ -2,7 +2,9 @@
 
 Valid workflows are mutated the ways people break them (keys deleted or added, values of the
 wrong type, copied steps, half-typed templates, a file cut off mid-save); random YAML-ish
-text and random bytes come on top. No input may raise or print a traceback.
+text and random bytes come on top, and templates and YAML nested deep enough to exhaust a
+recursive parser. The `--inputs` fuzzer does the same for input files and `-i` pairs. No
+input may raise or print a traceback.
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ from typing import Any
 
 import pytest
 import yaml
+from hostile import (
+    ALIAS_BOMB,
+    ALIAS_LOOP,
+    nested_block_yaml,
+    nested_ifs,
+    nested_list,
+    nested_parentheses,
+    plus_chain,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.spec import check_file
+from runner.executor import coerce_inputs
+from runner.runtime import read_inputs
+from runner.spec import check_file, load_workflow
 
 SETTINGS = settings(
     max_examples=150,
@@ -236,3 +249,135 @@ def test_random_bytes_are_always_handled(data: bytes, workdir: Path, lmflow_cli)
     path = workdir / "random.yaml"
     path.write_bytes(data)
     assert_handled(path, lmflow_cli)
+
+
+# --- deep nesting: templates and YAML (issue 8) ----------------------------------------------
+
+DEEP_TEMPLATES = st.one_of(
+    st.integers(0, 120).map(lambda n: "{{ " + nested_parentheses(n) + " }}"),
+    st.integers(1, 600).map(lambda n: "{{ " + plus_chain(n) + " }}"),
+    st.integers(0, 300).map(nested_ifs),
+    st.integers(0, 700).map(lambda n: "{{ " + "not " * n + "true }}"),
+    st.integers(0, 300).map(lambda n: "{{ inputs.path" + " | upper" * n + " }}"),
+    st.integers(0, 300).map(lambda n: "{{ " + "[" * n + "]" * n + " }}"),
+)
+
+
+@st.composite
+def deeply_templated_workflows(draw: st.DrawFn) -> str:
+    data = copy.deepcopy(BASES[0])
+    step = data["steps"][draw(st.integers(0, len(data["steps"]) - 1))]
+    template = draw(DEEP_TEMPLATES)
+    if draw(st.booleans()):
+        step["prompt"] = template
+    else:  # a condition is a bare expression
+        step["if"] = template.removeprefix("{{ ").removesuffix(" }}")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=10_000)
+
+
+@SETTINGS
+@given(text=deeply_templated_workflows())
+def test_deeply_nested_templates_are_always_handled(text: str, workdir: Path, lmflow_cli) -> None:
+    path = workdir / "deep-template.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert_handled(path, lmflow_cli)
+
+
+DEEP_YAML = st.one_of(
+    st.integers(0, 400).map(lambda n: "version: 1\nsteps: " + nested_list(n) + "\n"),
+    st.integers(0, 200).map(lambda n: "version: 1\nx-deep:\n" + nested_block_yaml(n)),
+    st.integers(0, 200).map(lambda n: "version: 1\nx-a: " + "{a: " * n + "1" + "}" * n + "\n"),
+    st.sampled_from([ALIAS_BOMB, ALIAS_LOOP, "version: 1\nsteps: &s [{id: a, x: *s}]\n"]),
+)
+
+
+@settings(SETTINGS, max_examples=60)
+@given(text=DEEP_YAML)
+def test_deeply_nested_yaml_is_always_handled(text: str, workdir: Path, lmflow_cli) -> None:
+    path = workdir / "deep.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert_handled(path, lmflow_cli)
+
+
+# --- the `--inputs` fuzzer: whatever the file and the -i pairs, exit 0 or 2 ----------------
+
+INPUTS_WORKFLOW = """\
+version: 1
+defaults: {model: qwen/qwen3-8b}
+inputs:
+  text: {type: string, default: x}
+  count: {type: integer, default: 1, minimum: 0}
+  ratio: {type: number, default: 0.5, minimum: 0, maximum: 1}
+  flag: {type: boolean, default: false}
+  names: {type: array, default: []}
+  options: {type: object, default: {}}
+steps:
+  - id: s
+    prompt: "{{ inputs.text }} {{ inputs.count }} {{ inputs.names }} {{ inputs.options }}"
+"""
+INPUT_NAMES = ["text", "count", "ratio", "flag", "names", "options", "nope"]
+NUMBERISH = [
+    "0", "-3", "1_0", "٣", "+3", "nan", "NaN", "inf", "-Infinity", "1e999", "0x10", "1.5",
+    "1e-3", "007", " 4 ", "true", "", "[]", "{}", "[NaN]", '{"a": 1e999}',
+]  # fmt: skip
+
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=8),
+        st.dates().map(str),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+INPUT_VALUES = st.one_of(
+    st.sampled_from(NUMBERISH),
+    st.text(max_size=12),
+    JSON_VALUES.map(lambda v: json.dumps(v)),
+    st.integers(0, 1200).map(nested_list),
+)
+INPUT_FILES = st.one_of(
+    st.none(),
+    st.dictionaries(st.sampled_from(INPUT_NAMES), JSON_VALUES, max_size=4).map(
+        lambda d: yaml.safe_dump(d, allow_unicode=True)
+    ),
+    st.dictionaries(st.sampled_from(INPUT_NAMES), JSON_VALUES, max_size=4).map(json.dumps),
+    st.lists(st.sampled_from(YAML_PIECES), max_size=30).map("".join),
+    st.integers(0, 1200).map(lambda n: "names: " + nested_list(n) + "\n"),
+    st.integers(0, 200).map(lambda n: "options:\n" + nested_block_yaml(n)),
+    st.sampled_from([ALIAS_BOMB, ALIAS_LOOP, "text: 2024-01-02\n", "ratio: .nan\n"]),
+)
+
+
+@settings(SETTINGS, max_examples=80)
+@given(
+    file_text=INPUT_FILES,
+    pairs=st.lists(st.tuples(st.sampled_from(INPUT_NAMES), INPUT_VALUES), max_size=3),
+)
+def test_any_inputs_file_and_pairs_end_in_exit_0_or_2(
+    file_text: str | None, pairs: list[tuple[str, str]], workdir: Path, lmflow_cli
+) -> None:
+    workflow = workdir / "inputs-workflow.yaml"
+    workflow.write_text(INPUTS_WORKFLOW, encoding="utf-8")
+    args = ["tools", str(workflow)]  # reads and checks the inputs; no server, no model
+    if file_text is not None:
+        inputs = workdir / "inputs.yaml"
+        inputs.write_text(file_text, encoding="utf-8", errors="surrogatepass")
+        args += ["--inputs", str(inputs)]
+    for name, value in pairs:
+        args += ["-i", f"{name}={value}"]
+    outcome = lmflow_cli(*args)  # an exception that is not an lmflow error fails here
+    assert outcome.exit_code in (0, 2), outcome.stderr
+    if outcome.exit_code == 2:
+        assert outcome.stderr.strip()
+    else:  # what a run would log as run_started must be plain JSON
+        raw = read_inputs(
+            workdir / "inputs.yaml" if file_text is not None else None,
+            [f"{name}={value}" for name, value in pairs],
+        )
+        json.dumps(coerce_inputs(load_workflow(workflow), raw), allow_nan=False)

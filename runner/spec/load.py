@@ -1,9 +1,12 @@
-"""YAML -> plain data plus the position of every node.
+"""YAML -> plain data plus the position of every node: the one loader for workflows,
+cassettes and `--inputs` files, so all three obey the same rules and limits.
 
 PyYAML's constructors lose positions and silently keep the last of two duplicate keys, so
 we compose the node graph ourselves and build the data from it: keys stay strings as
-written (YAML 1.1 would turn `on:` into True), duplicates are problems, aliases are
-counted so a "billion laughs" file stops early instead of eating memory.
+written (YAML 1.1 would turn `on:` into True), dates stay text, duplicates are problems,
+aliases are counted so a "billion laughs" file stops early instead of eating memory, and
+nesting is bounded on the flat event stream before composing, so the limit has a position
+and never depends on how much stack is left.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +29,8 @@ Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_NODES = 200_000
+MAX_NESTING = 64
+"""How deep lists and mappings may nest, in YAML files and in JSON given on the command line."""
 QUOTE_TEMPLATE_HINT = 'quote values that start with "{{": prompt: "{{ inputs.x }}"'
 
 
@@ -46,12 +52,13 @@ class Document:
     problems: list[Problem] = field(default_factory=list)
 
 
-def read_document(path: Path) -> Document:
-    """Read and parse a workflow file; every failure becomes a Problem, never an exception."""
+def read_document(path: Path, *, max_bytes: int | None = MAX_FILE_BYTES) -> Document:
+    """Read and parse a YAML (or JSON) file; every failure becomes a Problem, never an
+    exception. Workflows are bounded in bytes; data files (inputs, cassettes) pass None."""
     display = str(path)
     try:
         size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
+        if max_bytes is not None and size > max_bytes:
             return _failed(
                 display,
                 f"file is {size:,} bytes; a workflow may be at most {MAX_FILE_BYTES:,}",
@@ -88,6 +95,9 @@ def parse_document(text: str, path: str = "<workflow>") -> Document:
             col=pos.col,
         )
     try:
+        too_deep = _too_deep(text, path)
+        if too_deep is not None:
+            return Document(path, None, SourceMap(path), [too_deep])
         nodes = list(yaml.compose_all(text, Loader=Loader))
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
@@ -102,8 +112,6 @@ def parse_document(text: str, path: str = "<workflow>") -> Document:
         )
     except yaml.YAMLError as error:
         return _failed(path, f"YAML syntax: {error}", "yaml-syntax")
-    except RecursionError:
-        return _failed(path, "YAML nesting is too deep", "yaml-too-deep")
     # a document that is only `---` or `null` holds no workflow either
     nodes = [node for node in nodes if node is not None and node.tag != "tag:yaml.org,2002:null"]
     if not nodes:
@@ -131,9 +139,52 @@ def parse_document(text: str, path: str = "<workflow>") -> Document:
         data = builder.build(nodes[0], ())
     except LoadAbort as abort:
         return Document(path, None, builder.source_map(), [abort.problem])
-    except RecursionError:
-        return _failed(path, "YAML nesting is too deep", "yaml-too-deep")
     return Document(path, data, builder.source_map(), builder.problems)
+
+
+def too_deep_message(what: str) -> str:
+    return f"{what} nesting is deeper than {MAX_NESTING} levels"
+
+
+TOO_DEEP_HINT = "flatten the data, or keep deep data in a file a tool reads"
+
+
+def nesting(value: Any) -> int:
+    """How deep lists and mappings nest in plain data (walked without recursion)."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, Mapping) else item
+        if isinstance(item, (Mapping, list, tuple)):
+            deepest = max(deepest, depth)
+            if depth > MAX_NESTING:
+                break  # deep enough to refuse; a self-containing list would never end
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _too_deep(text: str, path: str) -> Problem | None:
+    """The place where the lists and mappings nest past MAX_NESTING, from the event stream
+    (flat, unlike composing)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                mark = event.start_mark
+                line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                return Problem(
+                    path,
+                    line,
+                    col,
+                    too_deep_message("YAML"),
+                    "yaml-too-deep",
+                    TOO_DEEP_HINT,
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
 
 
 def _failed(
@@ -164,6 +215,7 @@ class _Builder:
         self.keys: dict[JsonPath, Position] = {}
         self.problems: list[Problem] = []
         self.visited = 0
+        self.building: set[int] = set()  # ids of the nodes between the root and here
         self.constructor = yaml.SafeLoader("")
 
     def source_map(self) -> SourceMap:
@@ -184,12 +236,30 @@ class _Builder:
                     "write the values out or shrink the file",
                 )
             )
+        if id(node) in self.building:
+            raise LoadAbort(
+                self._problem(
+                    node,
+                    "an alias (*name) is used inside the value its anchor (&name) marks: "
+                    "the value would be infinite",
+                    "yaml-alias-loop",
+                    "write the inner value out instead of the alias",
+                )
+            )
+        if len(path) > MAX_NESTING:  # aliases can nest deeper than the text shows
+            raise LoadAbort(
+                self._problem(node, too_deep_message("YAML"), "yaml-too-deep", TOO_DEEP_HINT)
+            )
         self.values.setdefault(path, self._position(node))
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
+        self.building.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._scalar(node)
+        finally:
+            self.building.discard(id(node))
 
     def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         result: dict[str, Any] = {}

@@ -27,6 +27,11 @@ class Problem:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def located(self) -> str:
+        """`path:line:col: message`: the problem as the text of an error raised for it."""
+        return f"{self.path}:{self.line}:{self.col}: {self.message}"
+
     def format(self) -> str:
         """`path:line:col: severity: message [rule]`, then an indented hint line."""
         line = f"{self.path}:{self.line}:{self.col}: {self.severity}: {self.message} [{self.rule}]"

@@ -590,7 +590,9 @@ class _Checker:
         message = getattr(error, "message", None) or str(error)
         kind = "condition" if condition else "template"
         unknown = re.match(r"No (filter|test) named '([^']+)'", message)
-        if unknown:
+        if isinstance(error, templating.TemplateTooDeepError):
+            hint = "simplify it: compute parts in earlier steps, or split the expression"
+        elif unknown:
             env = templating.environment()
             names = list(env.filters if unknown[1] == "filter" else env.tests)
             hint = did_you_mean(unknown[2], names) or f"known {unknown[1]}s: " + ", ".join(
