@@ -22,11 +22,11 @@ from mcp.client.stdio import (
     _create_platform_compatible_process,
     _drain_stdout,
     _get_executable_command,
-    _parse_line,
     _stop_server_process,
     get_default_environment,
 )
 from mcp.shared.message import SessionMessage
+from mcp.types import jsonrpc_message_adapter
 
 WRITER_FLUSH_TIMEOUT = 0.5
 """Seconds the writer gets to send what the session already handed it, before stdin closes."""
@@ -67,12 +67,13 @@ async def stdio_transport(
     to_server, from_session = anyio.create_memory_object_stream[SessionMessage](0)
     writer_done = anyio.Event()
 
-    def decoded(line: bytes) -> SessionMessage | Exception:
+    def parsed(line: bytes) -> SessionMessage | Exception:
+        """A message, or the error for the session to report. Parsed from the bytes: MCP's
+        stdio is UTF-8, and a decoded copy of a large result would double its memory."""
         try:
-            text = line.decode(server.encoding, server.encoding_error_handler)
-        except UnicodeDecodeError as error:
+            return SessionMessage(jsonrpc_message_adapter.validate_json(line, by_name=False))
+        except ValueError as error:
             return error
-        return _parse_line(text)
 
     async def read() -> None:
         assert process.stdout is not None
@@ -83,7 +84,7 @@ async def stdio_transport(
                     async for chunk in process.stdout:
                         for line in lines.feed(chunk):
                             # One message at a time: nothing is read ahead of the session.
-                            await to_session.send(decoded(line))
+                            await to_session.send(parsed(line))
                 finally:
                     await _drain_stdout(process)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
