@@ -21,7 +21,7 @@ from runner.mcp_stdio import LineSplitter
 from runner.results import capped, result_file
 from runner.runlog import Event, snapshot_view
 from runner.runtime import RunOptions, run_workflow
-from runner.spec import load_workflow
+from runner.spec import check_file, load_workflow
 from runner.spec.model import DEFAULT_MAX_RESULT_CHARS
 
 MODEL = "qwen/qwen3-4b"
@@ -125,6 +125,36 @@ def test_a_cut_result_keeps_its_head_a_note_and_the_whole_text() -> None:
     assert cut.text == text[:100] + note(900, 1000, text)
     assert cut.full_text == text
     assert cut.structured == {"k": 1}
+
+
+def test_max_result_chars_is_read_from_servers_and_model_steps(tmp_path: Path) -> None:
+    path = write_workflow(
+        tmp_path,
+        server="max_result_chars: 1000",
+        steps="  - {id: a, mcp: [fx], prompt: Go., max_result_chars: 300}\n"
+        "  - {id: b, mcp: [fx], prompt: Go.}",
+    )
+    workflow = load_workflow(path)
+    assert workflow.mcp_servers["fx"].max_result_chars == 1000
+    assert [step.max_result_chars for step in workflow.steps] == [300, None]
+
+
+@pytest.mark.parametrize(
+    ("server", "steps", "line"),
+    [
+        ("max_result_chars: 0", "  - {id: a, mcp: [fx], prompt: Go.}", 8),
+        ("", "  - {id: a, mcp: [fx], prompt: Go., max_result_chars: many}", 9),
+        ("", "  - {id: a, tool: fx.echo, max_result_chars: 10}", 9),
+    ],
+    ids=["zero", "not-a-number", "on-a-tool-step"],
+)
+def test_a_bad_max_result_chars_is_a_problem_with_its_line(
+    tmp_path: Path, server: str, steps: str, line: int
+) -> None:
+    _, problems = check_file(write_workflow(tmp_path, server=server, steps=steps))
+    assert [(p.line, "max_result_chars" in p.message + (p.hint or "")) for p in problems] == [
+        (line, True)
+    ]
 
 
 def test_an_agent_step_gives_the_model_the_cut_result_and_keeps_the_whole(
