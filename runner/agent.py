@@ -22,6 +22,7 @@ from referencing.exceptions import Unresolvable
 
 from .chat import ChatModel, ChatRequest, ChatResponse, Message, Toolbox, ToolCall, Usage
 from .errors import ConfigurationError, StepFailedError
+from .results import full_result_fields
 
 Emit = Callable[[str, dict[str, Any]], None]
 """Receives each event: its type and its fields (every one has `round`)."""
@@ -112,6 +113,7 @@ class _Reply:
 
     content: str
     is_error: bool
+    full_text: str | None = None
 
 
 class _Run:
@@ -265,6 +267,7 @@ class _Run:
                     "name": call.name,
                     "is_error": reply.is_error,
                     "content": reply.content,
+                    **full_result_fields(reply.full_text),
                 },
             )
             self.messages.append(
@@ -305,7 +308,8 @@ class _Run:
 
     async def _call(self, toolbox: Toolbox, name: str, arguments: dict[str, Any]) -> _Reply:
         result = await toolbox.call(name, arguments)
-        return _Reply(f"error: {result.text}" if result.is_error else result.text, result.is_error)
+        text = f"error: {result.text}" if result.is_error else result.text
+        return _Reply(text, result.is_error, result.full_text)
 
     @staticmethod
     def _check(validator: Validator, text: str) -> tuple[Any, list[str]]:

@@ -128,6 +128,8 @@ class ToolResult:
     text: str
     is_error: bool = False
     structured: Any = None
+    full_text: str | None = None
+    """The whole text when `text` was cut to what the model may read (runner/results.py)."""
 
 
 class Toolbox(Protocol):

@@ -66,6 +66,12 @@ class LLMTimeoutError(LLMClientError):
     """The LLM server did not answer in time."""
 
 
+class LLMTruncatedReplyError(LLMClientError):
+    """The LLM server began to answer, but the reply ended before its end: a body cut off
+    mid-way, or a stream that stopped without a finish reason or `[DONE]`. Not "cannot
+    reach": the server was reached, and a partial answer must never pass for a whole one."""
+
+
 class LLMResponseError(LLMClientError):
     """The LLM server answered with an error or with something that is not its protocol."""
 

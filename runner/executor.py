@@ -29,6 +29,7 @@ from .errors import (
     StepFailedError,
     ToolExecutionError,
 )
+from .results import capped, full_result_fields
 from .runlog import DIRECT_CALL_ID, RunLog, SecretEnv
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow, strings_in, thawed
@@ -40,7 +41,12 @@ RunStatus = Literal["succeeded", "failed", "interrupted", "error"]
 class ToolProvider(Protocol):
     """Where tools come from: live MCP sessions, or a cassette."""
 
-    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> Toolbox: ...
+    def toolbox(
+        self,
+        servers: Sequence[str],
+        allow: Sequence[str] | None,
+        limits: Mapping[str, int] | None = None,
+    ) -> Toolbox: ...
 
     async def call_tool(
         self, server: str, tool: str, arguments: Mapping[str, Any]
@@ -519,6 +525,14 @@ class Executor:
             usage=record.usage.as_dict(),
         )
 
+    def _result_limits(self, step: Step) -> dict[str, int]:
+        """Result characters the model gets, per server: the step's setting overrides each
+        server's own."""
+        servers = self.workflow.mcp_servers
+        if step.max_result_chars is not None:
+            return dict.fromkeys(step.mcp, step.max_result_chars)
+        return {name: servers[name].max_result_chars for name in step.mcp}
+
     def _timeout(self, step: Step) -> float | None:
         return step.timeout if step.timeout is not None else self.workflow.defaults.timeout
 
@@ -537,6 +551,9 @@ class Executor:
             raise StepFailedError(
                 f"tool {step.tool} did not answer within {self._timeout(step)} s"
             ) from None
+        # No model reads a direct call's result: the step output is all of it. The event
+        # shows what a model would have been given, and points to the whole.
+        shown = capped(outcome, self.workflow.mcp_servers[step.tool_server].max_result_chars)
         self.log.emit(
             "tool_result",
             step.id,
@@ -544,7 +561,8 @@ class Executor:
             id=DIRECT_CALL_ID,
             name=step.tool,
             is_error=outcome.is_error,
-            content=outcome.text,
+            content=shown.text,
+            **full_result_fields(shown.full_text),
         )
         if outcome.is_error:
             raise ToolExecutionError(f"tool {step.tool} failed: {outcome.text}")
@@ -557,7 +575,7 @@ class Executor:
         assert model is not None
         toolbox = None
         if step.mcp and self.tools is not None:
-            toolbox = self.tools.toolbox(step.mcp, step.tools)
+            toolbox = self.tools.toolbox(step.mcp, step.tools, self._result_limits(step))
         task = AgentTask(
             model=model,
             system=templating.render_text(step.system, self.context) if step.system else None,

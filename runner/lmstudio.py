@@ -35,6 +35,7 @@ from .errors import (
     LLMConnectionError,
     LLMResponseError,
     LLMTimeoutError,
+    LLMTruncatedReplyError,
 )
 from .runlog import mask_url_password
 from .spec.model import DEFAULT_BASE_URL, DEFAULT_TOKEN_ENV, LMStudioSettings
@@ -264,6 +265,10 @@ class RetryPolicy:
       the server is busy or restarting and will likely answer the next one;
     - a server that refuses the connection (nothing listens): up to `refused_attempts` in
       all, so a server that is down is reported in about half a second, not after a minute;
+    - a reply cut off mid-way (the connection closed inside the body, or a stream ended
+      without a finish reason or `[DONE]`): up to `truncated_attempts` in all. Once may be a
+      server that restarted; a reply cut again is cut for a reason (a crash on this request,
+      a proxy's size limit) that asking again will not change;
     - a timeout: only where the caller says so (listing models, which is cheap to repeat). A
       chat completion that timed out is not retried: the server may still be generating it,
       and a new request would run the whole generation again. Loading a model neither;
@@ -278,6 +283,7 @@ class RetryPolicy:
     max_delay: float = 8.0
     total: float = 60.0
     refused_attempts: int = 2
+    truncated_attempts: int = 2
 
     def delay(self, attempt: int) -> float:
         """The pause after failed attempt number `attempt` (1-based): half fixed, half random."""
@@ -289,6 +295,8 @@ class RetryPolicy:
         if isinstance(error, LLMConnectionError):
             refused = isinstance(error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout))
             return self.refused_attempts if refused else self.attempts
+        if isinstance(error, LLMTruncatedReplyError):
+            return self.truncated_attempts
         if isinstance(error, LLMTimeoutError):
             return self.attempts if retry_timeouts else 1
         if isinstance(error, LLMResponseError) and (error.status_code or 0) >= 500:
@@ -434,32 +442,46 @@ class LMStudioClient:
     ) -> httpx.Response:
         """One request with retries (see `RetryPolicy`); answers >= 400 raise."""
 
+        what = f"{method} {path}"
+
         async def attempt() -> httpx.Response:
             with self._translated(path, timeout):
-                response = await self._http.request(
+                async with self._http.stream(
                     method, path, json=json, timeout=_timeouts(timeout)
-                )
+                ) as response:
+                    with self._whole_reply(response, what):
+                        await response.aread()
             if response.status_code >= 400:
-                raise self._response_error(response, f"{method} {path}")
+                raise self._response_error(response, what)
             return response
 
         return await self._retrying(attempt, retry_timeouts=retry_timeouts)
 
     async def _chat_stream(self, payload: Mapping[str, Any]) -> ChatResponse:
         collector = _StreamCollector()
+        what = f"POST {_CHAT_PATH}"
+        done = False
         with self._translated(_CHAT_PATH, self.timeout):
             async with self._http.stream("POST", _CHAT_PATH, json=payload) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise self._response_error(response, f"POST {_CHAT_PATH}")
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[len("data:") :].strip()
-                    # Past [DONE], read on to the end: a fully read response returns its
-                    # connection to the pool.
-                    if data != "[DONE]":
-                        collector.add(_loads(data, _CHAT_PATH))
+                with self._whole_reply(response, what, collector):
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise self._response_error(response, what)
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[len("data:") :].strip()
+                        # Past [DONE], read on to the end: a fully read response returns
+                        # its connection to the pool.
+                        if data == "[DONE]":
+                            done = True
+                        elif not done:
+                            collector.add(_loads(data, _CHAT_PATH))
+                # A server that omits [DONE] still ends a whole answer with a finish reason.
+                if not done and collector.finish_reason is None:
+                    raise self._truncated(
+                        response, what, collector, "the stream ended without a finish reason"
+                    )
         return collector.response()
 
     async def _retrying(self, operation: Callable[[], Awaitable[T]], *, retry_timeouts: bool) -> T:
@@ -503,6 +525,36 @@ class LMStudioClient:
                 f"cannot reach LM Studio at {self.base_url} ({self._redact(reason)})",
                 hint=START_SERVER_HINT,
             ) from error
+
+    @contextlib.contextmanager
+    def _whole_reply(
+        self, response: httpx.Response, what: str, collector: _StreamCollector | None = None
+    ) -> Iterator[None]:
+        """A connection that breaks inside the body -> a truncated reply, not "cannot reach":
+        the server was reached, and its answer is partial."""
+        try:
+            yield
+        except (httpx.RemoteProtocolError, httpx.ReadError) as error:
+            reason = self._redact(str(error) or type(error).__name__)
+            raise self._truncated(response, what, collector, reason) from error
+
+    def _truncated(
+        self,
+        response: httpx.Response,
+        what: str,
+        collector: _StreamCollector | None,
+        reason: str,
+    ) -> LLMTruncatedReplyError:
+        size = f"{response.num_bytes_downloaded:,} bytes"
+        if collector is not None:
+            size += f" ({collector.chunks:,} chunks)"
+        return LLMTruncatedReplyError(
+            f"truncated reply: the answer of {self.base_url} to {what} was cut off after "
+            f"{size}: {reason}",
+            hint="the server closed the reply early: it may have crashed or run out of memory "
+            "(see LM Studio's developer log), or a proxy in between cut it; try again, or "
+            "lower max_tokens",
+        )
 
     def _response_error(self, response: httpx.Response, what: str) -> LLMResponseError:
         message, code = error_detail(response)
@@ -750,10 +802,12 @@ class _StreamCollector:
         self.finish_reason: str | None = None
         self.usage = Usage()
         self.model: str | None = None
+        self.chunks = 0
 
     def add(self, chunk: Any) -> None:
         if not isinstance(chunk, Mapping):
             raise LLMResponseError(f"{_CHAT_PATH} streamed a chunk that is not a JSON object")
+        self.chunks += 1
         fields = _error_fields(chunk) if "error" in chunk else None
         if fields:
             raise LLMResponseError(f"the server stopped the stream: {fields[0]}", code=fields[1])

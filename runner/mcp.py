@@ -30,7 +30,7 @@ from typing import Any, Protocol, TextIO
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from mcp import Client, MCPError, StdioServerParameters, stdio_client
+from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import (
@@ -46,7 +46,9 @@ from mcp.types import (
 
 from .chat import ToolResult, ToolSpec
 from .errors import MCPServerError
-from .spec.model import HttpServer, McpServer, StdioServer, thawed
+from .mcp_stdio import stdio_transport
+from .results import capped
+from .spec.model import DEFAULT_MAX_RESULT_CHARS, HttpServer, McpServer, StdioServer, thawed
 
 # The classic initialize handshake: every server speaks it, 1.x and 2.x alike. "auto" would
 # first probe the 2026-07-28 protocol, and a 1.x server logs a traceback for each probe.
@@ -159,14 +161,20 @@ class McpSessions:
         """Every tool the server offers (all pages), as the SDK describes them."""
         return list(self._connection(server).tools)
 
-    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None = None) -> McpToolbox:
-        """The tools of `servers` a step may call, limited to `allow` when it is given.
+    def toolbox(
+        self,
+        servers: Sequence[str],
+        allow: Sequence[str] | None = None,
+        limits: Mapping[str, int] | None = None,
+    ) -> McpToolbox:
+        """The tools of `servers` a step may call, limited to `allow` when it is given;
+        `limits` are the result characters the model gets, per server (see `McpToolbox`).
 
         An `allow` entry is `tool` (that tool on each listed server that has it) or
         `server.tool`. An entry that matches nothing raises `MCPServerError`: build every
         step's toolbox before the first step runs so such a workflow stops before it starts.
         """
-        return build_toolbox(self, servers, allow)
+        return build_toolbox(self, servers, allow, limits)
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         """Call one tool. Errors of the call come back as an `is_error` result; a server
@@ -261,7 +269,7 @@ class McpSessions:
             env=dict(server.env) or None,
             cwd=server.cwd,
         )
-        return Client(stdio_client(parameters, errlog=stderr), mode=PROTOCOL_MODE)
+        return Client(stdio_transport(parameters, stderr), mode=PROTOCOL_MODE)
 
     def _stopped(self, connection: _Connection, exc: BaseException | None = None) -> MCPServerError:
         if connection.failure is not None:
@@ -306,14 +314,17 @@ class ToolSource(Protocol):
 
 
 def build_toolbox(
-    source: ToolSource, servers: Sequence[str], allow: Sequence[str] | None = None
+    source: ToolSource,
+    servers: Sequence[str],
+    allow: Sequence[str] | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> McpToolbox:
     """The toolbox of `McpSessions.toolbox`, over any tool source: a replayed run offers
     exactly the names, and reports exactly the allow-list errors, of a live one."""
     offered = [(server, tool) for server in dict.fromkeys(servers) for tool in source.tools(server)]
     if allow is not None:
         offered = _allowed(offered, allow, servers)
-    return McpToolbox(source, _exposed_names(offered))
+    return McpToolbox(source, _exposed_names(offered), limits)
 
 
 class McpToolbox:
@@ -322,11 +333,20 @@ class McpToolbox:
     A tool keeps its own name when no other server of the step offers the same one;
     otherwise it is `server__tool`, so both stay reachable. Names that are not valid
     function names are sanitized, and shortened with a hash suffix when too long.
+
+    A result longer than its server's entry in `limits` (default `DEFAULT_MAX_RESULT_CHARS`)
+    is cut for the model; the whole text stays in the result's `full_text`.
     """
 
-    def __init__(self, sessions: ToolSource, routes: Mapping[str, tuple[str, Tool]]) -> None:
+    def __init__(
+        self,
+        sessions: ToolSource,
+        routes: Mapping[str, tuple[str, Tool]],
+        limits: Mapping[str, int] | None = None,
+    ) -> None:
         self._sessions = sessions
         self._routes = dict(routes)
+        self._limits = dict(limits or {})
         self._specs = tuple(
             ToolSpec(name, tool.description or tool.title or "", tool.input_schema)
             for name, (_, tool) in self._routes.items()
@@ -343,7 +363,8 @@ class McpToolbox:
                 f"unknown tool {name!r}; the available tools are: {available}", is_error=True
             )
         server, tool = found
-        return await self._sessions.call_tool(server, tool.name, arguments)
+        result = await self._sessions.call_tool(server, tool.name, arguments)
+        return capped(result, self._limits.get(server, DEFAULT_MAX_RESULT_CHARS))
 
 
 def function_name(label: str, *, salted: bool = False) -> str:

@@ -727,7 +727,22 @@ class _RecordingChat:
         )
 
 
-class RecordingTools:
+class _ToolboxOfSource:
+    """The `toolbox` of a tool source that stands in for the live sessions: built the same
+    way, so it offers the same names and reports the same allow-list errors."""
+
+    def toolbox(
+        self: ToolSource,
+        servers: Sequence[str],
+        allow: Sequence[str] | None,
+        limits: Mapping[str, int] | None = None,
+    ) -> McpToolbox:
+        from .mcp import build_toolbox
+
+        return build_toolbox(self, servers, allow, limits)
+
+
+class RecordingTools(_ToolboxOfSource):
     """A tool provider that records what the live MCP sessions list and answer."""
 
     def __init__(self, source: ToolSource, recorder: Recorder) -> None:
@@ -738,11 +753,6 @@ class RecordingTools:
         listed = self._source.tools(server)
         self._recorder._servers.setdefault(server, listed)
         return listed
-
-    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> McpToolbox:
-        from .mcp import build_toolbox
-
-        return build_toolbox(self, servers, allow)
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         return await self._recorder._record(
@@ -756,7 +766,7 @@ class RecordingTools:
 # --- replaying ----------------------------------------------------------------------------
 
 
-class Replayer:
+class Replayer(_ToolboxOfSource):
     """The cassette in place of LM Studio (a `ChatModel`) and of the MCP sessions (a tool
     source whose tool lists and results come from the cassette: no server runs).
 
@@ -812,11 +822,6 @@ class Replayer:
                 f"the cassette holds no tool list of MCP server {server!r} (it has: {known})"
             )
         return [Tool.model_validate(self._normalize.restore(spec)) for spec in specs]
-
-    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> McpToolbox:
-        from .mcp import build_toolbox
-
-        return build_toolbox(self, servers, allow)
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         normalized = self._normalize(dict(arguments))

@@ -21,6 +21,7 @@ from typing import IO, Any
 from urllib.parse import unquote
 
 from .errors import ConfigurationError
+from .results import FULL_CONTENT
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4
@@ -164,6 +165,8 @@ class JsonlWriter:
     """Writes each event as one JSON line and flushes it, so a crashed run keeps its log.
 
     An existing file is appended to, never overwritten: `--log FILE` twice keeps both runs.
+    A cut tool result's whole text (`full_content`) goes to the file its event names
+    (`full_result`, relative to the log's directory) instead of into the line.
     """
 
     def __init__(self, path: Path) -> None:
@@ -178,7 +181,13 @@ class JsonlWriter:
             ) from None
 
     def __call__(self, event: Event) -> None:
-        self._file.write(json.dumps(event.as_dict(), ensure_ascii=False, default=str) + "\n")
+        line = event.as_dict()
+        whole = line.pop(FULL_CONTENT, None)
+        if isinstance(whole, str):
+            target = self.path.parent / line["full_result"]
+            if not target.exists():  # named by its content: an existing one is this one
+                write_atomic(target, whole)
+        self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -206,6 +215,9 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
 # --- the snapshot view ----------------------------------------------------------------------
 
 VOLATILE_KEYS = frozenset({"seq", "time", "run_id", "duration"})
+KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
+"""Fields a log line never holds (the event's `full_result` file does), left out of the view
+so a snapshot is the same whether it was taken from a file or from memory."""
 MACHINE_EVENTS = frozenset({"notice"})
 """Events about this machine (a model not loaded), not about the exchanges: a replay, which
 checks no models, must give the same view as the run it replays."""
@@ -274,7 +286,12 @@ def snapshot_view(
 
     # Volatile keys go at the top of each event only: a tool argument named `time` stays.
     return [
-        renumber(map_strings({k: v for k, v in event.items() if k not in VOLATILE_KEYS}, place))
+        renumber(
+            map_strings(
+                {k: v for k, v in event.items() if k not in VOLATILE_KEYS | KEPT_ELSEWHERE},
+                place,
+            )
+        )
         for event in events
     ]
 

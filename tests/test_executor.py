@@ -107,9 +107,16 @@ class FakeTools:
         self.servers = servers
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.toolboxes: list[tuple[tuple[str, ...], tuple[str, ...] | None]] = []
+        self.limits: list[Mapping[str, int] | None] = []
 
-    def toolbox(self, servers: Sequence[str], allow: Sequence[str] | None) -> FakeToolbox:
+    def toolbox(
+        self,
+        servers: Sequence[str],
+        allow: Sequence[str] | None,
+        limits: Mapping[str, int] | None = None,
+    ) -> FakeToolbox:
         self.toolboxes.append((tuple(servers), None if allow is None else tuple(allow)))
+        self.limits.append(limits)
         routes = {
             tool: (server, tool)
             for server in servers

@@ -21,6 +21,7 @@ from runner.errors import (
     LLMConnectionError,
     LLMResponseError,
     LLMTimeoutError,
+    LLMTruncatedReplyError,
 )
 from runner.lmstudio import (
     LMStudioClient,
@@ -445,6 +446,47 @@ async def test_a_connection_dropped_mid_request_is_retried_in_full() -> None:
                 await llm.chat(ask())
     assert "gave up after 4 attempts" in caught.value.message
     assert len(accepted) == 4
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_a_reply_cut_mid_body_is_reported_as_truncated(
+    make_fake_lmstudio, stream: bool
+) -> None:
+    lm = make_fake_lmstudio(script=["a long enough answer to be cut"] * 5, cut_body=40)
+    async with client(lm) as llm:
+        with pytest.raises(LLMTruncatedReplyError) as caught:
+            await llm.chat(ask(), stream=stream)
+    message = caught.value.message
+    assert message.startswith("truncated reply:")
+    assert "cannot reach" not in message
+    # The fake cuts after 40 bytes on the wire; a stream's first 4 are chunk framing ("B4\r\n").
+    assert f"cut off after {36 if stream else 40} bytes" in message
+    assert "gave up after 2 attempts" in message
+    assert caught.value.hint and "try again" in caught.value.hint
+    assert caught.value.exit_code == 3
+    assert len(lm.chat_requests) == 2  # retried once, not four times
+
+
+async def test_a_reply_cut_once_is_answered_by_the_retry(make_fake_lmstudio) -> None:
+    lm = make_fake_lmstudio(script=["first", "second"], cut_body=10, cut_times=1)
+    async with client(lm) as llm:
+        answer = await llm.chat(ask())
+    assert answer.content == "second"
+    assert len(lm.chat_requests) == 2
+
+
+async def test_a_stream_that_ends_without_finish_reason_or_done_is_truncated(
+    make_fake_lmstudio,
+) -> None:
+    lm = make_fake_lmstudio(script=["half an answer"] * 2, end_stream_early=True)
+    async with client(lm) as llm:
+        with pytest.raises(LLMTruncatedReplyError) as caught:
+            await llm.chat(ask(), stream=True)
+    message = caught.value.message
+    assert "the stream ended without a finish reason" in message
+    # role + "half " + "an an" + "swer": four chunks, and the bytes the server sent
+    assert "(4 chunks)" in message
+    assert "cannot reach" not in message
 
 
 async def test_down_server_names_the_url_and_how_to_start_it() -> None:

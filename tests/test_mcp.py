@@ -32,7 +32,7 @@ from runner.spec.model import HttpServer, StdioServer
 
 pytestmark = pytest.mark.anyio
 
-FIXTURE_TOOLS = {"echo", "add", "fail", "sleep", "crash", "read_file", "picture", "header"}
+FIXTURE_TOOLS = {"echo", "add", "fail", "sleep", "blob", "crash", "read_file", "picture", "header"}
 
 
 @pytest.fixture

@@ -726,7 +726,7 @@ def test_tools_lists_every_tool_of_every_server_with_its_description(
     run = lmflow(tmp_path, "tools", file, tag=tag)
     assert run.code == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert "fx (8 tools)" in lines
+    assert "fx (9 tools)" in lines
     assert "  fx.echo  Return the text unchanged." in lines
     assert any(line.startswith("  time.convert_time  ") for line in lines)
     assert "time (2 tools)" in lines  # a declared server no step uses is listed too

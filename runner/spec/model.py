@@ -20,6 +20,10 @@ DEFAULT_BASE_URL = "http://localhost:1234"
 DEFAULT_TOKEN_ENV = "LM_API_TOKEN"
 DEFAULT_MAX_ROUNDS = 10
 DEFAULT_TOOL_CALL_TIMEOUT = 60.0
+DEFAULT_MAX_RESULT_CHARS = 50_000
+"""About 12,000 tokens: most of a 16k context. A local model cannot use a result larger than
+the context LM Studio loaded it with (often 4k to 32k tokens); sent whole, such a result
+makes the request fail or pushes the task out of the model's view."""
 
 # A frozen empty mapping, the default for optional maps.
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -92,6 +96,7 @@ class StdioServer:
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     cwd: str | None = None
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
+    max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class HttpServer:
     url: str
     headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
+    max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
 
 
 McpServer = StdioServer | HttpServer
@@ -128,6 +134,7 @@ class Step:
     tool_choice: str | None = None
     timeout: float | None = None
     continue_on_error: bool = False
+    max_result_chars: int | None = None
 
     @property
     def uses_model(self) -> bool:
@@ -221,8 +228,15 @@ def _named(data: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 def _server(name: str, data: Mapping[str, Any]) -> McpServer:
     timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
+    max_result_chars = data.get("max_result_chars", DEFAULT_MAX_RESULT_CHARS)
     if "url" in data:
-        return HttpServer(name, data["url"], frozen(data.get("headers", {})), timeout)
+        return HttpServer(
+            name,
+            data["url"],
+            frozen(data.get("headers", {})),
+            timeout,
+            max_result_chars=max_result_chars,
+        )
     return StdioServer(
         name,
         data["command"],
@@ -230,6 +244,7 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
         frozen(data.get("env", {})),
         data.get("cwd"),
         timeout,
+        max_result_chars=max_result_chars,
     )
 
 
@@ -271,6 +286,7 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
         tool_choice=data.get("tool_choice"),
         timeout=data.get("timeout"),
         continue_on_error=data.get("continue_on_error", False),
+        max_result_chars=data.get("max_result_chars"),
     )
 
 

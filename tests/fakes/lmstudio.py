@@ -13,6 +13,11 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
     token="secret"               every request needs `Authorization: Bearer secret`
     fail_times=2                 the first N requests answer 503
     delay=1.0                    every answer waits this many seconds
+    cut_body=100                 chat answers (plain or streamed) stop after this many bytes
+                                 of body and the connection closes: a reply cut mid-way
+    cut_times=1                  with cut_body: only the first N chat answers are cut
+    end_stream_early=True        streamed answers end cleanly after their content, with no
+                                 finish reason and no [DONE]
     chat_error=(400, {...})      chat completions answer this status and JSON body, e.g.
                                  the string-shaped `{"error": "No models loaded..."}`
     script=[...]                 one item per chat request, in order:
@@ -152,6 +157,9 @@ class FakeLMStudio:
     fail_times: int = 0
     delay: float = 0.0
     chat_error: tuple[int, Any] | None = None
+    cut_body: int | None = None
+    cut_times: int | None = None
+    end_stream_early: bool = False
     script: Sequence[ScriptItem] | None = None
     requests: list[Received] = field(default_factory=list, init=False)
 
@@ -342,8 +350,10 @@ class FakeLMStudio:
             item = self.script[turn]
         message = _assistant_message(item(body) if callable(item) else item, turn)
         usage = _usage(body, message)
+        if self._cutting():
+            handler.wfile = _CutWriter(handler, self.cut_body or 0)  # type: ignore[assignment]
         if body.get("stream"):
-            return _stream(handler, name, message, usage)
+            return _stream(handler, name, message, usage, early=self.end_stream_early)
         finish = "tool_calls" if message.get("tool_calls") else "stop"
         _send(
             handler,
@@ -360,6 +370,55 @@ class FakeLMStudio:
                 "system_fingerprint": name,
             },
         )
+
+    def _cutting(self) -> bool:
+        """Whether this chat answer is cut (counts down `cut_times`)."""
+        if self.cut_body is None:
+            return False
+        with self._lock:
+            if self.cut_times is None:
+                return True
+            if self.cut_times <= 0:
+                return False
+            self.cut_times -= 1
+            return True
+
+
+class _CutWriter:
+    """Passes the status line and headers, then `limit` bytes of body, then closes the
+    connection: what a server that crashed mid-reply looks like to the client."""
+
+    def __init__(self, handler: _Handler, limit: int) -> None:
+        self._handler = handler
+        self._raw = handler.wfile
+        self._body_left = limit
+        self._in_body = False
+
+    def write(self, data: bytes) -> int:
+        if not self._in_body:
+            self._raw.write(data)
+            self._in_body = data.endswith(b"\r\n\r\n")
+            return len(data)
+        if self._body_left <= 0:
+            return len(data)
+        self._raw.write(data[: self._body_left])
+        self._body_left -= len(data)
+        if self._body_left <= 0:
+            self._raw.flush()
+            self._handler.close_connection = True
+            self._handler.connection.shutdown(socket.SHUT_RDWR)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._body_left > 0:
+            self._raw.flush()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._raw.closed)
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 def _copy(model: FakeModel) -> FakeModel:
@@ -430,7 +489,12 @@ def _stream_deltas(message: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _stream(
-    handler: _Handler, model: str, message: Mapping[str, Any], usage: dict[str, int]
+    handler: _Handler,
+    model: str,
+    message: Mapping[str, Any],
+    usage: dict[str, int],
+    *,
+    early: bool = False,
 ) -> None:
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
@@ -448,11 +512,13 @@ def _stream(
         {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
         for d in _stream_deltas(message)
     ]
-    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-    chunks.append({**base, "choices": [], "usage": usage})
+    if not early:
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        chunks.append({**base, "choices": [], "usage": usage})
     for chunk in chunks:
         _write_chunk(handler, f"data: {json.dumps(chunk)}\n\n".encode())
-    _write_chunk(handler, b"data: [DONE]\n\n")
+    if not early:
+        _write_chunk(handler, b"data: [DONE]\n\n")
     handler.wfile.write(b"0\r\n\r\n")
 
 

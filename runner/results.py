@@ -1,0 +1,51 @@
+"""Large tool results: how much of one reaches the model, and where the whole of it is kept.
+
+A tool may answer with megabytes (a log, a table, a file). A local model cannot use more
+than its context holds, so it gets the first `limit` characters and a note that says how
+much was cut and where the whole result is. The whole result travels with the
+`tool_result` event as `full_content`, so it is masked like every event field; the JSONL
+writer moves it into a file of its own beside events.jsonl, so the log line stays small.
+The file is named by the content: a run and its replay cut and name a result alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Any
+
+from .chat import ToolResult
+
+RESULTS_DIR = "results"
+FULL_CONTENT = "full_content"
+"""The event field with a cut result's whole text: in memory only, never written in a line."""
+
+
+def result_file(text: str) -> str:
+    """Where the whole `text` is kept, relative to the run log's directory."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{RESULTS_DIR}/{digest}.txt"
+
+
+def capped(result: ToolResult, limit: int) -> ToolResult:
+    """`result` with at most `limit` characters of text plus a note; the whole text stays in
+    `full_text`. A result within the limit is returned as it is."""
+    text = result.text
+    if len(text) <= limit:
+        return result
+    note = (
+        f"\n[... {len(text) - limit:,} more characters cut (the result has {len(text):,}); "
+        f"the full result is in {result_file(text)} beside the run log]"
+    )
+    return replace(result, text=text[:limit] + note, full_text=text)
+
+
+def full_result_fields(full_text: str | None) -> dict[str, Any]:
+    """The `tool_result` event fields for a cut result: its file, its size, its whole text."""
+    if full_text is None:
+        return {}
+    return {
+        "full_result": result_file(full_text),
+        "full_chars": len(full_text),
+        FULL_CONTENT: full_text,
+    }
