@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import click
@@ -73,6 +72,7 @@ def command(
     lmflow run wf.yaml --record cassettes/wf.yaml   # save the exchanges for tests
     lmflow run wf.yaml --replay cassettes/wf.yaml   # run from them, no LM Studio
     """
+    from .. import signals
     from ..runtime import RunOptions, read_inputs, run_workflow
 
     workflow = load_workflow(workflow_file)
@@ -91,4 +91,4 @@ def command(
         live_tools=live_tools,
     )
     raw_inputs = read_inputs(inputs_file, pairs)
-    return print_result(asyncio.run(run_workflow(workflow, raw_inputs, run_options)), as_json)
+    return print_result(signals.run(run_workflow(workflow, raw_inputs, run_options)), as_json)

@@ -20,6 +20,10 @@ DEFAULT_BASE_URL = "http://localhost:1234"
 DEFAULT_TOKEN_ENV = "LM_API_TOKEN"
 DEFAULT_MAX_ROUNDS = 10
 DEFAULT_TOOL_CALL_TIMEOUT = 60.0
+# The MCP handshake. A stdio server may be fetched first (npx/uvx on first use); an HTTP
+# server is already running, so a slow handshake there means something is wrong.
+DEFAULT_STDIO_STARTUP_TIMEOUT = 30.0
+DEFAULT_HTTP_STARTUP_TIMEOUT = 10.0
 
 # A frozen empty mapping, the default for optional maps.
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -92,6 +96,7 @@ class StdioServer:
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     cwd: str | None = None
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
+    startup_timeout: float = DEFAULT_STDIO_STARTUP_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class HttpServer:
     url: str
     headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
+    startup_timeout: float = DEFAULT_HTTP_STARTUP_TIMEOUT
 
 
 McpServer = StdioServer | HttpServer
@@ -221,8 +227,11 @@ def _named(data: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 def _server(name: str, data: Mapping[str, Any]) -> McpServer:
     timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
+    startup = (
+        {"startup_timeout": float(data["startup_timeout"])} if "startup_timeout" in data else {}
+    )
     if "url" in data:
-        return HttpServer(name, data["url"], frozen(data.get("headers", {})), timeout)
+        return HttpServer(name, data["url"], frozen(data.get("headers", {})), timeout, **startup)
     return StdioServer(
         name,
         data["command"],
@@ -230,6 +239,7 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
         frozen(data.get("env", {})),
         data.get("cwd"),
         timeout,
+        **startup,
     )
 
 
