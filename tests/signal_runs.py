@@ -125,9 +125,14 @@ def wait_for_event(
 
 
 def stop(
-    process: subprocess.Popen[str], cwd: Path, signals: Sequence[int], gap: float = 0.05
+    process: subprocess.Popen[str],
+    cwd: Path,
+    signals: Sequence[int],
+    gap: float = 0.05,
+    within: float = 60.0,
 ) -> SignalledRun:
-    """Send `signals` (`gap` seconds apart) unless lmflow has already exited; wait for it."""
+    """Send `signals` (`gap` seconds apart) unless lmflow has already exited; wait for it
+    (`within` seconds at most, then it is killed: exit code -9)."""
     try:
         signalled = process.poll() is None
         sent = time.monotonic()
@@ -136,9 +141,11 @@ def stop(
                 break
             process.send_signal(signum)
             time.sleep(gap)
-        while process.poll() is None:
+        while process.poll() is None and time.monotonic() - sent < within:
             time.sleep(0.002)
         latency = time.monotonic() - sent
+        if process.poll() is None:
+            process.kill()
         _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:

@@ -308,3 +308,18 @@ def test_load_workflow_raises_with_every_problem(tmp_path: Path) -> None:
         load_workflow(path)
     assert raised.value.exit_code == 2
     assert sorted(p.rule for p in raised.value.problems) == ["unknown-step", "wrong-type"]
+
+
+def test_startup_timeout_per_server_with_defaults_by_transport(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "version: 1\n"
+        "mcp_servers:\n"
+        "  slow: {command: npx, startup_timeout: 90}\n"
+        "  quick: {command: uvx}\n"
+        "  web: {url: 'http://127.0.0.1:1/mcp'}\n"
+        "steps:\n  - {id: a, model: m, prompt: hi, mcp: [slow, quick, web]}\n"
+    )
+    servers = load_workflow(path).mcp_servers
+    timeouts = {name: server.startup_timeout for name, server in servers.items()}
+    assert timeouts == {"slow": 90.0, "quick": 30.0, "web": 10.0}

@@ -66,7 +66,7 @@ def command(
 
     Exit code 0 when every step succeeded, 1 when a step failed, 2 for an invalid workflow
     or input, 3 when LM Studio, a model or an MCP server is not ready (or a replayed
-    cassette lacks a request), 130 on Ctrl-C.
+    cassette lacks a request), 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP.
 
     \b
     lmflow run wf.yaml --record cassettes/wf.yaml   # save the exchanges for tests
