@@ -3,17 +3,20 @@ and `lmflow validate` never pay for mcp or httpx; errors become exit codes here,
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
 import logging
+import os
+import signal
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, LmflowError
+from .errors import LmflowError, Stopped
 
 # name -> "module:attribute"; each module in runner/commands/ defines one click command.
 COMMANDS: dict[str, str] = {
@@ -83,7 +86,8 @@ def cli() -> None:
 
     \b
     Exit codes: 0 ok, 1 a step failed, 2 invalid workflow or command line,
-    3 environment not ready (LM Studio, model, MCP server), 130 interrupted.
+    3 environment not ready (LM Studio, model, MCP server), 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).
     """
 
 
@@ -106,18 +110,65 @@ def _quiet_libraries() -> None:
         logger.propagate = False
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
-    """The console-script entry point."""
-    _quiet_libraries()
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does (runner/signals.py takes over
+    while a command's async work runs); a signal the caller ignores (nohup) stays ignored.
+    Returns the handlers to put back."""
+    previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if previous[signum] != signal.SIG_IGN:
+            signal.signal(signum, _raise_stopped)
+    return previous
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run the command; every way it can end becomes an exit code here, once."""
     try:
         code = cli.main(args=argv, prog_name="lmflow", standalone_mode=False)
     except LmflowError as error:
         report(error)
-        sys.exit(error.exit_code)
+        return error.exit_code
     except click.ClickException as error:
         error.show()
-        sys.exit(error.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(code if isinstance(code, int) else 0)
+        return error.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort) as error:
+        # click turns a KeyboardInterrupt into an Abort; the signal is in its cause.
+        cause = error.__cause__ if isinstance(error, click.exceptions.Abort) else error
+        stopped = cause if isinstance(cause, Stopped) else Stopped()
+        click.echo(stopped.reason, err=True)
+        return stopped.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The console-script entry point (`argv` None: the program itself).
+
+    The program exits without the interpreter's teardown: once the mcp SDK's thousands of
+    pydantic classes are loaded that takes most of a second, after the servers and the log
+    are closed, and a stop signal arriving in it could only end in a traceback. Called
+    with `argv` (tests, other Python code) it raises SystemExit and puts the signal
+    handlers back instead.
+    """
+    _quiet_libraries()
+    previous = _stop_on_signals()
+    try:
+        code = _run(argv)
+    finally:
+        if argv is not None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    if argv is not None:
+        sys.exit(code)
+    for signum in STOP_SIGNALS:  # the command is over: nothing left to stop
+        signal.signal(signum, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

@@ -3,6 +3,7 @@ CLI turns any lmflow error into the right code without a table of special cases.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ EXIT_OK = 0
 EXIT_STEP_FAILED = 1
 EXIT_INVALID = 2
 EXIT_ENVIRONMENT = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143, SIGHUP 129 (see Stopped)
 
 
 class LmflowError(Exception):
@@ -153,3 +154,26 @@ class ToolExecutionError(LmflowError):
 
 class StepFailedError(LmflowError):
     """A step failed: rounds ran out, timeout, output did not match its schema, a server died."""
+
+
+# --- 128 + signal number: a stop signal ended the command ---------------------------------
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP stopped the command. A KeyboardInterrupt, so every
+    clean-up written for Ctrl-C runs for the other two as well."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def reason(self) -> str:
+        """The wording of the run log and the terminal."""
+        if self.signum == signal.SIGINT:
+            return "interrupted"
+        return f"terminated by {signal.Signals(self.signum).name}"

@@ -26,11 +26,11 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from mcp import Client, MCPError, StdioServerParameters
+from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import (
@@ -46,14 +46,13 @@ from mcp.types import (
 
 from .chat import ToolResult, ToolSpec
 from .errors import MCPServerError
-from .mcp_stdio import stdio_transport
 from .results import capped
 from .spec.model import DEFAULT_MAX_RESULT_CHARS, HttpServer, McpServer, StdioServer, thawed
+from .stdio_server import stdio_transport
 
 # The classic initialize handshake: every server speaks it, 1.x and 2.x alike. "auto" would
 # first probe the 2026-07-28 protocol, and a 1.x server logs a traceback for each probe.
 PROTOCOL_MODE = "legacy"
-DEFAULT_START_TIMEOUT = 60.0
 STDERR_TAIL_LINES = 20
 _STDERR_TAIL_BYTES = 8192
 _MAX_TOOL_PAGES = 1000
@@ -79,16 +78,16 @@ class McpSessions:
     """The MCP servers of one run: `async with McpSessions(servers) as sessions: ...`.
 
     `servers` maps a name to a server whose fields are already rendered. Entering starts
-    every server (concurrently) and lists its tools; a server that will not start raises
-    `MCPServerError` after the others are closed again. Leaving closes every server, also on
-    an exception or a cancellation; the SDK runs each stdio server in a session of its own
-    and kills that whole process group when the server does not exit on its own.
+    every server (concurrently, each within its `startup_timeout`) and lists its tools; a
+    server that will not start raises `MCPServerError` after the others are closed again.
+    Leaving closes every server, also on an exception or a cancellation, with everything it
+    started in its process group and session (runner/stdio_server.py).
     Stdio servers write their stderr to `<log_dir>/mcp-<name>.stderr.log` (a temporary
     directory, removed at the end, when `log_dir` is None): never to the terminal.
 
     `redact` masks secrets in every message this class writes (a command line, URL or
     stderr tail may hold a value rendered from `{{ env.X }}`, and errors reach the terminal)
-    and, once the servers have stopped, in the stderr logs left in `log_dir`.
+    and in the stderr logs, as each line is written.
     """
 
     def __init__(
@@ -96,12 +95,10 @@ class McpSessions:
         servers: Mapping[str, McpServer],
         *,
         log_dir: Path | None = None,
-        start_timeout: float = DEFAULT_START_TIMEOUT,
         redact: Callable[[str], str] | None = None,
     ) -> None:
         self._servers = dict(servers)
         self._log_dir = log_dir
-        self._start_timeout = start_timeout
         self._redact = redact or _unchanged
         self._connections: dict[str, _Connection] = {}
         self._closing = anyio.Event()
@@ -114,8 +111,6 @@ class McpSessions:
             self._stack.callback(shutil.rmtree, stderr_dir, ignore_errors=True)
         else:
             stderr_dir.mkdir(parents=True, exist_ok=True)
-            # Registered first, so it runs last: once every server has stopped writing.
-            self._stack.callback(self._redact_stderr_logs)
         try:
             owners = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(self._closing.set)
@@ -144,18 +139,6 @@ class McpSessions:
     ) -> None:
         # Not handed the exception: the owners' task group would wrap it in a group.
         await self._stack.aclose()
-
-    def _redact_stderr_logs(self) -> None:
-        """A server may print what it was given (a token in its arguments); its log stays in
-        the run directory, so the secrets are masked there too."""
-        for connection in self._connections.values():
-            path = connection.stderr_path
-            if path is None or not path.is_file():
-                continue
-            text = path.read_text(encoding="utf-8", errors="replace")
-            masked = self._redact(text)
-            if masked != text:
-                path.write_text(masked, encoding="utf-8")
 
     def tools(self, server: str) -> list[Tool]:
         """Every tool the server offers (all pages), as the SDK describes them."""
@@ -215,15 +198,18 @@ class McpSessions:
     async def _start(
         self, owners: TaskGroup, connection: _Connection, failures: dict[str, str]
     ) -> None:
-        """Start one server in its own task, within the start timeout; record a failure."""
+        """Start one server in its own task, within its start-up timeout; record a failure."""
+        timeout = connection.server.startup_timeout
         try:
-            with anyio.move_on_after(self._start_timeout) as deadline:
+            with anyio.move_on_after(timeout) as deadline:
                 await owners.start(self._serve, connection)
         except Exception as exc:
             failures[connection.name] = self._describe_failure(connection, _reason(exc))
             return
         if deadline.cancelled_caught:
-            reason = f"no answer to the handshake within {self._start_timeout:g}s"
+            reason = (
+                f"no answer to the handshake within {timeout:g}s (startup_timeout in its settings)"
+            )
             failures[connection.name] = self._describe_failure(connection, reason)
 
     async def _serve(
@@ -260,16 +246,8 @@ class McpSessions:
             )
             return Client(streamable_http_client(server.url, http_client=http), mode=PROTOCOL_MODE)
         assert connection.stderr_path is not None
-        stderr: TextIO = stack.enter_context(
-            connection.stderr_path.open("w", encoding="utf-8", errors="replace")
-        )
-        parameters = StdioServerParameters(
-            command=server.command,
-            args=list(server.args),
-            env=dict(server.env) or None,
-            cwd=server.cwd,
-        )
-        return Client(stdio_transport(parameters, stderr), mode=PROTOCOL_MODE)
+        transport = stdio_transport(server, connection.stderr_path, self._redact)
+        return Client(transport, mode=PROTOCOL_MODE)
 
     def _stopped(self, connection: _Connection, exc: BaseException | None = None) -> MCPServerError:
         if connection.failure is not None:
@@ -459,6 +437,8 @@ def _reason(exc: BaseException) -> str:
     inner = getattr(exc, "exceptions", None)
     if inner:
         return "; ".join(dict.fromkeys(_reason(e) for e in inner))
+    if isinstance(exc, NotADirectoryError):
+        return f"working directory not found: {exc.filename} (check cwd in its settings)"
     if isinstance(exc, FileNotFoundError):
         return f"command not found: {exc.filename or exc}"
     if isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED:

@@ -125,6 +125,9 @@ class SecretEnv:
     def __getitem__(self, name: str) -> str:
         return self._values[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
     __iter__ = None  # not iterable: list(env) raises TypeError instead of trying env[0], ...
 
 

@@ -32,6 +32,7 @@ from .executor import (
 )
 from .history import RUNS_DIR
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
+from .signals import stop_reason
 from .spec.load import read_document
 from .spec.model import HttpServer, Input, McpServer, StdioServer, Step, Workflow
 
@@ -270,8 +271,8 @@ async def execute(
         # missed a request): exit 3, with whatever steps ran.
         ending = ("error", error.message)
         raise
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        ending = ("interrupted", "interrupted")
+    except (KeyboardInterrupt, asyncio.CancelledError) as error:
+        ending = ("interrupted", stop_reason(error))
         raise
     except BaseException as error:
         ending = ("error", f"{type(error).__name__}: {error}")

@@ -971,7 +971,7 @@ def test_an_unset_variable_in_server_settings_names_server_field_and_variable() 
         """
     )
     log = RunLog("run-1")
-    context = base_context(workflow, {}, SecretEnv(log.redactor, {}), "run-1", None, "now")
+    context = base_context(workflow, {}, SecretEnv((), log.redactor, {}), "run-1", None, "now")
     with pytest.raises(MCPServerError) as unset:
         render_servers(workflow, ["gh"], context)
     assert unset.value.exit_code == EXIT_ENVIRONMENT
@@ -985,7 +985,7 @@ def test_an_unset_variable_in_server_settings_names_server_field_and_variable() 
     assert broken.value.exit_code == EXIT_INVALID
     assert "MCP server 'web' setting headers.X-Depth: " in broken.value.message
     assert "ZeroDivisionError" in broken.value.message
-    context["env"] = SecretEnv(log.redactor, {"GITHUB_TOKEN": "s3cret"})
+    context["env"] = SecretEnv(["GITHUB_TOKEN"], log.redactor, {"GITHUB_TOKEN": "s3cret"})
     assert render_servers(workflow, ["gh"], context)["gh"].env == {"TOKEN": "s3cret"}
 
 

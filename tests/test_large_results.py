@@ -17,12 +17,12 @@ from fakes.lmstudio import FakeLMStudio, FakeModel
 from mcp_support import FIXTURE_SERVER, TAG_VARIABLE, new_tag, wait_until_gone
 
 from runner.chat import ToolResult
-from runner.mcp_stdio import LineSplitter
 from runner.results import capped, result_file
 from runner.runlog import Event, snapshot_view
 from runner.runtime import RunOptions, run_workflow
 from runner.spec import check_file, load_workflow
 from runner.spec.model import DEFAULT_MAX_RESULT_CHARS
+from runner.stdio_server import LineSplitter
 
 MODEL = "qwen/qwen3-4b"
 LINE = "0123456789abcdef" * 4 + "\n"

@@ -8,10 +8,12 @@ can prove from /proc that no process of its servers outlives the sessions.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -63,6 +65,20 @@ async def test_stderr_goes_to_the_log_dir_not_the_terminal(
         pass
     assert "fixture server fx starting" in (tmp_path / "mcp-fx.stderr.log").read_text()
     assert "fixture server" not in capfd.readouterr().err
+
+
+async def test_stderr_is_masked_as_it_is_written_not_when_the_server_stops(
+    tag: str, tmp_path: Path
+) -> None:
+    """A run killed outright never gets to clean up: the log must be masked already."""
+    secret = "s3cr3t-name"
+    server = fixture_server(secret, tag=tag)
+    redact = lambda text: text.replace(secret, "***")  # noqa: E731
+    async with McpSessions({"fx": server}, log_dir=tmp_path, redact=redact):
+        while_running = (tmp_path / "mcp-fx.stderr.log").read_text()
+    assert "fixture server *** starting" in while_running
+    assert secret not in while_running
+    assert secret not in (tmp_path / "mcp-fx.stderr.log").read_text()
 
 
 async def test_results_text_structured_errors_and_other_content(tag: str) -> None:
@@ -150,6 +166,16 @@ async def test_a_missing_command_names_the_server_and_the_command() -> None:
     assert "command: lmflow-no-such-command --serve x" in raised.value.message
 
 
+async def test_a_missing_working_directory_is_named_as_such(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    server = StdioServer("fx", sys.executable, ("-c", "pass"), cwd=str(missing))
+    with pytest.raises(MCPServerError) as raised:
+        async with McpSessions({"fx": server}):
+            pytest.fail("the body must not run")
+    assert f"working directory not found: {missing}" in raised.value.message
+    assert "command not found" not in raised.value.message
+
+
 async def test_a_crash_at_start_shows_the_stderr_tail_and_stops_the_other_servers(
     tag: str,
 ) -> None:
@@ -211,9 +237,10 @@ async def test_a_server_that_never_answers_the_handshake_times_out(tag: str) -> 
         sys.executable,
         ("-c", "import sys, time; print('thinking', file=sys.stderr, flush=True); time.sleep(60)"),
         env={TAG_VARIABLE: tag},
+        startup_timeout=1,
     )
     with pytest.raises(MCPServerError) as raised:
-        async with McpSessions({"mute": mute}, start_timeout=1):
+        async with McpSessions({"mute": mute}):
             pytest.fail("the body must not run")
     assert "no answer to the handshake within 1s" in raised.value.message
     assert wait_until_gone(tag) == []
@@ -310,7 +337,7 @@ async def test_http_server_that_is_not_there_will_not_start() -> None:
     with http_fixture() as (url, _):
         pass  # the port is free again
     with pytest.raises(MCPServerError) as raised:
-        async with McpSessions({"web": HttpServer("web", url)}, start_timeout=20):
+        async with McpSessions({"web": HttpServer("web", url)}):
             pytest.fail("the body must not run")
     assert "MCP server 'web' would not start" in raised.value.message
     assert "ConnectError" in raised.value.message
@@ -390,6 +417,27 @@ async def test_no_process_left_after_an_exception_in_the_body(tag: str) -> None:
         async with McpSessions(servers):
             assert len(tagged_processes(tag)) == 2
             raise ValueError("step blew up")
+    assert wait_until_gone(tag) == []
+
+
+@pytest.mark.parametrize(
+    "prelude",
+    [
+        "sleep 300 &",  # the server's own process group
+        "set -m; sleep 300 &",  # job control: a process group of its own, same session
+    ],
+)
+async def test_what_a_server_starts_in_the_background_goes_with_it(tag: str, prelude: str) -> None:
+    """The server exits on stdin EOF at once; what it left running must still go."""
+    fixture = fixture_server("fx", tag=tag)
+    server = replace(
+        fixture,
+        command="bash",
+        args=("-c", f"{prelude} exec {shlex.join([fixture.command, *fixture.args])}"),
+    )
+    async with McpSessions({"fx": server}) as sessions:
+        assert len(tagged_processes(tag)) == 2
+        assert (await sessions.call_tool("fx", "echo", {"text": "hi"})).text == "hi"
     assert wait_until_gone(tag) == []
 
 

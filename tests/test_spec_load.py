@@ -341,3 +341,18 @@ def test_an_alias_inside_its_own_anchor_is_refused_at_the_anchor() -> None:
     [problem] = parse_document("version: 1\n" + ALIAS_LOOP).problems
     assert problem.rule == "yaml-alias-loop"
     assert (problem.line, problem.col) == (2, 4)
+
+
+def test_startup_timeout_per_server_with_defaults_by_transport(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "version: 1\n"
+        "mcp_servers:\n"
+        "  slow: {command: npx, startup_timeout: 90}\n"
+        "  quick: {command: uvx}\n"
+        "  web: {url: 'http://127.0.0.1:1/mcp'}\n"
+        "steps:\n  - {id: a, model: m, prompt: hi, mcp: [slow, quick, web]}\n"
+    )
+    servers = load_workflow(path).mcp_servers
+    timeouts = {name: server.startup_timeout for name, server in servers.items()}
+    assert timeouts == {"slow": 90.0, "quick": 30.0, "web": 10.0}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import click
@@ -66,6 +65,7 @@ def command(
     lmflow agent --server time='python -m mcp_server_time' --mcp time \\
                  --model qwen/qwen3-4b-2507 "What time is it in Tokyo?"
     """
+    from .. import signals
     from ..runtime import (
         RunOptions,
         one_off_workflow,
@@ -96,4 +96,4 @@ def command(
         sinks=(ConsoleView(0 if quiet else 1),),
     )
     raw_inputs = read_inputs(inputs_file, pairs)
-    return print_result(asyncio.run(run_workflow(workflow, raw_inputs, run_options)), as_json)
+    return print_result(signals.run(run_workflow(workflow, raw_inputs, run_options)), as_json)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import click
@@ -67,12 +66,13 @@ def command(
 
     Exit code 0 when every step succeeded, 1 when a step failed, 2 for an invalid workflow
     or input, 3 when LM Studio, a model or an MCP server is not ready (or a replayed
-    cassette lacks a request), 130 on Ctrl-C.
+    cassette lacks a request), 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP.
 
     \b
     lmflow run wf.yaml --record cassettes/wf.yaml   # save the exchanges for tests
     lmflow run wf.yaml --replay cassettes/wf.yaml   # run from them, no LM Studio
     """
+    from .. import signals
     from ..runtime import RunOptions, read_inputs, run_workflow
 
     workflow = load_workflow(workflow_file)
@@ -91,4 +91,4 @@ def command(
         live_tools=live_tools,
     )
     raw_inputs = read_inputs(inputs_file, pairs)
-    return print_result(asyncio.run(run_workflow(workflow, raw_inputs, run_options)), as_json)
+    return print_result(signals.run(run_workflow(workflow, raw_inputs, run_options)), as_json)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -23,10 +22,11 @@ def command(
 
     This is how to find what a step may list under `tools:` or call with `tool:`.
     """
+    from .. import signals
     from ..runtime import list_tools, read_inputs
 
     workflow = load_workflow(workflow_file)
-    found = asyncio.run(list_tools(workflow, read_inputs(inputs_file, pairs)))
+    found = signals.run(list_tools(workflow, read_inputs(inputs_file, pairs)))
     if as_json:
         payload = {
             server: [{"name": n, "description": d} for n, d in tools]

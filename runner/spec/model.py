@@ -24,6 +24,10 @@ DEFAULT_MAX_RESULT_CHARS = 50_000
 """About 12,000 tokens: most of a 16k context. A local model cannot use a result larger than
 the context LM Studio loaded it with (often 4k to 32k tokens); sent whole, such a result
 makes the request fail or pushes the task out of the model's view."""
+# The MCP handshake. A stdio server may be fetched first (npx/uvx on first use); an HTTP
+# server is already running, so a slow handshake there means something is wrong.
+DEFAULT_STDIO_STARTUP_TIMEOUT = 30.0
+DEFAULT_HTTP_STARTUP_TIMEOUT = 10.0
 
 # A frozen empty mapping, the default for optional maps.
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -97,6 +101,7 @@ class StdioServer:
     cwd: str | None = None
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
+    startup_timeout: float = DEFAULT_STDIO_STARTUP_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class HttpServer:
     headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
+    startup_timeout: float = DEFAULT_HTTP_STARTUP_TIMEOUT
 
 
 McpServer = StdioServer | HttpServer
@@ -229,6 +235,9 @@ def _named(data: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _server(name: str, data: Mapping[str, Any]) -> McpServer:
     timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
     max_result_chars = data.get("max_result_chars", DEFAULT_MAX_RESULT_CHARS)
+    startup = (
+        {"startup_timeout": float(data["startup_timeout"])} if "startup_timeout" in data else {}
+    )
     if "url" in data:
         return HttpServer(
             name,
@@ -236,6 +245,7 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
             frozen(data.get("headers", {})),
             timeout,
             max_result_chars=max_result_chars,
+            **startup,
         )
     return StdioServer(
         name,
@@ -245,6 +255,7 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
         data.get("cwd"),
         timeout,
         max_result_chars=max_result_chars,
+        **startup,
     )
 
 

@@ -1,0 +1,93 @@
+"""The process trees lmflow starts, and how they end.
+
+Each MCP server starts as the leader of a new session (and so of a new process group).
+Whatever it starts stays in that group and session unless it leaves them on purpose, so
+"the server's processes" are the members of its group and session: `stop_tree` signals
+all of them, whether or not the leader is still alive. A descendant that starts a session
+of its own (`setsid`) leaves both and is out of reach; docs/running.md says so.
+
+`kill_all` is for the second Ctrl-C: it kills every tree still registered at once, from a
+signal handler, without waiting for anything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+import anyio
+
+_PROC = Path("/proc")
+_POLL_INTERVAL = 0.01
+_KILL_TIMEOUT = 1.0
+"""Seconds for SIGKILLed processes to die; only an unkillable one (stuck in I/O) runs it out."""
+
+_live: set[int] = set()
+"""Leaders (group and session ids) of the trees started and not yet stopped."""
+
+
+def register(leader: int) -> None:
+    _live.add(leader)
+
+
+def kill_all() -> None:
+    """SIGKILL every registered tree now."""
+    for leader in list(_live):
+        signal_tree(leader, signal.SIGKILL)
+
+
+def members(leader: int) -> list[int]:
+    """The live processes of `leader`'s process group and session (Linux reads /proc; other
+    systems see only whether the group has a member left, reported as the leader's id)."""
+    if not _PROC.is_dir():
+        try:
+            os.killpg(leader, 0)
+        except OSError:
+            return []
+        return [leader]
+    found = []
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # After the ")" that ends the command name: state, ppid, pgrp, session.
+            state, _, group, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue  # it ended while we looked
+        if state != "Z" and leader in (int(group), int(session)):
+            found.append(int(entry.name))
+    return found
+
+
+def signal_tree(leader: int, signum: int) -> None:
+    """Send `signum` to `leader`'s process group and to every other member of its session."""
+    targets = set(members(leader)) if sys.platform == "linux" else set()
+    with suppress(OSError):  # the group is empty (or gone)
+        os.killpg(leader, signum)
+    for pid in targets:
+        with suppress(OSError):
+            os.kill(pid, signum)
+
+
+async def stop_tree(leader: int, grace: float) -> None:
+    """SIGTERM the whole tree, SIGKILL what is left after `grace` seconds, and wait (boundedly)
+    until it is gone; then forget it."""
+    try:
+        if members(leader):
+            signal_tree(leader, signal.SIGTERM)
+            if not await _gone(leader, grace):
+                signal_tree(leader, signal.SIGKILL)
+                await _gone(leader, _KILL_TIMEOUT)
+    finally:
+        _live.discard(leader)
+
+
+async def _gone(leader: int, within: float) -> bool:
+    with anyio.move_on_after(within):
+        while members(leader):
+            await anyio.sleep(_POLL_INTERVAL)
+        return True
+    return False
