@@ -20,7 +20,7 @@ from .agent import AgentLimits, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
 from .errors import InputError, LmflowError, StepFailedError, ToolExecutionError
 from .runlog import DIRECT_CALL_ID, RunLog, SecretEnv
-from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow, strings_in, thawed
+from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow, thawed
 
 StepStatus = Literal["succeeded", "failed", "skipped"]
 RunStatus = Literal["succeeded", "failed", "interrupted", "error"]
@@ -111,61 +111,9 @@ def _parse_input(kind: str, value: Any) -> Any:
 # --- plan ---------------------------------------------------------------------------------
 
 
-def _step_templates(step: Step) -> list[tuple[str, bool]]:
-    """A step's template fields: (text, is it an `if:` condition)."""
-    texts = [(t, False) for t in (step.prompt, step.system, step.name) if t]
-    texts += [(t, False) for _, t in strings_in(step.with_)]
-    if isinstance(step.if_, str):
-        texts.append((step.if_, True))
-    return texts
-
-
-def _server_templates(server: McpServer) -> list[str]:
-    if isinstance(server, StdioServer):
-        return [server.command, *server.args, *server.env.values(), server.cwd or ""]
-    return [server.url, *server.headers.values()]
-
-
-def _references(texts: list[tuple[str, bool]]) -> list[templating.Reference]:
-    found: list[templating.Reference] = []
-    for text, is_condition in texts:
-        if is_condition:
-            found += templating.references(templating.parse_condition(text))
-        elif templating.is_template(text):
-            found += templating.references(templating.parse_template(text))
-    return found
-
-
-def step_references(step: Step) -> set[str]:
-    """Ids of the steps a step's templates read."""
-    return {
-        ref.path[0]
-        for ref in _references(_step_templates(step))
-        if ref.root == "steps" and ref.path and isinstance(ref.path[0], str)
-    }
-
-
-def env_names(workflow: Workflow) -> set[str]:
-    """The environment variables the workflow's templates read (`env.NAME`): their values
-    are secrets from the first event on, before any template has read them."""
-    texts = [t for step in workflow.steps for t in _step_templates(step)]
-    texts += [
-        (t, False) for server in workflow.mcp_servers.values() for t in _server_templates(server)
-    ]
-    texts += [(t, False) for _, t in strings_in(workflow.outputs)]
-    return {str(ref.path[0]) for ref in _references(texts) if ref.root == "env" and ref.path}
-
-
-def dependencies(workflow: Workflow) -> dict[str, set[str]]:
-    """For each step, the steps it waits for: `needs:` plus the steps its templates read."""
-    return {
-        step.id: (set(step.needs) | step_references(step)) - {step.id} for step in workflow.steps
-    }
-
-
 def plan(workflow: Workflow) -> list[Step]:
     """Steps in the order they run: file order, moved only as far as `needs:` requires."""
-    waits = dependencies(workflow)
+    waits = workflow.plan.dependencies()
     done: set[str] = set()
     order: list[Step] = []
     pending = list(workflow.steps)
@@ -327,7 +275,7 @@ class Executor:
         self.tools = tools
         self.log = log
         self.context = context
-        self.waits = dependencies(workflow)
+        self.waits = workflow.plan.dependencies()
         self.result = RunResult(log.run_id, workflow.name, "succeeded", self.inputs)
 
     async def run(self) -> RunResult:

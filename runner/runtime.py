@@ -27,7 +27,6 @@ from .executor import (
     ToolProvider,
     base_context,
     coerce_inputs,
-    env_names,
     render_servers,
     servers_in_use,
 )
@@ -113,7 +112,7 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
         log.subscribe(writer)
     for sink in options.sinks:
         log.subscribe(sink)
-    for name in env_names(workflow):
+    for name in sorted(workflow.plan.env_names):
         redactor.add(os.environ.get(name))
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, SecretEnv(redactor), run_id, run_dir, started_at)

@@ -25,8 +25,11 @@ from jinja2.exceptions import (
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ROOTS = ("inputs", "steps", "env", "workflow", "run")
+ITEM_NAMES = ("item", "loop")
+"""What a `for_each:` step adds to its own templates: the current item and its position."""
 
 __all__ = [
+    "ITEM_NAMES",
     "ROOTS",
     "Reference",
     "TemplateError",

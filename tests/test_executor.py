@@ -22,7 +22,6 @@ from runner.executor import (
     RunResult,
     base_context,
     coerce_inputs,
-    dependencies,
     plan,
 )
 from runner.runlog import MASK, Event, RunLog, SecretEnv
@@ -376,7 +375,7 @@ def test_references_in_prompt_if_and_with_are_dependencies() -> None:
             with: {path: "{{ steps.c.output }}", rest: ["{{ steps.d.output }}"]}
         """
     )
-    waits = dependencies(workflow)
+    waits = workflow.plan.dependencies()
     assert waits["d"] == {"a", "b"}
     assert waits["e"] == {"c", "d"}
     assert waits["a"] == set()

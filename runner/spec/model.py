@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .source import JsonPath, Position, SourceMap
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
 
@@ -156,6 +160,13 @@ class Workflow:
     steps: tuple[Step, ...] = ()
     outputs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
+
+    @cached_property
+    def plan(self) -> Plan:
+        """The dependency graph, template fields and env names, computed once."""
+        from .plan import plan_workflow  # plan.py builds on this module
+
+        return plan_workflow(self)
 
     def model_reference(self, step: Step) -> tuple[str | None, tuple[str | int, ...]]:
         """The model name a step asks for (before alias resolution) and where it was written."""
