@@ -42,7 +42,16 @@ from .errors import (
     MCPServerError,
     ReplayMissError,
 )
-from .runlog import Event, Redactor, RunLog, map_strings, renumber_ids, write_atomic
+from .runlog import (
+    Event,
+    Redactor,
+    RunLog,
+    Scope,
+    current_scope,
+    map_strings,
+    renumber_ids,
+    write_atomic,
+)
 
 if TYPE_CHECKING:
     from mcp.types import Tool
@@ -76,6 +85,7 @@ class LlmExchange:
     request: dict[str, Any]
     response: dict[str, Any] | None = None
     error: dict[str, str] | None = None
+    item: int | None = None
 
 
 @dataclass
@@ -89,9 +99,12 @@ class ToolExchange:
     arguments: Any
     result: dict[str, Any] | None = None
     error: dict[str, str] | None = None
+    item: int | None = None
 
 
 Exchange = LlmExchange | ToolExchange
+_Key = tuple[str | None, int | None, str]
+"""Step, item and request: what a replayed answer is found by."""
 
 
 @dataclass
@@ -150,6 +163,7 @@ class Cassette:
                         item.get("arguments") or {},
                         None if result is None else {"text": "", "is_error": False, **result},
                         item.get("error"),
+                        item.get("item"),
                     )
                 )
                 continue
@@ -175,6 +189,7 @@ class Cassette:
                     request,
                     item.get("response"),
                     item.get("error"),
+                    item.get("item"),
                 )
             )
         return cassette
@@ -189,6 +204,7 @@ class Cassette:
                     "n": exchange.n,
                     "kind": "tool",
                     "step": exchange.step,
+                    **_item_of(exchange),
                     "server": exchange.server,
                     "tool": exchange.tool,
                     "arguments": exchange.arguments,
@@ -216,6 +232,7 @@ class Cassette:
                 "n": exchange.n,
                 "kind": "llm",
                 "step": exchange.step,
+                **_item_of(exchange),
                 "round": exchange.round,
                 "request": request,
             }
@@ -239,6 +256,12 @@ class Cassette:
             raise CassetteError(
                 f"cannot write the cassette {path}: {error.strerror or error}"
             ) from None
+
+
+def _item_of(exchange: Exchange) -> dict[str, int]:
+    """The `item` key of an exchange inside a `for_each` item; absent elsewhere, so cassettes
+    of workflows without `for_each` keep their format."""
+    return {} if exchange.item is None else {"item": exchange.item}
 
 
 def _with_error(item: dict[str, Any], error: Mapping[str, str] | None) -> dict[str, Any]:
@@ -455,6 +478,7 @@ _SCHEMA: dict[str, Any] = {
                     "n": {"type": "integer"},
                     "kind": {"enum": ["llm", "tool"]},
                     "step": _TEXT,
+                    "item": {"type": ["integer", "null"]},
                     "error": _ERROR,
                 },
                 "allOf": [
@@ -634,27 +658,45 @@ def _tool_spec(tool: Tool) -> dict[str, Any]:
 
 
 class _Position:
-    """Which step and round the run is in (the run log knows, the model and tools do not),
-    and whether a step failed: how the recorded run ended."""
+    """Where each request of the run belongs: its step and item (from the executor's scope,
+    so concurrent steps are told apart) and its round (the latest one that scope's events
+    named); also whether a step failed, and the run's step order (how the recorded run
+    ended, and how its exchanges are ordered in the file)."""
 
     def __init__(self, log: RunLog) -> None:
-        self.step: str | None = None
-        self.round: int | None = None
+        self.rounds: dict[Scope, int | None] = {}
+        self.order: dict[str, int] = {}
         self.failed = False
         log.subscribe(self)
 
     def __call__(self, event: Event) -> None:
-        if event.type == "step_started":
-            self.step, self.round = event.step, None
-        elif event.type in ("llm_request", "tool_call"):
-            self.round = event.data.get("round")
+        if event.type == "run_started":
+            self.order = {step: i for i, step in enumerate(event.data.get("steps") or ())}
+        elif event.type in ("llm_request", "tool_call") and event.step is not None:
+            self.rounds[Scope(event.step, event.item)] = event.data.get("round")
         elif event.type == "step_finished" and event.data.get("status") == "failed":
             self.failed = True
 
+    @property
+    def scope(self) -> Scope | None:
+        return current_scope.get()
+
+    @property
+    def round(self) -> int | None:
+        scope = self.scope
+        return None if scope is None else self.rounds.get(scope)
+
     def describe(self) -> str:
-        if self.step is None:
+        scope = self.scope
+        if scope is None:
             return "before the first step"
-        return f"step {self.step!r}" + (f", round {self.round}" if self.round else "")
+        item = f", item {scope.item}" if scope.item is not None else ""
+        return f"step {scope.step!r}{item}" + (f", round {self.round}" if self.round else "")
+
+    def rank(self, exchange: Exchange) -> tuple[int, int]:
+        """Where an exchange goes in the file: by step (in run order), then item."""
+        step = self.order.get(exchange.step or "", -1)
+        return step, -1 if exchange.item is None else exchange.item
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -718,7 +760,8 @@ class Recorder:
                 for name, tools in self._servers.items()
             },
         )
-        for exchange in (slot for slot in self._slots if slot is not None):
+        recorded = [slot for slot in self._slots if slot is not None]
+        for exchange in sorted(recorded, key=self._position.rank):
             n = len(cassette.exchanges) + 1
             normalized: Exchange
             error = self._normalize(exchange.error)
@@ -748,8 +791,11 @@ class _RecordingChat:
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         where = self._recorder._position
+        scope = where.scope or Scope("")
         return await self._recorder._record(
-            LlmExchange(0, where.step, where.round, request_record(request)),
+            LlmExchange(
+                0, scope.step or None, where.round, request_record(request), item=scope.item
+            ),
             self._model.chat(request),
             response_record,
             LLMClientError,
@@ -774,8 +820,9 @@ class RecordingTools:
         return build_toolbox(self, servers, allow)
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
+        scope = self._recorder._position.scope or Scope("")
         return await self._recorder._record(
-            ToolExchange(0, self._recorder._position.step, server, tool, dict(arguments)),
+            ToolExchange(0, scope.step or None, server, tool, dict(arguments), item=scope.item),
             self._source.call_tool(server, tool, arguments),
             result_record,
             MCPServerError,
@@ -801,18 +848,31 @@ class Replayer:
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
         self._workflow = str(context.get("workflow", {}).get("name") or "")
-        self._llm: dict[str, deque[LlmExchange]] = {}
-        self._tool: dict[str, deque[ToolExchange]] = {}
+        # Answers by (step, item, request): concurrent steps and items each find their own,
+        # whatever order they ask in.
+        self._llm: dict[_Key, deque[LlmExchange]] = {}
+        self._tool: dict[_Key, deque[ToolExchange]] = {}
         for exchange in cassette.exchanges:
             if isinstance(exchange, LlmExchange):
-                self._llm.setdefault(_llm_key(exchange.request), deque()).append(exchange)
+                key = (exchange.step, exchange.item, _llm_key(exchange.request))
+                self._llm.setdefault(key, deque()).append(exchange)
             else:
-                key = _tool_key(exchange.server, exchange.tool, exchange.arguments)
-                self._tool.setdefault(key, deque()).append(exchange)
+                request = _tool_key(exchange.server, exchange.tool, exchange.arguments)
+                self._tool.setdefault((exchange.step, exchange.item, request), deque()).append(
+                    exchange
+                )
+
+    def _queue(self, queues: dict[_Key, deque[Answer]], request: str) -> deque[Answer] | None:
+        """The recorded answers to this request in the current step and item; outside any
+        step (a caller without an executor), or in a cassette that names no step, anywhere."""
+        scope = self._position.scope
+        if scope is None:
+            return next((q for (_, _, r), q in queues.items() if r == request), None)
+        return queues.get((scope.step, scope.item, request)) or queues.get((None, None, request))
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         record = self._normalize(request_record(request))
-        queue = self._llm.get(_llm_key(record))
+        queue = self._queue(self._llm, _llm_key(record))
         if queue is None:
             raise self._llm_miss(record)
         exchange = _take(queue)
@@ -849,7 +909,7 @@ class Replayer:
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         normalized = self._normalize(dict(arguments))
-        queue = self._tool.get(_tool_key(server, tool, normalized))
+        queue = self._queue(self._tool, _tool_key(server, tool, normalized))
         if queue is None:
             raise self._tool_miss(server, tool, normalized)
         exchange = _take(queue)
@@ -891,7 +951,7 @@ class Replayer:
             candidates,
             key=lambda c: (
                 _similarity(c[1], live),
-                c[0].step == self._position.step,
+                c[0].step == (self._position.scope or Scope("")).step,
                 c[0].round == self._position.round,
             ),
         )

@@ -30,9 +30,11 @@ from .executor import (
     render_servers,
     servers_in_use,
 )
-from .history import RUNS_DIR
+from .history import RUNS_DIR, find_run
+from .limits import limit_calls
+from .resume import Reusable, load_reusable
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
-from .spec.model import HttpServer, Input, McpServer, StdioServer, Step, Workflow
+from .spec.model import AgentStep, HttpServer, Input, McpServer, StdioServer, Workflow
 
 if TYPE_CHECKING:
     from .lmstudio import LMStudioClient
@@ -56,6 +58,8 @@ class RunOptions:
     replay: Path | None = None
     rerecord: bool = False
     live_tools: bool = False
+    resume: str | None = None
+    """A run id (or `last`) whose succeeded steps this run reuses where unchanged."""
 
     def __post_init__(self) -> None:
         if self.record is not None and self.replay is not None:
@@ -224,13 +228,14 @@ def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:
     """Build every step's toolbox once up front: a `tools:` entry no server offers stops the
     run before its first step (MCPServerError, exit 3)."""
     for step in workflow.steps:
-        if step.mcp:
+        if isinstance(step, AgentStep) and step.mcp:
             tools.toolbox(step.mcp, step.tools)
 
 
 async def execute(
     run: PreparedRun,
     parts: contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider]],
+    reuse: Reusable | None = None,
 ) -> RunResult:
     """Run the steps with the given parts. The run's start and end are told here, once: the
     last event and result.json give the same status, however the run ended."""
@@ -239,7 +244,7 @@ async def execute(
         workflow=run.workflow.name,
         path=str(run.workflow.path),
         inputs=run.inputs,
-        steps=[s.id for s in run.workflow.steps],
+        steps=run.workflow.plan.order(),
     )
     started = time.monotonic()
     executor: Executor | None = None
@@ -247,7 +252,13 @@ async def execute(
     try:
         async with parts as (chat, tools):
             executor = Executor(
-                run.workflow, run.inputs, chat=chat, tools=tools, log=run.log, context=run.context
+                run.workflow,
+                run.inputs,
+                chat=chat,
+                tools=limit_calls(run.workflow, tools),
+                log=run.log,
+                context=run.context,
+                reuse=reuse,
             )
             await executor.run()
     except LmflowError as error:
@@ -316,8 +327,11 @@ async def run_workflow(
 
         # Before the run starts: a cassette that cannot be written is a command-line mistake.
         ensure_recordable(options.record, options.rerecord)
+    reuse = None
+    if options.resume is not None:  # before this run's own directory exists: `last` is earlier
+        reuse = load_reusable(find_run(options.runs_dir, options.resume))
     run = prepare(workflow, raw_inputs, options)
-    return await execute(run, parts_for(run, options))
+    return await execute(run, parts_for(run, options), reuse)
 
 
 def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any]:
@@ -387,7 +401,7 @@ def one_off_workflow(
     # The task and system prompt are the user's literal text, not templates: they travel as
     # inputs (recorded in the run log) and the step reads them from there.
     texts = {"task": task, **({"system": system} if system is not None else {})}
-    step = Step(
+    step = AgentStep(
         id="agent",
         index=0,
         model=model,

@@ -24,6 +24,8 @@ DEFAULT_BASE_URL = "http://localhost:1234"
 DEFAULT_TOKEN_ENV = "LM_API_TOKEN"
 DEFAULT_MAX_ROUNDS = 10
 DEFAULT_TOOL_CALL_TIMEOUT = 60.0
+DEFAULT_CONCURRENCY = 4
+"""Steps or items at once: LM Studio serves 4 requests in parallel by default."""
 
 # A frozen empty mapping, the default for optional maps.
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -62,6 +64,8 @@ class Defaults:
     max_tokens: int | None = None
     timeout: float | None = None
     tool_choice: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    fail_fast: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class StdioServer:
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     cwd: str | None = None
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
+    max_concurrent_calls: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,46 +109,74 @@ class HttpServer:
     url: str
     headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
+    max_concurrent_calls: int | None = None
 
 
 McpServer = StdioServer | HttpServer
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step. A step with `tool` calls that MCP tool directly; any other talks to a model."""
+@dataclass(frozen=True, kw_only=True)
+class _StepCommon:
+    """What every kind of step has: identity, ordering, conditions, failure handling."""
 
     id: str
     index: int
     name: str | None = None
+    needs: tuple[str, ...] = ()
+    if_: str | bool | None = None
+    timeout: float | None = None
+    continue_on_error: bool = False
+    for_each: str | tuple[Any, ...] | None = None
+    """A template giving a list (or a literal list): the step runs once per item."""
+    concurrency: int | None = None
+    """How many items of a `for_each` run at once (default: `defaults.concurrency`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentStep(_StepCommon):
+    """A step that talks to a model, which may call the tools of its `mcp:` servers."""
+
+    kind: Literal["agent"] = "agent"
     model: str | None = None
     system: str | None = None
     prompt: str | None = None
     mcp: tuple[str, ...] = ()
     tools: tuple[str, ...] | None = None
-    tool: str | None = None
-    with_: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     output_schema: Mapping[str, Any] | None = None
-    needs: tuple[str, ...] = ()
-    if_: str | bool | None = None
     max_rounds: int | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     tool_choice: str | None = None
-    timeout: float | None = None
-    continue_on_error: bool = False
 
     @property
-    def uses_model(self) -> bool:
-        return self.tool is None
+    def servers(self) -> tuple[str, ...]:
+        """The MCP servers the step uses."""
+        return self.mcp
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolStep(_StepCommon):
+    """A step that calls one MCP tool directly (`tool: server.tool`), no model."""
+
+    kind: Literal["tool"] = "tool"
+    tool: str
+    with_: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
     @property
-    def tool_server(self) -> str | None:
-        return self.tool.split(".", 1)[0] if self.tool else None
+    def tool_server(self) -> str:
+        return self.tool.split(".", 1)[0]
 
     @property
-    def tool_name(self) -> str | None:
-        return self.tool.split(".", 1)[1] if self.tool else None
+    def tool_name(self) -> str:
+        return self.tool.split(".", 1)[1]
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return (self.tool_server,)
+
+
+Step = AgentStep | ToolStep
+"""The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +201,7 @@ class Workflow:
 
         return plan_workflow(self)
 
-    def model_reference(self, step: Step) -> tuple[str | None, tuple[str | int, ...]]:
+    def model_reference(self, step: AgentStep) -> tuple[str | None, tuple[str | int, ...]]:
         """The model name a step asks for (before alias resolution) and where it was written."""
         if step.model is not None:
             return step.model, ("steps", step.index, "model")
@@ -182,7 +215,7 @@ class Workflow:
 
     def step_model(self, step: Step) -> str | None:
         """The model id a step talks to, or None for a `tool:` step or when none is set."""
-        if not step.uses_model:
+        if not isinstance(step, AgentStep):
             return None
         return self.resolve_model(self.model_reference(step)[0])
 
@@ -203,7 +236,7 @@ class Workflow:
             add(target, ("models", alias))
         add(self.defaults.model, ("defaults", "model"))
         for step in self.steps:
-            if step.uses_model:
+            if isinstance(step, AgentStep):
                 add(*self.model_reference(step))
         return found
 
@@ -233,7 +266,13 @@ def _named(data: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _server(name: str, data: Mapping[str, Any]) -> McpServer:
     timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
     if "url" in data:
-        return HttpServer(name, data["url"], frozen(data.get("headers", {})), timeout)
+        return HttpServer(
+            name,
+            data["url"],
+            frozen(data.get("headers", {})),
+            timeout,
+            max_concurrent_calls=data.get("max_concurrent_calls"),
+        )
     return StdioServer(
         name,
         data["command"],
@@ -241,6 +280,7 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
         frozen(data.get("env", {})),
         data.get("cwd"),
         timeout,
+        max_concurrent_calls=data.get("max_concurrent_calls"),
     )
 
 
@@ -261,27 +301,33 @@ def _input(name: str, data: Mapping[str, Any]) -> Input:
 
 def _step(index: int, data: Mapping[str, Any]) -> Step:
     needs = data.get("needs", ())
-    schema = data.get("output_schema")
-    return Step(
+    for_each = data.get("for_each")
+    common: dict[str, Any] = dict(
         id=data["id"],
         index=index,
         name=data.get("name"),
+        needs=(needs,) if isinstance(needs, str) else tuple(needs),
+        if_=data.get("if"),
+        timeout=data.get("timeout"),
+        continue_on_error=data.get("continue_on_error", False),
+        for_each=frozen(for_each),
+        concurrency=data.get("concurrency"),
+    )
+    if "tool" in data:
+        return ToolStep(**common, tool=data["tool"], with_=frozen(data.get("with", {})))
+    schema = data.get("output_schema")
+    return AgentStep(
+        **common,
         model=data.get("model"),
         system=data.get("system"),
         prompt=data.get("prompt"),
         mcp=tuple(data.get("mcp", ())),
         tools=tuple(data["tools"]) if "tools" in data else None,
-        tool=data.get("tool"),
-        with_=frozen(data.get("with", {})),
         output_schema=frozen(schema) if schema is not None else None,
-        needs=(needs,) if isinstance(needs, str) else tuple(needs),
-        if_=data.get("if"),
         max_rounds=data.get("max_rounds"),
         temperature=data.get("temperature"),
         max_tokens=data.get("max_tokens"),
         tool_choice=data.get("tool_choice"),
-        timeout=data.get("timeout"),
-        continue_on_error=data.get("continue_on_error", False),
     )
 
 
@@ -307,6 +353,8 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
             max_tokens=defaults.get("max_tokens"),
             timeout=defaults.get("timeout"),
             tool_choice=defaults.get("tool_choice"),
+            concurrency=defaults.get("concurrency", DEFAULT_CONCURRENCY),
+            fail_fast=defaults.get("fail_fast", False),
         ),
         inputs=MappingProxyType(
             {name: _input(name, spec) for name, spec in _named(data, "inputs").items()}

@@ -161,6 +161,21 @@ class Plan:
             if s.id is not None
         }
 
+    def order(self) -> list[str]:
+        """Step ids in the order a one-at-a-time run takes them: file order, each step moved
+        only as far as what it waits for requires. Deterministic, so logs, snapshots and
+        results list steps in this order whatever the timing of a concurrent run."""
+        waits = self.dependencies()
+        done: set[str] = set()
+        order: list[str] = []
+        pending = [s.id for s in self.steps if s.id is not None]
+        while pending:
+            ready = next((i for i in pending if waits[i] <= done), pending[0])  # a cycle: as is
+            order.append(ready)
+            done.add(ready)
+            pending.remove(ready)
+        return order
+
     def graph(self) -> dict[int, set[int]]:
         """The same graph by step index, as the validator reports positions."""
         return {

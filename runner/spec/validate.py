@@ -97,6 +97,7 @@ class _Checker:
         self._check_servers()
         self._check_steps()
         self._check_cycles()
+        self._check_shared_servers()
         self._check_outputs()
         self._check_token_env()
         return self.problems
@@ -264,6 +265,7 @@ class _Checker:
             for template in planned.fields:
                 self._check_field(template, for_each=planned.has_for_each)
                 self._check_step_refs(planned, template)
+            self._check_for_each(planned, step)
             self._check_step_tools(i, step)
             if "tool" not in step:
                 self._check_step_model(i, step, defaults)
@@ -284,6 +286,98 @@ class _Checker:
                     "unknown-step",
                     did_you_mean(name, list(self.step_index)),
                 )
+
+    def _check_for_each(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """A `for_each` that certainly is not a list: plain text, or a lone reference to an
+        input or an output whose declared type is something else."""
+        here = ("steps", planned.index)
+        value = step.get("for_each")
+        if value is None:
+            if isinstance(step.get("concurrency"), int):
+                self.report(
+                    (*here, "concurrency"),
+                    f"{self.where(here)} sets `concurrency:` but has no `for_each:`",
+                    "concurrency-without-for-each",
+                    "step concurrency limits the items of a for_each; for the whole run "
+                    "set `defaults: {concurrency: N}`",
+                    severity="warning",
+                )
+            return
+        if not isinstance(value, str):
+            return  # a literal list, or the schema's to report
+        declared = self._declared_type(value)
+        if declared is not None and declared != "array":
+            self.report(
+                (*here, "for_each"),
+                f"for_each of {self.where(here)} is {declared}, not a list",
+                "for-each-not-a-list",
+                "give it a list: an array input, a step output that is an array, or [a, b]",
+            )
+
+    def _declared_type(self, text: str) -> str | None:
+        """What a for_each text gives, when the file says: `string` for plain text, the
+        declared type of a lone `{{ inputs.x }}`, or of `{{ steps.y.output }}` when step y
+        has an output_schema with a type. None when it cannot be known statically."""
+        if not templating.is_template(text):
+            return "string"
+        lone = re.fullmatch(r"\{\{\s*(inputs\.(\w+)|steps\.(\w+)\.output)\s*\}\}", text.strip())
+        if lone is None:
+            return None
+        if lone[2] is not None:
+            declared = _dict(self.inputs.get(lone[2])).get("type")
+        else:
+            index = self.step_index.get(lone[3])
+            schema = _dict(self.steps[index].get("output_schema")) if index is not None else {}
+            declared = schema.get("type")
+        return declared if isinstance(declared, str) else None
+
+    def _check_shared_servers(self) -> None:
+        """Warn where two steps that may run at the same time use one server and one of
+        them may write through it: if one relies on the other's change, only `needs:`
+        orders them. Which tools write is known only at run time; the names tell."""
+        writes = {p.index: self._writes(self.steps[p.index]) for p in self.plan.steps}
+        if not any(writes.values()):
+            return
+        for a, b in self.plan.unordered_pairs():
+            shared = self._servers_of(self.steps[a.index]) & self._servers_of(self.steps[b.index])
+            for server in sorted(shared):
+                writer = (
+                    a if server in writes[a.index] else b if server in writes[b.index] else None
+                )
+                if writer is None or a.id is None or b.id is None:
+                    continue
+                tool = writes[writer.index][server]
+                self.report(
+                    ("steps", b.index),
+                    f"steps {a.id!r} and {b.id!r} may run at the same time and both use "
+                    f"server {server!r}; {writer.id!r} may write through it ({tool})",
+                    "unordered-side-effects",
+                    f"if {b.id!r} relies on what {a.id!r} does (or the other way round), add "
+                    f"`needs: [{a.id}]` to {b.id!r}; if the server must not be called "
+                    "concurrently, set `max_concurrent_calls: 1` on it",
+                    severity="warning",
+                )
+
+    def _servers_of(self, step: dict[str, Any]) -> set[str]:
+        servers = {s for s in _list(step.get("mcp")) if isinstance(s, str)}
+        tool = _str(step.get("tool"))
+        if tool and "." in tool:
+            servers.add(tool.split(".", 1)[0])
+        return servers & set(self.servers)
+
+    def _writes(self, step: dict[str, Any]) -> dict[str, str]:
+        """Server -> a tool of it the step may write through (by the tool's name)."""
+        found: dict[str, str] = {}
+        tool = _str(step.get("tool"))
+        if tool and "." in tool and _is_writing(tool.split(".", 1)[1]):
+            found[tool.split(".", 1)[0]] = tool
+        servers = [s for s in _list(step.get("mcp")) if isinstance(s, str)]
+        for name in (t for t in _list(step.get("tools")) if isinstance(t, str)):
+            server, _, bare = name.rpartition(".")
+            if _is_writing(bare):
+                for owner in [server] if server else servers:
+                    found.setdefault(owner, name)
+        return found
 
     def _check_step_refs(self, planned: StepPlan, template: TemplateField) -> None:
         i, own_id = planned.index, planned.id
@@ -683,6 +777,16 @@ class _Checker:
 
 
 _JINJA_DICT_METHODS = ("items", "keys", "values", "get")
+WRITING_VERBS = frozenset(
+    {"write", "create", "delete", "remove", "move", "rename", "edit", "update", "set", "add"}
+    | {"insert", "put", "store", "save", "append", "patch", "commit", "push"}
+)
+
+
+def _is_writing(tool: str) -> bool:
+    """Whether a tool's name says it changes something (`write_file`, `createEntities`)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", tool).lower()
+    return any(word in WRITING_VERBS for word in re.split(r"[^a-z0-9]+", words))
 
 
 def _find_word(text: str, needle: str) -> int:
