@@ -8,8 +8,6 @@ without timing anything. MCP servers are real processes (our SDK fixture server)
 
 from __future__ import annotations
 
-import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -18,7 +16,7 @@ import anyio
 import pytest
 from fakes.lmstudio import FakeLMStudio, down_url
 from mcp_support import new_tag, tagged_processes, wait_until_gone
-from test_run_cli import Run, fixture, lmflow, spawn, workflow
+from test_run_cli import Run, fixture, interrupt_when, lmflow, spawn, workflow
 
 from runner.chat import ToolResult
 from runner.limits import limit_calls
@@ -196,22 +194,13 @@ def test_ctrl_c_while_several_steps_run_stops_them_all(
         """
     file = workflow(tmp_path, body)
     process = spawn(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
-    try:
-        events = tmp_path / ".lmflow" / "runs"
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the sleep calls never started"
-            logs = list(events.glob("*/events.jsonl")) if events.exists() else []
-            if logs and logs[0].read_text().count('"tool_call"') == 3:
-                break
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    events = tmp_path / ".lmflow" / "runs"
+
+    def all_sleeping() -> bool:
+        logs = list(events.glob("*/events.jsonl")) if events.exists() else []
+        return bool(logs) and logs[0].read_text().count('"tool_call"') == 3
+
+    out, err = interrupt_when(process, all_sleeping, "the sleep calls")
     assert process.returncode == 130, err
     assert "Traceback" not in err
     assert wait_until_gone(tag) == []

@@ -101,6 +101,25 @@ def spawn(cwd: Path, *args: str, tag: str) -> subprocess.Popen[str]:
     )
 
 
+def interrupt_when(
+    process: subprocess.Popen[str], ready: Callable[[], bool], waiting_for: str
+) -> tuple[str, str]:
+    """Wait (up to 60 s) until `ready()`, press Ctrl-C (SIGINT) and return what the process
+    wrote; a process still alive after that is killed."""
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"{waiting_for} never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        return process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def fixture(tag: str, *args: str, **settings: Any) -> str:
     """Our SDK fixture server over stdio, as a YAML flow mapping (JSON is YAML)."""
     server = {
@@ -436,24 +455,17 @@ def test_sigint_mid_step_exits_130_and_leaves_no_process(
         """,
     )
     process = spawn(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
-    try:
-        events = tmp_path / ".lmflow" / "runs"
-        deadline = time.monotonic() + 60
-        while not any(
+    events = tmp_path / ".lmflow" / "runs"
+
+    def sleeping() -> bool:
+        called = any(
             '"name": "sleep"' in line and '"tool_call"' in line
             for path in events.glob("*/events.jsonl")
             for line in path.read_text().splitlines()
-        ):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the sleep call never started"
-            time.sleep(0.05)
-        assert len(tagged_processes(tag)) == 3  # lmflow and its two servers
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        )
+        return called and len(tagged_processes(tag)) == 3  # lmflow and its two servers
+
+    out, err = interrupt_when(process, sleeping, "the sleep call")
     assert process.returncode == 130, err
     assert "interrupted" in err
     assert "Traceback" not in err
