@@ -109,7 +109,8 @@ _Key = tuple[str | None, int | None, str]
 
 @dataclass
 class Cassette:
-    """A recorded run: each server's tool list, then the exchanges in the order they began."""
+    """A recorded run: each server's tool list, then the exchanges grouped by step (in run
+    order) and item, each group in the order its calls began."""
 
     workflow: str
     servers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -709,8 +710,8 @@ class Recorder:
         self._workflow = workflow
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
-        # A slot per exchange, taken when it begins: the file follows the order of the
-        # calls, not the order in which concurrent calls happened to finish.
+        # A slot per exchange, taken when it begins: within a step and item the file
+        # follows the order of the calls, not the order in which they happened to finish.
         self._slots: list[Exchange | None] = []
         self._servers: dict[str, list[Tool]] = {}
 

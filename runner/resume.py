@@ -87,9 +87,23 @@ def item_fingerprint(step: str, index: int, value: Any) -> str:
     return _digest({"step": step, "index": index, "item": value})
 
 
+SCHEDULING_ONLY = frozenset(
+    {"index", "name", "timeout", "concurrency", "fail_fast", "continue_on_error"}
+    | {"max_concurrent_calls"}
+)
+"""Settings that decide when and how long a step may run, or what happens after it fails,
+but not what it answers: resuming with a lower concurrency or a longer timeout (the usual
+cure for a run that failed on them) still reuses what succeeded."""
+
+
 def _fields(value: Any) -> dict[str, Any]:
-    """A frozen dataclass as plain data (`dataclasses.asdict` cannot copy its mappings)."""
-    return {f.name: thawed(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    """A frozen dataclass as plain data, without its scheduling-only settings
+    (`dataclasses.asdict` cannot copy its read-only mappings)."""
+    return {
+        f.name: thawed(getattr(value, f.name))
+        for f in dataclasses.fields(value)
+        if f.name not in SCHEDULING_ONLY
+    }
 
 
 def _digest(value: Any) -> str:

@@ -12,6 +12,9 @@ from typing import Any
 from fakes.lmstudio import FakeLMStudio
 from test_run_cli import Run, lmflow, workflow
 
+from runner.resume import step_fingerprint
+from runner.spec import load_workflow
+
 CHAIN = """
 inputs:
   topic: {type: string, default: ants}
@@ -65,13 +68,14 @@ def test_a_changed_input_reruns_what_reads_it_and_what_follows(tmp_path: Path) -
     with FakeLMStudio() as lm:  # echoes
         done = lmflow(tmp_path, "run", file, "--base-url", lm.url, "-i", "topic=ants")
         assert done.code == 0, done.stderr
+        (first_dir,) = runs(tmp_path)
         again = lmflow(
             tmp_path, "run", file, "--base-url", lm.url, "-i", "topic=bees", "--resume", "last"
         )
         assert again.code == 0, again.stderr
         rerun = sorted(r["messages"][-1]["content"] for r in lm.chat_requests[3:])
         assert rerun == ["about bees", "more on echo: about bees"]  # c was not asked again
-    later = runs(tmp_path)[-1]
+    later = next(p for p in runs(tmp_path) if p != first_dir)
     steps = finished(again, later)
     assert "reused_from" not in steps["a"] and "reused_from" not in steps["b"]
     assert "reused_from" in steps["c"]
@@ -99,3 +103,34 @@ def test_resume_reuses_the_items_that_succeeded(tmp_path: Path) -> None:
         assert resumed.code == 0, resumed.stderr
         assert prompts(second) == ["three"]
     assert resumed.stdout.strip() == '["1", "2", "3"]'
+
+
+def test_only_what_changes_an_answer_changes_the_fingerprint(tmp_path: Path) -> None:
+    base = """\
+version: 1
+defaults: {model: qwen/qwen3-8b%s}
+inputs:
+  topic: {type: string}
+  other: {type: string}
+steps:
+  - {id: first, prompt: warm up}
+  - {id: a%s, prompt: "about {{ inputs.topic }} after {{ steps.first.output }}"}
+"""
+
+    def fingerprint(defaults: str = "", step: str = "", **inputs: str) -> str:
+        path = tmp_path / "wf.yaml"
+        path.write_text(base % (defaults, step))
+        workflow = load_workflow(path)
+        context = {
+            "inputs": {"topic": "ants", "other": "x", **inputs},
+            "steps": {"first": {"output": "ok", "status": "succeeded"}},
+        }
+        return step_fingerprint(workflow, workflow.steps[1], context)
+
+    same = fingerprint()
+    assert fingerprint(", concurrency: 1, timeout: 900, fail_fast: true") == same
+    assert fingerprint(step=", timeout: 5, continue_on_error: true, name: A") == same
+    assert fingerprint(other="changed") == same  # an input the step does not read
+    assert fingerprint(topic="bees") != same
+    assert fingerprint(", temperature: 0.9") != same
+    assert fingerprint(step=", model: qwen/qwen3-4b") != same
