@@ -8,6 +8,7 @@ runs a real run, a replay and a test.
 from __future__ import annotations
 
 import asyncio
+import graphlib
 import json
 import math
 import re
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from . import templating
 from .agent import AgentLimits, AgentTask, run_agent
@@ -30,9 +34,20 @@ from .errors import (
     ToolExecutionError,
 )
 from .results import capped, full_result_fields
-from .runlog import DIRECT_CALL_ID, RunLog, SecretEnv
+from .resume import Reusable, step_fingerprint
+from .resume import item_fingerprint as fingerprint_of_item
+from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
-from .spec.model import HttpServer, McpServer, StdioServer, Step, Workflow, strings_in, thawed
+from .spec.model import (
+    AgentStep,
+    HttpServer,
+    McpServer,
+    StdioServer,
+    Step,
+    ToolStep,
+    Workflow,
+    thawed,
+)
 
 StepStatus = Literal["succeeded", "failed", "skipped"]
 RunStatus = Literal["succeeded", "failed", "interrupted", "error"]
@@ -147,79 +162,6 @@ def _not_a_number(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON can carry")
 
 
-# --- plan ---------------------------------------------------------------------------------
-
-
-def _step_templates(step: Step) -> list[tuple[str, bool]]:
-    """A step's template fields: (text, is it an `if:` condition)."""
-    texts = [(t, False) for t in (step.prompt, step.system, step.name) if t]
-    texts += [(t, False) for _, t in strings_in(step.with_)]
-    if isinstance(step.if_, str):
-        texts.append((step.if_, True))
-    return texts
-
-
-def _server_templates(server: McpServer) -> list[str]:
-    if isinstance(server, StdioServer):
-        return [server.command, *server.args, *server.env.values(), server.cwd or ""]
-    return [server.url, *server.headers.values()]
-
-
-def _references(texts: list[tuple[str, bool]]) -> list[templating.Reference]:
-    found: list[templating.Reference] = []
-    for text, is_condition in texts:
-        if is_condition:
-            found += templating.references(templating.parse_condition(text))
-        elif templating.is_template(text):
-            found += templating.references(templating.parse_template(text))
-    return found
-
-
-def step_references(step: Step) -> set[str]:
-    """Ids of the steps a step's templates read."""
-    return {
-        ref.path[0]
-        for ref in _references(_step_templates(step))
-        if ref.root == "steps" and ref.path and isinstance(ref.path[0], str)
-    }
-
-
-def env_names(workflow: Workflow) -> set[str]:
-    """The environment variables the workflow's templates read (`env.NAME`): their values
-    are secrets from the first event on, before any template has read them."""
-    texts = [t for step in workflow.steps for t in _step_templates(step)]
-    texts += [
-        (t, False) for server in workflow.mcp_servers.values() for t in _server_templates(server)
-    ]
-    texts += [(t, False) for _, t in strings_in(workflow.outputs)]
-    return {str(ref.path[0]) for ref in _references(texts) if ref.root == "env" and ref.path}
-
-
-def dependencies(workflow: Workflow) -> dict[str, set[str]]:
-    """For each step, the steps it waits for: `needs:` plus the steps its templates read."""
-    return {
-        step.id: (set(step.needs) | step_references(step)) - {step.id} for step in workflow.steps
-    }
-
-
-def plan(workflow: Workflow) -> list[Step]:
-    """Steps in the order they run: file order, moved only as far as `needs:` requires."""
-    waits = dependencies(workflow)
-    done: set[str] = set()
-    order: list[Step] = []
-    pending = list(workflow.steps)
-    while pending:
-        for step in pending:
-            if waits[step.id] <= done:
-                order.append(step)
-                done.add(step.id)
-                pending.remove(step)
-                break
-        else:  # validation rejects cycles; this guards a Workflow built by hand
-            raise StepFailedError("steps wait for each other: " + ", ".join(s.id for s in pending))
-    return order
-
-
 # --- results ------------------------------------------------------------------------------
 
 
@@ -235,6 +177,10 @@ class StepRecord:
     tool_calls: int = 0
     usage: Usage = field(default_factory=Usage)
     duration: float = 0.0
+    fingerprint: str | None = None
+    """What the result depends on, hashed (resume.py): how a later run can reuse it."""
+    reused_from: str | None = None
+    """The id of the run whose result this is, when it was reused (`--resume`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -311,8 +257,7 @@ def base_context(
 
 def servers_in_use(workflow: Workflow) -> list[str]:
     """Declared servers that some step lists or calls, in declaration order."""
-    used = {name for step in workflow.steps for name in step.mcp}
-    used |= {step.tool_server for step in workflow.steps if step.tool_server}
+    used = {name for step in workflow.steps for name in step.servers}
     return [name for name in workflow.mcp_servers if name in used]
 
 
@@ -396,7 +341,13 @@ def _describe(value: Any) -> str:
 
 
 class Executor:
-    """Runs the planned steps of one workflow with a given model and tool provider."""
+    """Runs the steps of one workflow with a given model and tool provider.
+
+    A step starts as soon as every step it waits for has finished, within the run's
+    concurrency limit. Each step task reads a snapshot of the results that existed when it
+    started and hands its own record back to the scheduler, which alone writes the results:
+    concurrent steps share no mutable state.
+    """
 
     def __init__(
         self,
@@ -407,15 +358,21 @@ class Executor:
         tools: ToolProvider | None,
         log: RunLog,
         context: dict[str, Any],
+        reuse: Reusable | None = None,
     ) -> None:
         self.workflow = workflow
+        self.reuse = reuse
         self.inputs = dict(inputs)
         self.chat = chat
         self.tools = tools
         self.log = log
         self.context = context
-        self.waits = dependencies(workflow)
+        self.waits = workflow.plan.dependencies()
+        self.order = {step_id: rank for rank, step_id in enumerate(workflow.plan.order())}
+        self.slots = anyio.CapacityLimiter(workflow.defaults.concurrency)
         self.result = RunResult(log.run_id, workflow.name, "succeeded", self.inputs)
+        self.failed_step: str | None = None
+        """The failed step the run's error names: the first in run order, not in time."""
 
     async def run(self) -> RunResult:
         """Run every step; `self.result` holds what finished so far, also when interrupted.
@@ -423,27 +380,53 @@ class Executor:
         the run ended as a whole."""
         started = time.monotonic()
         result = self.result
+        steps = {step.id: step for step in self.workflow.steps}
+        sorter = graphlib.TopologicalSorter(self.waits)
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as error:  # validation rejects cycles; a hand-built one
+            raise StepFailedError(
+                "steps wait for each other: " + ", ".join(error.args[1])
+            ) from None
+        finished, arrivals = anyio.create_memory_object_stream[StepRecord](len(steps))
         stopped_by: str | None = None
         try:
-            for step in plan(self.workflow):
-                if stopped_by is not None:
-                    record = StepRecord(
-                        step.id,
-                        "skipped",
-                        reason=f"the run stopped after step {stopped_by!r} failed",
-                    )
-                    self._finish(step, record)
-                else:
-                    record = await self._run_step(step)
-                result.steps.append(record)
-                if record.status == "failed" and not step.continue_on_error:
-                    stopped_by = step.id
-                    result.status = "failed"
-                    result.error = f"step {step.id!r} failed: {record.error}"
+            async with finished, arrivals, anyio.create_task_group() as group:
+                while sorter.is_active():
+                    for step_id in sorted(sorter.get_ready(), key=self.order.__getitem__):
+                        step = steps[step_id]
+                        if stopped_by is not None:
+                            reason = f"the run stopped after step {stopped_by!r} failed"
+                            record = StepRecord(step.id, "skipped", reason=reason)
+                            self._finish(step, record)
+                            finished.send_nowait(record)
+                        else:
+                            group.start_soon(self._run_step, step, self._snapshot(), finished)
+                    record = await arrivals.receive()
+                    self._record(steps[record.id], record)
+                    sorter.done(record.id)
+                    if result.status == "failed" and self.workflow.defaults.fail_fast:
+                        stopped_by = stopped_by or record.id
             result.outputs = self._outputs(result)
         finally:
+            result.steps.sort(key=lambda r: self.order[r.id])
             result.duration = time.monotonic() - started
         return result
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The template context as it is now: a step reads it, never the live one."""
+        return {**self.context, "steps": dict(self.context["steps"])}
+
+    def _record(self, step: Step, record: StepRecord) -> None:
+        """Keep a finished step's record (the scheduler's task, one step at a time)."""
+        self.context["steps"][step.id] = {"output": record.output, "status": record.status}
+        self.result.steps.append(record)
+        if record.status != "failed" or step.continue_on_error:
+            return
+        self.result.status = "failed"
+        if self.failed_step is None or self.order[step.id] < self.order[self.failed_step]:
+            self.failed_step = step.id
+            self.result.error = f"step {step.id!r} failed: {record.error}"
 
     def _outputs(self, result: RunResult) -> dict[str, Any]:
         outputs: dict[str, Any] = {}
@@ -457,61 +440,160 @@ class Executor:
                     result.error = f"output {name!r}: {error}"
         return outputs
 
-    def _skip_reason(self, step: Step) -> str | None:
+    def _skip_reason(self, step: Step, context: Mapping[str, Any]) -> str | None:
         """Why a step does not run: a failed or skipped dependency, or a false `if:`."""
-        statuses = self.context["steps"]
+        statuses = context["steps"]
         if step.if_ is None:
             for dep in sorted(self.waits[step.id]):
                 status = statuses.get(dep, {}).get("status")
                 if status != "succeeded":
                     return f"step {dep!r} {status}"
             return None
-        if not templating.evaluate(step.if_, self.context):
+        if not templating.evaluate(step.if_, context):
             return f"condition is false: {step.if_}"
         return None
 
-    async def _run_step(self, step: Step) -> StepRecord:
+    async def _run_step(
+        self, step: Step, context: dict[str, Any], finished: MemoryObjectSendStream[StepRecord]
+    ) -> None:
+        """One step's task: its record goes back to the scheduler, whatever happened."""
+        current_scope.set(Scope(step.id))
+        record = await self._step_record(step, context)
+        self._finish(step, record)
+        await finished.send(record)
+
+    async def _step_record(self, step: Step, context: dict[str, Any]) -> StepRecord:
         model = self.workflow.step_model(step)
         try:
-            reason = self._skip_reason(step)
+            reason = self._skip_reason(step, context)
         except templating.TemplateError as error:
-            record = StepRecord(step.id, "failed", error=f"if: {error}", model=model)
-            self._finish(step, record)
-            return record
+            return StepRecord(step.id, "failed", error=f"if: {error}", model=model)
         if reason is not None:
-            record = StepRecord(step.id, "skipped", reason=reason, model=model)
-            self._finish(step, record)
-            return record
+            return StepRecord(step.id, "skipped", reason=reason, model=model)
+        fingerprint = step_fingerprint(self.workflow, step, context)
+        if step.for_each is None and (reused := self._reused(step.id, fingerprint)):
+            return reused
         self.log.emit(
             "step_started",
             step.id,
-            name=self._title(step),
+            name=self._title(step, context),
             model=model,
-            kind="tool" if step.tool else "agent",
-            tool=step.tool,
+            kind=step.kind,
+            tool=step.tool if isinstance(step, ToolStep) else None,
         )
         started = time.monotonic()
-        try:
-            record = await (self._tool_step(step) if step.tool else self._agent_step(step))
-        except LmflowError as error:
-            record = StepRecord(step.id, "failed", error=error.message, model=model)
-        except templating.TemplateError as error:
-            record = StepRecord(step.id, "failed", error=f"template: {error}", model=model)
+        if step.for_each is not None:
+            record = await self._for_each(step, context, fingerprint)
+        else:
+            async with self.slots:
+                record = await self._attempt(step, context, None)
         record.duration = time.monotonic() - started
-        self._finish(step, record)
+        record.fingerprint = fingerprint
         return record
 
-    def _title(self, step: Step) -> str | None:
+    def _reused(self, step: str, fingerprint: str) -> StepRecord | None:
+        """The earlier run's result with this fingerprint, when resuming and it has one."""
+        if self.reuse is None or fingerprint not in self.reuse.outputs:
+            return None
+        return StepRecord(
+            step,
+            "succeeded",
+            output=self.reuse.outputs[fingerprint],
+            fingerprint=fingerprint,
+            reused_from=self.reuse.run_id,
+        )
+
+    async def _attempt(self, step: Step, context: dict[str, Any], item: int | None) -> StepRecord:
+        """Run the step's work once (for the step, or one of its items); errors become a
+        failed record."""
+        model = self.workflow.step_model(step)
+        try:
+            if isinstance(step, ToolStep):
+                return await self._tool_step(step, context, item)
+            return await self._agent_step(step, context, item)
+        except LmflowError as error:
+            return StepRecord(step.id, "failed", error=error.message, model=model)
+        except templating.TemplateError as error:
+            return StepRecord(step.id, "failed", error=f"template: {error}", model=model)
+
+    async def _for_each(self, step: Step, context: dict[str, Any], fingerprint: str) -> StepRecord:
+        """The step once per item, at most `concurrency` at a time; the output is the list
+        of the items' outputs in input order."""
+        model = self.workflow.step_model(step)
+        try:
+            items = templating.render_value(thawed(step.for_each), context)
+        except templating.TemplateError as error:
+            return StepRecord(step.id, "failed", error=f"for_each: {error}", model=model)
+        if not isinstance(items, list):
+            return StepRecord(
+                step.id,
+                "failed",
+                error=f"for_each gave {type(items).__name__}, not a list: {_brief(items)}",
+                model=model,
+            )
+        limit = anyio.CapacityLimiter(step.concurrency or self.workflow.defaults.concurrency)
+        records: list[StepRecord | None] = [None] * len(items)
+
+        async def run_item(index: int, value: Any) -> None:
+            current_scope.set(Scope(step.id, index))
+            loop = {
+                "index": index + 1,
+                "index0": index,
+                "first": index == 0,
+                "last": index == len(items) - 1,
+                "length": len(items),
+            }
+            item_fingerprint = fingerprint_of_item(fingerprint, index, value)
+            record = self._reused(step.id, item_fingerprint)
+            if record is None:
+                async with limit, self.slots:
+                    self.log.emit("item_started", step.id, item=index, value=value)
+                    item_context = {**context, "item": value, "loop": loop}
+                    record = await self._attempt(step, item_context, index)
+            records[index] = record
+            self.log.emit(
+                "item_finished",
+                step.id,
+                item=index,
+                status=record.status,
+                output=record.output,
+                error=record.error,
+                fingerprint=item_fingerprint,
+                **_reused_from(record),
+            )
+
+        async with anyio.create_task_group() as group:
+            for index, value in enumerate(items):
+                group.start_soon(run_item, index, value)
+        done = [r for r in records if r is not None]
+        failed = [i for i, r in enumerate(done) if r.status == "failed"]
+        total = StepRecord(
+            step.id,
+            "failed" if failed else "succeeded",
+            output=[r.output for r in done],
+            model=model,
+            rounds=sum(r.rounds for r in done),
+            tool_calls=sum(r.tool_calls for r in done),
+            usage=sum((r.usage for r in done), Usage()),
+        )
+        if failed:
+            total.error = f"item(s) {', '.join(map(str, failed))} of {len(items)} failed: " + (
+                done[failed[0]].error or ""
+            )
+            if step.continue_on_error:  # the items that succeeded are the step's output
+                total.status = "succeeded"
+        return total
+
+    def _title(self, step: Step, context: Mapping[str, Any]) -> str | None:
         """The step's `name:` with its templates filled in (as written if they cannot be)."""
         if step.name is None:
             return None
         try:
-            return templating.render_text(step.name, self.context)
+            return templating.render_text(step.name, context)
         except templating.TemplateError:
             return step.name
 
     def _finish(self, step: Step, record: StepRecord) -> None:
-        self.context["steps"][step.id] = {"output": record.output, "status": record.status}
         self.log.emit(
             "step_finished",
             step.id,
@@ -523,9 +605,11 @@ class Executor:
             tool_calls=record.tool_calls,
             duration=round(record.duration, 3),
             usage=record.usage.as_dict(),
+            fingerprint=record.fingerprint,
+            **_reused_from(record),
         )
 
-    def _result_limits(self, step: Step) -> dict[str, int]:
+    def _result_limits(self, step: AgentStep) -> dict[str, int]:
         """Result characters the model gets, per server: the step's setting overrides each
         server's own."""
         servers = self.workflow.mcp_servers
@@ -536,11 +620,19 @@ class Executor:
     def _timeout(self, step: Step) -> float | None:
         return step.timeout if step.timeout is not None else self.workflow.defaults.timeout
 
-    async def _tool_step(self, step: Step) -> StepRecord:
-        assert step.tool_server and step.tool_name and self.tools is not None
-        arguments = _json_arguments(templating.render_value(thawed(step.with_), self.context))
+    async def _tool_step(
+        self, step: ToolStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
+        assert self.tools is not None
+        arguments = _json_arguments(templating.render_value(thawed(step.with_), context))
         self.log.emit(
-            "tool_call", step.id, round=0, id=DIRECT_CALL_ID, name=step.tool, arguments=arguments
+            "tool_call",
+            step.id,
+            item=item,
+            round=0,
+            id=DIRECT_CALL_ID,
+            name=step.tool,
+            arguments=arguments,
         )
         try:
             outcome = await asyncio.wait_for(
@@ -557,6 +649,7 @@ class Executor:
         self.log.emit(
             "tool_result",
             step.id,
+            item=item,
             round=0,
             id=DIRECT_CALL_ID,
             name=step.tool,
@@ -569,7 +662,9 @@ class Executor:
         output = outcome.structured if outcome.structured is not None else outcome.text
         return StepRecord(step.id, "succeeded", output=output, tool_calls=1)
 
-    async def _agent_step(self, step: Step) -> StepRecord:
+    async def _agent_step(
+        self, step: AgentStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
         defaults = self.workflow.defaults
         model = self.workflow.step_model(step)
         assert model is not None
@@ -578,8 +673,8 @@ class Executor:
             toolbox = self.tools.toolbox(step.mcp, step.tools, self._result_limits(step))
         task = AgentTask(
             model=model,
-            system=templating.render_text(step.system, self.context) if step.system else None,
-            prompt=templating.render_text(step.prompt or "", self.context),
+            system=templating.render_text(step.system, context) if step.system else None,
+            prompt=templating.render_text(step.prompt or "", context),
             temperature=step.temperature if step.temperature is not None else defaults.temperature,
             max_tokens=step.max_tokens if step.max_tokens is not None else defaults.max_tokens,
             # the default applies to steps that offer tools; a step without any has no choice
@@ -589,7 +684,8 @@ class Executor:
         limits = AgentLimits(
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)
         )
-        outcome = await run_agent(self.chat, task, toolbox, limits, self.log.for_step(step.id))
+        emit = self.log.for_step(step.id, item)
+        outcome = await run_agent(self.chat, task, toolbox, limits, emit)
         return StepRecord(
             step.id,
             "succeeded",
@@ -599,3 +695,13 @@ class Executor:
             tool_calls=outcome.tool_calls,
             usage=outcome.usage,
         )
+
+
+def _reused_from(record: StepRecord) -> dict[str, Any]:
+    """The `reused_from` field of a reused result's event (absent otherwise)."""
+    return {"reused_from": record.reused_from} if record.reused_from else {}
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:79] + "…"

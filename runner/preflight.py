@@ -34,7 +34,7 @@ from .errors import (
     ModelValidationError,
     SourceLocation,
 )
-from .spec.model import Step, Workflow
+from .spec.model import AgentStep, Step, Workflow
 from .spec.problems import Problem, Severity
 from .spec.source import Position
 
@@ -134,7 +134,7 @@ def _wants_tools(workflow: Workflow, step: Step) -> tuple[str | int, ...] | None
     """Where a step offers the model tools, if it does: a step with `mcp:` whose tool_choice
     (its own, else the default) is not `none`. Without `mcp:` no tools are offered, whatever
     the tool_choice; `defaults.tool_choice` applies only to steps that offer tools."""
-    if not step.mcp:
+    if not isinstance(step, AgentStep) or not step.mcp:
         return None
     choice = workflow.defaults.tool_choice if step.tool_choice is None else step.tool_choice
     return None if choice == "none" else ("steps", step.index, "mcp")

@@ -42,14 +42,24 @@ from .errors import (
     MCPServerError,
     ReplayMissError,
 )
-from .runlog import Event, Redactor, RunLog, map_strings, renumber_ids, write_atomic
+from .runlog import (
+    Event,
+    Redactor,
+    RunLog,
+    Scope,
+    current_scope,
+    map_strings,
+    renumber_ids,
+    write_atomic,
+)
 from .spec.load import parse_document
 from .spec.source import SourceMap
+from .toolboxes import ToolboxFromSource
 
 if TYPE_CHECKING:
     from mcp.types import Tool
 
-    from .mcp import McpToolbox, ToolSource
+    from .mcp import ToolSource
 
 CASSETTE_VERSION = 1
 HEADER = """\
@@ -78,6 +88,7 @@ class LlmExchange:
     request: dict[str, Any]
     response: dict[str, Any] | None = None
     error: dict[str, str] | None = None
+    item: int | None = None
 
 
 @dataclass
@@ -91,14 +102,18 @@ class ToolExchange:
     arguments: Any
     result: dict[str, Any] | None = None
     error: dict[str, str] | None = None
+    item: int | None = None
 
 
 Exchange = LlmExchange | ToolExchange
+_Key = tuple[str | None, int | None, str]
+"""Step, item and request: what a replayed answer is found by."""
 
 
 @dataclass
 class Cassette:
-    """A recorded run: each server's tool list, then the exchanges in the order they began."""
+    """A recorded run: each server's tool list, then the exchanges grouped by step (in run
+    order) and item, each group in the order its calls began."""
 
     workflow: str
     servers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -152,6 +167,7 @@ class Cassette:
                         item.get("arguments") or {},
                         None if result is None else {"text": "", "is_error": False, **result},
                         item.get("error"),
+                        item.get("item"),
                     )
                 )
                 continue
@@ -177,6 +193,7 @@ class Cassette:
                     request,
                     item.get("response"),
                     item.get("error"),
+                    item.get("item"),
                 )
             )
         return cassette
@@ -191,6 +208,7 @@ class Cassette:
                     "n": exchange.n,
                     "kind": "tool",
                     "step": exchange.step,
+                    **_item_of(exchange),
                     "server": exchange.server,
                     "tool": exchange.tool,
                     "arguments": exchange.arguments,
@@ -218,6 +236,7 @@ class Cassette:
                 "n": exchange.n,
                 "kind": "llm",
                 "step": exchange.step,
+                **_item_of(exchange),
                 "round": exchange.round,
                 "request": request,
             }
@@ -241,6 +260,12 @@ class Cassette:
             raise CassetteError(
                 f"cannot write the cassette {path}: {error.strerror or error}"
             ) from None
+
+
+def _item_of(exchange: Exchange) -> dict[str, int]:
+    """The `item` key of an exchange inside a `for_each` item; absent elsewhere, so cassettes
+    of workflows without `for_each` keep their format."""
+    return {} if exchange.item is None else {"item": exchange.item}
 
 
 def _with_error(item: dict[str, Any], error: Mapping[str, str] | None) -> dict[str, Any]:
@@ -426,6 +451,7 @@ _SCHEMA: dict[str, Any] = {
                     "n": {"type": "integer"},
                     "kind": {"enum": ["llm", "tool"]},
                     "step": _TEXT,
+                    "item": {"type": ["integer", "null"]},
                     "error": _ERROR,
                 },
                 "allOf": [
@@ -605,27 +631,45 @@ def _tool_spec(tool: Tool) -> dict[str, Any]:
 
 
 class _Position:
-    """Which step and round the run is in (the run log knows, the model and tools do not),
-    and whether a step failed: how the recorded run ended."""
+    """Where each request of the run belongs: its step and item (from the executor's scope,
+    so concurrent steps are told apart) and its round (the latest one that scope's events
+    named); also whether a step failed, and the run's step order (how the recorded run
+    ended, and how its exchanges are ordered in the file)."""
 
     def __init__(self, log: RunLog) -> None:
-        self.step: str | None = None
-        self.round: int | None = None
+        self.rounds: dict[Scope, int | None] = {}
+        self.order: dict[str, int] = {}
         self.failed = False
         log.subscribe(self)
 
     def __call__(self, event: Event) -> None:
-        if event.type == "step_started":
-            self.step, self.round = event.step, None
-        elif event.type in ("llm_request", "tool_call"):
-            self.round = event.data.get("round")
+        if event.type == "run_started":
+            self.order = {step: i for i, step in enumerate(event.data.get("steps") or ())}
+        elif event.type in ("llm_request", "tool_call") and event.step is not None:
+            self.rounds[Scope(event.step, event.item)] = event.data.get("round")
         elif event.type == "step_finished" and event.data.get("status") == "failed":
             self.failed = True
 
+    @property
+    def scope(self) -> Scope | None:
+        return current_scope.get()
+
+    @property
+    def round(self) -> int | None:
+        scope = self.scope
+        return None if scope is None else self.rounds.get(scope)
+
     def describe(self) -> str:
-        if self.step is None:
+        scope = self.scope
+        if scope is None:
             return "before the first step"
-        return f"step {self.step!r}" + (f", round {self.round}" if self.round else "")
+        item = f", item {scope.item}" if scope.item is not None else ""
+        return f"step {scope.step!r}{item}" + (f", round {self.round}" if self.round else "")
+
+    def rank(self, exchange: Exchange) -> tuple[int, int]:
+        """Where an exchange goes in the file: by step (in run order), then item."""
+        step = self.order.get(exchange.step or "", -1)
+        return step, -1 if exchange.item is None else exchange.item
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -638,8 +682,8 @@ class Recorder:
         self._workflow = workflow
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
-        # A slot per exchange, taken when it begins: the file follows the order of the
-        # calls, not the order in which concurrent calls happened to finish.
+        # A slot per exchange, taken when it begins: within a step and item the file
+        # follows the order of the calls, not the order in which they happened to finish.
         self._slots: list[Exchange | None] = []
         self._servers: dict[str, list[Tool]] = {}
 
@@ -689,7 +733,8 @@ class Recorder:
                 for name, tools in self._servers.items()
             },
         )
-        for exchange in (slot for slot in self._slots if slot is not None):
+        recorded = [slot for slot in self._slots if slot is not None]
+        for exchange in sorted(recorded, key=self._position.rank):
             n = len(cassette.exchanges) + 1
             normalized: Exchange
             error = self._normalize(exchange.error)
@@ -719,30 +764,18 @@ class _RecordingChat:
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         where = self._recorder._position
+        scope = where.scope or Scope("")
         return await self._recorder._record(
-            LlmExchange(0, where.step, where.round, request_record(request)),
+            LlmExchange(
+                0, scope.step or None, where.round, request_record(request), item=scope.item
+            ),
             self._model.chat(request),
             response_record,
             LLMClientError,
         )
 
 
-class _ToolboxOfSource:
-    """The `toolbox` of a tool source that stands in for the live sessions: built the same
-    way, so it offers the same names and reports the same allow-list errors."""
-
-    def toolbox(
-        self: ToolSource,
-        servers: Sequence[str],
-        allow: Sequence[str] | None,
-        limits: Mapping[str, int] | None = None,
-    ) -> McpToolbox:
-        from .mcp import build_toolbox
-
-        return build_toolbox(self, servers, allow, limits)
-
-
-class RecordingTools(_ToolboxOfSource):
+class RecordingTools(ToolboxFromSource):
     """A tool provider that records what the live MCP sessions list and answer."""
 
     def __init__(self, source: ToolSource, recorder: Recorder) -> None:
@@ -755,8 +788,9 @@ class RecordingTools(_ToolboxOfSource):
         return listed
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
+        scope = self._recorder._position.scope or Scope("")
         return await self._recorder._record(
-            ToolExchange(0, self._recorder._position.step, server, tool, dict(arguments)),
+            ToolExchange(0, scope.step or None, server, tool, dict(arguments), item=scope.item),
             self._source.call_tool(server, tool, arguments),
             result_record,
             MCPServerError,
@@ -766,7 +800,7 @@ class RecordingTools(_ToolboxOfSource):
 # --- replaying ----------------------------------------------------------------------------
 
 
-class Replayer(_ToolboxOfSource):
+class Replayer(ToolboxFromSource):
     """The cassette in place of LM Studio (a `ChatModel`) and of the MCP sessions (a tool
     source whose tool lists and results come from the cassette: no server runs).
 
@@ -782,18 +816,31 @@ class Replayer(_ToolboxOfSource):
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
         self._workflow = str(context.get("workflow", {}).get("name") or "")
-        self._llm: dict[str, deque[LlmExchange]] = {}
-        self._tool: dict[str, deque[ToolExchange]] = {}
+        # Answers by (step, item, request): concurrent steps and items each find their own,
+        # whatever order they ask in.
+        self._llm: dict[_Key, deque[LlmExchange]] = {}
+        self._tool: dict[_Key, deque[ToolExchange]] = {}
         for exchange in cassette.exchanges:
             if isinstance(exchange, LlmExchange):
-                self._llm.setdefault(_llm_key(exchange.request), deque()).append(exchange)
+                key = (exchange.step, exchange.item, _llm_key(exchange.request))
+                self._llm.setdefault(key, deque()).append(exchange)
             else:
-                key = _tool_key(exchange.server, exchange.tool, exchange.arguments)
-                self._tool.setdefault(key, deque()).append(exchange)
+                request = _tool_key(exchange.server, exchange.tool, exchange.arguments)
+                self._tool.setdefault((exchange.step, exchange.item, request), deque()).append(
+                    exchange
+                )
+
+    def _queue(self, queues: dict[_Key, deque[Answer]], request: str) -> deque[Answer] | None:
+        """The recorded answers to this request in the current step and item; outside any
+        step (a caller without an executor), or in a cassette that names no step, anywhere."""
+        scope = self._position.scope
+        if scope is None:
+            return next((q for (_, _, r), q in queues.items() if r == request), None)
+        return queues.get((scope.step, scope.item, request)) or queues.get((None, None, request))
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         record = self._normalize(request_record(request))
-        queue = self._llm.get(_llm_key(record))
+        queue = self._queue(self._llm, _llm_key(record))
         if queue is None:
             raise self._llm_miss(record)
         exchange = _take(queue)
@@ -825,7 +872,7 @@ class Replayer(_ToolboxOfSource):
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         normalized = self._normalize(dict(arguments))
-        queue = self._tool.get(_tool_key(server, tool, normalized))
+        queue = self._queue(self._tool, _tool_key(server, tool, normalized))
         if queue is None:
             raise self._tool_miss(server, tool, normalized)
         exchange = _take(queue)
@@ -867,7 +914,7 @@ class Replayer(_ToolboxOfSource):
             candidates,
             key=lambda c: (
                 _similarity(c[1], live),
-                c[0].step == self._position.step,
+                c[0].step == (self._position.scope or Scope("")).step,
                 c[0].round == self._position.round,
             ),
         )

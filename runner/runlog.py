@@ -8,12 +8,14 @@ no writer can leak them by mistake.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,13 +39,35 @@ class Event:
     run_id: str
     step: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    item: int | None = None
+    """The index of the `for_each` item the event belongs to (None outside items)."""
 
     def as_dict(self) -> dict[str, Any]:
         stamp = datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds")
-        head = {"seq": self.seq, "type": self.type, "time": stamp, "run_id": self.run_id}
+        head: dict[str, Any] = {
+            "seq": self.seq,
+            "type": self.type,
+            "time": stamp,
+            "run_id": self.run_id,
+        }
         if self.step is not None:
             head["step"] = self.step
+        if self.item is not None:
+            head["item"] = self.item
         return {**head, **self.data}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where in a run some work happens: a step, and an item of its `for_each`."""
+
+    step: str
+    item: int | None = None
+
+
+current_scope: ContextVar[Scope | None] = ContextVar("lmflow_scope", default=None)
+"""Set by the executor in each step's and item's task, so parts that see only requests (a
+recorder, a replayer) know which step and item a request belongs to, however many run."""
 
 
 Sink = Callable[[Event], None]
@@ -148,18 +172,20 @@ class RunLog:
     def subscribe(self, sink: Sink) -> None:
         self._sinks.append(sink)
 
-    def emit(self, type: str, step: str | None = None, **data: Any) -> Event:
+    def emit(
+        self, type: str, step: str | None = None, *, item: int | None = None, **data: Any
+    ) -> Event:
         self._seq += 1
-        event = Event(type, self._seq, time.time(), self.run_id, step, self.redactor(data))
+        event = Event(type, self._seq, time.time(), self.run_id, step, self.redactor(data), item)
         for sink in self._sinks:
             sink(event)
         return event
 
-    def for_step(self, step: str) -> StepEmit:
+    def for_step(self, step: str, item: int | None = None) -> StepEmit:
         """The `emit` callback the agent engine gets: it knows events, not steps."""
 
         def emit(type: str, fields: dict[str, Any]) -> None:
-            self.emit(type, step, **fields)
+            self.emit(type, step, item=item, **fields)
 
         return emit
 
@@ -217,7 +243,7 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 # --- the snapshot view ----------------------------------------------------------------------
 
-VOLATILE_KEYS = frozenset({"seq", "time", "run_id", "duration"})
+VOLATILE_KEYS = frozenset({"seq", "time", "run_id", "duration", "fingerprint", "reused_from"})
 KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
 """Fields a log line never holds (the event's `full_result` file does), left out of the view
 so a snapshot is the same whether it was taken from a file or from memory."""
@@ -260,7 +286,7 @@ def snapshot_view(
     order of appearance; replaces absolute paths (`placeholders`: path -> `<name>`) so the
     same exchanges give the same view on any machine, whatever the timing.
     """
-    events = [event for event in events if event.get("type") not in MACHINE_EVENTS]
+    events = _in_run_order([event for event in events if event.get("type") not in MACHINE_EVENTS])
     ids: dict[str, str] = {}
     replacements = sorted((placeholders or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
 
@@ -297,6 +323,31 @@ def snapshot_view(
         )
         for event in events
     ]
+
+
+def _in_run_order(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Events grouped by step (in the run order that `run_started` lists), then by item,
+    each group in the order it happened: concurrent steps interleave their events
+    differently on every run, this order is the same every time."""
+    started = next((e for e in events if e.get("type") == "run_started"), {})
+    rank = {step: i for i, step in enumerate(started.get("steps") or ())}
+    last = len(rank)
+
+    def key(numbered: tuple[int, Mapping[str, Any]]) -> tuple[int, int, float, int]:
+        seq, event = numbered
+        step, kind = event.get("step"), event.get("type")
+        if step is None:  # the run's own events: its start and notices first, its end last
+            return (2 if kind == "run_finished" else 0, 0, 0, seq)
+        item = event.get("item")
+        if kind == "step_finished":
+            within = math.inf
+        elif isinstance(item, int):
+            within = item
+        else:
+            within = -1
+        return (1, rank.get(step, last), within, seq)
+
+    return [event for _, event in sorted(enumerate(events), key=key)]
 
 
 @dataclass(frozen=True)

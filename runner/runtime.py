@@ -26,15 +26,16 @@ from .executor import (
     ToolProvider,
     base_context,
     coerce_inputs,
-    env_names,
     render_servers,
     servers_in_use,
 )
-from .history import RUNS_DIR
+from .history import RUNS_DIR, find_run
+from .limits import limit_calls
+from .resume import Reusable, load_reusable
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
 from .signals import stop_reason
 from .spec.load import read_document
-from .spec.model import HttpServer, Input, McpServer, StdioServer, Step, Workflow
+from .spec.model import AgentStep, HttpServer, Input, McpServer, StdioServer, Workflow
 
 if TYPE_CHECKING:
     from .lmstudio import LMStudioClient
@@ -58,6 +59,8 @@ class RunOptions:
     replay: Path | None = None
     rerecord: bool = False
     live_tools: bool = False
+    resume: str | None = None
+    """A run id (or `last`) whose succeeded steps this run reuses where unchanged."""
 
     def __post_init__(self) -> None:
         if self.record is not None and self.replay is not None:
@@ -118,7 +121,7 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
         log.subscribe(sink)
     # Secrets are known before the first event: the variables the templates name (only
     # those reach the templates) and any password in a server URL, valid or not.
-    env = SecretEnv(env_names(workflow), redactor)
+    env = SecretEnv(sorted(workflow.plan.env_names), redactor)
     for url, _ in base_url_candidates(options.base_url, workflow.lmstudio.base_url):
         redactor.add_url_password(url)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -240,13 +243,14 @@ def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:
     """Build every step's toolbox once up front: a `tools:` entry no server offers stops the
     run before its first step (MCPServerError, exit 3)."""
     for step in workflow.steps:
-        if step.mcp:
+        if isinstance(step, AgentStep) and step.mcp:
             tools.toolbox(step.mcp, step.tools)
 
 
 async def execute(
     run: PreparedRun,
     parts: contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider]],
+    reuse: Reusable | None = None,
 ) -> RunResult:
     """Run the steps with the given parts. The run's start and end are told here, once: the
     last event and result.json give the same status, however the run ended."""
@@ -259,11 +263,17 @@ async def execute(
             workflow=run.workflow.name,
             path=str(run.workflow.path),
             inputs=run.inputs,
-            steps=[s.id for s in run.workflow.steps],
+            steps=run.workflow.plan.order(),
         )
         async with parts as (chat, tools):
             executor = Executor(
-                run.workflow, run.inputs, chat=chat, tools=tools, log=run.log, context=run.context
+                run.workflow,
+                run.inputs,
+                chat=chat,
+                tools=limit_calls(run.workflow, tools),
+                log=run.log,
+                context=run.context,
+                reuse=reuse,
             )
             await executor.run()
     except LmflowError as error:
@@ -332,8 +342,11 @@ async def run_workflow(
 
         # Before the run starts: a cassette that cannot be written is a command-line mistake.
         ensure_recordable(options.record, options.rerecord)
+    reuse = None
+    if options.resume is not None:  # before this run's own directory exists: `last` is earlier
+        reuse = load_reusable(find_run(options.runs_dir, options.resume))
     run = prepare(workflow, raw_inputs, options)
-    return await execute(run, parts_for(run, options))
+    return await execute(run, parts_for(run, options), reuse)
 
 
 def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any]:
@@ -409,7 +422,7 @@ def one_off_workflow(
     # The task and system prompt are the user's literal text, not templates: they travel as
     # inputs (recorded in the run log) and the step reads them from there.
     texts = {"task": task, **({"system": system} if system is not None else {})}
-    step = Step(
+    step = AgentStep(
         id="agent",
         index=0,
         model=model,

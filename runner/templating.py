@@ -27,6 +27,8 @@ from jinja2.lexer import TOKEN_OPERATOR
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ROOTS = ("inputs", "steps", "env", "workflow", "run")
+ITEM_NAMES = ("item", "loop")
+"""What a `for_each:` step adds to its own templates: the current item and its position."""
 
 # Jinja parses, compiles and renders recursively, so a hostile template could exhaust Python's
 # stack. These limits are far beyond any real template and well inside that stack, so a too
@@ -37,6 +39,7 @@ MAX_DEPTH = 100
 """Depth of a parsed template's tree: nested blocks, operator chains, filters, attributes."""
 
 __all__ = [
+    "ITEM_NAMES",
     "ROOTS",
     "Reference",
     "TemplateError",

@@ -30,9 +30,6 @@ from runner.executor import (
     RunResult,
     base_context,
     coerce_inputs,
-    dependencies,
-    env_names,
-    plan,
     render_servers,
 )
 from runner.runlog import MASK, Event, RunLog, SecretEnv
@@ -154,7 +151,7 @@ def run(
     events: list[Event] = []
     log.subscribe(events.append)
     inputs = coerce_inputs(workflow, raw_inputs or {})
-    env = SecretEnv(env_names(workflow), log.redactor, environ or {})
+    env = SecretEnv(workflow.plan.env_names, log.redactor, environ or {})
     context = base_context(workflow, inputs, env, "run-1", None, "2026-01-01T00:00:00+00:00")
     executor = Executor(
         workflow, inputs, chat=chat or ScriptedChat(), tools=tools, log=log, context=context
@@ -359,7 +356,7 @@ def test_steps_run_in_file_order_without_needs() -> None:
           - {id: b, prompt: "{{ steps.c.output }}"}
         """
     )
-    assert [s.id for s in plan(workflow)] == ["c", "a", "b"]
+    assert workflow.plan.order() == ["c", "a", "b"]
 
 
 def test_needs_moves_a_step_only_as_far_as_it_must_go() -> None:
@@ -372,7 +369,7 @@ def test_needs_moves_a_step_only_as_far_as_it_must_go() -> None:
           - {id: tail, prompt: x}
         """
     )
-    assert [s.id for s in plan(workflow)] == ["greet", "collect", "report", "tail"]
+    assert workflow.plan.order() == ["greet", "collect", "report", "tail"]
 
 
 def test_references_in_prompt_if_and_with_are_dependencies() -> None:
@@ -393,7 +390,7 @@ def test_references_in_prompt_if_and_with_are_dependencies() -> None:
             with: {path: "{{ steps.c.output }}", rest: ["{{ steps.d.output }}"]}
         """
     )
-    waits = dependencies(workflow)
+    waits = workflow.plan.dependencies()
     assert waits["d"] == {"a", "b"}
     assert waits["e"] == {"c", "d"}
     assert waits["a"] == set()
@@ -408,7 +405,7 @@ def test_a_hand_built_forward_reference_runs_after_the_step_it_reads() -> None:
         """,
         validate=False,
     )
-    assert [s.id for s in plan(workflow)] == ["late", "early"]
+    assert workflow.plan.order() == ["late", "early"]
 
 
 # --- conditions, failures, skipping ---------------------------------------------------------
@@ -437,19 +434,20 @@ def test_a_false_condition_skips_the_step_and_records_it_as_skipped() -> None:
     assert statuses(result) == {"survey": "succeeded", "summary": "succeeded"}
 
 
-def test_a_failed_step_stops_the_run_and_later_steps_are_recorded_as_skipped() -> None:
+def test_failing_fast_a_failed_step_stops_the_run_and_later_steps_are_skipped() -> None:
     workflow = load(
         """
         mcp_servers:
           fs: {command: fs-server}
         steps:
           - {id: first, prompt: x}
-          - {id: read, tool: fs.read, with: {path: /etc/shadow}}
-          - {id: after, prompt: never asked}
-          - {id: last, prompt: never asked}
+          - {id: read, needs: first, tool: fs.read, with: {path: /etc/shadow}}
+          - {id: after, needs: read, if: true, prompt: never asked}
+          - {id: last, needs: read, if: true, prompt: never asked}
         outputs:
           first: "{{ steps.first.output }}"
-        """
+        """,
+        defaults="{model: qwen/qwen3-4b, fail_fast: true}",
     )
     chat = ScriptedChat("first answer")
     result, events = run(workflow, chat=chat, tools=FakeTools(fs={"read": broken}))
@@ -535,9 +533,10 @@ def test_a_condition_that_cannot_be_evaluated_fails_the_step() -> None:
 
 
 def test_a_model_server_that_goes_away_fails_the_step_not_the_process() -> None:
-    workflow = load("steps:\n  - {id: a, prompt: x}\n  - {id: b, prompt: y}\n")
+    workflow = load("steps:\n  - {id: a, prompt: x}\n  - {id: b, prompt: '{{ steps.a.output }}'}\n")
     result, _ = run(workflow, chat=FailingChat())
     assert statuses(result) == {"a": "failed", "b": "skipped"}
+    assert result.steps[1].reason == "step 'a' failed"
     assert result.steps[0].error == "cannot reach LM Studio at http://127.0.0.1:9"
 
 
@@ -706,7 +705,7 @@ def test_events_come_in_order_with_their_step_ids() -> None:
         steps:
           - {id: ask, mcp: [fs], prompt: go}
           - {id: direct, tool: fs.echo, with: {text: "{{ steps.ask.output }}"}}
-          - {id: never, if: false, prompt: x}
+          - {id: never, needs: direct, if: false, prompt: x}
         """
     )
     chat = ScriptedChat(call("echo", {"text": "hi"}), "answer")
@@ -766,7 +765,7 @@ def test_an_expression_that_raises_fails_the_step_instead_of_crashing_the_run() 
           zero: {type: integer, default: 0}
         steps:
           - {id: divide, prompt: "{{ 10 / inputs.zero }}"}
-          - {id: after, prompt: "never asked"}
+          - {id: after, needs: divide, prompt: "never asked"}
         """
     )
     result, events = run(workflow)
@@ -821,6 +820,34 @@ def test_a_required_input_with_a_default_must_still_be_given() -> None:
     with pytest.raises(InputError, match="'top' is required"):
         coerce_inputs(workflow, {})
     assert coerce_inputs(workflow, {"top": "5"}) == {"top": 5}
+
+
+def test_a_failure_skips_only_its_dependants_and_the_run_names_the_first_failure() -> None:
+    workflow = load(
+        """
+        mcp_servers:
+          fs: {command: fs-server}
+        steps:
+          - {id: tolerated, continue_on_error: true, tool: fs.read, with: {path: a}}
+          - {id: first, tool: fs.read, with: {path: b}}
+          - {id: second, tool: fs.read, with: {path: c}}
+          - {id: other, prompt: independent}
+          - {id: after, prompt: "{{ steps.first.output }}"}
+        """
+    )
+    chat = ScriptedChat("fine")
+    result, _ = run(workflow, chat=chat, tools=FakeTools(fs={"read": broken}))
+    assert statuses(result) == {
+        "tolerated": "failed",
+        "first": "failed",
+        "second": "failed",
+        "other": "succeeded",
+        "after": "skipped",
+    }
+    assert [s.id for s in result.steps] == ["tolerated", "first", "second", "other", "after"]
+    assert (
+        result.error == "step 'first' failed: tool fs.read failed: permission denied: /etc/shadow"
+    )
 
 
 # --- hostile inputs (issue 8): refused with a message, never a traceback ------------------------
@@ -933,7 +960,7 @@ def test_a_tool_argument_that_is_not_json_fails_the_step_with_a_message(
           - id: call
             tool: fs.list
             with: {{text: "{argument}"}}
-          - {{id: after, prompt: never asked}}
+          - {{id: after, needs: [call], prompt: never asked}}
         """
     )
     tools = FakeTools(fs={"list": echo})
@@ -994,7 +1021,7 @@ def test_a_template_that_recurses_while_rendering_fails_its_step_with_a_message(
         """
         steps:
           - {id: loop, prompt: "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"}
-          - {id: after, prompt: never asked}
+          - {id: after, needs: [loop], prompt: never asked}
         """
     )
     result, events = run(workflow, chat=ScriptedChat())

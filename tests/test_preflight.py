@@ -27,7 +27,7 @@ from runner.preflight import (
     match_model,
     verify_models,
 )
-from runner.spec.model import Defaults, LMStudioSettings, Step, Workflow
+from runner.spec.model import AgentStep, Defaults, LMStudioSettings, Step, ToolStep, Workflow
 from runner.spec.problems import Problem
 from runner.spec.source import Position, SourceMap
 
@@ -75,7 +75,7 @@ def workflow(
 
 
 def step(index: int, model: str | None = None, **fields: object) -> Step:
-    return Step(id=f"s{index}", index=index, model=model, prompt="hi", **fields)  # type: ignore[arg-type]
+    return AgentStep(id=f"s{index}", index=index, model=model, prompt="hi", **fields)  # type: ignore[arg-type]
 
 
 def rules(problems: Sequence[Problem]) -> list[tuple[str, str, int, int]]:
@@ -230,7 +230,7 @@ def test_aliases_and_defaults_are_checked_even_when_unused() -> None:
 
 
 def test_tool_steps_need_no_model() -> None:
-    flow = workflow(Step(id="read", index=0, tool="fs.read_text_file"))
+    flow = workflow(ToolStep(id="read", index=0, tool="fs.read_text_file"))
     assert check_models(flow, []) == []
 
 

@@ -89,6 +89,38 @@ def lmflow(cwd: Path, *args: str, tag: str = "untagged", env: dict[str, str] | N
     return Run(done.returncode, done.stdout, done.stderr, cwd)
 
 
+def spawn(cwd: Path, *args: str, tag: str) -> subprocess.Popen[str]:
+    """Start `lmflow ARGS` in `cwd` without waiting: for tests that signal it mid-run."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=environment(cwd, tag),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def interrupt_when(
+    process: subprocess.Popen[str], ready: Callable[[], bool], waiting_for: str
+) -> tuple[str, str]:
+    """Wait (up to 60 s) until `ready()`, press Ctrl-C (SIGINT) and return what the process
+    wrote; a process still alive after that is killed."""
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"{waiting_for} never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        return process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def fixture(tag: str, *args: str, **settings: Any) -> str:
     """Our SDK fixture server over stdio, as a YAML flow mapping (JSON is YAML)."""
     server = {
@@ -225,7 +257,7 @@ def test_a_failing_tool_step_stops_the_run_with_exit_1(
           fx: {fixture(tag)}
         steps:
           - {{id: bad, tool: fx.fail, with: {{message: disk on fire}}}}
-          - {{id: later, prompt: never asked}}
+          - {{id: later, needs: bad, prompt: never asked}}
         """,
     )
     run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
@@ -233,7 +265,7 @@ def test_a_failing_tool_step_stops_the_run_with_exit_1(
     assert (
         "✗ bad failed: tool fx.fail failed: Error executing tool fail: disk on fire" in run.stderr
     )
-    assert "- later skipped: the run stopped after step 'bad' failed" in run.stderr
+    assert "- later skipped: step 'bad' failed" in run.stderr
     assert lm.chat_requests == []
     assert [s["status"] for s in run.result()["steps"]] == ["failed", "skipped"]
     assert run.stdout == ""  # no half outputs of a failed run
@@ -389,9 +421,10 @@ def test_a_server_shared_by_ten_steps_is_started_once(
     }
     steps = []
     script: list[Any] = []
-    for i in range(5):
-        steps.append(f"  - {{id: direct{i}, tool: fx.echo, with: {{text: 'd{i}'}}}}")
-        steps.append(f"  - {{id: agent{i}, mcp: [fx], prompt: 'a{i}'}}")
+    for i in range(5):  # one after the other, as the script answers in order
+        after = f"needs: agent{i - 1}, " if i else ""
+        steps.append(f"  - {{id: direct{i}, {after}tool: fx.echo, with: {{text: 'd{i}'}}}}")
+        steps.append(f"  - {{id: agent{i}, needs: direct{i}, mcp: [fx], prompt: 'a{i}'}}")
         script += [[("echo", {"text": f"a{i}"})], f"answer {i}"]
     body = f"mcp_servers:\n  fx: {json.dumps(server)}\nsteps:\n" + "\n".join(steps) + "\n"
     lm = make_fake_lmstudio(script=script)
@@ -419,36 +452,21 @@ def test_sigint_mid_step_exits_130_and_leaves_no_process(
         steps:
           - {{id: first, tool: other.echo, with: {{text: hi}}}}
           - {{id: slow, mcp: [fx], prompt: sleep a minute}}
-          - {{id: after, prompt: never}}
+          - {{id: after, needs: slow, prompt: never}}
         """,
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", file, "--base-url", lm.url],
-        cwd=tmp_path,
-        env=environment(tmp_path, tag),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        events = tmp_path / ".lmflow" / "runs"
-        deadline = time.monotonic() + 60
-        while not any(
+    process = spawn(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
+    events = tmp_path / ".lmflow" / "runs"
+
+    def sleeping() -> bool:
+        called = any(
             '"name": "sleep"' in line and '"tool_call"' in line
             for path in events.glob("*/events.jsonl")
             for line in path.read_text().splitlines()
-        ):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the sleep call never started"
-            time.sleep(0.05)
-        assert len(tagged_processes(tag)) == 3  # lmflow and its two servers
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        )
+        return called and len(tagged_processes(tag)) == 3  # lmflow and its two servers
+
+    out, err = interrupt_when(process, sleeping, "the sleep call")
     assert process.returncode == 130, err
     assert "interrupted" in err
     assert "Traceback" not in err
@@ -485,6 +503,7 @@ def test_every_slip_of_the_model_goes_back_to_it_and_the_run_recovers(
         steps:
           - {{id: fumble, mcp: [fx], max_rounds: 6, prompt: do it}}
           - id: count
+            needs: fumble                # the script answers the two steps in turn
             prompt: "How many?"
             output_schema: {{type: object, properties: {{n: {{type: integer}}}}, required: [n]}}
         outputs:
@@ -554,7 +573,7 @@ def test_a_tool_that_crashes_its_server_fails_the_step_with_exit_1(
           fx: {fixture(tag)}
         steps:
           - {{id: boom, mcp: [fx], prompt: crash it}}
-          - {{id: after, prompt: never}}
+          - {{id: after, needs: boom, prompt: never}}
         """,
     )
     run = lmflow(tmp_path, "run", file, "--base-url", lm.url, "--json", tag=tag)

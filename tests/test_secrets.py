@@ -28,7 +28,7 @@ from runner.replay import to_yaml
 from runner.runlog import Redactor, read_events, snapshot_view
 from runner.runtime import RunOptions, prepare
 from runner.spec import check_file
-from runner.spec.model import LMStudioSettings, Step, Workflow
+from runner.spec.model import AgentStep, LMStudioSettings, Workflow
 from runner.templating import TemplateError, render
 
 SECRET = "s3cr3t-Header-Value-42"
@@ -379,7 +379,7 @@ def test_the_run_context_holds_only_the_variables_the_workflow_names(
     workflow = Workflow(
         path=tmp_path / "w.yaml",
         name="w",
-        steps=(Step(id="a", index=0, model=MODEL, prompt="{{ env.NAMED_SECRET }}"),),
+        steps=(AgentStep(id="a", index=0, model=MODEL, prompt="{{ env.NAMED_SECRET }}"),),
     )
     run = prepare(workflow, {}, RunOptions(write_log=False))
     context = run.context

@@ -12,7 +12,7 @@ from hostile import ALIAS_LOOP, nested_block_yaml, nested_list
 from runner.errors import WorkflowInvalidError
 from runner.spec import load_workflow, parse_document, read_document
 from runner.spec.load import MAX_FILE_BYTES, MAX_NESTING
-from runner.spec.model import HttpServer, StdioServer
+from runner.spec.model import AgentStep, HttpServer, StdioServer, ToolStep
 from runner.spec.source import Position
 
 SMALL = """\
@@ -256,12 +256,11 @@ def test_workflow_fields(workflow) -> None:
 
 def test_steps_and_servers_are_typed(workflow) -> None:
     readme, survey, risks, _ = workflow.steps
-    assert (readme.tool_server, readme.tool_name, readme.uses_model) == (
-        "fs",
-        "read_text_file",
-        False,
-    )
+    assert isinstance(readme, ToolStep) and readme.kind == "tool"
+    assert (readme.tool_server, readme.tool_name) == ("fs", "read_text_file")
     assert readme.with_["path"] == "{{ inputs.path }}/README.md"
+    assert isinstance(survey, AgentStep) and survey.kind == "agent"
+    assert isinstance(risks, AgentStep)
     assert survey.mcp == ("fs",) and survey.tools is None
     assert risks.needs == ("survey",)
     assert risks.output_schema["properties"]["modules"]["type"] == "array"

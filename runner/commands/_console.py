@@ -34,27 +34,33 @@ class ConsoleView:
             click.echo(line, err=True)
 
     def _line(self, event: Event) -> str | None:
+        """One whole line per event: with several steps running, each detail line names
+        its step (and item), so lines of different steps can interleave but never mix."""
         data = event.data
         step = event.step
+        who = f"{step}[{event.item}]" if event.item is not None else f"{step}"
         if event.type == "step_started":
             what = data.get("tool") or data.get("model") or ""
             return click.style(f"▶ {step}", bold=True) + (f"  {what}" if what else "")
         if event.type == "tool_call":
-            return (
-                f"    round {data.get('round')}: {data.get('name')} {_short(data.get('arguments'))}"
-            )
+            arguments = _short(data.get("arguments"))
+            return f"    {who} round {data.get('round')}: {data.get('name')} {arguments}"
         if event.type == "tool_result" and (data.get("is_error") or self.verbosity > 1):
             label = click.style("tool error", fg="yellow") if data.get("is_error") else "result"
-            return f"    {label}: {_short(data.get('content'))}"
+            return f"    {who} {label}: {_short(data.get('content'))}"
         if event.type == "notice":  # about this machine: a model not loaded, a token not sent
             hint = f"\n      hint: {data['hint']}" if data.get("hint") else ""
             return click.style(f"note: {data.get('message')}", fg="yellow") + hint
         if event.type == "agent_notice":
             return click.style(
-                f"    note: {data.get('kind')}: {_short(data.get('detail'))}", fg="yellow"
+                f"    {who} note: {data.get('kind')}: {_short(data.get('detail'))}", fg="yellow"
             )
         if event.type == "llm_response" and self.verbosity > 1 and data.get("content"):
-            return f"    round {data.get('round')} answer: {_short(data.get('content'))}"
+            return f"    {who} round {data.get('round')} answer: {_short(data.get('content'))}"
+        if event.type == "item_finished" and data.get("status") == "failed":
+            return click.style(f"    {who} failed: {data.get('error')}", fg="red")
+        if event.type == "step_finished" and data.get("reused_from"):
+            return click.style(f"↺ {step} reused from run {data['reused_from']}", fg="green")
         if event.type == "step_finished":
             return self._finished(step, data)
         if event.type == "run_finished":

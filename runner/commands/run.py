@@ -43,6 +43,13 @@ from ._console import ConsoleView, print_result
 @click.option(
     "--live-tools", is_flag=True, help="With --replay: call the real MCP servers instead."
 )
+@click.option(
+    "--resume",
+    "resume",
+    metavar="RUN_ID|last",
+    help="Reuse the results of the steps that succeeded in that run, where nothing they "
+    "depend on changed; run the rest.",
+)
 def command(
     workflow_file: Path,
     pairs: tuple[str, ...],
@@ -61,6 +68,7 @@ def command(
     replay: Path | None,
     rerecord: bool,
     live_tools: bool,
+    resume: str | None,
 ) -> int:
     """Run WORKFLOW_FILE against LM Studio and the MCP servers it declares.
 
@@ -89,6 +97,7 @@ def command(
         replay=replay,
         rerecord=rerecord,
         live_tools=live_tools,
+        resume=resume,
     )
     raw_inputs = read_inputs(inputs_file, pairs)
     return print_result(signals.run(run_workflow(workflow, raw_inputs, run_options)), as_json)

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .source import JsonPath, Position, SourceMap
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
 
@@ -28,6 +32,8 @@ makes the request fail or pushes the task out of the model's view."""
 # server is already running, so a slow handshake there means something is wrong.
 DEFAULT_STDIO_STARTUP_TIMEOUT = 30.0
 DEFAULT_HTTP_STARTUP_TIMEOUT = 10.0
+DEFAULT_CONCURRENCY = 4
+"""Steps or items at once: LM Studio serves 4 requests in parallel by default."""
 
 # A frozen empty mapping, the default for optional maps.
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -66,6 +72,8 @@ class Defaults:
     max_tokens: int | None = None
     timeout: float | None = None
     tool_choice: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    fail_fast: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,7 @@ class StdioServer:
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
     startup_timeout: float = DEFAULT_STDIO_STARTUP_TIMEOUT
+    max_concurrent_calls: int | None = None
 
 
 @dataclass(frozen=True)
@@ -112,47 +121,75 @@ class HttpServer:
     timeout: float = DEFAULT_TOOL_CALL_TIMEOUT
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
     startup_timeout: float = DEFAULT_HTTP_STARTUP_TIMEOUT
+    max_concurrent_calls: int | None = None
 
 
 McpServer = StdioServer | HttpServer
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step. A step with `tool` calls that MCP tool directly; any other talks to a model."""
+@dataclass(frozen=True, kw_only=True)
+class _StepCommon:
+    """What every kind of step has: identity, ordering, conditions, failure handling."""
 
     id: str
     index: int
     name: str | None = None
+    needs: tuple[str, ...] = ()
+    if_: str | bool | None = None
+    timeout: float | None = None
+    continue_on_error: bool = False
+    for_each: str | tuple[Any, ...] | None = None
+    """A template giving a list (or a literal list): the step runs once per item."""
+    concurrency: int | None = None
+    """How many items of a `for_each` run at once (default: `defaults.concurrency`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentStep(_StepCommon):
+    """A step that talks to a model, which may call the tools of its `mcp:` servers."""
+
+    kind: Literal["agent"] = "agent"
     model: str | None = None
     system: str | None = None
     prompt: str | None = None
     mcp: tuple[str, ...] = ()
     tools: tuple[str, ...] | None = None
-    tool: str | None = None
-    with_: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     output_schema: Mapping[str, Any] | None = None
-    needs: tuple[str, ...] = ()
-    if_: str | bool | None = None
     max_rounds: int | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     tool_choice: str | None = None
-    timeout: float | None = None
-    continue_on_error: bool = False
     max_result_chars: int | None = None
 
     @property
-    def uses_model(self) -> bool:
-        return self.tool is None
+    def servers(self) -> tuple[str, ...]:
+        """The MCP servers the step uses."""
+        return self.mcp
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolStep(_StepCommon):
+    """A step that calls one MCP tool directly (`tool: server.tool`), no model."""
+
+    kind: Literal["tool"] = "tool"
+    tool: str
+    with_: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
     @property
-    def tool_server(self) -> str | None:
-        return self.tool.split(".", 1)[0] if self.tool else None
+    def tool_server(self) -> str:
+        return self.tool.split(".", 1)[0]
 
     @property
-    def tool_name(self) -> str | None:
-        return self.tool.split(".", 1)[1] if self.tool else None
+    def tool_name(self) -> str:
+        return self.tool.split(".", 1)[1]
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return (self.tool_server,)
+
+
+Step = AgentStep | ToolStep
+"""The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +207,14 @@ class Workflow:
     outputs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
 
-    def model_reference(self, step: Step) -> tuple[str | None, tuple[str | int, ...]]:
+    @cached_property
+    def plan(self) -> Plan:
+        """The dependency graph, template fields and env names, computed once."""
+        from .plan import plan_workflow  # plan.py builds on this module
+
+        return plan_workflow(self)
+
+    def model_reference(self, step: AgentStep) -> tuple[str | None, tuple[str | int, ...]]:
         """The model name a step asks for (before alias resolution) and where it was written."""
         if step.model is not None:
             return step.model, ("steps", step.index, "model")
@@ -184,7 +228,7 @@ class Workflow:
 
     def step_model(self, step: Step) -> str | None:
         """The model id a step talks to, or None for a `tool:` step or when none is set."""
-        if not step.uses_model:
+        if not isinstance(step, AgentStep):
             return None
         return self.resolve_model(self.model_reference(step)[0])
 
@@ -205,7 +249,7 @@ class Workflow:
             add(target, ("models", alias))
         add(self.defaults.model, ("defaults", "model"))
         for step in self.steps:
-            if step.uses_model:
+            if isinstance(step, AgentStep):
                 add(*self.model_reference(step))
         return found
 
@@ -246,6 +290,7 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
             timeout,
             max_result_chars=max_result_chars,
             **startup,
+            max_concurrent_calls=data.get("max_concurrent_calls"),
         )
     return StdioServer(
         name,
@@ -256,6 +301,7 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
         timeout,
         max_result_chars=max_result_chars,
         **startup,
+        max_concurrent_calls=data.get("max_concurrent_calls"),
     )
 
 
@@ -276,27 +322,33 @@ def _input(name: str, data: Mapping[str, Any]) -> Input:
 
 def _step(index: int, data: Mapping[str, Any]) -> Step:
     needs = data.get("needs", ())
-    schema = data.get("output_schema")
-    return Step(
+    for_each = data.get("for_each")
+    common: dict[str, Any] = dict(
         id=data["id"],
         index=index,
         name=data.get("name"),
+        needs=(needs,) if isinstance(needs, str) else tuple(needs),
+        if_=data.get("if"),
+        timeout=data.get("timeout"),
+        continue_on_error=data.get("continue_on_error", False),
+        for_each=frozen(for_each),
+        concurrency=data.get("concurrency"),
+    )
+    if "tool" in data:
+        return ToolStep(**common, tool=data["tool"], with_=frozen(data.get("with", {})))
+    schema = data.get("output_schema")
+    return AgentStep(
+        **common,
         model=data.get("model"),
         system=data.get("system"),
         prompt=data.get("prompt"),
         mcp=tuple(data.get("mcp", ())),
         tools=tuple(data["tools"]) if "tools" in data else None,
-        tool=data.get("tool"),
-        with_=frozen(data.get("with", {})),
         output_schema=frozen(schema) if schema is not None else None,
-        needs=(needs,) if isinstance(needs, str) else tuple(needs),
-        if_=data.get("if"),
         max_rounds=data.get("max_rounds"),
         temperature=data.get("temperature"),
         max_tokens=data.get("max_tokens"),
         tool_choice=data.get("tool_choice"),
-        timeout=data.get("timeout"),
-        continue_on_error=data.get("continue_on_error", False),
         max_result_chars=data.get("max_result_chars"),
     )
 
@@ -323,6 +375,8 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
             max_tokens=defaults.get("max_tokens"),
             timeout=defaults.get("timeout"),
             tool_choice=defaults.get("tool_choice"),
+            concurrency=defaults.get("concurrency", DEFAULT_CONCURRENCY),
+            fail_fast=defaults.get("fail_fast", False),
         ),
         inputs=MappingProxyType(
             {name: _input(name, spec) for name, spec in _named(data, "inputs").items()}

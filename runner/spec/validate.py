@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -17,7 +16,8 @@ from jsonschema.exceptions import SchemaError
 
 from .. import templating
 from .load import Document
-from .model import is_note, strings_in
+from .model import is_note
+from .plan import Plan, StepPlan, TemplateField, cycles, plan_data
 from .problems import Problem
 from .schema import describe, did_you_mean, schema_problems
 from .source import JsonPath, SourceMap
@@ -61,16 +61,6 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@dataclass
-class _Template:
-    """A template-bearing field: where it is, what it refers to, what it may refer to."""
-
-    path: JsonPath
-    text: str
-    is_condition: bool
-    refs: list[templating.Reference] = field(default_factory=list)
-
-
 def validate_document(doc: Document) -> list[Problem]:
     """All problems of a loaded document (its load problems included), sorted by position."""
     problems = list(doc.problems)
@@ -99,13 +89,15 @@ class _Checker:
         self.inputs = _entries(data.get("inputs"))
         self.servers = _entries(data.get("mcp_servers"))
         self.aliases = _entries(data.get("models"))
+        self.plan: Plan = plan_data(self.steps, self.servers, _entries(data.get("outputs")))
 
     def run(self) -> list[Problem]:
         self._check_step_ids()
         self._check_inputs()
         self._check_servers()
-        dependencies = self._check_steps()
-        self._check_cycles(dependencies)
+        self._check_steps()
+        self._check_cycles()
+        self._check_shared_servers()
         self._check_outputs()
         self._check_token_env()
         return self.problems
@@ -201,11 +193,10 @@ class _Checker:
                 )
 
     def _check_servers(self) -> None:
+        for template in self.plan.server_fields:
+            self._check_field(template, allow_steps=False)
         for name, spec in self.servers.items():
             spec = _dict(spec)
-            for key in ("command", "cwd", "url"):
-                if isinstance(spec.get(key), str):
-                    self._template(("mcp_servers", name, key), spec[key], allow_steps=False)
             url = _str(spec.get("url"))
             if url and URL_PASSWORD.search(url):
                 self.report(
@@ -215,16 +206,10 @@ class _Checker:
                     "keep secrets out of the file: send the credential in `headers:` with "
                     f'Authorization: "Bearer {{{{ env.{name.upper().replace("-", "_")}_TOKEN }}}}"',
                 )
-            for i, arg in enumerate(_list(spec.get("args"))):
-                if isinstance(arg, str):
-                    self._template(("mcp_servers", name, "args", i), arg, allow_steps=False)
             for table in ("env", "headers"):
                 for key, value in _dict(spec.get(table)).items():
-                    if not isinstance(value, str):
-                        continue
-                    path = ("mcp_servers", name, table, key)
-                    self._template(path, value, allow_steps=False)
-                    self._check_secret(path, key, value, table)
+                    if isinstance(value, str):
+                        self._check_secret(("mcp_servers", name, table, key), key, value, table)
 
     def _check_secret(self, path: JsonPath, key: str, value: str, table: str) -> None:
         if templating.is_template(value) or not value.strip():
@@ -270,62 +255,132 @@ class _Checker:
 
     # --- steps -------------------------------------------------------------------------------
 
-    def _check_steps(self) -> dict[int, set[int]]:
-        """Check every step; returns the dependency graph (needs + references) by index."""
-        dependencies: dict[int, set[int]] = {}
+    def _check_steps(self) -> None:
         defaults = _dict(self.data.get("defaults"))
-        for i, step in enumerate(self.steps):
-            here = ("steps", i)
-            deps: set[int] = set()
+        for planned in self.plan.steps:
+            i, step = planned.index, self.steps[planned.index]
             if i in self.malformed_steps:
-                dependencies[i] = deps
                 continue  # not a mapping: the schema said so, nothing more to check
-            needs = step.get("needs")
-            needs_list = [needs] if isinstance(needs, str) else _list(needs)
-            needed: set[str] = set()
-            for j, name in enumerate(needs_list):
-                if not isinstance(name, str):
-                    continue
-                at = (*here, "needs") if isinstance(needs, str) else (*here, "needs", j)
-                if name == step.get("id"):
-                    self.report(at, f"step {name!r} needs itself", "needs-cycle")
-                elif name not in self.step_index:
-                    self.report(
-                        at,
-                        f"{self.where(here)} needs unknown step {name!r}",
-                        "unknown-step",
-                        did_you_mean(name, list(self.step_index)),
-                    )
-                else:
-                    needed.add(name)
-                    deps.add(self.step_index[name])
-            for template in self._step_templates(i, step):
-                deps |= self._check_step_refs(i, template, needed)
-            dependencies[i] = deps
+            self._check_needs(planned, step)
+            for template in planned.fields:
+                self._check_field(template, for_each=planned.has_for_each)
+                self._check_step_refs(planned, template)
+            self._check_for_each(planned, step)
             self._check_step_tools(i, step)
             if "tool" not in step:
                 self._check_step_model(i, step, defaults)
-        return dependencies
 
-    def _step_templates(self, i: int, step: dict[str, Any]) -> Iterator[_Template]:
-        here = ("steps", i)
-        for key in ("prompt", "system", "name"):
-            if isinstance(step.get(key), str):
-                template = self._template((*here, key), step[key])
-                if template:
-                    yield template
-        if isinstance(step.get("if"), str):
-            template = self._template((*here, "if"), step["if"], condition=True)
-            if template:
-                yield template
-        for path, text in strings_in(step.get("with"), (*here, "with")):
-            template = self._template(path, text)
-            if template:
-                yield template
+    def _check_needs(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        here = ("steps", planned.index)
+        needs = step.get("needs")
+        for j, name in enumerate([needs] if isinstance(needs, str) else _list(needs)):
+            if not isinstance(name, str):
+                continue
+            at = (*here, "needs") if isinstance(needs, str) else (*here, "needs", j)
+            if name == planned.id:
+                self.report(at, f"step {name!r} needs itself", "needs-cycle")
+            elif name not in self.step_index:
+                self.report(
+                    at,
+                    f"{self.where(here)} needs unknown step {name!r}",
+                    "unknown-step",
+                    did_you_mean(name, list(self.step_index)),
+                )
 
-    def _check_step_refs(self, i: int, template: _Template, needed: set[str]) -> set[int]:
-        deps: set[int] = set()
-        own_id = self.steps[i].get("id")
+    def _check_for_each(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """A `for_each` that certainly is not a list: plain text, or a lone reference to an
+        input or an output whose declared type is something else."""
+        here = ("steps", planned.index)
+        value = step.get("for_each")
+        if value is None:
+            if isinstance(step.get("concurrency"), int):
+                self.report(
+                    (*here, "concurrency"),
+                    f"{self.where(here)} sets `concurrency:` but has no `for_each:`",
+                    "concurrency-without-for-each",
+                    "step concurrency limits the items of a for_each; for the whole run "
+                    "set `defaults: {concurrency: N}`",
+                    severity="warning",
+                )
+            return
+        if not isinstance(value, str):
+            return  # a literal list, or the schema's to report
+        declared = self._declared_type(value)
+        if declared is not None and declared != "array":
+            self.report(
+                (*here, "for_each"),
+                f"for_each of {self.where(here)} is {declared}, not a list",
+                "for-each-not-a-list",
+                "give it a list: an array input, a step output that is an array, or [a, b]",
+            )
+
+    def _declared_type(self, text: str) -> str | None:
+        """What a for_each text gives, when the file says: `string` for plain text, the
+        declared type of a lone `{{ inputs.x }}`, or of `{{ steps.y.output }}` when step y
+        has an output_schema with a type. None when it cannot be known statically."""
+        if not templating.is_template(text):
+            return "string"
+        lone = re.fullmatch(r"\{\{\s*(inputs\.(\w+)|steps\.(\w+)\.output)\s*\}\}", text.strip())
+        if lone is None:
+            return None
+        if lone[2] is not None:
+            declared = _dict(self.inputs.get(lone[2])).get("type")
+        else:
+            index = self.step_index.get(lone[3])
+            schema = _dict(self.steps[index].get("output_schema")) if index is not None else {}
+            declared = schema.get("type")
+        return declared if isinstance(declared, str) else None
+
+    def _check_shared_servers(self) -> None:
+        """Warn where two steps that may run at the same time use one server and one of
+        them may write through it: if one relies on the other's change, only `needs:`
+        orders them. Which tools write is known only at run time; the names tell."""
+        writes = {p.index: self._writes(self.steps[p.index]) for p in self.plan.steps}
+        if not any(writes.values()):
+            return
+        for a, b in self.plan.unordered_pairs():
+            shared = self._servers_of(self.steps[a.index]) & self._servers_of(self.steps[b.index])
+            for server in sorted(shared):
+                writer = (
+                    a if server in writes[a.index] else b if server in writes[b.index] else None
+                )
+                if writer is None or a.id is None or b.id is None:
+                    continue
+                tool = writes[writer.index][server]
+                self.report(
+                    ("steps", b.index),
+                    f"steps {a.id!r} and {b.id!r} may run at the same time and both use "
+                    f"server {server!r}; {writer.id!r} may write through it ({tool})",
+                    "unordered-side-effects",
+                    f"if {b.id!r} relies on what {a.id!r} does (or the other way round), add "
+                    f"`needs: [{a.id}]` to {b.id!r}; if the server must not be called "
+                    "concurrently, set `max_concurrent_calls: 1` on it",
+                    severity="warning",
+                )
+
+    def _servers_of(self, step: dict[str, Any]) -> set[str]:
+        servers = {s for s in _list(step.get("mcp")) if isinstance(s, str)}
+        tool = _str(step.get("tool"))
+        if tool and "." in tool:
+            servers.add(tool.split(".", 1)[0])
+        return servers & set(self.servers)
+
+    def _writes(self, step: dict[str, Any]) -> dict[str, str]:
+        """Server -> a tool of it the step may write through (by the tool's name)."""
+        found: dict[str, str] = {}
+        tool = _str(step.get("tool"))
+        if tool and "." in tool and _is_writing(tool.split(".", 1)[1]):
+            found[tool.split(".", 1)[0]] = tool
+        servers = [s for s in _list(step.get("mcp")) if isinstance(s, str)]
+        for name in (t for t in _list(step.get("tools")) if isinstance(t, str)):
+            server, _, bare = name.rpartition(".")
+            if _is_writing(bare):
+                for owner in [server] if server else servers:
+                    found.setdefault(owner, name)
+        return found
+
+    def _check_step_refs(self, planned: StepPlan, template: TemplateField) -> None:
+        i, own_id = planned.index, planned.id
         for ref in template.refs:
             if ref.root != "steps" or not ref.path or not isinstance(ref.path[0], str):
                 continue
@@ -338,11 +393,7 @@ class _Checker:
                     "self-reference",
                     "a step can read only steps that ran before it",
                 )
-                continue
-            if target not in self.step_index:
-                continue  # reported by _check_ref
-            j = self.step_index[target]
-            if j > i and target not in needed:
+            elif self.step_index.get(target, -1) > i and target not in planned.needs:
                 self._ref_problem(
                     template,
                     ref,
@@ -350,8 +401,6 @@ class _Checker:
                     "forward-reference",
                     f"move step {target!r} before {own_id!r}, or add `needs: [{target}]`",
                 )
-            deps.add(j)
-        return deps
 
     def _check_step_tools(self, i: int, step: dict[str, Any]) -> None:
         here = ("steps", i)
@@ -490,28 +539,9 @@ class _Checker:
 
     # --- graph, outputs -------------------------------------------------------------------
 
-    def _check_cycles(self, dependencies: dict[int, set[int]]) -> None:
-        state: dict[int, int] = {}  # 1 = on the stack, 2 = done
-        stack: list[int] = []
-        reported: set[frozenset[int]] = set()
-
-        def visit(node: int) -> None:
-            state[node] = 1
-            stack.append(node)
-            for dep in sorted(dependencies.get(node, ())):
-                if state.get(dep) == 1:
-                    cycle = stack[stack.index(dep) :]
-                    if frozenset(cycle) not in reported:
-                        reported.add(frozenset(cycle))
-                        self._report_cycle(cycle)
-                elif dep not in state:
-                    visit(dep)
-            stack.pop()
-            state[node] = 2
-
-        for node in sorted(dependencies):
-            if node not in state:
-                visit(node)
+    def _check_cycles(self) -> None:
+        for cycle in cycles(self.plan.graph()):
+            self._report_cycle(cycle)
 
     def _report_cycle(self, cycle: list[int]) -> None:
         ids = [str(self.steps[i].get("id")) for i in cycle]
@@ -527,36 +557,36 @@ class _Checker:
         )
 
     def _check_outputs(self) -> None:
-        for path, text in strings_in(_entries(self.data.get("outputs")), ("outputs",)):
-            self._template(path, text)
+        for template in self.plan.output_fields:
+            self._check_field(template)
 
     # --- templates ---------------------------------------------------------------------------
 
-    def _template(
-        self, path: JsonPath, text: str, *, condition: bool = False, allow_steps: bool = True
-    ) -> _Template | None:
-        """Parse one field and check its references. None when it does not parse."""
-        if not condition and not templating.is_template(text):
-            return _Template(path, text, condition)
-        try:
-            tree = (
-                templating.parse_condition(text) if condition else templating.parse_template(text)
+    def _check_field(
+        self, template: TemplateField, *, allow_steps: bool = True, for_each: bool = False
+    ) -> None:
+        """Check one field's syntax, variables and references."""
+        if template.error is not None:
+            self._syntax_problem(
+                template.path, template.text, template.error, template.is_condition
             )
+            return
+        if template.tree is None:
+            return
+        try:
             # finding the names runs Jinja's code generator, which rejects unknown filters/tests
-            unknown = templating.unknown_names(tree)
+            unknown = templating.unknown_names(template.tree)
         except templating.TemplateSyntaxError as error:
-            self._syntax_problem(path, text, error, condition)
-            return None
-        template = _Template(path, text, condition, templating.references(tree))
+            self._syntax_problem(template.path, template.text, error, template.is_condition)
+            return
         for name in sorted(unknown):
-            self._name_problem(template, name, path)
+            self._name_problem(template, name, template.path, for_each)
         for ref in template.refs:
             self._check_ref(template, ref, allow_steps)
-        for use in templating.whole_env_uses(tree):
+        for use in templating.whole_env_uses(template.tree):
             self._whole_env_problem(template, use)
-        return template
 
-    def _whole_env_problem(self, template: _Template, use: templating.WholeEnvUse) -> None:
+    def _whole_env_problem(self, template: TemplateField, use: templating.WholeEnvUse) -> None:
         """`env` may only be read one variable at a time, by a name written in the file: only
         those variables reach the templates, and only their values are masked."""
         where = self.where(template.path)
@@ -610,7 +640,19 @@ class _Checker:
             offset=offset,
         )
 
-    def _name_problem(self, template: _Template, name: str, path: JsonPath) -> None:
+    def _name_problem(
+        self, template: TemplateField, name: str, path: JsonPath, for_each: bool
+    ) -> None:
+        if name in templating.ITEM_NAMES:
+            if not for_each:
+                self.report(
+                    path,
+                    f"{self.where(path)} reads {name!r}, which exists only in a `for_each:` step",
+                    "item-outside-for-each",
+                    "add `for_each:` to the step, or read the value you meant directly",
+                    offset=self._find(template, name),
+                )
+            return
         if name in self.inputs:
             suggestion: str | None = f"did you mean inputs.{name}?"
         elif name in self.step_index:
@@ -625,7 +667,9 @@ class _Checker:
             offset=self._find(template, name),
         )
 
-    def _check_ref(self, template: _Template, ref: templating.Reference, allow_steps: bool) -> None:
+    def _check_ref(
+        self, template: TemplateField, ref: templating.Reference, allow_steps: bool
+    ) -> None:
         where = self.where(template.path)
         if not ref.path or not isinstance(ref.path[0], str):
             return  # a dynamic lookup such as steps[name]: nothing to check statically
@@ -681,7 +725,11 @@ class _Checker:
                 self._check_output_field(template, ref, name, rest[1])
 
     def _attribute_problem(
-        self, template: _Template, ref: templating.Reference, name: str, allowed: tuple[str, ...]
+        self,
+        template: TemplateField,
+        ref: templating.Reference,
+        name: str,
+        allowed: tuple[str, ...],
     ) -> None:
         self._ref_problem(
             template,
@@ -692,7 +740,11 @@ class _Checker:
         )
 
     def _check_output_field(
-        self, template: _Template, ref: templating.Reference, step_id: str, field_name: str | int
+        self,
+        template: TemplateField,
+        ref: templating.Reference,
+        step_id: str,
+        field_name: str | int,
     ) -> None:
         schema = _dict(self.steps[self.step_index[step_id]].get("output_schema"))
         properties = _dict(schema.get("properties"))
@@ -713,7 +765,7 @@ class _Checker:
 
     def _ref_problem(
         self,
-        template: _Template,
+        template: TemplateField,
         ref: templating.Reference,
         message: str,
         rule: str,
@@ -723,7 +775,7 @@ class _Checker:
 
     # --- positions inside a template ----------------------------------------------------------
 
-    def _find(self, template: _Template, ref: templating.Reference | str) -> int | None:
+    def _find(self, template: TemplateField, ref: templating.Reference | str) -> int | None:
         """The file offset of a reference inside the field's raw text, when it can be found."""
         raw = self.source.raw(template.path)
         base = self.source.position(template.path).start
@@ -757,6 +809,16 @@ class _Checker:
 
 
 _JINJA_DICT_METHODS = ("items", "keys", "values", "get")
+WRITING_VERBS = frozenset(
+    {"write", "create", "delete", "remove", "move", "rename", "edit", "update", "set", "add"}
+    | {"insert", "put", "store", "save", "append", "patch", "commit", "push"}
+)
+
+
+def _is_writing(tool: str) -> bool:
+    """Whether a tool's name says it changes something (`write_file`, `createEntities`)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", tool).lower()
+    return any(word in WRITING_VERBS for word in re.split(r"[^a-z0-9]+", words))
 
 
 def _find_word(text: str, needle: str) -> int:

@@ -18,6 +18,8 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
     cut_times=1                  with cut_body: only the first N chat answers are cut
     end_stream_early=True        streamed answers end cleanly after their content, with no
                                  finish reason and no [DONE]
+    chat_delay=0.5               chat completions (only) wait this many seconds, the way a
+                                 model takes time to answer; concurrent requests overlap
     chat_error=(400, {...})      chat completions answer this status and JSON body, e.g.
                                  the string-shaped `{"error": "No models loaded..."}`
     script=[...]                 one item per chat request, in order:
@@ -38,7 +40,9 @@ tool-call arguments in small pieces (pieces of different calls interleaved, join
 `reasoning_content`).
 
 What it received: `requests` (every `Received`), `chat_requests` (the JSON bodies sent to
-/v1/chat/completions), `count(path)`. `down_url()` gives a URL where nothing listens.
+/v1/chat/completions), `count(path)`, `peak_in_flight` (the most chat requests it was
+answering at once: how a test proves that steps overlap). `down_url()` gives a URL where
+nothing listens.
 """
 
 from __future__ import annotations
@@ -156,6 +160,7 @@ class FakeLMStudio:
     token: str | None = None
     fail_times: int = 0
     delay: float = 0.0
+    chat_delay: float = 0.0
     chat_error: tuple[int, Any] | None = None
     cut_body: int | None = None
     cut_times: int | None = None
@@ -167,6 +172,8 @@ class FakeLMStudio:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._turn = 0
+        self._in_flight = 0
+        self.peak_in_flight = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -314,6 +321,18 @@ class FakeLMStudio:
         )
 
     def _chat(self, handler: _Handler, body: Any) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        try:
+            if self.chat_delay:
+                self._stopping.wait(self.chat_delay)
+            self._answer_chat(handler, body)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _answer_chat(self, handler: _Handler, body: Any) -> None:
         if self.chat_error is not None:
             return _send(handler, *self.chat_error)
         name = (body or {}).get("model")

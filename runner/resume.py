@@ -1,0 +1,111 @@
+"""`--resume`: reuse what succeeded in an earlier run, and only what is certainly unchanged.
+
+Each step (and each `for_each` item) gets a fingerprint when it is about to run: a hash of
+its definition, the settings it inherits, the servers it uses, the inputs it reads and the
+outputs and statuses of the steps it waits for. The fingerprint goes into its
+`step_finished` (`item_finished`) event. A resumed run reuses a recorded output whose
+fingerprint equals the new one: a changed workflow, input or upstream output gives another
+fingerprint, so a stale result is never reused. Environment values are not hashed (they
+are secrets); neither is anything the step reads through a tool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+from .runlog import MASK, read_events
+from .spec.model import Step, Workflow, thawed
+
+
+@dataclass(frozen=True)
+class Reusable:
+    """The outputs of an earlier run that may be reused, by fingerprint."""
+
+    run_id: str
+    outputs: Mapping[str, Any]
+
+
+def load_reusable(run_dir: Path) -> Reusable:
+    """The succeeded steps and items of the run in `run_dir`, from its events.jsonl. An
+    output that holds a masked secret is not reusable (the log does not have its value)."""
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        raise ConfigurationError(
+            f"cannot resume run {run_dir.name}: it has no events.jsonl",
+            hint="a run with --no-log or --log elsewhere cannot be resumed",
+        )
+    outputs: dict[str, Any] = {}
+    for event in read_events(path).events:
+        fingerprint = event.get("fingerprint")
+        if (
+            event.get("type") in ("step_finished", "item_finished")
+            and event.get("status") == "succeeded"
+            and isinstance(fingerprint, str)
+            and MASK not in json.dumps(event.get("output"), ensure_ascii=False)
+        ):
+            outputs[fingerprint] = event.get("output")
+    return Reusable(run_dir.name, outputs)
+
+
+def step_fingerprint(workflow: Workflow, step: Step, context: Mapping[str, Any]) -> str:
+    """What a step's result depends on, hashed. `context` is the step's template context."""
+    planned = workflow.plan.steps[step.index]
+    inputs = context["inputs"]
+    read = {
+        ref.path[0]
+        for field in planned.fields
+        for ref in field.refs
+        if ref.root == "inputs" and ref.path and isinstance(ref.path[0], str)
+    }
+    dynamic = any(ref.root == "inputs" and not ref.path for f in planned.fields for ref in f.refs)
+    steps = context["steps"]
+    return _digest(
+        {
+            "step": _fields(step),
+            "model": workflow.step_model(step),
+            "defaults": _fields(workflow.defaults),
+            "servers": {
+                name: _fields(workflow.mcp_servers[name])
+                for name in step.servers
+                if name in workflow.mcp_servers
+            },
+            "inputs": {k: v for k, v in inputs.items() if dynamic or k in read},
+            "waits_for": {dep: steps.get(dep) for dep in sorted(planned.waits_for)},
+        }
+    )
+
+
+def item_fingerprint(step: str, index: int, value: Any) -> str:
+    """One item of a `for_each` step: the step's fingerprint, the item and its place."""
+    return _digest({"step": step, "index": index, "item": value})
+
+
+SCHEDULING_ONLY = frozenset(
+    {"index", "name", "timeout", "concurrency", "fail_fast", "continue_on_error"}
+    | {"max_concurrent_calls"}
+)
+"""Settings that decide when and how long a step may run, or what happens after it fails,
+but not what it answers: resuming with a lower concurrency or a longer timeout (the usual
+cure for a run that failed on them) still reuses what succeeded."""
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A frozen dataclass as plain data, without its scheduling-only settings
+    (`dataclasses.asdict` cannot copy its read-only mappings)."""
+    return {
+        f.name: thawed(getattr(value, f.name))
+        for f in dataclasses.fields(value)
+        if f.name not in SCHEDULING_ONLY
+    }
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
