@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import Process, TaskGroup, TaskStatus
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -88,6 +88,9 @@ class McpSessions:
     `redact` masks secrets in every message this class writes (a command line, URL or
     stderr tail may hold a value rendered from `{{ env.X }}`, and errors reach the terminal)
     and in the stderr logs, as each line is written.
+
+    `started` holds stdio server processes spawned earlier (`runtime.early_servers`), so
+    they boot while the run checks its models; the sessions attach to them.
     """
 
     def __init__(
@@ -96,10 +99,12 @@ class McpSessions:
         *,
         log_dir: Path | None = None,
         redact: Callable[[str], str] | None = None,
+        started: Mapping[str, Process] | None = None,
     ) -> None:
         self._servers = dict(servers)
         self._log_dir = log_dir
         self._redact = redact or _unchanged
+        self._started = dict(started or {})
         self._connections: dict[str, _Connection] = {}
         self._closing = anyio.Event()
         self._stack = AsyncExitStack()
@@ -246,7 +251,9 @@ class McpSessions:
             )
             return Client(streamable_http_client(server.url, http_client=http), mode=PROTOCOL_MODE)
         assert connection.stderr_path is not None
-        transport = stdio_transport(server, connection.stderr_path, self._redact)
+        transport = stdio_transport(
+            server, connection.stderr_path, self._redact, self._started.pop(connection.name, None)
+        )
         return Client(transport, mode=PROTOCOL_MODE)
 
     def _stopped(self, connection: _Connection, exc: BaseException | None = None) -> MCPServerError:

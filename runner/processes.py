@@ -12,6 +12,7 @@ signal handler, without waiting for anything.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -19,6 +20,9 @@ from contextlib import suppress
 from pathlib import Path
 
 import anyio
+from anyio.abc import Process
+
+from .spec.model import StdioServer
 
 _PROC = Path("/proc")
 _POLL_INTERVAL = 0.01
@@ -29,8 +33,36 @@ _live: set[int] = set()
 """Leaders (group and session ids) of the trees started and not yet stopped."""
 
 
+INHERITED_VARIABLES = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER")
+"""The only variables of lmflow's environment a server inherits; the rest of what it sees is
+its own `env:`. A CI job's secrets stay out of servers that did not ask for them."""
+
+
 def register(leader: int) -> None:
     _live.add(leader)
+
+
+async def spawn_server(server: StdioServer) -> Process:
+    """Start a stdio server as the leader of a new session, with pipes for its stdio.
+
+    Light on purpose (no MCP SDK): a run spawns its servers before it imports the SDK and
+    checks its models, so the servers boot meanwhile.
+    """
+    if server.cwd is not None and not Path(server.cwd).is_dir():
+        raise NotADirectoryError(errno.ENOENT, "working directory not found", server.cwd)
+    inherited = {
+        name: value
+        for name in INHERITED_VARIABLES
+        if (value := os.environ.get(name)) is not None and not value.startswith("()")
+    }
+    process = await anyio.open_process(
+        [server.command, *server.args],
+        env=inherited | dict(server.env),
+        cwd=server.cwd,
+        start_new_session=True,
+    )
+    register(process.pid)
+    return process
 
 
 def kill_all() -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from .chat import ChatModel, Usage
 from .errors import ConfigurationError, LmflowError
 from .executor import (
@@ -38,6 +40,8 @@ from .spec.load import read_document
 from .spec.model import AgentStep, HttpServer, Input, McpServer, StdioServer, Workflow
 
 if TYPE_CHECKING:
+    from anyio.abc import Process
+
     from .lmstudio import LMStudioClient
     from .mcp import McpSessions
 
@@ -134,8 +138,34 @@ async def live_parts(
     run: PreparedRun, options: RunOptions
 ) -> AsyncIterator[tuple[ChatModel, ToolProvider]]:
     """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked)."""
-    async with live_model(run, options) as chat, live_tools(run) as tools:
+    servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
+    async with (
+        early_servers(servers) as started,
+        live_model(run, options) as chat,
+        live_tools(run, servers, started) as tools,
+    ):
         yield chat, tools
+
+
+@contextlib.asynccontextmanager
+async def early_servers(servers: Mapping[str, McpServer]) -> AsyncIterator[dict[str, Process]]:
+    """The stdio servers spawned now, before the MCP SDK is imported and the models are
+    checked, so that their own start-up overlaps ours. A server that cannot be spawned is
+    left for the sessions to start and report. Whatever was spawned is stopped on the way
+    out: by the sessions normally, here when the run ends before they took it over."""
+    from . import processes
+
+    started: dict[str, Process] = {}
+    try:
+        for name, server in servers.items():
+            if isinstance(server, StdioServer):
+                with contextlib.suppress(OSError):
+                    started[name] = await processes.spawn_server(server)
+        yield started
+    finally:
+        with anyio.CancelScope(shield=True):
+            for process in started.values():
+                await processes.stop_tree(process.pid, 0)
 
 
 @contextlib.asynccontextmanager
@@ -178,15 +208,23 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
 
 
 @contextlib.asynccontextmanager
-async def live_tools(run: PreparedRun) -> AsyncIterator[McpSessions]:
-    """The MCP servers the steps use, started once, allow-lists checked."""
+async def live_tools(
+    run: PreparedRun,
+    servers: Mapping[str, McpServer] | None = None,
+    started: Mapping[str, Process] | None = None,
+) -> AsyncIterator[McpSessions]:
+    """The MCP servers the steps use (rendered now unless given), started once or attached
+    to the processes `started` for them, allow-lists checked."""
     from .mcp import McpSessions
 
-    servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
+    if servers is None:
+        servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
     # With --no-log nothing lands in the run directory; stderr goes to a temporary one.
     log_dir = run.run_dir if run.writer is not None else None
     # Rendering the servers told the redactor every `env` value they hold.
-    async with McpSessions(servers, log_dir=log_dir, redact=run.log.redactor.text) as sessions:
+    async with McpSessions(
+        servers, log_dir=log_dir, redact=run.log.redactor.text, started=started
+    ) as sessions:
         check_allow_lists(run.workflow, sessions)
         yield sessions
 

@@ -9,7 +9,6 @@ in its process group or session goes with it, also when the server itself exited
 
 from __future__ import annotations
 
-import errno
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import TextIO
 import anyio
 from anyio.abc import ByteReceiveStream, ObjectReceiveStream, ObjectSendStream, Process
 from mcp.client._transport import TransportStreams
-from mcp.client.stdio import get_default_environment
 from mcp.shared.message import SessionMessage
 from mcp.types import jsonrpc_message_adapter
 
@@ -37,19 +35,15 @@ _MAX_LOG_LINE = 1 << 20
 
 @asynccontextmanager
 async def stdio_transport(
-    server: StdioServer, stderr_log: Path, redact: Callable[[str], str]
+    server: StdioServer,
+    stderr_log: Path,
+    redact: Callable[[str], str],
+    started: Process | None = None,
 ) -> AsyncIterator[TransportStreams]:
-    """Start `server` as the leader of a new session; stop its whole tree on the way out."""
-    if server.cwd is not None and not Path(server.cwd).is_dir():
-        raise NotADirectoryError(errno.ENOENT, "working directory not found", server.cwd)
+    """Talk to `server` through the process `started` for it (spawned now when None); stop
+    its whole tree on the way out."""
     with stderr_log.open("w", encoding="utf-8", buffering=1) as log:
-        process = await anyio.open_process(
-            [server.command, *server.args],
-            env=get_default_environment() | dict(server.env),
-            cwd=server.cwd,
-            start_new_session=True,
-        )
-        processes.register(process.pid)
+        process = started or await processes.spawn_server(server)
         to_session, from_server = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         to_server, from_session = anyio.create_memory_object_stream[SessionMessage](0)
         stderr_done = anyio.Event()

@@ -632,6 +632,31 @@ def test_a_model_the_server_lacks_exits_3_listing_the_available_ones(
     assert_clean(run)
 
 
+def test_servers_boot_during_the_model_check_and_go_when_it_fails(
+    tmp_path: Path, fake_lmstudio: FakeLMStudio, tag: str
+) -> None:
+    """Stdio servers are spawned before the model check, so their start-up overlaps it; a
+    check that fails stops them, also one that ignores end-of-input and SIGTERM."""
+    marker = tmp_path / "booted"
+    command = f"echo up > {marker}; exec {sys.executable} {FIXTURE_SERVER} --linger"
+    server = json.dumps({"command": "sh", "args": ["-c", command], "env": {TAG_VARIABLE: tag}})
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          fx: {server}
+        steps:
+          - {{id: s, model: acme/nope-7b, mcp: [fx], prompt: x}}
+        """,
+    )
+    run = lmflow(tmp_path, "run", file, "--base-url", fake_lmstudio.url, tag=tag)
+    assert run.code == 3
+    assert "model 'acme/nope-7b' is not on" in run.stderr
+    assert marker.read_text() == "up\n"  # spawned although the run never got past the check
+    assert tagged_processes(tag) == []
+    assert_clean(run)
+
+
 def test_lm_studio_down_exits_3_naming_the_url(tmp_path: Path) -> None:
     url = down_url()
     file = workflow(tmp_path, "steps:\n  - {id: s, prompt: x}\n")
