@@ -156,8 +156,10 @@ class SecretEnv:
 
 
 def new_run_id() -> str:
-    """Sortable by start time, unique across processes."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    """Sortable by start time to the millisecond (the first 3 hex digits of the suffix), so
+    `last` is the newest run also when two start within a second; unique across processes."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03x}" + uuid.uuid4().hex[:3]
 
 
 class RunLog:

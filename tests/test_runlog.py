@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,12 @@ def test_the_last_event_and_result_json_tell_the_same_end(tiny: Path) -> None:
     assert events[-1]["status"] == result["status"] == "error"
     assert events[-1]["error"] == result["error"]
     assert result["steps"][0]["id"] == "say"  # the steps that ran are kept
+
+
+def test_run_ids_sort_by_start_time_within_a_second() -> None:
+    """`--resume last` and `lmflow runs list` take the newest run by its id."""
+    ids = []
+    for _ in range(20):
+        ids.append(new_run_id())
+        time.sleep(0.002)
+    assert sorted(ids) == ids
