@@ -38,10 +38,6 @@ INHERITED_VARIABLES = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER")
 its own `env:`. A CI job's secrets stay out of servers that did not ask for them."""
 
 
-def register(leader: int) -> None:
-    _live.add(leader)
-
-
 async def spawn_server(server: StdioServer) -> Process:
     """Start a stdio server as the leader of a new session, with pipes for its stdio.
 
@@ -61,7 +57,7 @@ async def spawn_server(server: StdioServer) -> Process:
         cwd=server.cwd,
         start_new_session=True,
     )
-    register(process.pid)
+    _live.add(process.pid)
     return process
 
 
@@ -106,7 +102,10 @@ def signal_tree(leader: int, signum: int) -> None:
 
 async def stop_tree(leader: int, grace: float) -> None:
     """SIGTERM the whole tree, SIGKILL what is left after `grace` seconds, and wait (boundedly)
-    until it is gone; then forget it."""
+    until it is gone; then forget it. A tree already stopped (forgotten) is left alone: the
+    run's early spawns are stopped again on the way out, in case nothing took them over."""
+    if leader not in _live:
+        return
     try:
         if members(leader):
             signal_tree(leader, signal.SIGTERM)

@@ -82,9 +82,10 @@ def step_fingerprint(workflow: Workflow, step: Step, context: Mapping[str, Any])
     )
 
 
-def item_fingerprint(step: str, index: int, value: Any) -> str:
-    """One item of a `for_each` step: the step's fingerprint, the item and its place."""
-    return _digest({"step": step, "index": index, "item": value})
+def item_fingerprint(parent: str, index: int, value: Any) -> str:
+    """One item of a `for_each` step: its step's fingerprint (`parent`), the item and its
+    place."""
+    return _digest({"step": parent, "index": index, "item": value})
 
 
 SCHEDULING_ONLY = frozenset(

@@ -249,6 +249,7 @@ VOLATILE_KEYS = frozenset({"seq", "time", "run_id", "duration", "fingerprint", "
 KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
 """Fields a log line never holds (the event's `full_result` file does), left out of the view
 so a snapshot is the same whether it was taken from a file or from memory."""
+_NOT_IN_VIEW = VOLATILE_KEYS | KEPT_ELSEWHERE
 MACHINE_EVENTS = frozenset({"notice"})
 """Events about this machine (a model not loaded), not about the exchanges: a replay, which
 checks no models, must give the same view as the run it replays."""
@@ -319,7 +320,7 @@ def snapshot_view(
     return [
         renumber(
             map_strings(
-                {k: v for k, v in event.items() if k not in VOLATILE_KEYS | KEPT_ELSEWHERE},
+                {k: v for k, v in event.items() if k not in _NOT_IN_VIEW},
                 place,
             )
         )

@@ -221,7 +221,7 @@ async def live_tools(
         servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
     # With --no-log nothing lands in the run directory; stderr goes to a temporary one.
     log_dir = run.run_dir if run.writer is not None else None
-    # Rendering the servers told the redactor every `env` value they hold.
+    # The redactor knows every `env` value the servers hold: SecretEnv told it (prepare).
     async with McpSessions(
         servers, log_dir=log_dir, redact=run.log.redactor.text, started=started
     ) as sessions:

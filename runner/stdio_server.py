@@ -1,10 +1,12 @@
 """One stdio MCP server process: the transport `mcp.Client` talks through.
 
-Our own rather than the SDK's `stdio_client`, for three promises the SDK cannot keep for
-us: the server's stderr reaches its log file already masked, line by line as it is
-written (a run killed outright leaves no raw secret behind); stopping takes well under a
-second (close stdin, a short grace, SIGTERM, SIGKILL); and everything the server started
-in its process group or session goes with it, also when the server itself exited cleanly.
+Our own rather than the SDK's `stdio_client`, for promises the SDK cannot keep for us:
+the server's stderr reaches its log file already masked, line by line as it is written (a
+run killed outright leaves no raw secret behind); stopping takes well under a second
+(close stdin, a short grace, SIGTERM, SIGKILL); everything the server started in its
+process group or session goes with it, also when the server itself exited cleanly; a
+large message costs time in proportion to its size (`LineSplitter`); and the process may
+have been spawned earlier (`processes.spawn_server`), so its boot overlaps lmflow's own.
 """
 
 from __future__ import annotations
