@@ -168,6 +168,7 @@ class CatalogCache:
 
         self.directory = (directory or cache_dir()) / "models"
         self._cache = diskcache.Cache(str(self.directory))
+        self._opened_as = self._identity()
 
     def __enter__(self) -> CatalogCache:
         return self
@@ -204,3 +205,31 @@ class CatalogCache:
         self._cache.set(
             self._key(catalog.server), json.dumps(catalog.as_dict()), expire=_KEEP_SECONDS
         )
+
+    def _identity(self) -> tuple[int, int]:
+        stat = self.directory.stat()
+        return stat.st_dev, stat.st_ino
+
+    def serves(self, directory: Path) -> bool:
+        """Whether this open cache is still the one in `directory` (not moved or replaced)."""
+        try:
+            return self.directory == directory and self._identity() == self._opened_as
+        except OSError:
+            return False
+
+
+_shared: CatalogCache | None = None
+
+
+def shared_cache() -> CatalogCache:
+    """The process's open cache for `cache_dir()`. Opening one costs a few milliseconds of
+    SQLite set-up, which a process that runs many workflows (serve, batch, a test session)
+    would pay per run; it is opened again when the directory changes or was replaced."""
+    global _shared
+    if _shared is not None:
+        if _shared.serves(cache_dir() / "models"):
+            return _shared
+        _shared.close()
+        _shared = None
+    _shared = CatalogCache()
+    return _shared

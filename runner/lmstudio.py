@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import os
 import random
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -343,6 +345,7 @@ class LMStudioClient:
             timeout=_timeouts(self.timeout),
             # A proxy from the environment must not swallow requests to this machine.
             trust_env=not is_loopback(self.base_url),
+            verify=_tls_context(),
         )
 
     @classmethod
@@ -592,6 +595,14 @@ class LMStudioClient:
 
 
 _CHAT_PATH = "/v1/chat/completions"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every client of the process: building one reads the CA bundle
+    (~15 ms), which a process that runs many workflows (serve, batch, tests) would pay per
+    run. Same settings as httpx's default, including SSL_CERT_FILE and SSL_CERT_DIR."""
+    return httpx.create_ssl_context(trust_env=True)
 
 
 def _timeouts(seconds: float) -> httpx.Timeout:

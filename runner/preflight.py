@@ -26,6 +26,7 @@ from .catalog import (
     ModelInfo,
     cache_dir,
     model_cache_ttl,
+    shared_cache,
 )
 from .errors import (
     AuthenticationError,
@@ -286,7 +287,7 @@ def _open_cache() -> CatalogCache | None:
     """The catalog cache, or None when its directory is unusable: a cache must never be the
     reason a command fails (`lmflow doctor` reports it)."""
     try:
-        return CatalogCache()
+        return shared_cache()
     except CacheError:
         return None
 
@@ -301,21 +302,17 @@ async def fetch_catalog(
     """The server's catalog: from the disk cache when younger than `ttl` seconds (and not
     `refresh`), else from the server, then stored for the next process."""
     cache = _open_cache()
-    try:
-        if cache is not None and not refresh:
-            with contextlib.suppress(*CacheError):
-                hit = cache.get(server.base_url, ttl=ttl)
-                if hit is not None:
-                    return hit
-        async with _client_for(server, client) as live:
-            catalog = await live.list_models()
-        if cache is not None:
-            with contextlib.suppress(*CacheError):
-                cache.put(catalog)
-        return catalog
-    finally:
-        if cache is not None:
-            cache.close()
+    if cache is not None and not refresh:
+        with contextlib.suppress(*CacheError):
+            hit = cache.get(server.base_url, ttl=ttl)
+            if hit is not None:
+                return hit
+    async with _client_for(server, client) as live:
+        catalog = await live.list_models()
+    if cache is not None:
+        with contextlib.suppress(*CacheError):
+            cache.put(catalog)
+    return catalog
 
 
 async def _catalog_for(

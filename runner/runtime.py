@@ -136,14 +136,17 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
 @contextlib.asynccontextmanager
 async def live_parts(
     run: PreparedRun, options: RunOptions
-) -> AsyncIterator[tuple[ChatModel, ToolProvider]]:
-    """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked)."""
+) -> AsyncIterator[tuple[ChatModel, ToolProvider | None]]:
+    """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked). A
+    run whose steps use no server gets no tool provider, and does not import the MCP SDK
+    (half a second or more)."""
     servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
-    async with (
-        early_servers(servers) as started,
-        live_model(run, options) as chat,
-        live_tools(run, servers, started) as tools,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        started = await stack.enter_async_context(early_servers(servers))
+        chat = await stack.enter_async_context(live_model(run, options))
+        tools = (
+            await stack.enter_async_context(live_tools(run, servers, started)) if servers else None
+        )
         yield chat, tools
 
 
@@ -231,7 +234,7 @@ async def live_tools(
 
 def parts_for(
     run: PreparedRun, options: RunOptions
-) -> contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider]]:
+) -> contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider | None]]:
     """Live parts, live parts recorded into a cassette, or a cassette's answers."""
     if options.replay is not None:
         return _replay_parts(run, options.replay, options.live_tools)
@@ -287,7 +290,7 @@ def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:
 
 async def execute(
     run: PreparedRun,
-    parts: contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider]],
+    parts: contextlib.AbstractAsyncContextManager[tuple[ChatModel, ToolProvider | None]],
     reuse: Reusable | None = None,
 ) -> RunResult:
     """Run the steps with the given parts. The run's start and end are told here, once: the
@@ -308,7 +311,7 @@ async def execute(
                 run.workflow,
                 run.inputs,
                 chat=chat,
-                tools=limit_calls(run.workflow, tools),
+                tools=limit_calls(run.workflow, tools) if tools is not None else None,
                 log=run.log,
                 context=run.context,
                 reuse=reuse,
