@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.abc import TaskGroup
 
 from . import templating
 from .agent import AgentLimits, AgentTask, run_agent
@@ -33,6 +33,7 @@ from .errors import (
     StepFailedError,
     ToolExecutionError,
 )
+from .limits import holding
 from .results import capped, full_result_fields
 from .resume import Reusable, step_fingerprint
 from .resume import item_fingerprint as fingerprint_of_item
@@ -340,13 +341,24 @@ def _describe(value: Any) -> str:
 # --- the run ------------------------------------------------------------------------------
 
 
+@dataclass
+class _Schedule:
+    """The scheduling state of one run: what may start next, the task group steps run in,
+    and the failed step that stops the run (`fail_fast`)."""
+
+    sorter: graphlib.TopologicalSorter[str]
+    group: TaskGroup
+    stopped_by: str | None = None
+
+
 class Executor:
     """Runs the steps of one workflow with a given model and tool provider.
 
     A step starts as soon as every step it waits for has finished, within the run's
     concurrency limit. Each step task reads a snapshot of the results that existed when it
-    started and hands its own record back to the scheduler, which alone writes the results:
-    concurrent steps share no mutable state.
+    started; when it ends, it keeps its record and starts the steps that waited for it in
+    code that never awaits (`_start_ready`), so one piece of code at a time writes the
+    results and concurrent steps share no mutable state.
     """
 
     def __init__(
@@ -367,6 +379,7 @@ class Executor:
         self.tools = tools
         self.log = log
         self.context = context
+        self.steps = {step.id: step for step in workflow.steps}
         self.waits = workflow.plan.dependencies()
         self.order = {step_id: rank for rank, step_id in enumerate(workflow.plan.order())}
         self.slots = anyio.CapacityLimiter(workflow.defaults.concurrency)
@@ -380,7 +393,6 @@ class Executor:
         the run ended as a whole."""
         started = time.monotonic()
         result = self.result
-        steps = {step.id: step for step in self.workflow.steps}
         sorter = graphlib.TopologicalSorter(self.waits)
         try:
             sorter.prepare()
@@ -388,30 +400,41 @@ class Executor:
             raise StepFailedError(
                 "steps wait for each other: " + ", ".join(error.args[1])
             ) from None
-        finished, arrivals = anyio.create_memory_object_stream[StepRecord](len(steps))
-        stopped_by: str | None = None
         try:
-            async with finished, arrivals, anyio.create_task_group() as group:
-                while sorter.is_active():
-                    for step_id in sorted(sorter.get_ready(), key=self.order.__getitem__):
-                        step = steps[step_id]
-                        if stopped_by is not None:
-                            reason = f"the run stopped after step {stopped_by!r} failed"
-                            record = StepRecord(step.id, "skipped", reason=reason)
-                            self._finish(step, record)
-                            finished.send_nowait(record)
-                        else:
-                            group.start_soon(self._run_step, step, self._snapshot(), finished)
-                    record = await arrivals.receive()
-                    self._record(steps[record.id], record)
-                    sorter.done(record.id)
-                    if result.status == "failed" and self.workflow.defaults.fail_fast:
-                        stopped_by = stopped_by or record.id
+            async with anyio.create_task_group() as group:
+                self._start_ready(_Schedule(sorter, group))
             result.outputs = self._outputs(result)
         finally:
             result.steps.sort(key=lambda r: self.order[r.id])
             result.duration = time.monotonic() - started
         return result
+
+    def _start_ready(self, schedule: _Schedule) -> None:
+        """Start every step whose dependencies have finished, in run order; once the run is
+        stopping (fail_fast), skip them instead. Called at the start and whenever a step
+        ends, never across an await: one call at a time writes the results."""
+        while ready := sorted(schedule.sorter.get_ready(), key=self.order.__getitem__):
+            for step_id in ready:
+                step = self.steps[step_id]
+                if schedule.stopped_by is None:
+                    schedule.group.start_soon(self._run_step, step, self._snapshot(), schedule)
+                    continue
+                reason = f"the run stopped after step {schedule.stopped_by!r} failed"
+                record = StepRecord(step.id, "skipped", reason=reason)
+                self._finish(step, record)
+                self._record(step, record)
+                schedule.sorter.done(step_id)
+
+    async def _run_step(self, step: Step, context: dict[str, Any], schedule: _Schedule) -> None:
+        """One step's task: its record is kept and the steps that waited for it start."""
+        current_scope.set(Scope(step.id))
+        record = await self._step_record(step, context)
+        self._finish(step, record)
+        self._record(step, record)
+        schedule.sorter.done(step.id)
+        if self.result.status == "failed" and self.workflow.defaults.fail_fast:
+            schedule.stopped_by = schedule.stopped_by or step.id
+        self._start_ready(schedule)
 
     def _snapshot(self) -> dict[str, Any]:
         """The template context as it is now: a step reads it, never the live one."""
@@ -453,15 +476,6 @@ class Executor:
             return f"condition is false: {step.if_}"
         return None
 
-    async def _run_step(
-        self, step: Step, context: dict[str, Any], finished: MemoryObjectSendStream[StepRecord]
-    ) -> None:
-        """One step's task: its record goes back to the scheduler, whatever happened."""
-        current_scope.set(Scope(step.id))
-        record = await self._step_record(step, context)
-        self._finish(step, record)
-        await finished.send(record)
-
     async def _step_record(self, step: Step, context: dict[str, Any]) -> StepRecord:
         model = self.workflow.step_model(step)
         try:
@@ -485,7 +499,7 @@ class Executor:
         if step.for_each is not None:
             record = await self._for_each(step, context, fingerprint)
         else:
-            async with self.slots:
+            async with holding(self.slots):
                 record = await self._attempt(step, context, None)
         record.duration = time.monotonic() - started
         record.fingerprint = fingerprint
@@ -546,7 +560,7 @@ class Executor:
             item_fingerprint = fingerprint_of_item(fingerprint, index, value)
             record = self._reused(step.id, item_fingerprint)
             if record is None:
-                async with limit, self.slots:
+                async with holding(limit), holding(self.slots):
                     self.log.emit("item_started", step.id, item=index, value=value)
                     item_context = {**context, "item": value, "loop": loop}
                     record = await self._attempt(step, item_context, index)

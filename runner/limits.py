@@ -1,4 +1,5 @@
-"""Per-server limits on concurrent tool calls (`max_concurrent_calls`).
+"""Limits on concurrent work: per-server limits on tool calls (`max_concurrent_calls`),
+and `holding`, how the engine takes a slot of any limiter.
 
 Concurrent steps may call the same MCP server at once; a server that cannot take that
 (one SQLite connection, a stateful browser) says `max_concurrent_calls: 1`. The limit
@@ -8,7 +9,8 @@ steps and tool steps, live runs and replays all respect it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -22,6 +24,21 @@ if TYPE_CHECKING:
 
     from .executor import ToolProvider
     from .mcp import ToolSource
+
+
+@contextlib.asynccontextmanager
+async def holding(limiter: anyio.CapacityLimiter) -> AsyncIterator[None]:
+    """A slot of `limiter` for the enclosed work. A free slot is taken at once: `async with
+    limiter` always passes through the event loop first, once per step or call, which is a
+    measurable part of a run of many short steps."""
+    try:
+        limiter.acquire_nowait()
+    except anyio.WouldBlock:
+        await limiter.acquire()
+    try:
+        yield
+    finally:
+        limiter.release()
 
 
 class LimitedTools(ToolboxFromSource):
@@ -38,7 +55,7 @@ class LimitedTools(ToolboxFromSource):
         limiter = self._limiters.get(server)
         if limiter is None:
             return await self._source.call_tool(server, tool, arguments)
-        async with limiter:
+        async with holding(limiter):
             return await self._source.call_tool(server, tool, arguments)
 
 

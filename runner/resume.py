@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,30 +57,56 @@ def load_reusable(run_dir: Path) -> Reusable:
 
 def step_fingerprint(workflow: Workflow, step: Step, context: Mapping[str, Any]) -> str:
     """What a step's result depends on, hashed. `context` is the step's template context."""
-    planned = workflow.plan.steps[step.index]
+    definition, reads = _definition(workflow, step)
     inputs = context["inputs"]
-    read = {
-        ref.path[0]
-        for field in planned.fields
-        for ref in field.refs
-        if ref.root == "inputs" and ref.path and isinstance(ref.path[0], str)
-    }
-    dynamic = any(ref.root == "inputs" and not ref.path for f in planned.fields for ref in f.refs)
     steps = context["steps"]
     return _digest(
         {
-            "step": _fields(step),
-            "model": workflow.step_model(step),
-            "defaults": _fields(workflow.defaults),
-            "servers": {
-                name: _fields(workflow.mcp_servers[name])
-                for name in step.servers
-                if name in workflow.mcp_servers
+            "definition": definition,
+            "inputs": {k: v for k, v in inputs.items() if reads is None or k in reads},
+            "waits_for": {
+                dep: steps.get(dep) for dep in sorted(workflow.plan.steps[step.index].waits_for)
             },
-            "inputs": {k: v for k, v in inputs.items() if dynamic or k in read},
-            "waits_for": {dep: steps.get(dep) for dep in sorted(planned.waits_for)},
         }
     )
+
+
+_definitions: dict[int, dict[int, tuple[str, frozenset[str] | None]]] = {}
+"""Per workflow object (by id, dropped when it is collected), per step index: `_definition`."""
+
+
+def _definition(workflow: Workflow, step: Step) -> tuple[str, frozenset[str] | None]:
+    """The part of a step's fingerprint its workflow alone decides: the hash of its
+    definition, settings and servers, and the inputs its templates read (None: any, the
+    step reads `inputs` as a whole). Computed once per workflow and step, since a process
+    that runs a workflow many times (serve, batch) would otherwise hash it again each run."""
+    known = _definitions.get(id(workflow))
+    if known is None:
+        known = _definitions[id(workflow)] = {}
+        weakref.finalize(workflow, _definitions.pop, id(workflow), None)
+    found = known.get(step.index)
+    if found is None:
+        refs = [ref for f in workflow.plan.steps[step.index].fields for ref in f.refs]
+        dynamic = any(ref.root == "inputs" and not ref.path for ref in refs)
+        reads = frozenset(
+            ref.path[0]
+            for ref in refs
+            if ref.root == "inputs" and ref.path and isinstance(ref.path[0], str)
+        )
+        digest = _digest(
+            {
+                "step": _fields(step),
+                "model": workflow.step_model(step),
+                "defaults": _fields(workflow.defaults),
+                "servers": {
+                    name: _fields(workflow.mcp_servers[name])
+                    for name in step.servers
+                    if name in workflow.mcp_servers
+                },
+            }
+        )
+        found = known[step.index] = (digest, None if dynamic else reads)
+    return found
 
 
 def item_fingerprint(parent: str, index: int, value: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fakes.lmstudio import FakeLMStudio
+from fakes.lmstudio import FakeLMStudio, Refusal
 from test_run_cli import Run, lmflow, workflow
 
 from runner.resume import step_fingerprint
@@ -42,7 +42,10 @@ def prompts(lm: FakeLMStudio) -> list[str]:
 
 def test_a_resumed_run_sends_no_request_for_the_steps_that_succeeded(tmp_path: Path) -> None:
     file = workflow(tmp_path, CHAIN)
-    with FakeLMStudio(script=["A", "C"]) as first:  # b's request finds the script empty
+    # a and c start together and may reach the fake in either order: answer by prompt
+    first_answers = {"about ants": "A", "independent": "C", "more on A": Refusal(400, "no")}
+    script = [lambda body: first_answers[body["messages"][-1]["content"]]] * 3
+    with FakeLMStudio(script=script) as first:
         failed = lmflow(tmp_path, "run", file, "--base-url", first.url, "-i", "topic=ants")
     assert failed.code != 0
     (first_dir,) = runs(tmp_path)

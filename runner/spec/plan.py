@@ -155,6 +155,10 @@ class Plan:
 
     def dependencies(self) -> dict[str, frozenset[str]]:
         """For each step id, the ids of the known steps it waits for."""
+        return dict(self._dependencies)
+
+    @cached_property
+    def _dependencies(self) -> dict[str, frozenset[str]]:
         return {
             s.id: frozenset(d for d in s.waits_for if d in self.index_of)
             for s in self.steps
@@ -165,7 +169,11 @@ class Plan:
         """Step ids in the order a one-at-a-time run takes them: file order, each step moved
         only as far as what it waits for requires. Deterministic, so logs, snapshots and
         results list steps in this order whatever the timing of a concurrent run."""
-        waits = self.dependencies()
+        return list(self._order)
+
+    @cached_property
+    def _order(self) -> tuple[str, ...]:
+        waits = self._dependencies
         done: set[str] = set()
         order: list[str] = []
         pending = [s.id for s in self.steps if s.id is not None]
@@ -174,7 +182,7 @@ class Plan:
             order.append(ready)
             done.add(ready)
             pending.remove(ready)
-        return order
+        return tuple(order)
 
     def graph(self) -> dict[int, set[int]]:
         """The same graph by step index, as the validator reports positions."""

@@ -30,6 +30,7 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
                                                                    may be invalid JSON)
                                    {"content": ..., ...}           the assistant message itself
                                    callable(request_json)          returns any of the above
+                                   Refusal(400, "message")         an HTTP error answer
                                  A request past the end of the script gets HTTP 400 (code
                                  `script_exhausted`). Without a script, answers echo the last
                                  user message.
@@ -59,7 +60,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 Api = Literal["v1", "v0", "openai"]
-ScriptItem = Any  # str | list of (name, arguments) | dict | Callable[[dict], ScriptItem]
+ScriptItem = Any  # str | list of (name, arguments) | dict | Refusal | Callable[..., ScriptItem]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A script item answered with an HTTP error instead of a message."""
+
+    status: int
+    message: str
 
 
 @dataclass
@@ -367,7 +376,11 @@ class FakeLMStudio:
             )
         else:
             item = self.script[turn]
-        message = _assistant_message(item(body) if callable(item) else item, turn)
+        if callable(item):
+            item = item(body)
+        if isinstance(item, Refusal):
+            return _send(handler, item.status, {"error": {"message": item.message}})
+        message = _assistant_message(item, turn)
         usage = _usage(body, message)
         if self._cutting():
             handler.wfile = _CutWriter(handler, self.cut_body or 0)  # type: ignore[assignment]
