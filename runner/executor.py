@@ -50,7 +50,8 @@ from .spec.model import (
     thawed,
 )
 
-StepStatus = Literal["succeeded", "failed", "skipped"]
+StepStatus = Literal["succeeded", "failed", "skipped", "interrupted"]
+STOPPED = "the run was stopped while it ran"
 RunStatus = Literal["succeeded", "failed", "interrupted", "error"]
 
 
@@ -496,11 +497,21 @@ class Executor:
             tool=step.tool if isinstance(step, ToolStep) else None,
         )
         started = time.monotonic()
-        if step.for_each is not None:
-            record = await self._for_each(step, context, fingerprint)
-        else:
-            async with holding(self.slots):
-                record = await self._attempt(step, context, None)
+        try:
+            if step.for_each is not None:
+                record = await self._for_each(step, context, fingerprint)
+            else:
+                async with holding(self.slots):
+                    record = await self._attempt(step, context, None)
+        except anyio.get_cancelled_exc_class():
+            # The run is stopping (Ctrl-C, a signal, a cancelled caller): a started step
+            # still gets its end, so every `step_started` in the log has one.
+            duration = time.monotonic() - started
+            self._stopped(
+                step,
+                StepRecord(step.id, "interrupted", reason=STOPPED, model=model, duration=duration),
+            )
+            raise
         record.duration = time.monotonic() - started
         record.fingerprint = fingerprint
         return record
@@ -563,18 +574,13 @@ class Executor:
                 async with holding(limit), holding(self.slots):
                     self.log.emit("item_started", step.id, item=index, value=value)
                     item_context = {**context, "item": value, "loop": loop}
-                    record = await self._attempt(step, item_context, index)
+                    try:
+                        record = await self._attempt(step, item_context, index)
+                    except anyio.get_cancelled_exc_class():
+                        self._item_finished(index, StepRecord(step.id, "interrupted"), None)
+                        raise
             records[index] = record
-            self.log.emit(
-                "item_finished",
-                step.id,
-                item=index,
-                status=record.status,
-                output=record.output,
-                error=record.error,
-                fingerprint=item_fingerprint,
-                **_reused_from(record),
-            )
+            self._item_finished(index, record, item_fingerprint)
 
         async with anyio.create_task_group() as group:
             for index, value in enumerate(items):
@@ -606,6 +612,23 @@ class Executor:
             return templating.render_text(step.name, context)
         except templating.TemplateError:
             return step.name
+
+    def _item_finished(self, index: int, record: StepRecord, fingerprint: str | None) -> None:
+        self.log.emit(
+            "item_finished",
+            record.id,
+            item=index,
+            status=record.status,
+            output=record.output,
+            error=record.error,
+            fingerprint=fingerprint,
+            **_reused_from(record),
+        )
+
+    def _stopped(self, step: Step, record: StepRecord) -> None:
+        """End a step the run's stop cut short: told and kept like any other."""
+        self._finish(step, record)
+        self._record(step, record)
 
     def _finish(self, step: Step, record: StepRecord) -> None:
         self.log.emit(

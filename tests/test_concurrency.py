@@ -212,6 +212,48 @@ def test_ctrl_c_while_several_steps_run_stops_them_all(
     assert sorted(e["step"] for e in log if e["type"] == "tool_call") == ["a", "b", "c"]
     assert not any(e.get("step") == "d" and e["type"] == "step_started" for e in log)
     assert lm.chat_requests == []
+    # a consistent log: each started step has its end, telling that the stop cut it short
+    ends = {e["step"]: e for e in log if e["type"] == "step_finished"}
+    assert {s: e["status"] for s, e in ends.items()} == dict.fromkeys("abc", "interrupted")
+    assert all(e["reason"] == "the run was stopped while it ran" for e in ends.values())
+    assert {s["id"]: s["status"] for s in run.result()["steps"]} == dict.fromkeys(
+        "abc", "interrupted"
+    )
+
+
+def test_ctrl_c_during_for_each_items_ends_each_started_item_and_the_step(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str
+) -> None:
+    lm = make_fake_lmstudio()
+    body = f"""
+        mcp_servers:
+          fx: {fixture(tag)}
+        steps:
+          - id: naps
+            for_each: "{{{{ [30, 30, 30] }}}}"
+            concurrency: 2
+            tool: fx.sleep
+            with: {{seconds: "{{{{ item }}}}"}}
+        """
+    file = workflow(tmp_path, body)
+    process = spawn(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
+    events = tmp_path / ".lmflow" / "runs"
+
+    def two_sleeping() -> bool:
+        logs = list(events.glob("*/events.jsonl")) if events.exists() else []
+        return bool(logs) and logs[0].read_text().count('"tool_call"') == 2
+
+    out, err = interrupt_when(process, two_sleeping, "two sleep calls")
+    assert process.returncode == 130, err
+    assert wait_until_gone(tag) == []
+    log = Run(130, out, err, tmp_path).events()
+    started = sorted(e["item"] for e in log if e["type"] == "item_started")
+    ended = {e["item"]: e["status"] for e in log if e["type"] == "item_finished"}
+    assert started == [0, 1]  # the third item waited for a slot and never started
+    assert ended == {0: "interrupted", 1: "interrupted"}
+    (end,) = [e for e in log if e["type"] == "step_finished"]
+    assert end["status"] == "interrupted"
+    assert log[-1]["type"] == "run_finished" and log[-1]["status"] == "interrupted"
 
 
 class CountingSource:

@@ -79,6 +79,10 @@ class ConsoleView:
             return click.style(f"- {step} skipped: {data.get('reason')}", dim=True)
         if status == "failed":
             return click.style(f"✗ {step} failed: {data.get('error')}", fg="red")
+        if status == "interrupted":
+            return click.style(
+                f"■ {step} interrupted after {data.get('duration', 0):.1f}s", fg="yellow"
+            )
         detail = []
         if data.get("rounds"):
             detail.append(f"{data['rounds']} round(s)")
