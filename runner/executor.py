@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from . import templating
+from . import command_step, templating
 from .agent import AgentLimits, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
 from .errors import (
@@ -41,6 +41,7 @@ from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import (
     AgentStep,
+    CommandStep,
     HttpServer,
     McpServer,
     StdioServer,
@@ -535,6 +536,8 @@ class Executor:
         try:
             if isinstance(step, ToolStep):
                 return await self._tool_step(step, context, item)
+            if isinstance(step, CommandStep):
+                return await self._command_step(step, context, item)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
             return StepRecord(step.id, "failed", error=error.message, model=model)
@@ -698,6 +701,19 @@ class Executor:
             raise ToolExecutionError(f"tool {step.tool} failed: {outcome.text}")
         output = outcome.structured if outcome.structured is not None else outcome.text
         return StepRecord(step.id, "succeeded", output=output, tool_calls=1)
+
+    async def _command_step(
+        self, step: CommandStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
+        output, error = await command_step.run_step(
+            step,
+            context,
+            base_dir=self.workflow.path.resolve().parent,
+            timeout=self._timeout(step),
+            emit=self.log.for_step(step.id, item),
+        )
+        status: StepStatus = "failed" if error else "succeeded"
+        return StepRecord(step.id, status, output=output, error=error)
 
     async def _agent_step(
         self, step: AgentStep, context: Mapping[str, Any], item: int | None

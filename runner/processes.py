@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -34,8 +36,8 @@ _live: set[int] = set()
 
 
 INHERITED_VARIABLES = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER")
-"""The only variables of lmflow's environment a server inherits; the rest of what it sees is
-its own `env:`. A CI job's secrets stay out of servers that did not ask for them."""
+"""The only variables of lmflow's environment a server or command inherits; the rest of what
+it sees is its own `env:`. A CI job's secrets stay out of processes that did not ask for them."""
 
 
 async def spawn_server(server: StdioServer) -> Process:
@@ -44,18 +46,27 @@ async def spawn_server(server: StdioServer) -> Process:
     Light on purpose (no MCP SDK): a run spawns its servers before it imports the SDK and
     checks its models, so the servers boot meanwhile.
     """
-    if server.cwd is not None and not Path(server.cwd).is_dir():
-        raise NotADirectoryError(errno.ENOENT, "working directory not found", server.cwd)
+    return await spawn([server.command, *server.args], server.env, server.cwd)
+
+
+async def spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: str | None, *, stdin: int | None = None
+) -> Process:
+    """Start `argv` as the leader of a new session, registered until `stop_tree`, with
+    `env` on top of the few inherited variables. `stdin` None is a pipe."""
+    if cwd is not None and not Path(cwd).is_dir():
+        raise NotADirectoryError(errno.ENOENT, "working directory not found", cwd)
     inherited = {
         name: value
         for name in INHERITED_VARIABLES
         if (value := os.environ.get(name)) is not None and not value.startswith("()")
     }
     process = await anyio.open_process(
-        [server.command, *server.args],
-        env=inherited | dict(server.env),
-        cwd=server.cwd,
+        list(argv),
+        env=inherited | dict(env),
+        cwd=cwd,
         start_new_session=True,
+        stdin=stdin if stdin is not None else subprocess.PIPE,
     )
     _live.add(process.pid)
     return process

@@ -30,14 +30,19 @@ def result_file(text: str) -> str:
 def capped(result: ToolResult, limit: int) -> ToolResult:
     """`result` with at most `limit` characters of text plus a note; the whole text stays in
     `full_text`. A result within the limit is returned as it is."""
-    text = result.text
+    shown = cut(result.text, limit)
+    return result if shown == result.text else replace(result, text=shown, full_text=result.text)
+
+
+def cut(text: str, limit: int) -> str:
+    """At most `limit` characters of `text`, and a note saying how much was cut and which
+    file beside the run log holds the whole (`full_result_fields` puts it there)."""
     if len(text) <= limit:
-        return result
-    note = (
+        return text
+    return text[:limit] + (
         f"\n[... {len(text) - limit:,} more characters cut (the result has {len(text):,}); "
         f"the full result is in {result_file(text)} beside the run log]"
     )
-    return replace(result, text=text[:limit] + note, full_text=text)
 
 
 def full_result_fields(full_text: str | None) -> dict[str, Any]:

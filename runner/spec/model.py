@@ -188,7 +188,26 @@ class ToolStep(_StepCommon):
         return (self.tool_server,)
 
 
-Step = AgentStep | ToolStep
+@dataclass(frozen=True, kw_only=True)
+class CommandStep(_StepCommon):
+    """A step that runs a local command (`run:`), no model and no MCP server: tests, linters,
+    build tools. Its output is `{stdout, stderr, exit_code}`."""
+
+    kind: Literal["command"] = "command"
+    run: tuple[str, ...] | str
+    """The arguments (argv, no shell), or one string for `/bin/sh -c` when `shell`."""
+    shell: bool = False
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    ok_codes: tuple[int, ...] = (0,)
+    max_output_chars: int = DEFAULT_MAX_RESULT_CHARS
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ()
+
+
+Step = AgentStep | ToolStep | CommandStep
 """The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
@@ -336,6 +355,17 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
     )
     if "tool" in data:
         return ToolStep(**common, tool=data["tool"], with_=frozen(data.get("with", {})))
+    if "run" in data:
+        run = data["run"]
+        return CommandStep(
+            **common,
+            run=run if isinstance(run, str) else tuple(run),
+            shell=data.get("shell", False),
+            cwd=data.get("cwd"),
+            env=frozen(data.get("env", {})),
+            ok_codes=tuple(data.get("ok_codes", (0,))),
+            max_output_chars=data.get("max_output_chars", DEFAULT_MAX_RESULT_CHARS),
+        )
     schema = data.get("output_schema")
     return AgentStep(
         **common,

@@ -27,7 +27,7 @@ Getter = Callable[[str], Any]
 
 TEXT_KEYS = ("name", "system", "prompt")
 """Step fields that are one template each (rendered to text)."""
-VALUE_KEYS = ("for_each", "with")
+VALUE_KEYS = ("for_each", "with", "run", "cwd", "env")
 """Step fields whose every string is a template (a lone `{{ expr }}` keeps its type)."""
 CONDITION_KEY = "if"
 SERVER_KEYS = ("command", "cwd", "url")

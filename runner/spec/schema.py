@@ -245,6 +245,13 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
             f"a `tool:` step calls the tool directly, without a model; remove {key!r}, "
             "or remove `tool:` to let a model do the work"
         )
+    if is_step and "run" in obj and key in ("prompt", "system", "model", "mcp", "tools", "with"):
+        return (
+            f"a `run:` step runs a command, without a model or MCP server; remove {key!r}, "
+            "or make it a step of its own"
+        )
+    if is_step and key in ("shell", "ok_codes", "max_output_chars") and "run" not in obj:
+        return f"`{key}:` belongs to a command step; add `run: [program, args...]`"
     suggestion = did_you_mean(key, allowed)
     valid = "valid keys: " + ", ".join(allowed) + " (and x-* for your own notes)"
     return f"{suggestion} {valid}" if suggestion else valid
@@ -252,7 +259,10 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
 
 def _missing_key_hint(key: str, path: JsonPath) -> str | None:
     if key == "prompt":
-        return "a step needs `prompt:` (ask a model) or `tool: server.tool` (call an MCP tool)"
+        return (
+            "a step needs `prompt:` (ask a model), `tool: server.tool` (call an MCP tool) or "
+            "`run: [program, args...]` (run a command)"
+        )
     if key == "command":
         return "a server needs `command:` (started over stdio) or `url:` (streamable HTTP)"
     if key == "steps":

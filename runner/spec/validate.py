@@ -267,8 +267,32 @@ class _Checker:
                 self._check_step_refs(planned, template)
             self._check_for_each(planned, step)
             self._check_step_tools(i, step)
-            if "tool" not in step:
+            if "run" in step:
+                self._check_command(planned, step)
+            elif "tool" not in step:
                 self._check_step_model(i, step, defaults)
+
+    def _check_command(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """A command is a list of arguments, or one string for a shell: never a mix-up that
+        would run `sh -c` on a list or split a string on spaces."""
+        here = ("steps", planned.index)
+        run, shell = step.get("run"), step.get("shell") is True
+        if isinstance(run, str) and not shell:
+            self.report(
+                (*here, "run"),
+                f"`run:` of {self.where(here)} is one string but `shell:` is not true",
+                "command-string-without-shell",
+                "give the arguments as a list, e.g. run: [pytest, -q], or say `shell: true` "
+                "to run the string with /bin/sh -c",
+            )
+        elif isinstance(run, list) and shell:
+            self.report(
+                (*here, "shell"),
+                f"{self.where(here)} says `shell: true` but `run:` is a list",
+                "command-list-with-shell",
+                "with a shell, `run:` is one command line (a string); without one, drop "
+                "`shell: true` and keep the list",
+            )
 
     def _check_needs(self, planned: StepPlan, step: dict[str, Any]) -> None:
         here = ("steps", planned.index)
