@@ -179,6 +179,25 @@ def test_a_concurrent_recording_replays_to_the_same_outputs_and_snapshot(
     assert view(second) == view(first)
 
 
+def interrupted_while_calling(
+    tmp_path: Path, body: str, lm: FakeLMStudio, tag: str, *, calls: int
+) -> Run:
+    """`lmflow run` stopped by Ctrl-C once `calls` tool calls are under way: exit 130, no
+    traceback, no process left."""
+    process = spawn(tmp_path, "run", workflow(tmp_path, body), "--base-url", lm.url, tag=tag)
+    events = tmp_path / ".lmflow" / "runs"
+
+    def calling() -> bool:
+        logs = list(events.glob("*/events.jsonl")) if events.exists() else []
+        return bool(logs) and logs[0].read_text().count('"tool_call"') == calls
+
+    out, err = interrupt_when(process, calling, f"{calls} tool calls")
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert wait_until_gone(tag) == []
+    return Run(130, out, err, tmp_path)
+
+
 def test_ctrl_c_while_several_steps_run_stops_them_all(
     tmp_path: Path, make_fake_lmstudio: Make, tag: str
 ) -> None:
@@ -192,20 +211,8 @@ def test_ctrl_c_while_several_steps_run_stops_them_all(
           - {{id: c, tool: fx.sleep, with: {{seconds: 30}}}}
           - {{id: d, needs: [a, b, c], prompt: never asked}}
         """
-    file = workflow(tmp_path, body)
-    process = spawn(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
-    events = tmp_path / ".lmflow" / "runs"
-
-    def all_sleeping() -> bool:
-        logs = list(events.glob("*/events.jsonl")) if events.exists() else []
-        return bool(logs) and logs[0].read_text().count('"tool_call"') == 3
-
-    out, err = interrupt_when(process, all_sleeping, "the sleep calls")
-    assert process.returncode == 130, err
-    assert "Traceback" not in err
-    assert wait_until_gone(tag) == []
+    run = interrupted_while_calling(tmp_path, body, lm, tag, calls=3)
     assert tagged_processes(tag) == []
-    run = Run(130, out, err, tmp_path)
     log = run.events()
     assert [e["type"] for e in log][-1] == "run_finished"
     assert log[-1]["status"] == "interrupted"
@@ -235,18 +242,7 @@ def test_ctrl_c_during_for_each_items_ends_each_started_item_and_the_step(
             tool: fx.sleep
             with: {{seconds: "{{{{ item }}}}"}}
         """
-    file = workflow(tmp_path, body)
-    process = spawn(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
-    events = tmp_path / ".lmflow" / "runs"
-
-    def two_sleeping() -> bool:
-        logs = list(events.glob("*/events.jsonl")) if events.exists() else []
-        return bool(logs) and logs[0].read_text().count('"tool_call"') == 2
-
-    out, err = interrupt_when(process, two_sleeping, "two sleep calls")
-    assert process.returncode == 130, err
-    assert wait_until_gone(tag) == []
-    log = Run(130, out, err, tmp_path).events()
+    log = interrupted_while_calling(tmp_path, body, lm, tag, calls=2).events()
     started = sorted(e["item"] for e in log if e["type"] == "item_started")
     ended = {e["item"]: e["status"] for e in log if e["type"] == "item_finished"}
     assert started == [0, 1]  # the third item waited for a slot and never started
