@@ -932,8 +932,19 @@ def test_several_written_calls_are_all_recovered() -> None:
         '{"name": "echo", "arguments": {}, "confidence": 0.9}',
         "I would call echo with path src.",
         '{"modules": ["a.py"]}',
+        '<tool_call>{"name": "echo", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',
+        '[TOOL_REQUEST]{"name": "echo", "arguments": [1]}[END_TOOL_REQUEST]',
     ],
-    ids=["tag-unknown-tool", "bare-unknown-tool", "extra-keys", "prose", "plain-json"],
+    ids=[
+        "tag-unknown-tool",
+        "bare-unknown-tool",
+        "extra-keys",
+        "prose",
+        "plain-json",
+        "one-of-two-unknown",
+        "arguments-not-an-object",
+    ],
 )
 def test_text_that_does_not_call_an_offered_tool_stays_the_answer(text: str) -> None:
     toolbox = FakeToolbox(echo=echo)
