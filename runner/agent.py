@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jsonschema.exceptions import SchemaError
@@ -23,6 +23,7 @@ from referencing.exceptions import Unresolvable
 from .chat import ChatModel, ChatRequest, ChatResponse, Message, Toolbox, ToolCall, Usage
 from .errors import ConfigurationError, StepFailedError
 from .results import full_result_fields
+from .tool_text import recover_calls, repair_arguments
 
 Emit = Callable[[str, dict[str, Any]], None]
 """Receives each event: its type and its fields (every one has `round`)."""
@@ -63,6 +64,16 @@ class AgentTask:
     output_schema: Mapping[str, Any] | None = None
 
 
+@dataclass
+class AgentTally:
+    """What a run has spent so far. The caller may hand one in and read it when the run
+    fails, so a failed step still says how many rounds, tool calls and tokens it used."""
+
+    rounds: int = 0
+    tool_calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+
 @dataclass(frozen=True)
 class AgentResult:
     """`output` is the answer text, or the parsed object when the task has an output schema."""
@@ -81,6 +92,7 @@ async def run_agent(
     toolbox: Toolbox | None,
     limits: AgentLimits,
     emit: Emit,
+    tally: AgentTally | None = None,
 ) -> AgentResult:
     """Loop until the model answers without tool calls; every call of a turn runs concurrently.
 
@@ -89,22 +101,31 @@ async def run_agent(
     With tools, the prompt states the schema, the final answer is validated, and if it does not
     match the model is asked again with `response_format` and without tools.
 
-    A forced `tool_choice` ("required" or a tool name) applies until the model has called
-    tools once, then falls back to "auto": forcing every turn would never let it answer.
+    A forced `tool_choice` ("required" or a tool name) applies to the first round only, then
+    falls back to "auto": forcing every turn would never let it answer. The last allowed
+    round offers no tools at all, so the model must answer in text; a call it repeats with
+    the same arguments is answered from the earlier result, with a note to answer now.
+    Calls the server did not parse are read back from the reply text (runner/tool_text.py).
+
+    `tally`, when given, holds the rounds, tool calls and usage spent, also when the run fails.
 
     Raises `ConfigurationError` for a task that cannot be run (a `tool_choice` naming a tool
     that is not offered, an invalid output schema), `StepFailedError` when the rounds, the
     repairs or the time run out, and lets `MCPServerError` and LLM client errors through.
     """
     run = _Run(model, task, toolbox, limits, emit)
-    if limits.timeout is None:
-        return await run.loop()
     try:
-        return await asyncio.wait_for(run.loop(), limits.timeout)
-    except asyncio.TimeoutError:
-        raise StepFailedError(
-            f"no final answer within the timeout of {limits.timeout:g} s (in round {run.round})"
-        ) from None
+        if limits.timeout is None:
+            return await run.loop()
+        try:
+            return await asyncio.wait_for(run.loop(), limits.timeout)
+        except asyncio.TimeoutError:
+            raise StepFailedError(
+                f"no final answer within the timeout of {limits.timeout:g} s (in round {run.round})"
+            ) from None
+    finally:
+        if tally is not None:
+            tally.rounds, tally.tool_calls, tally.usage = run.round, run.calls, run.usage
 
 
 @dataclass(frozen=True)
@@ -114,6 +135,15 @@ class _Reply:
     content: str
     is_error: bool
     full_text: str | None = None
+
+
+@dataclass(frozen=True)
+class _Earlier:
+    """A call already made in this run: the round it was made in and its reply (still
+    running when the repeat comes in the same turn)."""
+
+    round: int
+    reply: asyncio.Future[_Reply]
 
 
 class _Run:
@@ -136,6 +166,12 @@ class _Run:
         self.tools = tuple(spec.as_openai() for spec in specs)
         self.tool_names = tuple(spec.name for spec in specs)
         self.tool_choice = _resolve_tool_choice(task.tool_choice, self.tool_names)
+        if self.tool_choice not in (None, "auto", "none") and limits.max_rounds < 2:
+            raise ConfigurationError(
+                f"tool_choice {task.tool_choice!r} forces a tool call, but max_rounds "
+                f"{limits.max_rounds} leaves no round for the answer",
+                hint="set max_rounds to 2 or more: the last round offers no tools",
+            )
         # A plain copy: callers may hold the schema as read-only mappings and tuples, which
         # neither `json` nor the JSON Schema meta-schema accept.
         self.schema = (
@@ -155,6 +191,7 @@ class _Run:
         self.repairs = 0
         self.calls = 0
         self.usage = Usage()
+        self.earlier: dict[tuple[str, str], _Earlier] = {}
 
     def _first_prompt(self) -> str:
         if self.schema is None or self.structured:
@@ -164,27 +201,37 @@ class _Run:
             f"matches this JSON schema:\n{json.dumps(self.schema)}"
         )
 
+    @property
+    def last_round(self) -> bool:
+        """Whether this round is the last one allowed: it offers no tools."""
+        return self.round >= self.limits.max_rounds + self.repairs
+
     async def loop(self) -> AgentResult:
         while True:
-            if self.round >= self.limits.max_rounds + self.repairs:
-                raise StepFailedError(
-                    f"no final answer after {self.round} rounds",
-                    hint="raise max_rounds, or tell the model when to stop calling tools",
-                )
             self.round += 1
-            response = await self._ask()
+            self._before_last_round()
+            response = self._read_calls(await self._ask())
+            if self.tool_choice not in (None, "auto", "none"):
+                self.tool_choice = "auto"  # a forced choice applies to the first round only
             self.messages.append(response.assistant_message())
             text = response.content or ""
             if response.tool_calls:
+                self.calls += len(response.tool_calls)
+                if self.last_round:
+                    names = ", ".join(sorted({c.name for c in response.tool_calls}))
+                    raise self._out_of_rounds(
+                        f"in round {self.round}, the last, the model still called {names} "
+                        "although no tools were offered"
+                    )
                 await self._run_tools(response.tool_calls)
-                if self.tool_choice not in (None, "auto", "none"):
-                    self.tool_choice = "auto"
             elif not text.strip():
                 self._notice(
                     "empty_answer",
                     f"the model gave neither text nor tool calls "
                     f"(finish_reason {response.finish_reason!r})",
                 )
+                if self.last_round:
+                    raise self._out_of_rounds("its last reply was empty")
                 self._say("Your last reply was empty. Please answer.")
             elif self.validator is None:
                 return self._result(text, text)
@@ -194,8 +241,61 @@ class _Run:
                     return self._result(parsed, text)
                 self._repair(problems)
 
+    def _out_of_rounds(self, why: str) -> StepFailedError:
+        return StepFailedError(
+            f"no final answer after {self.round} rounds: {why}",
+            hint="raise max_rounds, or tell the model when to stop calling tools",
+        )
+
+    def _before_last_round(self) -> None:
+        """Say so when the last round takes the tools away, and tell the model to answer
+        if it has just had tool results."""
+        if not (self.last_round and self.tools and not self.structured):
+            return
+        self._notice(
+            "last_round",
+            f"round {self.round} is the last (max_rounds {self.limits.max_rounds}): "
+            "no tools are offered, the model must answer",
+        )
+        if self.messages[-1].get("role") == "tool":
+            self._say(
+                "This is your last turn and no more tools can be called. "
+                "Answer now with what you have."
+            )
+
+    def _read_calls(self, response: ChatResponse) -> ChatResponse:
+        """The response with its tool calls made usable: calls written as text read back,
+        broken argument JSON repaired (each recorded as a notice)."""
+        if not response.tool_calls:
+            recovered = recover_calls(response.content or "", self.tool_names)
+            if recovered is None:
+                return response
+            self._notice(
+                "recovered_tool_call",
+                f"read {len(recovered.calls)} tool call(s) written as {recovered.format} "
+                f"text: {', '.join(c.name for c in recovered.calls)}",
+            )
+            calls = tuple(
+                ToolCall(f"recovered_{self.round}_{i}", c.name, c.arguments)
+                for i, c in enumerate(recovered.calls, 1)
+            )
+            return replace(response, content=recovered.rest, tool_calls=calls)
+        return replace(response, tool_calls=tuple(map(self._repaired, response.tool_calls)))
+
+    def _repaired(self, call: ToolCall) -> ToolCall:
+        """The call with its arguments as valid JSON when they can be repaired; the model
+        then sees the repaired call in the conversation, and no round is spent on it."""
+        if _parse_arguments(call.arguments)[1] is None:
+            return call
+        arguments = repair_arguments(call.arguments)
+        if arguments is None:
+            return call
+        fixed = json.dumps(arguments, ensure_ascii=False)
+        self._notice("repaired_arguments", f"{call.name}: {call.arguments} -> {fixed}")
+        return replace(call, arguments=fixed)
+
     async def _ask(self) -> ChatResponse:
-        offer = not self.structured
+        offer = not self.structured and not self.last_round
         response_format = (
             {
                 "type": "json_schema",
@@ -255,7 +355,6 @@ class _Run:
 
     async def _run_tools(self, calls: Sequence[ToolCall]) -> None:
         """Run the turn's calls concurrently; record and answer them in the order they came."""
-        self.calls += len(calls)
         pending = [self._prepare(call) for call in calls]
         replies = await _gather_or_cancel(pending)
         for call, reply in zip(calls, replies, strict=True):
@@ -274,9 +373,9 @@ class _Run:
                 {"role": "tool", "tool_call_id": call.id, "content": reply.content}
             )
 
-    def _prepare(self, call: ToolCall) -> Coroutine[Any, Any, _Reply]:
-        """Record the call and check it, in call order; the coroutine returned runs the tool,
-        or just gives back the error that stopped it."""
+    def _prepare(self, call: ToolCall) -> Awaitable[_Reply]:
+        """Record the call and check it, in call order; what is returned runs the tool, or
+        gives back the earlier reply to the same call, or the error that stopped it."""
         arguments, problem = _parse_arguments(call.arguments)
         self.emit(
             "tool_call",
@@ -300,7 +399,32 @@ class _Run:
                 "Call the tool again with a JSON object that matches its parameters.",
             )
         assert self.toolbox is not None  # a tool name on offer implies a toolbox
-        return self._call(self.toolbox, call.name, arguments)
+        key = (call.name, json.dumps(arguments, sort_keys=True, separators=(",", ":")))
+        earlier = self.earlier.get(key)
+        if earlier is not None:
+            self._notice(
+                "repeated_call",
+                f"{call.name} was called with the same arguments in round {earlier.round}: "
+                "answered from that result, the tool was not called again",
+            )
+            return self._repeat(call.name, earlier)
+        reply = asyncio.ensure_future(self._call(self.toolbox, call.name, arguments))
+        self.earlier[key] = _Earlier(self.round, reply)
+        return reply
+
+    @staticmethod
+    async def _repeat(name: str, earlier: _Earlier) -> _Reply:
+        reply = await earlier.reply
+        advice = (
+            "Change the arguments or answer now."
+            if reply.is_error
+            else "Do not call it again: answer now."
+        )
+        note = (
+            f"[note: you already called {name} with these arguments in round "
+            f"{earlier.round}; this is the same result. {advice}]"
+        )
+        return _Reply(f"{reply.content}\n\n{note}", reply.is_error)
 
     def _refuse(self, kind: str, message: str) -> Coroutine[Any, Any, _Reply]:
         self._notice(kind, message)
@@ -425,7 +549,7 @@ async def _given(reply: _Reply) -> _Reply:
     return reply
 
 
-async def _gather_or_cancel(coros: Sequence[Coroutine[Any, Any, _Reply]]) -> list[_Reply]:
+async def _gather_or_cancel(coros: Sequence[Awaitable[_Reply]]) -> list[_Reply]:
     """Like `asyncio.gather`, but a failure cancels the calls still running instead of
     leaving them behind."""
     tasks = [asyncio.ensure_future(c) for c in coros]

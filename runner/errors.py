@@ -18,11 +18,14 @@ class LmflowError(Exception):
     """Base of every error lmflow raises on purpose. `hint` says how to fix it."""
 
     exit_code = EXIT_STEP_FAILED
+    default_hint: str | None = None
+    """The hint when the place that raises knows nothing more specific: every error of the
+    environment has one, so the user is never left without a next step."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = hint if hint is not None else self.default_hint
 
 
 # --- exit code 2: the workflow file or the command line is invalid -------------------------
@@ -53,18 +56,36 @@ class EnvironmentNotReadyError(LmflowError):
     """Something outside the workflow is missing: a server, a model, a cassette entry."""
 
     exit_code = EXIT_ENVIRONMENT
+    default_hint = (
+        "`lmflow doctor` checks the LLM server, its token and the model cache; "
+        "`lmflow validate FILE` checks the workflow's models"
+    )
 
 
 class LLMClientError(EnvironmentNotReadyError):
     """Talking to the LLM server failed."""
 
+    default_hint = (
+        "check the server at --base-url (or LMFLOW_BASE_URL): `lmflow doctor` says what is wrong"
+    )
+
 
 class LLMConnectionError(LLMClientError):
     """The LLM server could not be reached."""
 
+    default_hint = (
+        "start LM Studio's server with `lms server start`, or point lmflow at yours with "
+        "--base-url or LMFLOW_BASE_URL"
+    )
+
 
 class LLMTimeoutError(LLMClientError):
     """The LLM server did not answer in time."""
+
+    default_hint = (
+        "the model may still be loading or the machine is busy: load it up front with --load, "
+        "or raise lmstudio.timeout in the workflow"
+    )
 
 
 class LLMTruncatedReplyError(LLMClientError):
@@ -72,9 +93,19 @@ class LLMTruncatedReplyError(LLMClientError):
     mid-way, or a stream that stopped without a finish reason or `[DONE]`. Not "cannot
     reach": the server was reached, and a partial answer must never pass for a whole one."""
 
+    default_hint = (
+        "the server closed the reply early (a crash, out of memory, a proxy): "
+        "see its log and try again"
+    )
+
 
 class LLMResponseError(LLMClientError):
     """The LLM server answered with an error or with something that is not its protocol."""
+
+    default_hint = (
+        "check that --base-url is LM Studio or an OpenAI-compatible server; its own log "
+        "(LM Studio: Developer tab) says why it refused the request"
+    )
 
     def __init__(
         self,
@@ -91,6 +122,11 @@ class LLMResponseError(LLMClientError):
 
 class AuthenticationError(LLMResponseError):
     """The server wants a bearer token (401/403)."""
+
+    default_hint = (
+        "set the API token in the variable the workflow's lmstudio.token_env names "
+        "(default LM_API_TOKEN)"
+    )
 
 
 @dataclass(frozen=True)
@@ -112,6 +148,8 @@ class ModelNotFoundError(EnvironmentNotReadyError):
     `lmflow validate` says; the attributes are for code that wants the parts.
     """
 
+    default_hint = "`lmflow models` lists the models the server has"
+
     def __init__(
         self,
         message: str,
@@ -132,17 +170,31 @@ class ModelNotFoundError(EnvironmentNotReadyError):
 class ModelValidationError(EnvironmentNotReadyError):
     """A model exists but cannot serve the step (an embedding model, not loaded when required)."""
 
+    default_hint = (
+        "`lmflow models` shows each model's type and whether it is loaded; "
+        "--load loads the workflow's models up front"
+    )
+
 
 class MCPServerError(EnvironmentNotReadyError):
     """An MCP server would not start, or lacks a tool the workflow needs."""
+
+    default_hint = (
+        "`lmflow tools FILE` starts the servers alone and shows why one fails; a stdio "
+        "server's stderr is kept as mcp-NAME.stderr.log in the run directory"
+    )
 
 
 class ReplayMissError(EnvironmentNotReadyError):
     """A replayed run asked for something the cassette does not hold."""
 
+    default_hint = "re-record the cassette: lmflow run WORKFLOW --record CASSETTE --rerecord"
+
 
 class CassetteError(EnvironmentNotReadyError):
     """A cassette file cannot be read or would be overwritten."""
+
+    default_hint = "re-record the cassette: lmflow run WORKFLOW --record CASSETTE --rerecord"
 
 
 # --- exit code 1: the run executed and a step failed ---------------------------------------
@@ -150,6 +202,11 @@ class CassetteError(EnvironmentNotReadyError):
 
 class ToolExecutionError(LmflowError):
     """A direct tool call (a `tool:` step) failed."""
+
+    default_hint = (
+        "`lmflow tools FILE` lists each server's tools with their parameters: check the "
+        "step's `tool:` name and its `with:` arguments"
+    )
 
 
 class StepFailedError(LmflowError):

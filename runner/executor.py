@@ -23,7 +23,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import command_step, templating
-from .agent import AgentLimits, AgentTask, run_agent
+from .agent import AgentLimits, AgentTally, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
 from .errors import (
     ConfigurationError,
@@ -184,6 +184,8 @@ class StepRecord:
     """What the result depends on, hashed (resume.py): how a later run can reuse it."""
     reused_from: str | None = None
     """The id of the run whose result this is, when it was reused (`--resume`)."""
+    hint: str | None = None
+    """How to fix what failed the step, when the error says (shown with the failure)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -540,7 +542,7 @@ class Executor:
                 return await self._command_step(step, context, item)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
-            return StepRecord(step.id, "failed", error=error.message, model=model)
+            return StepRecord(step.id, "failed", error=error.message, model=model, hint=error.hint)
         except templating.TemplateError as error:
             return StepRecord(step.id, "failed", error=f"template: {error}", model=model)
 
@@ -603,6 +605,7 @@ class Executor:
             total.error = f"item(s) {', '.join(map(str, failed))} of {len(items)} failed: " + (
                 done[failed[0]].error or ""
             )
+            total.hint = done[failed[0]].hint
             if step.continue_on_error:  # the items that succeeded are the step's output
                 total.status = "succeeded"
         return total
@@ -647,6 +650,7 @@ class Executor:
             usage=record.usage.as_dict(),
             fingerprint=record.fingerprint,
             **_reused_from(record),
+            **_hint(record),
         )
 
     def _result_limits(self, step: AgentStep) -> dict[str, int]:
@@ -738,7 +742,21 @@ class Executor:
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)
         )
         emit = self.log.for_step(step.id, item)
-        outcome = await run_agent(self.chat, task, toolbox, limits, emit)
+        spent = AgentTally()
+        try:
+            outcome = await run_agent(self.chat, task, toolbox, limits, emit, spent)
+        except LmflowError as error:
+            # A failed step still says what it spent: rounds, tool calls and tokens.
+            return StepRecord(
+                step.id,
+                "failed",
+                error=error.message,
+                hint=error.hint,
+                model=model,
+                rounds=spent.rounds,
+                tool_calls=spent.tool_calls,
+                usage=spent.usage,
+            )
         return StepRecord(
             step.id,
             "succeeded",
@@ -753,6 +771,11 @@ class Executor:
 def _reused_from(record: StepRecord) -> dict[str, Any]:
     """The `reused_from` field of a reused result's event (absent otherwise)."""
     return {"reused_from": record.reused_from} if record.reused_from else {}
+
+
+def _hint(record: StepRecord) -> dict[str, Any]:
+    """The `hint` field of a failed step's event, when its error says how to fix it."""
+    return {"hint": record.hint} if record.hint else {}
 
 
 def _brief(value: Any) -> str:

@@ -59,6 +59,7 @@ _MAX_TOOL_PAGES = 1000
 
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NOT_IN_FUNCTION_NAME = re.compile(r"[^a-zA-Z0-9_-]")
+_COMMAND_NOT_FOUND = "command not found: "
 
 
 @dataclass
@@ -130,7 +131,8 @@ class McpSessions:
                     starters.start_soon(self._start, owners, connection, failures)
             if failures:
                 # In declaration order, not in the order the starts happened to fail.
-                raise MCPServerError("\n".join(failures[n] for n in self._servers if n in failures))
+                failed = [failures[n] for n in self._servers if n in failures]
+                raise MCPServerError("\n".join(failed), hint=_start_hint(failed))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -439,6 +441,21 @@ def _unchanged(text: str) -> str:
     return text
 
 
+def _start_hint(failures: Sequence[str]) -> str | None:
+    """How to fix a command that is not there; other failures get the error's default hint
+    (their stderr is in the message)."""
+    first_lines = [failure.split("\n", 1)[0] for failure in failures]
+    missing = [
+        line.split(_COMMAND_NOT_FOUND, 1)[1] for line in first_lines if _COMMAND_NOT_FOUND in line
+    ]
+    if not missing:
+        return None
+    return "; ".join(
+        f"install {command!r} or give its full path in the server's `command:` (it is not on PATH)"
+        for command in dict.fromkeys(missing)
+    )
+
+
 def _reason(exc: BaseException) -> str:
     """One line saying why: the innermost meaningful error of an exception group."""
     inner = getattr(exc, "exceptions", None)
@@ -447,7 +464,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, NotADirectoryError):
         return f"working directory not found: {exc.filename} (check cwd in its settings)"
     if isinstance(exc, FileNotFoundError):
-        return f"command not found: {exc.filename or exc}"
+        return f"{_COMMAND_NOT_FOUND}{exc.filename or exc}"
     if isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED:
         return "the server closed the connection (did it exit?)"
     text = str(exc)

@@ -37,7 +37,15 @@ from .resume import Reusable, load_reusable
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
 from .signals import stop_reason
 from .spec.load import read_document
-from .spec.model import AgentStep, HttpServer, Input, McpServer, StdioServer, Workflow
+from .spec.model import (
+    AgentStep,
+    HttpServer,
+    Input,
+    McpServer,
+    StdioServer,
+    Workflow,
+    frozen,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import Process
@@ -422,6 +430,41 @@ def _inputs_file(path: Path) -> dict[str, Any]:
     return doc.data
 
 
+def read_output_schema(path: Path) -> dict[str, Any]:
+    """A JSON Schema file (JSON or YAML) for `lmflow agent --output-schema`, checked before
+    anything runs: a broken file is the command line's fault (exit 2), with file:line:col."""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    doc = read_document(path, max_bytes=None)
+    if doc.problems:
+        first = doc.problems[0]
+        raise ConfigurationError(
+            f"{first.located} (--output-schema file)",
+            hint=first.hint
+            or (
+                "check the path of the --output-schema file"
+                if first.rule == "unreadable"
+                else "write the schema as a JSON object"
+            ),
+        )
+    if not isinstance(doc.data, dict):
+        raise ConfigurationError(
+            f"{path}: --output-schema must hold a JSON Schema object, "
+            f"not {type(doc.data).__name__}",
+            hint='e.g. {"type": "object", "properties": {"answer": {"type": "string"}}}',
+        )
+    try:
+        validator_for(doc.data).check_schema(doc.data)
+    except SchemaError as error:
+        where = doc.source.position(tuple(error.path))
+        raise ConfigurationError(
+            f"{path}:{where.line}:{where.col}: not a valid JSON Schema: {error.message}",
+            hint="see https://json-schema.org/understanding-json-schema/",
+        ) from None
+    return doc.data
+
+
 async def list_tools(
     workflow: Workflow, raw_inputs: Mapping[str, Any]
 ) -> dict[str, list[tuple[str, str]]]:
@@ -446,6 +489,10 @@ def one_off_workflow(
     system: str | None = None,
     max_rounds: int | None = None,
     base: Workflow | None = None,
+    tool_choice: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    output_schema: Mapping[str, Any] | None = None,
 ) -> Workflow:
     """A single-step workflow for `lmflow agent`, so a one-off task runs through exactly the
     same checks, engine and run log as a workflow file."""
@@ -460,6 +507,11 @@ def one_off_workflow(
         )
     if model is None and base.defaults.model is None:
         raise ConfigurationError("no model given", hint="pass --model publisher/name")
+    if tool_choice not in (None, "auto", "none") and not use:
+        raise ConfigurationError(
+            f"--tool-choice {tool_choice} forces a tool call, but no tools are offered",
+            hint="name a server with --mcp (or declare one with --server)",
+        )
     # The task and system prompt are the user's literal text, not templates: they travel as
     # inputs (recorded in the run log) and the step reads them from there.
     texts = {"task": task, **({"system": system} if system is not None else {})}
@@ -471,6 +523,10 @@ def one_off_workflow(
         prompt="{{ inputs.task }}",
         mcp=tuple(use),
         max_rounds=max_rounds,
+        tool_choice=tool_choice,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        output_schema=frozen(output_schema) if output_schema is not None else None,
     )
     literal_inputs = {
         name: Input(name, "string", default=text, has_default=True, required=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runner.agent import AgentLimits, AgentResult, AgentTask, run_agent
+from runner.agent import AgentLimits, AgentResult, AgentTally, AgentTask, run_agent
 from runner.chat import ChatRequest, ChatResponse, ToolCall, ToolResult, ToolSpec, Usage
 from runner.errors import ConfigurationError, MCPServerError, StepFailedError
 
@@ -105,9 +105,10 @@ def run(
     *,
     limits: AgentLimits | None = None,
     events: Events | None = None,
+    tally: AgentTally | None = None,
     **task: Any,
 ) -> AgentResult:
-    return asyncio.run(go(model, toolbox, limits=limits, events=events, **task))
+    return asyncio.run(go(model, toolbox, limits=limits, events=events, tally=tally, **task))
 
 
 async def go(
@@ -116,6 +117,7 @@ async def go(
     *,
     limits: AgentLimits | None = None,
     events: Events | None = None,
+    tally: AgentTally | None = None,
     **task: Any,
 ) -> AgentResult:
     task.setdefault("prompt", "Survey the repository.")
@@ -125,6 +127,7 @@ async def go(
         toolbox,
         limits or AgentLimits(),
         events if events is not None else Events(),
+        tally,
     )
 
 
@@ -241,7 +244,7 @@ def test_calls_of_one_turn_run_concurrently_and_are_answered_in_call_order() -> 
 def test_arguments_that_are_not_json_go_back_as_an_error_naming_the_raw_text() -> None:
     toolbox = FakeToolbox(echo=echo)
     model = ScriptedModel(
-        calls(("echo", "{path: src")), calls(("echo", '{"path": "src"}')), answer("ok")
+        calls(("echo", "path=src")), calls(("echo", '{"path": "src"}')), answer("ok")
     )
     events = Events()
     result = run(model, toolbox, events=events)
@@ -250,10 +253,10 @@ def test_arguments_that_are_not_json_go_back_as_an_error_naming_the_raw_text() -
     [reply] = tool_messages(model.requests[1])
     assert reply["tool_call_id"] == "call_1"
     assert reply["content"].startswith("error: the arguments of echo are not valid JSON")
-    assert "{path: src" in reply["content"]
+    assert "path=src" in reply["content"]
     [notice] = events.of("agent_notice")
     assert (notice["kind"], notice["round"]) == ("invalid_arguments", 1)
-    assert events.of("tool_call")[0]["arguments"] == "{path: src"
+    assert events.of("tool_call")[0]["arguments"] == "path=src"
     assert events.of("tool_result")[0]["is_error"] is True
     assert result.output == "ok"
 
@@ -332,11 +335,13 @@ def test_empty_answers_count_against_the_rounds() -> None:
 
 def test_running_out_of_rounds_fails_the_step() -> None:
     toolbox = FakeToolbox(echo=echo)
-    model = ScriptedModel(*(calls(("echo", "{}")) for _ in range(3)))
-    with pytest.raises(StepFailedError, match="no final answer after 3 rounds"):
+    model = ScriptedModel(*(calls(("echo", f'{{"n": {n}}}')) for n in range(3)))
+    with pytest.raises(StepFailedError, match="no final answer after 3 rounds") as info:
         run(model, toolbox, limits=AgentLimits(max_rounds=3))
+    assert "in round 3, the last, the model still called echo" in info.value.message
     assert len(model.requests) == 3
-    assert len(toolbox.received) == 3
+    # The last round offers no tools, so its call is not run.
+    assert toolbox.received == [("echo", {"n": 0}), ("echo", {"n": 1})]
 
 
 # --- failures that end the run ------------------------------------------------------------
@@ -401,7 +406,7 @@ def test_plain_tool_choices_are_sent_as_they_are(choice: str | None) -> None:
     assert [t["function"]["name"] for t in request.tools] == ["echo"]
 
 
-def test_a_named_tool_choice_forces_that_tool_then_falls_back_to_auto() -> None:
+def test_a_named_tool_choice_forces_that_tool_in_the_first_round_then_falls_back_to_auto() -> None:
     model = ScriptedModel(calls(("echo", "{}")), answer("ok"))
     events = Events()
     run(model, FakeToolbox(echo=echo, broken=broken), tool_choice="echo", events=events)
@@ -687,3 +692,288 @@ def test_events_record_every_request_response_call_and_result() -> None:
     ]
     assert events.of("llm_response")[1]["round"] == 2
     assert all(json.dumps(fields) for _, fields in events)  # the run log can write them
+
+
+# --- no endless tool loops ----------------------------------------------------------------
+
+
+class LoopingModel:
+    """A small model caught in a loop: the same call whenever tools are offered, an answer
+    only when none are. Keeps every request."""
+
+    def __init__(self, name: str, arguments: str, answer_text: str = "It is noon.") -> None:
+        self.call = ToolCall("call_x", name, arguments)
+        self.answer_text = answer_text
+        self.requests: list[ChatRequest] = []
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        self.requests.append(request)
+        if request.tools:
+            return ChatResponse(None, (self.call,), "tool_calls", usage=Usage(100, 10))
+        return ChatResponse(self.answer_text, finish_reason="stop", usage=Usage(120, 4))
+
+
+def test_a_repeated_identical_call_is_answered_from_the_earlier_result_with_a_note() -> None:
+    toolbox = FakeToolbox(echo=echo)
+    model = ScriptedModel(
+        calls(("echo", '{"a": 1, "b": [2]}')),
+        calls(("echo", '{"b": [2],  "a": 1}')),  # the same arguments, written differently
+        answer("done"),
+    )
+    events = Events()
+    result = run(model, toolbox, events=events)
+
+    assert toolbox.received == [("echo", {"a": 1, "b": [2]})]
+    [reply] = tool_messages(model.requests[2])[1:]
+    assert reply["content"].startswith('{"a": 1, "b": [2]}\n\n[note: you already called echo')
+    assert (
+        "in round 1; this is the same result. Do not call it again: answer now.]"
+        in (reply["content"])
+    )
+    [notice] = events.of("agent_notice")
+    assert (notice["kind"], notice["round"]) == ("repeated_call", 2)
+    assert (result.output, result.rounds, result.tool_calls) == ("done", 3, 2)
+
+
+def test_the_same_call_twice_in_one_turn_runs_once() -> None:
+    toolbox = FakeToolbox(echo=echo)
+    model = ScriptedModel(calls(("echo", '{"x": 1}'), ("echo", '{"x": 1}')), answer("ok"))
+    run(model, toolbox)
+
+    assert toolbox.received == [("echo", {"x": 1})]
+    first, second = tool_messages(model.requests[1])
+    assert first["content"] == '{"x": 1}'
+    assert second["content"].startswith('{"x": 1}\n\n[note: you already called echo')
+
+
+def test_a_repeated_failing_call_is_told_to_change_its_arguments() -> None:
+    toolbox = FakeToolbox(broken=broken)
+    model = ScriptedModel(calls(("broken", "{}")), calls(("broken", "{}")), answer("gone"))
+    run(model, toolbox)
+
+    assert len(toolbox.received) == 1
+    [reply] = tool_messages(model.requests[2])[1:]
+    assert reply["content"].startswith("error: file not found")
+    assert reply["content"].endswith("Change the arguments or answer now.]")
+
+
+def test_calls_with_other_arguments_are_not_repeats() -> None:
+    toolbox = FakeToolbox(echo=echo)
+    model = ScriptedModel(calls(("echo", '{"x": 1}')), calls(("echo", '{"x": 2}')), answer("ok"))
+    events = Events()
+    run(model, toolbox, events=events)
+
+    assert toolbox.received == [("echo", {"x": 1}), ("echo", {"x": 2})]
+    assert events.of("agent_notice") == []
+
+
+def test_the_last_round_offers_no_tools_and_asks_for_the_answer() -> None:
+    toolbox = FakeToolbox(echo=echo)
+    model = ScriptedModel(calls(("echo", "{}")), answer("ok"))
+    events = Events()
+    result = run(model, toolbox, limits=AgentLimits(max_rounds=2), events=events)
+
+    assert result.output == "ok"
+    first, last = model.requests
+    assert [t["function"]["name"] for t in first.tools] == ["echo"]
+    assert (last.tools, last.tool_choice) == ((), None)
+    assert dict(last.messages[-1]) == {
+        "role": "user",
+        "content": "This is your last turn and no more tools can be called. "
+        "Answer now with what you have.",
+    }
+    [notice] = events.of("agent_notice")
+    assert (notice["kind"], notice["round"]) == ("last_round", 2)
+    assert [e["tools"] for e in events.of("llm_request")] == [["echo"], []]
+
+
+def test_a_small_model_stuck_on_one_call_still_answers() -> None:
+    """Gemma 3 270M's loop (issue 10): the same call every round it is offered tools."""
+    toolbox = FakeToolbox(clock=echo)
+    model = LoopingModel("clock", '{"timezone": "UTC"}')
+    events = Events()
+    result = run(
+        model,
+        toolbox,
+        tool_choice="clock",
+        limits=AgentLimits(max_rounds=3),
+        events=events,
+    )
+
+    assert result.output == "It is noon."
+    assert toolbox.received == [("clock", {"timezone": "UTC"})]
+    assert [r.tool_choice for r in model.requests] == [
+        {"type": "function", "function": {"name": "clock"}},
+        "auto",
+        None,
+    ]
+    assert [n["kind"] for n in events.of("agent_notice")] == ["repeated_call", "last_round"]
+    assert (result.rounds, result.tool_calls, result.usage) == (3, 2, Usage(320, 24))
+
+
+def test_a_forced_tool_choice_applies_to_the_first_round_even_without_a_call() -> None:
+    model = ScriptedModel(answer(None), answer("ok"))
+    events = Events()
+    run(model, FakeToolbox(echo=echo), tool_choice="required", events=events)
+
+    assert [r.tool_choice for r in model.requests] == ["required", "auto"]
+    assert [e["params"]["tool_choice"] for e in events.of("llm_request")] == [
+        "required",
+        "auto",
+    ]
+
+
+def test_a_forced_tool_choice_needs_a_round_for_the_answer() -> None:
+    model = ScriptedModel(answer("ok"))
+    with pytest.raises(ConfigurationError, match="max_rounds 1 leaves no round") as info:
+        run(model, FakeToolbox(echo=echo), tool_choice="echo", limits=AgentLimits(max_rounds=1))
+    assert info.value.hint == "set max_rounds to 2 or more: the last round offers no tools"
+    assert model.requests == []
+
+
+def test_an_empty_last_reply_fails_with_that_reason() -> None:
+    model = ScriptedModel(answer(None))
+    with pytest.raises(StepFailedError) as info:
+        run(model, limits=AgentLimits(max_rounds=1))
+    assert info.value.message == "no final answer after 1 rounds: its last reply was empty"
+
+
+# --- honest accounting --------------------------------------------------------------------
+
+
+def test_a_failed_run_tallies_its_rounds_calls_and_tokens() -> None:
+    toolbox = FakeToolbox(echo=echo)
+    model = ScriptedModel(
+        *(
+            ChatResponse(
+                None, (ToolCall(f"c{n}", "echo", f'{{"n": {n}}}'),), usage=Usage(10 * n, n)
+            )
+            for n in (1, 2, 3)
+        )
+    )
+    tally = AgentTally()
+    with pytest.raises(StepFailedError, match="no final answer after 3 rounds"):
+        run(model, toolbox, limits=AgentLimits(max_rounds=3), tally=tally)
+    assert (tally.rounds, tally.tool_calls, tally.usage) == (3, 3, Usage(60, 6))
+
+
+def test_a_timed_out_run_tallies_what_it_spent() -> None:
+    async def scenario() -> AgentTally:
+        tally = AgentTally()
+        model = ScriptedModel(calls(("stuck", "{}")))
+        toolbox = FakeToolbox(stuck=stuck_tool([]))
+        with pytest.raises(StepFailedError, match="timeout"):
+            await go(model, toolbox, limits=AgentLimits(timeout=0.05), tally=tally)
+        return tally
+
+    tally = asyncio.run(scenario())
+    assert (tally.rounds, tally.tool_calls) == (1, 1)
+
+
+# --- tool calls the server did not parse --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "form"),
+    [
+        (
+            'Let me look.\n<tool_call>\n{"name": "echo", "arguments": {"path": "src"}}\n'
+            "</tool_call>",
+            "<tool_call>",
+        ),
+        ('<tool_call>{"name": "echo", "arguments": {"path": "src"}}', "<tool_call>"),
+        (
+            '[TOOL_REQUEST]{"name": "echo", "arguments": {"path": "src"}}[END_TOOL_REQUEST]',
+            "[TOOL_REQUEST]",
+        ),
+        ('{"name": "echo", "arguments": {"path": "src"}}', "JSON object"),
+        ('{"name": "echo", "parameters": {"path": "src"}}', "JSON object"),
+        ('```json\n{"name": "echo", "arguments": "{\\"path\\": \\"src\\"}"}\n```', "JSON object"),
+        ('<tool_call>{"name": "echo", "arguments": {"path": "src"</tool_call>', "<tool_call>"),
+    ],
+    ids=["hermes", "hermes-unclosed", "lmstudio", "bare", "parameters", "fenced", "broken"],
+)
+def test_a_tool_call_written_as_text_is_recovered_and_run(text: str, form: str) -> None:
+    toolbox = FakeToolbox(echo=echo)
+    model = ScriptedModel(answer(text), answer("src holds code"))
+    events = Events()
+    result = run(model, toolbox, events=events)
+
+    assert toolbox.received == [("echo", {"path": "src"})]
+    assert result.output == "src holds code"
+    assert result.tool_calls == 1
+    [notice] = events.of("agent_notice")
+    assert notice["kind"] == "recovered_tool_call"
+    assert f"written as {form} text: echo" in notice["detail"]
+    assistant = dict(model.requests[1].messages[-2])
+    assert assistant["tool_calls"][0]["function"] == {
+        "name": "echo",
+        "arguments": '{"path": "src"}',
+    }
+    assert tool_messages(model.requests[1])[0]["tool_call_id"] == "recovered_1_1"
+
+
+def test_several_written_calls_are_all_recovered() -> None:
+    toolbox = FakeToolbox(echo=echo)
+    text = (
+        '<tool_call>{"name": "echo", "arguments": {"n": 1}}</tool_call>\n'
+        '<tool_call>{"name": "echo", "arguments": {"n": 2}}</tool_call>'
+    )
+    model = ScriptedModel(answer(text), answer("ok"))
+    run(model, toolbox)
+    assert toolbox.received == [("echo", {"n": 1}), ("echo", {"n": 2})]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',
+        '{"name": "rm_rf", "arguments": {}}',
+        '{"name": "echo", "arguments": {}, "confidence": 0.9}',
+        "I would call echo with path src.",
+        '{"modules": ["a.py"]}',
+        '<tool_call>{"name": "echo", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',
+        '[TOOL_REQUEST]{"name": "echo", "arguments": [1]}[END_TOOL_REQUEST]',
+    ],
+    ids=[
+        "tag-unknown-tool",
+        "bare-unknown-tool",
+        "extra-keys",
+        "prose",
+        "plain-json",
+        "one-of-two-unknown",
+        "arguments-not-an-object",
+    ],
+)
+def test_text_that_does_not_call_an_offered_tool_stays_the_answer(text: str) -> None:
+    toolbox = FakeToolbox(echo=echo)
+    model = ScriptedModel(answer(text))
+    result = run(model, toolbox)
+    assert (result.output, toolbox.received) == (text, [])
+
+
+def test_written_calls_are_not_recovered_when_no_tools_are_offered() -> None:
+    text = '{"name": "echo", "arguments": {}}'
+    model = ScriptedModel(answer(text))
+    result = run(model, FakeToolbox(echo=echo), tool_choice="none")
+    assert result.output == text
+
+
+def test_broken_argument_json_is_repaired_before_a_round_is_spent() -> None:
+    toolbox = FakeToolbox(echo=echo)
+    model = ScriptedModel(calls(("echo", "{'path': 'src', }")), answer("ok"))
+    events = Events()
+    result = run(model, toolbox, events=events)
+
+    assert toolbox.received == [("echo", {"path": "src"})]
+    assert result.rounds == 2
+    [notice] = events.of("agent_notice")
+    assert notice["kind"] == "repaired_arguments"
+    assert notice["detail"] == "echo: {'path': 'src', } -> {\"path\": \"src\"}"
+    assert events.of("llm_response")[0]["tool_calls"][0]["arguments"] == "{'path': 'src', }"
+    assert events.of("tool_call")[0]["arguments"] == {"path": "src"}
+    # The conversation carries the repaired call, which any server's template can read.
+    assistant = dict(model.requests[1].messages[-2])
+    assert assistant["tool_calls"][0]["function"]["arguments"] == '{"path": "src"}'
+    assert tool_messages(model.requests[1])[0]["content"] == '{"path": "src"}'

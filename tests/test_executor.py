@@ -10,13 +10,14 @@ import asyncio
 import json
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hostile import ALIAS_BOMB, ALIAS_LOOP, nested_block_yaml, nested_list
 
-from runner.chat import ChatRequest, ChatResponse, ToolCall, ToolResult, ToolSpec
+from runner.chat import ChatRequest, ChatResponse, ToolCall, ToolResult, ToolSpec, Usage
 from runner.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INVALID,
@@ -1030,3 +1031,39 @@ def test_a_template_that_recurses_while_rendering_fails_its_step_with_a_message(
         result.steps[0].error or ""
     )
     assert finished(events)["loop"]["status"] == "failed"
+
+
+def test_a_failed_agent_step_and_a_failed_item_record_what_they_spent() -> None:
+    """Issue 10: a step that ran out of rounds said rounds 0, tool_calls 0, usage 0."""
+    workflow = load(
+        """
+        mcp_servers:
+          fs: {command: fs-server}
+        steps:
+          - id: each
+            for_each: "{{ [1, 2] }}"
+            concurrency: 1
+            mcp: [fs]
+            max_rounds: 2
+            continue_on_error: true
+            prompt: "Look at {{ item }}"
+        """
+    )
+    spend = Usage(10, 2)
+    chat = ScriptedChat(
+        replace(call("echo", {"n": 1}), usage=spend),
+        replace(ChatResponse(content="one", finish_reason="stop"), usage=spend),
+        replace(call("echo", {"n": 2}), usage=spend),
+        replace(call("echo", {"n": 3}), usage=spend),  # round 2 of 2: no tools, no answer
+    )
+    result, events = run(workflow, chat=chat, tools=FakeTools(fs={"echo": echo}))
+
+    [step] = result.steps
+    assert step.error is not None and "no final answer after 2 rounds" in step.error
+    assert (step.rounds, step.tool_calls, step.usage) == (4, 3, Usage(40, 8))
+    data = finished(events)["each"]
+    assert (data["rounds"], data["tool_calls"], data["usage"]) == (
+        4,
+        3,
+        {"prompt_tokens": 40, "completion_tokens": 8},
+    )

@@ -33,6 +33,8 @@ from mcp_support import (
     wait_until_gone,
 )
 
+from runner.errors import MCPServerError
+
 MODEL = "qwen/qwen3-coder-30b"  # loaded on the fake by default
 HEAD = f"version: 1\nname: e2e\ndefaults: {{model: {MODEL}}}\n"
 Make = Callable[..., FakeLMStudio]
@@ -265,6 +267,7 @@ def test_a_failing_tool_step_stops_the_run_with_exit_1(
     assert (
         "✗ bad failed: tool fx.fail failed: Error executing tool fail: disk on fire" in run.stderr
     )
+    assert "\n  hint: `lmflow tools FILE` lists each server's tools" in run.stderr
     assert "- later skipped: step 'bad' failed" in run.stderr
     assert lm.chat_requests == []
     assert [s["status"] for s in run.result()["steps"]] == ["failed", "skipped"]
@@ -485,7 +488,8 @@ def test_every_slip_of_the_model_goes_back_to_it_and_the_run_recovers(
     tmp_path: Path, make_fake_lmstudio: Make, tag: str
 ) -> None:
     script = [
-        [("echo", '{"text": "unterminated')],  # arguments that are not JSON
+        [("echo", '{"text": "unterminated')],  # broken JSON that can be repaired
+        [("echo", "text=unterminated")],  # arguments that are not JSON
         [("rm_rf", {"path": "/"})],  # a tool that does not exist
         [("fail", {"message": "disk on fire"})],  # a tool that reports an error
         [("sleep", {"seconds": 5})],  # a call past the server's timeout
@@ -501,7 +505,7 @@ def test_every_slip_of_the_model_goes_back_to_it_and_the_run_recovers(
         mcp_servers:
           fx: {fixture(tag, timeout=1)}
         steps:
-          - {{id: fumble, mcp: [fx], max_rounds: 6, prompt: do it}}
+          - {{id: fumble, mcp: [fx], max_rounds: 8, prompt: do it}}
           - id: count
             needs: fumble                # the script answers the two steps in turn
             prompt: "How many?"
@@ -516,23 +520,30 @@ def test_every_slip_of_the_model_goes_back_to_it_and_the_run_recovers(
     assert run.stdout == "fumble: recovered\nn: 3\n"
     requests = lm.chat_requests
     assert len(requests) == len(script)
-    replies = [tool_messages(r)[-1]["content"] for r in requests[1:5]]
-    assert "the arguments of echo are not valid JSON" in replies[0]
-    assert "there is no tool named 'rm_rf'. Available tools: echo, add" in replies[1]
-    assert replies[2] == "error: Error executing tool fail: disk on fire"
-    assert "did not answer within 1s" in replies[3]
-    assert requests[5]["messages"][-1] == {
+    replies = [tool_messages(r)[-1]["content"] for r in requests[1:6]]
+    assert replies[0] == "unterminated"
+    assert "the arguments of echo are not valid JSON" in replies[1]
+    assert "there is no tool named 'rm_rf'. Available tools: echo, add" in replies[2]
+    assert replies[3] == "error: Error executing tool fail: disk on fire"
+    assert "did not answer within 1s" in replies[4]
+    assert requests[6]["messages"][-1] == {
         "role": "user",
         "content": "Your last reply was empty. Please answer.",
     }
-    schema = requests[6]["response_format"]["json_schema"]["schema"]
+    schema = requests[7]["response_format"]["json_schema"]["schema"]
     assert schema["required"] == ["n"]
-    repair = requests[7]["messages"][-1]
+    repair = requests[8]["messages"][-1]
     assert (
         repair["role"] == "user" and "at $.n: 'three' is not of type 'integer'" in repair["content"]
     )
     notices = [e["kind"] for e in run.events() if e["type"] == "agent_notice"]
-    assert notices == ["invalid_arguments", "unknown_tool", "empty_answer", "schema_repair"]
+    assert notices == [
+        "repaired_arguments",
+        "invalid_arguments",
+        "unknown_tool",
+        "empty_answer",
+        "schema_repair",
+    ]
     assert (
         "note: unknown_tool" in run.stderr
         and "tool error: error: Error executing tool fail: disk on fire" in run.stderr
@@ -585,6 +596,11 @@ def test_a_tool_that_crashes_its_server_fails_the_step_with_exit_1(
     assert "command: " in boom["error"] and str(FIXTURE_SERVER) in boom["error"]
     assert after["status"] == "skipped"
     assert len(lm.chat_requests) == 1
+    # The failure says how to go on, on the terminal and in the log.
+    assert "✗ boom failed: MCP server 'fx' stopped" in run.stderr
+    assert f"\n  hint: {MCPServerError.default_hint}\n" in run.stderr
+    finished = [e for e in run.events() if e["type"] == "step_finished"]
+    assert [e.get("hint") for e in finished] == [MCPServerError.default_hint, None]
     assert_clean(run)
 
 

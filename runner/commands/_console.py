@@ -78,7 +78,8 @@ class ConsoleView:
         if status == "skipped":
             return click.style(f"- {step} skipped: {data.get('reason')}", dim=True)
         if status == "failed":
-            return click.style(f"✗ {step} failed: {data.get('error')}", fg="red")
+            hint = f"\n  hint: {data['hint']}" if data.get("hint") else ""
+            return click.style(f"✗ {step} failed: {data.get('error')}", fg="red") + hint
         if status == "interrupted":
             return click.style(
                 f"■ {step} interrupted after {data.get('duration', 0):.1f}s", fg="yellow"

@@ -34,7 +34,26 @@ from ._console import ConsoleView, print_result
     help="Take servers, models and LM Studio settings from this workflow.",
 )
 @click.option("--system", help="A system prompt.")
-@click.option("--max-rounds", type=click.IntRange(min=1), help="LLM turns (default 10).")
+@click.option(
+    "--max-rounds",
+    type=click.IntRange(1, 1000),
+    help="LLM turns (default 10); the last offers no tools.",
+)
+@click.option(
+    "--tool-choice",
+    metavar="auto|none|required|TOOL",
+    help="Force a tool call in the first round (required, or a tool's name), or offer none.",
+)
+@click.option("--temperature", type=click.FloatRange(0, 2), help="Sampling temperature.")
+@click.option(
+    "--max-tokens", type=click.IntRange(min=-1), help="Most tokens per model answer (-1: no limit)."
+)
+@click.option(
+    "--output-schema",
+    "schema_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A JSON Schema file (JSON or YAML): the answer must match it and is printed as JSON.",
+)
 @options.inputs
 @options.model_check
 @options.as_json
@@ -48,6 +67,10 @@ def command(
     from_file: Path | None,
     system: str | None,
     max_rounds: int | None,
+    tool_choice: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    schema_file: Path | None,
     pairs: tuple[str, ...],
     inputs_file: Path | None,
     base_url: str | None,
@@ -71,6 +94,7 @@ def command(
         one_off_workflow,
         parse_server_option,
         read_inputs,
+        read_output_schema,
         run_workflow,
     )
     from ..spec import load_workflow
@@ -85,6 +109,10 @@ def command(
         system=system,
         max_rounds=max_rounds,
         base=base,
+        tool_choice=tool_choice,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        output_schema=read_output_schema(schema_file) if schema_file else None,
     )
     run_options = RunOptions(
         base_url=base_url,

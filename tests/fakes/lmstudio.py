@@ -22,6 +22,11 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
                                  model takes time to answer; concurrent requests overlap
     chat_error=(400, {...})      chat completions answer this status and JSON body, e.g.
                                  the string-shaped `{"error": "No models loaded..."}`
+    calls_as_text="hermes"       a server that does not parse the model's tool calls: each
+                                 scripted tool-call turn goes out as text in that format,
+                                 "hermes" (<tool_call>{...}</tool_call>), "lmstudio"
+                                 ([TOOL_REQUEST]{...}[END_TOOL_REQUEST]) or "json" (a bare
+                                 JSON object, a list of them for several calls)
     script=[...]                 one item per chat request, in order:
                                    "text"                          an answer
                                    [("name", {"a": 1}), ...]       tool calls; arguments as a
@@ -31,6 +36,10 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
                                    {"content": ..., ...}           the assistant message itself
                                    callable(request_json)          returns any of the above
                                    Refusal(400, "message")         an HTTP error answer
+                                   stuck_on("name", {...}, "text") a small model caught in a
+                                                                   loop: that same call while
+                                                                   tools are offered, "text"
+                                                                   when none are
                                  A request past the end of the script gets HTTP 400 (code
                                  `script_exhausted`). Without a script, answers echo the last
                                  user message.
@@ -175,6 +184,7 @@ class FakeLMStudio:
     cut_times: int | None = None
     end_stream_early: bool = False
     script: Sequence[ScriptItem] | None = None
+    calls_as_text: Literal["hermes", "lmstudio", "json"] | None = None
     requests: list[Received] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -381,6 +391,8 @@ class FakeLMStudio:
         if isinstance(item, Refusal):
             return _send(handler, item.status, {"error": {"message": item.message}})
         message = _assistant_message(item, turn)
+        if self.calls_as_text and message.get("tool_calls"):
+            message = {"role": "assistant", "content": _written(message, self.calls_as_text)}
         usage = _usage(body, message)
         if self._cutting():
             handler.wfile = _CutWriter(handler, self.cut_body or 0)  # type: ignore[assignment]
@@ -479,6 +491,33 @@ def _assistant_message(item: ScriptItem, turn: int) -> dict[str, Any]:
             }
         )
     return {"role": "assistant", "content": "", "tool_calls": calls}
+
+
+def stuck_on(name: str, arguments: Any, answer: str) -> Callable[[Any], ScriptItem]:
+    """A script item for a model caught in a loop (as Gemma 3 270M is): it calls `name` with
+    `arguments` whenever the request offers tools, and answers `answer` only when it does not."""
+
+    def turn(body: Any) -> ScriptItem:
+        return [(name, arguments)] if body.get("tools") else answer
+
+    return turn
+
+
+def _written(message: Mapping[str, Any], form: str) -> str:
+    """The message's tool calls as a model writes them in text when the server does not
+    parse them; arguments given as a raw string go in as they are (broken JSON stays broken)."""
+    calls = [
+        f'{{"name": {json.dumps(c["function"]["name"])}, '
+        f'"arguments": {c["function"]["arguments"] or "{}"}}}'
+        for c in message["tool_calls"]
+    ]
+    if form == "json":
+        return calls[0] if len(calls) == 1 else f"[{', '.join(calls)}]"
+    opening, closing = {
+        "hermes": ("<tool_call>", "</tool_call>"),
+        "lmstudio": ("[TOOL_REQUEST]", "[END_TOOL_REQUEST]"),
+    }[form]
+    return "\n".join(f"{opening}\n{call}\n{closing}" for call in calls)
 
 
 def _usage(body: Any, message: Mapping[str, Any]) -> dict[str, int]:
@@ -616,4 +655,5 @@ __all__ = [
     "Received",
     "down_url",
     "install_fake_lms",
+    "stuck_on",
 ]
