@@ -61,13 +61,17 @@ async def spawn(
         for name in INHERITED_VARIABLES
         if (value := os.environ.get(name)) is not None and not value.startswith("()")
     }
-    process = await anyio.open_process(
-        list(argv),
-        env=inherited | dict(env),
-        cwd=cwd,
-        start_new_session=True,
-        stdin=stdin if stdin is not None else subprocess.PIPE,
-    )
+    # Shielded: a cancellation that arrives once the child exists but before it is
+    # registered would leave it running with nobody to stop it. The cancellation is not
+    # lost: it reaches the caller at its next await, with the child in hand.
+    with anyio.CancelScope(shield=True):
+        process = await anyio.open_process(
+            list(argv),
+            env=inherited | dict(env),
+            cwd=cwd,
+            start_new_session=True,
+            stdin=stdin if stdin is not None else subprocess.PIPE,
+        )
     _live.add(process.pid)
     return process
 
