@@ -366,7 +366,8 @@ async def verify_models(
     client: LMStudioClient | None = None,
 ) -> list[Problem]:
     """The model check of `lmflow run`: raises for the first error, returns the warnings.
-    Pass the run's client so the check reuses its connection pool."""
+    Pass the run's client so the check reuses its connection pool; its requests then carry
+    the server's own id of each model the check matched (`model_routes`)."""
     catalog = await _catalog_for(
         [workflow],
         server,
@@ -376,9 +377,32 @@ async def verify_models(
         require_loaded=require_loaded,
         client=client,
     )
-    return ensure_models(
+    warnings = ensure_models(
         workflow, catalog.models, require_loaded=require_loaded, server=catalog.server
     )
+    if client is not None:
+        client.routes.update(model_routes(workflow, catalog.models))
+    return warnings
+
+
+def model_routes(workflow: Workflow, models: Sequence[ModelInfo]) -> dict[str, tuple[str, ...]]:
+    """Each model name the workflow's requests carry -> the server's ids to send instead, in
+    order: `qwen3-coder-30b` goes out as `qwen/qwen3-coder-30b`, the id the check matched."""
+    routes: dict[str, tuple[str, ...]] = {}
+    for name in workflow.models_in_use():
+        model = match_model(name, models).model
+        if model is not None:
+            routes[name] = (_served_id(name, model),)
+    return routes
+
+
+def _served_id(name: str, model: ModelInfo) -> str:
+    """The id to send: the catalog's, keeping a `@quant` or `:N` the workflow asked for."""
+    found = _INSTANCE.fullmatch(name)
+    instance = f":{found['n']}" if found else ""
+    quant = name.partition("@")[2].removesuffix(instance) if "@" in name else ""
+    base = _without_quant(model.id)
+    return f"{base}@{quant}{instance}" if quant else f"{model.id}{instance}"
 
 
 def check_workflows_online(

@@ -186,7 +186,8 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
             hint=server.withheld.hint,
             line=where.line,
         )
-    async with LMStudioClient.from_config(server) as client:
+    # Streamed, so each answer records time to first token and tokens per second.
+    async with LMStudioClient.from_config(server, stream=True) as client:
         warnings = await verify_models(
             run.workflow,
             server,

@@ -22,6 +22,16 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
                                  model takes time to answer; concurrent requests overlap
     chat_error=(400, {...})      chat completions answer this status and JSON body, e.g.
                                  the string-shaped `{"error": "No models loaded..."}`
+    response_formats=("text", "json_object")
+                                 the `response_format` types chat accepts (None: all). With
+                                 json_object but not json_schema it refuses like llama-cpp-
+                                 python's server (500 "Input should be 'text' or
+                                 'json_object'"); without json_object like a server that
+                                 knows no response_format (400)
+    broken_models={"id": 503}    chat requests for these models answer this status (a model
+                                 that crashed or cannot load), every time
+    stats=True                   answers carry LM Studio's `stats` (tokens_per_second,
+                                 time_to_first_token, model_load_time_seconds)
     script=[...]                 one item per chat request, in order:
                                    "text"                          an answer
                                    [("name", {"a": 1}), ...]       tool calls; arguments as a
@@ -140,6 +150,16 @@ DEFAULT_MODELS: tuple[FakeModel, ...] = (
 )
 
 
+FAKE_STATS = {
+    "tokens_per_second": 42.5,
+    "time_to_first_token": 0.25,
+    "generation_time": 0.5,
+    "stop_reason": "eosFound",
+    "model_load_time_seconds": 1.5,
+}
+"""What the fake reports as LM Studio's `stats` when `stats=True`."""
+
+
 @dataclass(frozen=True)
 class Received:
     """One request as the fake saw it."""
@@ -165,6 +185,9 @@ class FakeLMStudio:
     cut_body: int | None = None
     cut_times: int | None = None
     end_stream_early: bool = False
+    response_formats: tuple[str, ...] | None = None
+    broken_models: dict[str, int] = field(default_factory=dict)
+    stats: bool = False
     script: Sequence[ScriptItem] | None = None
     requests: list[Received] = field(default_factory=list, init=False)
 
@@ -349,6 +372,12 @@ class FakeLMStudio:
                     }
                 },
             )
+        if name in self.broken_models:
+            status = self.broken_models[name]
+            return _send(handler, status, {"error": {"message": f"model {name} crashed"}})
+        refusal = self._format_refusal(body.get("response_format"))
+        if refusal is not None:
+            return _send(handler, *refusal)
         with self._lock:
             turn = self._turn
             self._turn += 1
@@ -371,13 +400,15 @@ class FakeLMStudio:
         usage = _usage(body, message)
         if self._cutting():
             handler.wfile = _CutWriter(handler, self.cut_body or 0)  # type: ignore[assignment]
+        extra = {"stats": dict(FAKE_STATS)} if self.stats else {}
         if body.get("stream"):
-            return _stream(handler, name, message, usage, early=self.end_stream_early)
+            return _stream(handler, name, message, usage, early=self.end_stream_early, extra=extra)
         finish = "tool_calls" if message.get("tool_calls") else "stop"
         _send(
             handler,
             200,
             {
+                **extra,
                 "id": f"chatcmpl-{turn}",
                 "object": "chat.completion",
                 "created": 0,
@@ -389,6 +420,20 @@ class FakeLMStudio:
                 "system_fingerprint": name,
             },
         )
+
+    def _format_refusal(self, wanted: Any) -> tuple[int, Any] | None:
+        """The error for a `response_format` this server does not take, or None."""
+        kind = wanted.get("type") if isinstance(wanted, Mapping) else None
+        if kind is None or self.response_formats is None or kind in self.response_formats:
+            return None
+        if "json_object" in self.response_formats:  # llama-cpp-python's server
+            detail = (
+                "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
+                f"  Input should be 'text' or 'json_object' [type=literal_error, input_value="
+                f"'{kind}', input_type=str]"
+            )
+            return 500, {"error": {"message": detail, "type": "internal_server_error"}}
+        return 400, {"error": {"message": "response_format is not supported", "code": None}}
 
     def _cutting(self) -> bool:
         """Whether this chat answer is cut (counts down `cut_times`)."""
@@ -514,6 +559,7 @@ def _stream(
     usage: dict[str, int],
     *,
     early: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
@@ -533,7 +579,7 @@ def _stream(
     ]
     if not early:
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-        chunks.append({**base, "choices": [], "usage": usage})
+        chunks.append({**base, "choices": [], "usage": usage, **(extra or {})})
     for chunk in chunks:
         _write_chunk(handler, f"data: {json.dumps(chunk)}\n\n".encode())
     if not early:

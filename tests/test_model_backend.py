@@ -1,0 +1,224 @@
+"""The model backend on servers that are not LM Studio, or not fully: structured output in
+the form a server takes, model names sent as the server's ids, fallback to the next model,
+streaming with timing. Always over real sockets, against the fake in tests/fakes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes.lmstudio import FAKE_STATS, FakeLMStudio
+
+from runner.agent import AgentLimits, AgentTask, run_agent
+from runner.catalog import CatalogCache
+from runner.chat import ChatRequest
+from runner.errors import LLMResponseError, LLMTruncatedReplyError
+from runner.lmstudio import LMStudioClient, RetryPolicy
+
+CODER = "qwen/qwen3-coder-30b"
+SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}},
+    "required": ["answer"],
+}
+HELLO = ({"role": "user", "content": "hi"},)
+FAST = RetryPolicy(base_delay=0.001, max_delay=0.002)
+Make = Callable[..., FakeLMStudio]
+pytestmark = pytest.mark.anyio
+
+
+def client(lm: FakeLMStudio, **options: Any) -> LMStudioClient:
+    return LMStudioClient(lm.url, retry=FAST, **options)
+
+
+async def structured(llm: LMStudioClient, model: str = CODER) -> tuple[Any, list[dict[str, Any]]]:
+    """Run a one-step structured task; the output and the events it emitted."""
+    events: list[dict[str, Any]] = []
+    result = await run_agent(
+        llm,
+        AgentTask(model=model, prompt="What is six times seven?", output_schema=SCHEMA),
+        None,
+        AgentLimits(max_rounds=2),
+        lambda kind, fields: events.append({"type": kind, **fields}),
+    )
+    return result.output, events
+
+
+# --- structured output ---------------------------------------------------------------------
+
+
+async def test_a_server_refusing_json_schema_gets_json_object_with_the_schema(
+    make_fake_lmstudio: Make,
+) -> None:
+    """llama-cpp-python's 500 "Input should be 'text' or 'json_object'" is learned at once:
+    no retries of the refused form, and the repair request does not send it again."""
+    lm = make_fake_lmstudio(
+        response_formats=("text", "json_object"), script=["not json", '{"answer": 42}']
+    )
+    async with client(lm) as llm:
+        output, events = await structured(llm)
+    assert output == {"answer": 42}
+    formats = [body.get("response_format") for body in lm.chat_requests]
+    assert [f["type"] for f in formats] == ["json_schema", "json_object", "json_object"]
+    assert formats[1] == {"type": "json_object", "schema": SCHEMA}
+    # The schema is in the prompt as well: json_object alone says nothing of the shape.
+    assert json.dumps(SCHEMA) in lm.chat_requests[1]["messages"][-1]["content"]
+    served = [e["served"] for e in events if e["type"] == "llm_response"]
+    assert [s["response_format"] for s in served] == ["json_object_schema"] * 2
+
+
+async def test_a_server_without_response_format_gets_the_schema_in_the_prompt(
+    make_fake_lmstudio: Make,
+) -> None:
+    lm = make_fake_lmstudio(response_formats=("text",), script=['{"answer": 42}'])
+    async with client(lm) as llm:
+        output, _ = await structured(llm)
+    assert output == {"answer": 42}
+    sent = [body.get("response_format", {}).get("type") for body in lm.chat_requests]
+    assert sent == ["json_schema", "json_object", "json_object", None]
+    assert "response_format" not in lm.chat_requests[-1]
+    assert json.dumps(SCHEMA) in lm.chat_requests[-1]["messages"][-1]["content"]
+
+
+async def test_what_a_server_accepts_is_remembered_with_the_catalog(
+    make_fake_lmstudio: Make,
+) -> None:
+    """A second process asks in the learned form straight away."""
+    lm = make_fake_lmstudio(response_formats=("text", "json_object"))
+    lm.script = ['{"answer": 1}', '{"answer": 2}']
+    async with client(lm) as llm:
+        await structured(llm)
+    with CatalogCache() as cache:
+        assert cache.structured_modes(lm.url) == {CODER: "json_object_schema"}
+    async with client(lm) as fresh:
+        output, _ = await structured(fresh)
+    assert output == {"answer": 2}
+    assert [b["response_format"]["type"] for b in lm.chat_requests] == [
+        "json_schema",
+        "json_object",
+        "json_object",
+    ]
+
+
+async def test_an_unrelated_server_error_is_not_taken_for_a_refusal(
+    make_fake_lmstudio: Make,
+) -> None:
+    lm = make_fake_lmstudio(chat_error=(500, {"error": {"message": "out of memory"}}))
+    async with client(lm) as llm:
+        with pytest.raises(LLMResponseError, match="out of memory"):
+            await structured(llm)
+    assert {b["response_format"]["type"] for b in lm.chat_requests} == {"json_schema"}
+    assert len(lm.chat_requests) == FAST.attempts  # a 5xx is retried as before
+
+
+# --- model names and fallback --------------------------------------------------------------
+
+
+async def test_a_route_sends_the_servers_id_and_says_which_model_answered(
+    make_fake_lmstudio: Make,
+) -> None:
+    lm = make_fake_lmstudio()
+    async with client(lm) as llm:
+        llm.routes["qwen3-coder-30b"] = (CODER,)
+        answer = await llm.chat(ChatRequest("qwen3-coder-30b", HELLO))
+    assert lm.chat_requests[0]["model"] == CODER
+    assert answer.served["model"] == CODER
+
+
+async def test_a_failing_model_hands_over_to_the_next(make_fake_lmstudio: Make) -> None:
+    broken = "mistralai/magistral-small-2509"
+    lm = make_fake_lmstudio(broken_models={broken: 503})
+    async with client(lm) as llm:
+        llm.routes["writer"] = (broken, CODER)
+        answer = await llm.chat(ChatRequest("writer", HELLO))
+    assert answer.content == "echo: hi"
+    assert [b["model"] for b in lm.chat_requests] == [broken] * FAST.attempts + [CODER]
+    assert answer.served["model"] == CODER
+    (failed,) = answer.served["fallback_from"]
+    assert failed["model"] == broken and "503" in failed["error"]
+
+
+async def test_a_request_error_does_not_fall_back(make_fake_lmstudio: Make) -> None:
+    lm = make_fake_lmstudio(chat_error=(400, {"error": {"message": "bad max_tokens"}}))
+    async with client(lm) as llm:
+        llm.routes["writer"] = (CODER, "google/gemma-3-270m")
+        with pytest.raises(LLMResponseError, match="bad max_tokens"):
+            await llm.chat(ChatRequest("writer", HELLO))
+    assert len(lm.chat_requests) == 1
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+
+async def test_a_streamed_answer_records_its_timing(make_fake_lmstudio: Make) -> None:
+    lm = make_fake_lmstudio(script=["a streamed answer of several pieces"])
+    async with client(lm, stream=True) as llm:
+        answer = await llm.chat(ChatRequest(CODER, HELLO))
+    assert answer.served["streamed"] is True
+    assert answer.served["ttft_s"] >= 0
+    assert answer.served["tokens_per_s"] > 0
+
+
+async def test_lm_studio_stats_are_taken_as_reported(make_fake_lmstudio: Make) -> None:
+    lm = make_fake_lmstudio(stats=True)
+    async with client(lm, stream=True) as llm:
+        answer = await llm.chat(ChatRequest(CODER, HELLO))
+    assert answer.served["ttft_s"] == FAKE_STATS["time_to_first_token"]
+    assert answer.served["tokens_per_s"] == FAKE_STATS["tokens_per_second"]
+    assert answer.served["load_s"] == FAKE_STATS["model_load_time_seconds"]
+
+
+async def test_a_stream_without_a_finish_is_an_error_with_a_hint(make_fake_lmstudio: Make) -> None:
+    lm = make_fake_lmstudio(end_stream_early=True)
+    async with client(lm, stream=True) as llm:
+        with pytest.raises(LLMTruncatedReplyError, match="without a finish reason") as caught:
+            await llm.chat(ChatRequest(CODER, HELLO))
+    assert caught.value.hint
+
+
+# --- end to end: `lmflow run` --------------------------------------------------------------
+
+
+def write_flow(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "flow.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def events_of(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_a_run_streams_sends_the_servers_id_and_logs_it(
+    make_fake_lmstudio: Make,
+    lmflow_cli: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    lm = make_fake_lmstudio(response_formats=("text", "json_object"), script=['{"answer": 42}'])
+    flow = write_flow(
+        tmp_path,
+        f"""\
+        version: 1
+        name: short
+        steps:
+          - id: ask
+            model: qwen3-coder-30b
+            prompt: What is six times seven?
+            output_schema: {json.dumps(SCHEMA)}
+        """,
+    )
+    log = tmp_path / "events.jsonl"
+    done = lmflow_cli("run", str(flow), "--base-url", lm.url, "--log", str(log))
+    assert done.exit_code == 0, done.stderr
+    assert {b["model"] for b in lm.chat_requests} == {CODER}
+    assert all(b["stream"] for b in lm.chat_requests)
+    (response,) = [e for e in events_of(log) if e["type"] == "llm_response"]
+    assert response["served"]["model"] == CODER
+    assert response["served"]["response_format"] == "json_object_schema"
+    assert "ttft_s" in response["served"]
