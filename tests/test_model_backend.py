@@ -4,20 +4,25 @@ streaming with timing. Always over real sockets, against the fake in tests/fakes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.lmstudio import FAKE_STATS, FakeLMStudio
+from fakes.lmstudio import DEFAULT_MODELS, FAKE_STATS, FakeLMStudio
 
 from runner.agent import AgentLimits, AgentTask, run_agent
 from runner.catalog import CatalogCache
 from runner.chat import ChatRequest
-from runner.errors import LLMResponseError, LLMTruncatedReplyError
-from runner.lmstudio import LMStudioClient, RetryPolicy
+from runner.errors import LLMResponseError, LLMTruncatedReplyError, ModelNotFoundError
+from runner.lmstudio import LMStudioClient, RetryPolicy, ServerConfig, models_native_v1
+from runner.preflight import check_models, ensure_models, model_routes, verify_models
+from runner.spec import load_workflow
+from runner.spec.model import Workflow
 
 CODER = "qwen/qwen3-coder-30b"
 SCHEMA = {
@@ -29,6 +34,7 @@ HELLO = ({"role": "user", "content": "hi"},)
 FAST = RetryPolicy(base_delay=0.001, max_delay=0.002)
 Make = Callable[..., FakeLMStudio]
 pytestmark = pytest.mark.anyio
+CATALOG = models_native_v1({"models": [m.native_v1() for m in DEFAULT_MODELS]}) or ()
 
 
 def client(lm: FakeLMStudio, **options: Any) -> LMStudioClient:
@@ -222,3 +228,167 @@ def test_a_run_streams_sends_the_servers_id_and_logs_it(
     assert response["served"]["model"] == CODER
     assert response["served"]["response_format"] == "json_object_schema"
     assert "ttft_s" in response["served"]
+
+
+# --- fallback lists: the spec, the model check, the run ------------------------------------
+
+GEMMA = "google/gemma-3-270m"
+MAGISTRAL = "mistralai/magistral-small-2509"
+
+
+def load(tmp_path: Path, body: str) -> Workflow:
+    return load_workflow(write_flow(tmp_path, body))
+
+
+def test_a_model_may_be_a_list_in_steps_aliases_and_defaults(tmp_path: Path) -> None:
+    flow = load(
+        tmp_path,
+        """\
+        version: 1
+        models:
+          writer: [qwen3-coder-30b, gemma-3-270m]
+        defaults:
+          model: [writer, mistralai/magistral-small-2509]
+        steps:
+          - id: a
+            prompt: hi
+          - id: b
+            model: [x/missing, writer]
+            prompt: hi
+        """,
+    )
+    a, b = flow.steps
+    assert flow.model_candidates(flow.model_reference(a)[0]) == (
+        "qwen3-coder-30b",
+        "gemma-3-270m",
+        MAGISTRAL,
+    )
+    assert flow.step_model(a) == "qwen3-coder-30b"  # the name its requests carry
+    assert flow.step_model(b) == "x/missing"
+
+
+def test_a_bad_model_list_is_reported_where_it_is(
+    tmp_path: Path, lmflow_cli: Callable[..., Any]
+) -> None:
+    path = write_flow(
+        tmp_path,
+        """\
+        version: 1
+        steps:
+          - id: a
+            model: [qwen/qwen3-coder-30b, 5]
+            prompt: hi
+          - id: b
+            model: []
+            prompt: hi
+        """,
+    )
+    done = lmflow_cli("validate", "--offline", str(path))
+    assert done.exit_code == 2
+    assert f"{path}:4:35: error: step 'a' key 'model.1' must be a string" in done.stdout
+    assert f"{path}:7:12: error: step 'b' key 'model' must not be empty" in done.stdout
+    assert "step 'a' talks to a model but none is set" not in done.stdout
+
+
+def test_the_check_picks_the_first_model_the_server_has(tmp_path: Path) -> None:
+    flow = load(
+        tmp_path,
+        f"""\
+        version: 1
+        steps:
+          - id: a
+            model: [x/missing, qwen3-coder-30b, {GEMMA}]
+            prompt: hi
+        """,
+    )
+    problems = check_models(flow, CATALOG)
+    assert [(p.rule, p.severity, p.line) for p in problems] == [("model-fallback", "warning", 4)]
+    assert model_routes(flow, CATALOG) == {"x/missing": (CODER, GEMMA)}
+
+
+def test_a_list_none_of_whose_models_exists_is_an_error(tmp_path: Path) -> None:
+    flow = load(
+        tmp_path,
+        """\
+        version: 1
+        steps:
+          - id: a
+            model: [x/missing, y/missing]
+            prompt: hi
+        """,
+    )
+    with pytest.raises(ModelNotFoundError, match=r"flow.yaml:4:\d+: none of 'x/missing', 'y/m"):
+        ensure_models(flow, CATALOG)
+
+
+def test_steps_on_several_unloaded_models_are_told_to_load_them(tmp_path: Path) -> None:
+    flow = load(
+        tmp_path,
+        f"""\
+        version: 1
+        steps:
+          - id: a
+            model: {MAGISTRAL}
+            prompt: hi
+          - id: b
+            model: {GEMMA}
+            prompt: hi
+        """,
+    )
+    (residency,) = [p for p in check_models(flow, CATALOG) if p.rule == "model-residency"]
+    assert residency.severity == "warning" and residency.line == 7
+    assert "--load" in (residency.hint or "")
+    loaded = [replace(m, state="loaded") for m in CATALOG]
+    assert not [p for p in check_models(flow, loaded) if p.rule == "model-residency"]
+
+
+def test_a_run_falls_back_to_the_next_model_and_logs_which_answered(
+    make_fake_lmstudio: Make,
+    lmflow_cli: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    lm = make_fake_lmstudio(broken_models={MAGISTRAL: 503}, script=["fine"])
+    flow = write_flow(
+        tmp_path,
+        f"""\
+        version: 1
+        steps:
+          - id: ask
+            model: [{MAGISTRAL}, qwen3-coder-30b]
+            prompt: hi
+        """,
+    )
+    log = tmp_path / "events.jsonl"
+    done = lmflow_cli("run", str(flow), "--base-url", lm.url, "--log", str(log))
+    assert done.exit_code == 0, done.stderr
+    assert lm.chat_requests[-1]["model"] == CODER
+    (response,) = [e for e in events_of(log) if e["type"] == "llm_response"]
+    assert response["served"]["model"] == CODER
+    assert response["served"]["fallback_from"][0]["model"] == MAGISTRAL
+
+
+def test_load_loads_the_models_the_steps_use_first(
+    make_fake_lmstudio: Make, tmp_path: Path
+) -> None:
+    lm = make_fake_lmstudio()
+    flow = load(
+        tmp_path,
+        f"""\
+        version: 1
+        steps:
+          - id: a
+            model: [{MAGISTRAL}, {GEMMA}]
+            prompt: hi
+          - id: b
+            model: {GEMMA}
+            prompt: hi
+        """,
+    )
+    warnings = asyncio.run(verify_models(flow, ServerConfig(lm.url), load=True))
+    assert [r.body["model"] for r in lm.requests if r.path == "/api/v1/models/load"] == [
+        GEMMA,
+        MAGISTRAL,
+    ]
+    assert not [w for w in warnings if w.rule == "model-residency"]
