@@ -303,6 +303,8 @@ class RetryPolicy:
 
     def attempts_for(self, error: LLMClientError, *, retry_timeouts: bool) -> int:
         """How many attempts in all an operation failing with `error` may make."""
+        if isinstance(error, (FormatRefusedError, EmptyStreamError)):
+            return 1  # asked again in another form, not again as it was
         if isinstance(error, LLMConnectionError):
             refused = isinstance(error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout))
             return self.refused_attempts if refused else self.attempts
@@ -310,8 +312,6 @@ class RetryPolicy:
             return self.truncated_attempts
         if isinstance(error, LLMTimeoutError):
             return self.attempts if retry_timeouts else 1
-        if isinstance(error, FormatRefusedError):
-            return 1  # asked again in another form, not again as it was
         if isinstance(error, LLMResponseError) and (error.status_code or 0) >= 500:
             return self.attempts
         return 1
@@ -345,6 +345,7 @@ class LMStudioClient:
         self.routes: dict[str, tuple[str, ...]] = {}
         """Requested model name -> the server's ids to try, in order (the model check's)."""
         self._modes: dict[str, StructuredMode] | None = None
+        self._unstreamable: set[str] = set()
         self._token = token
         self._token_env = token_env
         self._withheld = withheld
@@ -466,6 +467,8 @@ class LMStudioClient:
         """Ask `model`; a schema goes in the best form the server takes (learned from its
         refusal once, then remembered with the model catalog)."""
         payload = {**request.payload(), "model": model, "stream": streaming}
+        if streaming:  # OpenAI's way to have the token counts in a stream (LM Studio, vLLM)
+            payload["stream_options"] = {"include_usage": True}
         mode = self._structured_mode(model) if _schema_of(payload) is not None else None
         while True:
             body = payload if mode is None else structured_payload(payload, mode)
@@ -484,8 +487,18 @@ class LMStudioClient:
             return replace(response, model=model, served=served)
 
     async def _chat_once(self, payload: Mapping[str, Any]) -> ChatResponse:
-        if payload["stream"]:
-            return await self._retrying(lambda: self._chat_stream(payload), retry_timeouts=False)
+        kind = _stream_kind(payload)
+        if payload["stream"] and kind not in self._unstreamable:
+            try:
+                return await self._retrying(
+                    lambda: self._chat_stream(payload), retry_timeouts=False
+                )
+            except EmptyStreamError:
+                # llama-cpp-python cannot stream some requests (tools with tool_choice auto):
+                # it sends the headers, then nothing. Such requests go unstreamed from now on.
+                self._unstreamable.add(kind)
+        payload = {k: v for k, v in payload.items() if k != "stream_options"}
+        payload["stream"] = False
         started = time.monotonic()
         response = await self._request("POST", _CHAT_PATH, json=payload, timeout=self.timeout)
         answer = parse_completion(_json_object(response, _CHAT_PATH))
@@ -560,9 +573,12 @@ class LMStudioClient:
                             collector.add(_loads(data, _CHAT_PATH))
                 # A server that omits [DONE] still ends a whole answer with a finish reason.
                 if not done and collector.finish_reason is None:
-                    raise self._truncated(
+                    error = self._truncated(
                         response, what, collector, "the stream ended without a finish reason"
                     )
+                    if collector.chunks == 0:
+                        raise EmptyStreamError(error.message, hint=error.hint)
+                    raise error
         return collector.response()
 
     async def _retrying(self, operation: Callable[[], Awaitable[T]], *, retry_timeouts: bool) -> T:
@@ -718,6 +734,16 @@ def _rounded(seconds: float) -> float:
 class FormatRefusedError(LLMResponseError):
     """The server refused the request's `response_format` (llama.cpp: 500 "Input should be
     'text' or 'json_object'"; LM Studio: 400 for json_object): ask in the next form."""
+
+
+class EmptyStreamError(LLMTruncatedReplyError):
+    """A stream that ended before its first piece: the server accepted the request but could
+    not stream it. The same request goes once more without streaming."""
+
+
+def _stream_kind(payload: Mapping[str, Any]) -> str:
+    """What a server may be unable to stream: requests with tools, or without."""
+    return "tools" if payload.get("tools") else "plain"
 
 
 _FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object", re.IGNORECASE)
@@ -988,6 +1014,7 @@ class _StreamCollector:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.first_token: float | None = None
+        self.token_chunks = 0
         self.stats: Mapping[str, Any] = {}
         self.content: list[str] = []
         self.reasoning: list[str] = []
@@ -1011,8 +1038,10 @@ class _StreamCollector:
             self.usage = _usage(chunk["usage"])
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if self.first_token is None and any(delta.get(k) for k in _TOKEN_KEYS):
-                self.first_token = time.monotonic()
+            if any(delta.get(k) for k in _TOKEN_KEYS):
+                self.token_chunks += 1
+                if self.first_token is None:
+                    self.first_token = time.monotonic()
             if delta.get("content"):
                 self.content.append(delta["content"])
             reasoning = delta.get("reasoning") or delta.get("reasoning_content")
@@ -1042,14 +1071,21 @@ class _StreamCollector:
             )
             for index, slot in sorted(self.calls.items())
         )
+        served = self._timing()
+        usage = self.usage
+        if usage == Usage() and self.token_chunks:
+            # No counts in the stream (llama.cpp's servers send one token per piece): the
+            # pieces are the completion tokens; the prompt's are unknown.
+            usage = Usage(0, self.token_chunks)
+            served["usage_counted"] = True
         return ChatResponse(
             content="".join(self.content) if self.content else None,
             tool_calls=calls,
             finish_reason=self.finish_reason,
             reasoning="".join(self.reasoning) or None,
-            usage=self.usage,
+            usage=usage,
             model=self.model,
-            served=self._timing(),
+            served=served,
         )
 
     def _timing(self) -> dict[str, Any]:
@@ -1060,8 +1096,10 @@ class _StreamCollector:
         if self.first_token is not None:
             timing["ttft_s"] = _rounded(self.first_token - self.started)
             generating = ended - self.first_token
-            if self.usage.completion_tokens and generating > 0:
-                timing["tokens_per_s"] = _rounded(self.usage.completion_tokens / generating)
+            # Without usage in the stream (llama.cpp's servers), count the pieces: one token each.
+            tokens = self.usage.completion_tokens or self.token_chunks
+            if generating > 0:
+                timing["tokens_per_s"] = _rounded(tokens / generating)
         return {**timing, **server_stats(self.stats)}
 
 

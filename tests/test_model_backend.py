@@ -17,7 +17,7 @@ from fakes.lmstudio import DEFAULT_MODELS, FAKE_STATS, FakeLMStudio
 
 from runner.agent import AgentLimits, AgentTask, run_agent
 from runner.catalog import CatalogCache
-from runner.chat import ChatRequest
+from runner.chat import ChatRequest, Usage
 from runner.errors import LLMResponseError, LLMTruncatedReplyError, ModelNotFoundError
 from runner.lmstudio import LMStudioClient, RetryPolicy, ServerConfig, models_native_v1
 from runner.preflight import check_models, ensure_models, model_routes, verify_models
@@ -167,6 +167,35 @@ async def test_a_streamed_answer_records_its_timing(make_fake_lmstudio: Make) ->
     assert answer.served["streamed"] is True
     assert answer.served["ttft_s"] >= 0
     assert answer.served["tokens_per_s"] > 0
+
+
+async def test_a_stream_without_counts_counts_its_pieces(make_fake_lmstudio: Make) -> None:
+    """llama-cpp-python streams one token per piece and no usage: the run still counts the
+    completion tokens, and says they were counted."""
+    lm = make_fake_lmstudio(stream_usage=False, script=["one two three four five six"])
+    async with client(lm, stream=True) as llm:
+        answer = await llm.chat(ChatRequest(CODER, HELLO))
+    assert lm.chat_requests[0]["stream_options"] == {"include_usage": True}
+    pieces = -(-len("one two three four five six") // 5)  # the fake's 5-character pieces
+    assert answer.usage == Usage(0, pieces)
+    assert answer.served["usage_counted"] is True
+
+
+async def test_a_request_the_server_cannot_stream_is_asked_unstreamed(
+    make_fake_lmstudio: Make,
+) -> None:
+    """llama-cpp-python answers a streamed request with tools by an empty stream: asked once
+    more without streaming, and requests with tools are not streamed after that."""
+    tools = ({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},)
+    script = ["never sent", "first", "second", "plain"]  # the empty stream takes a turn
+    lm = make_fake_lmstudio(unstreamable_tools=True, script=script)
+    async with client(lm, stream=True) as llm:
+        first = await llm.chat(ChatRequest(CODER, HELLO, tools=tools))
+        second = await llm.chat(ChatRequest(CODER, HELLO, tools=tools))
+        plain = await llm.chat(ChatRequest(CODER, HELLO))
+    assert (first.content, second.content, plain.content) == ("first", "second", "plain")
+    assert [b["stream"] for b in lm.chat_requests] == [True, False, False, True]
+    assert "stream_options" not in lm.chat_requests[1]
 
 
 async def test_lm_studio_stats_are_taken_as_reported(make_fake_lmstudio: Make) -> None:

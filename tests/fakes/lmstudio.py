@@ -30,6 +30,10 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
                                  knows no response_format (400)
     broken_models={"id": 503}    chat requests for these models answer this status (a model
                                  that crashed or cannot load), every time
+    unstreamable_tools=True      a streamed request with tools gets the SSE headers and an
+                                 empty body, as llama-cpp-python's chatml-function-calling
+                                 does ("Automatic streaming tool choice is not supported")
+    stream_usage=False           streamed answers carry no `usage` chunk (llama-cpp-python)
     stats=True                   answers carry LM Studio's `stats` (tokens_per_second,
                                  time_to_first_token, model_load_time_seconds)
     script=[...]                 one item per chat request, in order:
@@ -188,6 +192,8 @@ class FakeLMStudio:
     response_formats: tuple[str, ...] | None = None
     broken_models: dict[str, int] = field(default_factory=dict)
     stats: bool = False
+    stream_usage: bool = True
+    unstreamable_tools: bool = False
     script: Sequence[ScriptItem] | None = None
     requests: list[Received] = field(default_factory=list, init=False)
 
@@ -401,8 +407,11 @@ class FakeLMStudio:
         if self._cutting():
             handler.wfile = _CutWriter(handler, self.cut_body or 0)  # type: ignore[assignment]
         extra = {"stats": dict(FAKE_STATS)} if self.stats else {}
+        if body.get("stream") and self.unstreamable_tools and body.get("tools"):
+            return _stream(handler, name, message, None, early=True, chunks=False)
         if body.get("stream"):
-            return _stream(handler, name, message, usage, early=self.end_stream_early, extra=extra)
+            counts = usage if self.stream_usage else None
+            return _stream(handler, name, message, counts, early=self.end_stream_early, extra=extra)
         finish = "tool_calls" if message.get("tool_calls") else "stop"
         _send(
             handler,
@@ -426,13 +435,19 @@ class FakeLMStudio:
         kind = wanted.get("type") if isinstance(wanted, Mapping) else None
         if kind is None or self.response_formats is None or kind in self.response_formats:
             return None
-        if "json_object" in self.response_formats:  # llama-cpp-python's server
+        if "json_object" in self.response_formats:  # llama-cpp-python 0.3's server, verbatim
             detail = (
-                "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
-                f"  Input should be 'text' or 'json_object' [type=literal_error, input_value="
-                f"'{kind}', input_type=str]"
+                "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+                "'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", "
+                f"'input': '{kind}', 'ctx': {{'expected': \"'text' or 'json_object'\"}}}}\n"
             )
-            return 500, {"error": {"message": detail, "type": "internal_server_error"}}
+            error = {
+                "message": detail,
+                "type": "internal_server_error",
+                "param": None,
+                "code": None,
+            }
+            return 500, {"error": error}
         return 400, {"error": {"message": "response_format is not supported", "code": None}}
 
     def _cutting(self) -> bool:
@@ -556,10 +571,11 @@ def _stream(
     handler: _Handler,
     model: str,
     message: Mapping[str, Any],
-    usage: dict[str, int],
+    usage: dict[str, int] | None,
     *,
     early: bool = False,
     extra: Mapping[str, Any] | None = None,
+    chunks: bool = True,
 ) -> None:
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
@@ -573,14 +589,15 @@ def _stream(
         "model": model,
     }
     finish = "tool_calls" if message.get("tool_calls") else "stop"
-    chunks = [
+    pieces = [
         {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
-        for d in _stream_deltas(message)
+        for d in (_stream_deltas(message) if chunks else ())
     ]
     if not early:
-        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-        chunks.append({**base, "choices": [], "usage": usage, **(extra or {})})
-    for chunk in chunks:
+        pieces.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if usage is not None or extra:
+            pieces.append({**base, "choices": [], "usage": usage, **(extra or {})})
+    for chunk in pieces:
         _write_chunk(handler, f"data: {json.dumps(chunk)}\n\n".encode())
     if not early:
         _write_chunk(handler, b"data: [DONE]\n\n")
