@@ -224,17 +224,28 @@ def write_flow(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def events_of(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines()]
+RunLogged = Callable[[Path, FakeLMStudio], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def run_logged(
+    lmflow_cli: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> RunLogged:
+    """`lmflow run FLOW` against a fake, in the test's directory; it must succeed. Its events."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(flow: Path, lm: FakeLMStudio) -> list[dict[str, Any]]:
+        log = tmp_path / "events.jsonl"
+        done = lmflow_cli("run", str(flow), "--base-url", lm.url, "--log", str(log))
+        assert done.exit_code == 0, done.stderr
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    return run
 
 
 def test_a_run_streams_sends_the_servers_id_and_logs_it(
-    make_fake_lmstudio: Make,
-    lmflow_cli: Callable[..., Any],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    make_fake_lmstudio: Make, run_logged: RunLogged, tmp_path: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
     lm = make_fake_lmstudio(response_formats=("text", "json_object"), script=['{"answer": 42}'])
     flow = write_flow(
         tmp_path,
@@ -248,12 +259,10 @@ def test_a_run_streams_sends_the_servers_id_and_logs_it(
             output_schema: {json.dumps(SCHEMA)}
         """,
     )
-    log = tmp_path / "events.jsonl"
-    done = lmflow_cli("run", str(flow), "--base-url", lm.url, "--log", str(log))
-    assert done.exit_code == 0, done.stderr
+    events = run_logged(flow, lm)
     assert {b["model"] for b in lm.chat_requests} == {CODER}
     assert all(b["stream"] for b in lm.chat_requests)
-    (response,) = [e for e in events_of(log) if e["type"] == "llm_response"]
+    (response,) = [e for e in events if e["type"] == "llm_response"]
     assert response["served"]["model"] == CODER
     assert response["served"]["response_format"] == "json_object_schema"
     assert "ttft_s" in response["served"]
@@ -267,6 +276,13 @@ MAGISTRAL = "mistralai/magistral-small-2509"
 
 def load(tmp_path: Path, body: str) -> Workflow:
     return load_workflow(write_flow(tmp_path, body))
+
+
+def steps_on(*models: str) -> str:
+    """A workflow of one `prompt: hi` step per model value; step i's `model:` is on line
+    4 + 3i."""
+    steps = "".join(f"  - id: s{i}\n    model: {m}\n    prompt: hi\n" for i, m in enumerate(models))
+    return "version: 1\nsteps:\n" + steps
 
 
 def test_a_model_may_be_a_list_in_steps_aliases_and_defaults(tmp_path: Path) -> None:
@@ -299,71 +315,29 @@ def test_a_model_may_be_a_list_in_steps_aliases_and_defaults(tmp_path: Path) -> 
 def test_a_bad_model_list_is_reported_where_it_is(
     tmp_path: Path, lmflow_cli: Callable[..., Any]
 ) -> None:
-    path = write_flow(
-        tmp_path,
-        """\
-        version: 1
-        steps:
-          - id: a
-            model: [qwen/qwen3-coder-30b, 5]
-            prompt: hi
-          - id: b
-            model: []
-            prompt: hi
-        """,
-    )
+    path = write_flow(tmp_path, steps_on(f"[{CODER}, 5]", "[]"))
     done = lmflow_cli("validate", "--offline", str(path))
     assert done.exit_code == 2
-    assert f"{path}:4:35: error: step 'a' key 'model.1' must be a string" in done.stdout
-    assert f"{path}:7:12: error: step 'b' key 'model' must not be empty" in done.stdout
-    assert "step 'a' talks to a model but none is set" not in done.stdout
+    assert f"{path}:4:35: error: step 's0' key 'model.1' must be a string" in done.stdout
+    assert f"{path}:7:12: error: step 's1' key 'model' must not be empty" in done.stdout
+    assert "step 's0' talks to a model but none is set" not in done.stdout
 
 
 def test_the_check_picks_the_first_model_the_server_has(tmp_path: Path) -> None:
-    flow = load(
-        tmp_path,
-        f"""\
-        version: 1
-        steps:
-          - id: a
-            model: [x/missing, qwen3-coder-30b, {GEMMA}]
-            prompt: hi
-        """,
-    )
+    flow = load(tmp_path, steps_on(f"[x/missing, qwen3-coder-30b, {GEMMA}]"))
     problems = check_models(flow, CATALOG)
     assert [(p.rule, p.severity, p.line) for p in problems] == [("model-fallback", "warning", 4)]
     assert model_routes(flow, CATALOG) == {"x/missing": (CODER, GEMMA)}
 
 
 def test_a_list_none_of_whose_models_exists_is_an_error(tmp_path: Path) -> None:
-    flow = load(
-        tmp_path,
-        """\
-        version: 1
-        steps:
-          - id: a
-            model: [x/missing, y/missing]
-            prompt: hi
-        """,
-    )
+    flow = load(tmp_path, steps_on("[x/missing, y/missing]"))
     with pytest.raises(ModelNotFoundError, match=r"flow.yaml:4:\d+: none of 'x/missing', 'y/m"):
         ensure_models(flow, CATALOG)
 
 
 def test_steps_on_several_unloaded_models_are_told_to_load_them(tmp_path: Path) -> None:
-    flow = load(
-        tmp_path,
-        f"""\
-        version: 1
-        steps:
-          - id: a
-            model: {MAGISTRAL}
-            prompt: hi
-          - id: b
-            model: {GEMMA}
-            prompt: hi
-        """,
-    )
+    flow = load(tmp_path, steps_on(MAGISTRAL, GEMMA))
     (residency,) = [p for p in check_models(flow, CATALOG) if p.rule == "model-residency"]
     assert residency.severity == "warning" and residency.line == 7
     assert "--load" in (residency.hint or "")
@@ -372,28 +346,13 @@ def test_steps_on_several_unloaded_models_are_told_to_load_them(tmp_path: Path) 
 
 
 def test_a_run_falls_back_to_the_next_model_and_logs_which_answered(
-    make_fake_lmstudio: Make,
-    lmflow_cli: Callable[..., Any],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    make_fake_lmstudio: Make, run_logged: RunLogged, tmp_path: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
     lm = make_fake_lmstudio(broken_models={MAGISTRAL: 503}, script=["fine"])
-    flow = write_flow(
-        tmp_path,
-        f"""\
-        version: 1
-        steps:
-          - id: ask
-            model: [{MAGISTRAL}, qwen3-coder-30b]
-            prompt: hi
-        """,
-    )
-    log = tmp_path / "events.jsonl"
-    done = lmflow_cli("run", str(flow), "--base-url", lm.url, "--log", str(log))
-    assert done.exit_code == 0, done.stderr
+    flow = write_flow(tmp_path, steps_on(f"[{MAGISTRAL}, qwen3-coder-30b]"))
+    events = run_logged(flow, lm)
     assert lm.chat_requests[-1]["model"] == CODER
-    (response,) = [e for e in events_of(log) if e["type"] == "llm_response"]
+    (response,) = [e for e in events if e["type"] == "llm_response"]
     assert response["served"]["model"] == CODER
     assert response["served"]["fallback_from"][0]["model"] == MAGISTRAL
 
@@ -402,19 +361,7 @@ def test_load_loads_the_models_the_steps_use_first(
     make_fake_lmstudio: Make, tmp_path: Path
 ) -> None:
     lm = make_fake_lmstudio()
-    flow = load(
-        tmp_path,
-        f"""\
-        version: 1
-        steps:
-          - id: a
-            model: [{MAGISTRAL}, {GEMMA}]
-            prompt: hi
-          - id: b
-            model: {GEMMA}
-            prompt: hi
-        """,
-    )
+    flow = load(tmp_path, steps_on(f"[{MAGISTRAL}, {GEMMA}]", GEMMA))
     warnings = asyncio.run(verify_models(flow, ServerConfig(lm.url), load=True))
     assert [r.body["model"] for r in lm.requests if r.path == "/api/v1/models/load"] == [
         GEMMA,

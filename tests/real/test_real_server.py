@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,10 +44,11 @@ def model() -> str:
 
 
 def run(
-    lmflow_cli: Callable[..., Any], tmp_path: Path, url: str, body: str
+    lmflow_cli: Callable[..., Any], tmp_path: Path, url: str, step: dict[str, Any], **top: Any
 ) -> tuple[Any, list[dict[str, Any]]]:
+    """`lmflow run` of a workflow of this one step (and top-level keys `top`); its events."""
     flow = tmp_path / "flow.yaml"
-    flow.write_text(textwrap.dedent(body))
+    flow.write_text(json.dumps({"version": 1, **top, "steps": [step]}))  # JSON is YAML
     log = tmp_path / "events.jsonl"
     done = lmflow_cli("run", str(flow), "--base-url", url, "--log", str(log), "--json")
     events = [json.loads(line) for line in log.read_text().splitlines()]
@@ -62,21 +62,15 @@ def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def test_a_structured_step_answers_in_the_schema(
     real_url: str, model: str, lmflow_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
-    done, events = run(
-        lmflow_cli,
-        tmp_path,
-        real_url,
-        f"""\
-        version: 1
-        steps:
-          - id: capital
-            model: {model}
-            temperature: 0
-            max_tokens: 80
-            prompt: Name the capital of France and its country.
-            output_schema: {json.dumps(SCHEMA)}
-        """,
-    )
+    step = {
+        "id": "capital",
+        "model": model,
+        "temperature": 0,
+        "max_tokens": 80,
+        "prompt": "Name the capital of France and its country.",
+        "output_schema": SCHEMA,
+    }
+    done, events = run(lmflow_cli, tmp_path, real_url, step)
     assert done.exit_code == 0, done.stdout + done.stderr
     (finished,) = of_type(events, "step_finished")
     assert set(finished["output"]) >= {"city", "country"}
@@ -97,26 +91,18 @@ def test_a_tool_step_calls_the_forced_tool(
         "command": sys.executable,
         "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"],
     }
-    _, events = run(
-        lmflow_cli,
-        tmp_path,
-        real_url,
-        f"""\
-        version: 1
-        mcp_servers:
-          time: {json.dumps(server)}
-        steps:
-          - id: now
-            model: {model}
-            mcp: [time]
-            tools: [get_current_time]
-            tool_choice: get_current_time
-            temperature: 0
-            max_tokens: 120
-            max_rounds: 3
-            prompt: What time is it now in UTC? Use the tool, then answer in one sentence.
-        """,
-    )
+    step = {
+        "id": "now",
+        "model": model,
+        "mcp": ["time"],
+        "tools": ["get_current_time"],
+        "tool_choice": "get_current_time",
+        "temperature": 0,
+        "max_tokens": 120,
+        "max_rounds": 3,
+        "prompt": "What time is it now in UTC? Use the tool, then answer in one sentence.",
+    }
+    _, events = run(lmflow_cli, tmp_path, real_url, step, mcp_servers={"time": server})
     calls = of_type(events, "tool_call")
     assert calls and calls[0]["name"] == "get_current_time"
     results = of_type(events, "tool_result")
@@ -128,19 +114,13 @@ def test_a_tool_step_calls_the_forced_tool(
 def test_a_fallback_list_uses_the_model_the_server_has(
     real_url: str, model: str, lmflow_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
-    done, events = run(
-        lmflow_cli,
-        tmp_path,
-        real_url,
-        f"""\
-        version: 1
-        steps:
-          - id: hello
-            model: [nobody/not-on-this-server, {model}]
-            max_tokens: 20
-            prompt: Say hello.
-        """,
-    )
+    step = {
+        "id": "hello",
+        "model": ["nobody/not-on-this-server", model],
+        "max_tokens": 20,
+        "prompt": "Say hello.",
+    }
+    done, events = run(lmflow_cli, tmp_path, real_url, step)
     assert done.exit_code == 0, done.stdout + done.stderr
     assert {r["model"] for r in of_type(events, "llm_request")} == {"nobody/not-on-this-server"}
     responses = of_type(events, "llm_response")
