@@ -447,19 +447,14 @@ class LMStudioClient:
         streaming = self.stream if stream is None else stream
         candidates = self.routes.get(request.model) or (request.model,)
         failed: list[dict[str, str]] = []
-        for index, model in enumerate(candidates):
+        for model in candidates[:-1]:
             try:
-                response = await self._chat_structured(request, model, streaming)
+                return _after(failed, await self._chat_structured(request, model, streaming))
             except LLMClientError as error:
-                if index + 1 == len(candidates) or not _model_failed(error):
+                if not _model_failed(error):
                     raise
                 failed.append({"model": model, "error": error.message})
-                continue
-            if failed:
-                served = {**response.served, "fallback_from": failed}
-                response = replace(response, served=served)
-            return response
-        raise AssertionError("unreachable: the last candidate raises")  # pragma: no cover
+        return _after(failed, await self._chat_structured(request, candidates[-1], streaming))
 
     async def _chat_structured(
         self, request: ChatRequest, model: str, streaming: bool
@@ -794,6 +789,13 @@ def _next_mode(mode: StructuredMode | None) -> StructuredMode | None:
     if mode is None or mode == STRUCTURED_MODES[-1]:
         return None
     return STRUCTURED_MODES[STRUCTURED_MODES.index(mode) + 1]
+
+
+def _after(failed: list[dict[str, str]], response: ChatResponse) -> ChatResponse:
+    """The answer, noting the models that failed before it (`served.fallback_from`)."""
+    if not failed:
+        return response
+    return replace(response, served={**response.served, "fallback_from": failed})
 
 
 def _model_failed(error: LLMClientError) -> bool:
