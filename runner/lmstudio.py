@@ -344,6 +344,8 @@ class LMStudioClient:
         self.stream = stream
         self.routes: dict[str, tuple[str, ...]] = {}
         """Requested model name -> the server's ids to try, in order (the model check's)."""
+        self.loaded: dict[str, float] = {}
+        """Models this client loaded (`load_model`), with LM Studio's load time in seconds."""
         self._modes: dict[str, StructuredMode] | None = None
         self._unstreamable: set[str] = set()
         self._token = token
@@ -435,6 +437,9 @@ class LMStudioClient:
             "POST", "/api/v1/models/load", json={"model": model}, timeout=timeout
         )
         data = _json_object(response, "/api/v1/models/load")
+        seconds = data.get("load_time_seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            self.loaded[model] = _rounded(float(seconds))
         return str(data.get("model_instance_id") or model)
 
     async def chat(self, request: ChatRequest, *, stream: bool | None = None) -> ChatResponse:

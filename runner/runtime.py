@@ -205,6 +205,9 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
                 hint=problem.hint,
                 line=problem.line,
             )
+        for model_id, seconds in client.loaded.items():
+            message = f"model {model_id!r} loaded in {seconds:g} s (--load)"
+            run.log.emit("notice", rule="model-loaded", message=message, hint=None, line=None)
         yield client
 
 

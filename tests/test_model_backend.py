@@ -224,7 +224,7 @@ def write_flow(tmp_path: Path, body: str) -> Path:
     return path
 
 
-RunLogged = Callable[[Path, FakeLMStudio], list[dict[str, Any]]]
+RunLogged = Callable[..., list[dict[str, Any]]]
 
 
 @pytest.fixture
@@ -234,9 +234,9 @@ def run_logged(
     """`lmflow run FLOW` against a fake, in the test's directory; it must succeed. Its events."""
     monkeypatch.chdir(tmp_path)
 
-    def run(flow: Path, lm: FakeLMStudio) -> list[dict[str, Any]]:
+    def run(flow: Path, lm: FakeLMStudio, *options: str) -> list[dict[str, Any]]:
         log = tmp_path / "events.jsonl"
-        done = lmflow_cli("run", str(flow), "--base-url", lm.url, "--log", str(log))
+        done = lmflow_cli("run", str(flow), "--base-url", lm.url, "--log", str(log), *options)
         assert done.exit_code == 0, done.stderr
         return [json.loads(line) for line in log.read_text().splitlines()]
 
@@ -368,3 +368,12 @@ def test_load_loads_the_models_the_steps_use_first(
         MAGISTRAL,
     ]
     assert not [w for w in warnings if w.rule == "model-residency"]
+
+
+def test_a_run_with_load_logs_each_models_load_time(
+    make_fake_lmstudio: Make, run_logged: RunLogged, tmp_path: Path
+) -> None:
+    lm = make_fake_lmstudio()
+    events = run_logged(write_flow(tmp_path, steps_on(MAGISTRAL)), lm, "--load")
+    (loaded,) = [e for e in events if e["type"] == "notice" and e["rule"] == "model-loaded"]
+    assert loaded["message"] == f"model {MAGISTRAL!r} loaded in 0.01 s (--load)"
