@@ -21,6 +21,7 @@ from runner.chat import ChatRequest, Usage
 from runner.errors import LLMResponseError, LLMTruncatedReplyError, ModelNotFoundError
 from runner.lmstudio import LMStudioClient, RetryPolicy, ServerConfig, models_native_v1
 from runner.preflight import check_models, ensure_models, model_routes, verify_models
+from runner.runlog import snapshot_view
 from runner.spec import load_workflow
 from runner.spec.model import Workflow
 
@@ -377,3 +378,9 @@ def test_a_run_with_load_logs_each_models_load_time(
     events = run_logged(write_flow(tmp_path, steps_on(MAGISTRAL)), lm, "--load")
     (loaded,) = [e for e in events if e["type"] == "notice" and e["rule"] == "model-loaded"]
     assert loaded["message"] == f"model {MAGISTRAL!r} loaded in 0.01 s (--load)"
+
+
+def test_what_served_an_answer_stays_out_of_snapshots() -> None:
+    """Which model answered and how fast differ between machines and are not in a replay."""
+    event = {"type": "llm_response", "round": 1, "content": "hi", "served": {"ttft_s": 0.2}}
+    assert snapshot_view([event]) == [{"type": "llm_response", "round": 1, "content": "hi"}]
