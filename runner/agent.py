@@ -349,6 +349,8 @@ class _Run:
                 "finish_reason": response.finish_reason,
                 "reasoning": response.reasoning,
                 "usage": response.usage.as_dict(),
+                # Which model answered, and how fast: only a live server says (not a replay).
+                **({"served": dict(response.served)} if response.served else {}),
             },
         )
         return response

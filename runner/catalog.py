@@ -22,6 +22,16 @@ from .errors import ConfigurationError
 ModelType = Literal["llm", "vlm", "embedding"]
 ModelState = Literal["loaded", "idle", "not-loaded", "unknown"]
 ApiFlavour = Literal["native-v1", "native-v0", "openai"]
+StructuredMode = Literal["json_schema", "json_object_schema", "json_object", "prompt"]
+STRUCTURED_MODES: tuple[StructuredMode, ...] = (
+    "json_schema",
+    "json_object_schema",
+    "json_object",
+    "prompt",
+)
+"""How a structured answer is asked for, best first: `response_format` json_schema (LM
+Studio, vLLM, Ollama), json_object with the schema beside it (llama.cpp's servers), plain
+json_object, the schema in the prompt only. A server that refuses one gets the next."""
 
 READY_STATES: frozenset[str] = frozenset({"loaded", "idle"})
 
@@ -205,6 +215,22 @@ class CatalogCache:
         self._cache.set(
             self._key(catalog.server), json.dumps(catalog.as_dict()), expire=_KEEP_SECONDS
         )
+
+    def structured_modes(self, server: str) -> dict[str, StructuredMode]:
+        """Per model id, the best structured-output form `server` was found to accept. Kept
+        apart from the catalog's TTL: what a server accepts does not change by the minute."""
+        text = self._cache.get("structured:" + server)
+        try:
+            found = json.loads(text) if isinstance(text, str) else {}
+        except ValueError:
+            return {}
+        if not isinstance(found, dict):
+            return {}
+        return {k: v for k, v in found.items() if v in STRUCTURED_MODES}
+
+    def put_structured_mode(self, server: str, model: str, mode: StructuredMode) -> None:
+        modes = {**self.structured_modes(server), model: mode}
+        self._cache.set("structured:" + server, json.dumps(modes), expire=_KEEP_SECONDS)
 
     def _identity(self) -> tuple[int, int]:
         stat = self.directory.stat()

@@ -80,6 +80,10 @@ class ChatResponse:
     reasoning: str | None = None
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
+    served: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """How the server served it: the model that answered, the structured-output form, time to
+    first token, tokens per second, load time. Facts about this machine, not the exchange:
+    kept out of snapshots and cassettes."""
 
     def assistant_message(self) -> dict[str, Any]:
         """The message to append to the conversation before the tool results."""

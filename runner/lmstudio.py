@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import shutil
 import ssl
 import subprocess
@@ -28,7 +29,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .catalog import ApiFlavour, Catalog, ModelInfo, ModelState, ModelType
+from .catalog import (
+    STRUCTURED_MODES,
+    ApiFlavour,
+    CacheError,
+    Catalog,
+    ModelInfo,
+    ModelState,
+    ModelType,
+    StructuredMode,
+    shared_cache,
+)
 from .chat import ChatRequest, ChatResponse, ToolCall, Usage
 from .errors import (
     AuthenticationError,
@@ -294,6 +305,8 @@ class RetryPolicy:
 
     def attempts_for(self, error: LLMClientError, *, retry_timeouts: bool) -> int:
         """How many attempts in all an operation failing with `error` may make."""
+        if isinstance(error, (FormatRefusedError, EmptyStreamError)):
+            return 1  # asked again in another form, not again as it was
         if isinstance(error, LLMConnectionError):
             refused = isinstance(error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout))
             return self.refused_attempts if refused else self.attempts
@@ -331,6 +344,12 @@ class LMStudioClient:
         self.timeout = timeout or CHAT_TIMEOUT
         self.retry = retry or RetryPolicy()
         self.stream = stream
+        self.routes: dict[str, tuple[str, ...]] = {}
+        """Requested model name -> the server's ids to try, in order (the model check's)."""
+        self.loaded: dict[str, float] = {}
+        """Models this client loaded (`load_model`), with LM Studio's load time in seconds."""
+        self._modes: dict[str, StructuredMode] | None = None
+        self._unstreamable: set[str] = set()
         self._token = token
         self._token_env = token_env
         self._withheld = withheld
@@ -421,16 +440,87 @@ class LMStudioClient:
             "POST", "/api/v1/models/load", json={"model": model}, timeout=timeout
         )
         data = _json_object(response, "/api/v1/models/load")
+        seconds = data.get("load_time_seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+            self.loaded[model] = _rounded(float(seconds))
         return str(data.get("model_instance_id") or model)
 
     async def chat(self, request: ChatRequest, *, stream: bool | None = None) -> ChatResponse:
-        """One chat completion. Streaming gives the same `ChatResponse`, assembled from pieces."""
-        payload = request.payload()
-        payload["stream"] = self.stream if stream is None else stream
-        if payload["stream"]:
-            return await self._retrying(lambda: self._chat_stream(payload), retry_timeouts=False)
+        """One chat completion. Streaming gives the same `ChatResponse`, assembled from pieces.
+
+        `request.model` goes out as the server's own id for it (`routes`, set by the model
+        check); when the route lists several models, one that fails (not there, unloaded,
+        a 5xx after retries, a reply cut off) hands the request to the next. `served` says
+        which model answered, how, and how fast."""
+        streaming = self.stream if stream is None else stream
+        candidates = self.routes.get(request.model) or (request.model,)
+        failed: list[dict[str, str]] = []
+        for model in candidates[:-1]:
+            try:
+                return _after(failed, await self._chat_structured(request, model, streaming))
+            except LLMClientError as error:
+                if not _model_failed(error):
+                    raise
+                failed.append({"model": model, "error": error.message})
+        return _after(failed, await self._chat_structured(request, candidates[-1], streaming))
+
+    async def _chat_structured(
+        self, request: ChatRequest, model: str, streaming: bool
+    ) -> ChatResponse:
+        """Ask `model`; a schema goes in the best form the server takes (learned from its
+        refusal once, then remembered with the model catalog)."""
+        payload = {**request.payload(), "model": model, "stream": streaming}
+        if streaming:  # OpenAI's way to have the token counts in a stream (LM Studio, vLLM)
+            payload["stream_options"] = {"include_usage": True}
+        mode = self._structured_mode(model) if _schema_of(payload) is not None else None
+        while True:
+            body = payload if mode is None else structured_payload(payload, mode)
+            try:
+                response = await self._chat_once(body)
+            except FormatRefusedError:
+                lower = _next_mode(mode)
+                if lower is None:
+                    raise
+                self._learn(model, lower)
+                mode = lower
+                continue
+            served = {"model": model, **response.served}
+            if mode is not None:
+                served["response_format"] = mode
+            return replace(response, model=model, served=served)
+
+    async def _chat_once(self, payload: Mapping[str, Any]) -> ChatResponse:
+        kind = _stream_kind(payload)
+        if payload["stream"] and kind not in self._unstreamable:
+            try:
+                return await self._retrying(
+                    lambda: self._chat_stream(payload), retry_timeouts=False
+                )
+            except EmptyStreamError:
+                # llama-cpp-python cannot stream some requests (tools with tool_choice auto):
+                # it sends the headers, then nothing. Such requests go unstreamed from now on.
+                self._unstreamable.add(kind)
+        payload = {k: v for k, v in payload.items() if k != "stream_options"}
+        payload["stream"] = False
+        started = time.monotonic()
         response = await self._request("POST", _CHAT_PATH, json=payload, timeout=self.timeout)
-        return parse_completion(_json_object(response, _CHAT_PATH))
+        answer = parse_completion(_json_object(response, _CHAT_PATH))
+        seconds = _rounded(time.monotonic() - started)
+        return replace(answer, served={"seconds": seconds, **answer.served})
+
+    def _structured_mode(self, model: str) -> StructuredMode:
+        """The best form known to work for `model` here: this run's finding, else the cache's."""
+        if self._modes is None:
+            self._modes = {}
+            with contextlib.suppress(*CacheError):
+                self._modes = shared_cache().structured_modes(self.base_url)
+        return self._modes.get(model, STRUCTURED_MODES[0])
+
+    def _learn(self, model: str, mode: StructuredMode) -> None:
+        assert self._modes is not None
+        self._modes[model] = mode
+        with contextlib.suppress(*CacheError):
+            shared_cache().put_structured_mode(self.base_url, model, mode)
 
     # --- transport ---------------------------------------------------------------------------
 
@@ -455,7 +545,7 @@ class LMStudioClient:
                     with self._whole_reply(response, what):
                         await response.aread()
             if response.status_code >= 400:
-                raise self._response_error(response, what)
+                raise self._response_error(response, what, json)
             return response
 
         return await self._retrying(attempt, retry_timeouts=retry_timeouts)
@@ -469,7 +559,11 @@ class LMStudioClient:
                 with self._whole_reply(response, what, collector):
                     if response.status_code >= 400:
                         await response.aread()
-                        raise self._response_error(response, what)
+                        raise self._response_error(response, what, payload)
+                    if "text/event-stream" not in response.headers.get("content-type", ""):
+                        # A server that does not stream answers the whole completion at once.
+                        await response.aread()
+                        return parse_completion(_json_object(response, _CHAT_PATH))
                     async for line in response.aiter_lines():
                         if not line.startswith("data:"):
                             continue
@@ -482,9 +576,12 @@ class LMStudioClient:
                             collector.add(_loads(data, _CHAT_PATH))
                 # A server that omits [DONE] still ends a whole answer with a finish reason.
                 if not done and collector.finish_reason is None:
-                    raise self._truncated(
+                    error = self._truncated(
                         response, what, collector, "the stream ended without a finish reason"
                     )
+                    if collector.chunks == 0:
+                        raise EmptyStreamError(error.message, hint=error.hint)
+                    raise error
         return collector.response()
 
     async def _retrying(self, operation: Callable[[], Awaitable[T]], *, retry_timeouts: bool) -> T:
@@ -559,7 +656,9 @@ class LMStudioClient:
             "lower max_tokens",
         )
 
-    def _response_error(self, response: httpx.Response, what: str) -> LLMResponseError:
+    def _response_error(
+        self, response: httpx.Response, what: str, sent: Any = None
+    ) -> LLMResponseError:
         message, code = error_detail(response)
         message = self._redact(message)
         status = response.status_code
@@ -580,6 +679,18 @@ class LMStudioClient:
                 code=code,
                 hint=hint,
             )
+        if (
+            isinstance(sent, Mapping)
+            and "response_format" in sent
+            and _FORMAT_WORDS.search(message)
+        ):
+            return FormatRefusedError(
+                f"{self.base_url} refused the response_format of {what} ({status}): {message}",
+                status_code=status,
+                code=code,
+                hint="the server cannot constrain answers to this form; lmflow asks in the "
+                "next form it knows (docs/lmstudio.md, structured output)",
+            )
         hint = (
             "run `lmflow models` to see what the server has" if code == "model_not_found" else None
         )
@@ -595,6 +706,117 @@ class LMStudioClient:
 
 
 _CHAT_PATH = "/v1/chat/completions"
+_TOKEN_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls")
+_STATS_KEYS = {
+    "time_to_first_token": "ttft_s",
+    "time_to_first_token_seconds": "ttft_s",
+    "tokens_per_second": "tokens_per_s",
+    "model_load_time_seconds": "load_s",
+}
+
+
+def server_stats(stats: Any) -> dict[str, float]:
+    """LM Studio's own figures (`stats` of a chat answer) under lmflow's names."""
+    if not isinstance(stats, Mapping):
+        return {}
+    found = {}
+    for key, name in _STATS_KEYS.items():
+        value = stats.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[name] = _rounded(float(value))
+    return found
+
+
+def _rounded(seconds: float) -> float:
+    return round(seconds, 3)
+
+
+# --- structured output and fallback ------------------------------------------------------
+
+
+class FormatRefusedError(LLMResponseError):
+    """The server refused the request's `response_format` (llama.cpp: 500 "Input should be
+    'text' or 'json_object'"; LM Studio: 400 for json_object): ask in the next form."""
+
+
+class EmptyStreamError(LLMTruncatedReplyError):
+    """A stream that ended before its first piece: the server accepted the request but could
+    not stream it. The same request goes once more without streaming."""
+
+
+def _stream_kind(payload: Mapping[str, Any]) -> str:
+    """What a server may be unable to stream: requests with tools, or without."""
+    return "tools" if payload.get("tools") else "plain"
+
+
+_FORMAT_WORDS = re.compile(r"response_format|json_schema|json_object", re.IGNORECASE)
+_SCHEMA_INSTRUCTION = "Reply with only a JSON object that matches this JSON schema:\n"
+
+
+def _schema_of(payload: Mapping[str, Any]) -> Any:
+    """The schema of a json_schema `response_format`, or None for any other request."""
+    wanted = payload.get("response_format")
+    if not isinstance(wanted, Mapping) or wanted.get("type") != "json_schema":
+        return None
+    spec = wanted.get("json_schema")
+    return spec.get("schema") if isinstance(spec, Mapping) else None
+
+
+def structured_payload(payload: Mapping[str, Any], mode: StructuredMode) -> dict[str, Any]:
+    """The json_schema request `payload` asked in the form `mode`. Every form but json_schema
+    also states the schema in the last user message: json_object alone says nothing of the
+    shape, and a server without `response_format` has only the prompt."""
+    schema = _schema_of(payload)
+    body = dict(payload)
+    if schema is None or mode == "json_schema":
+        return body
+    if mode == "prompt":
+        del body["response_format"]
+    elif mode == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    else:
+        body["response_format"] = {"type": "json_object", "schema": schema}
+    body["messages"] = _with_instruction(
+        payload["messages"], _SCHEMA_INSTRUCTION + json.dumps(schema)
+    )
+    return body
+
+
+def _with_instruction(messages: Sequence[Mapping[str, Any]], text: str) -> list[dict[str, Any]]:
+    """`text` added to the last user message (a new user turn would break chat templates that
+    insist on alternating roles), or as a user message when the last is not one."""
+    out = [dict(m) for m in messages]
+    if out and out[-1].get("role") == "user" and isinstance(out[-1].get("content"), str):
+        out[-1]["content"] = f"{out[-1]['content']}\n\n{text}"
+    else:
+        out.append({"role": "user", "content": text})
+    return out
+
+
+def _next_mode(mode: StructuredMode | None) -> StructuredMode | None:
+    if mode is None or mode == STRUCTURED_MODES[-1]:
+        return None
+    return STRUCTURED_MODES[STRUCTURED_MODES.index(mode) + 1]
+
+
+def _after(failed: list[dict[str, str]], response: ChatResponse) -> ChatResponse:
+    """The answer, noting the models that failed before it (`served.fallback_from`)."""
+    if not failed:
+        return response
+    return replace(response, served={**response.served, "fallback_from": failed})
+
+
+def _model_failed(error: LLMClientError) -> bool:
+    """Whether the model, not the request or the server as a whole, failed: it is not there
+    or not loaded, it crashed mid-reply, or it kept answering 5xx. Another model may do."""
+    if isinstance(error, LLMTruncatedReplyError):
+        return True
+    if not isinstance(error, LLMResponseError) or isinstance(error, AuthenticationError):
+        return False
+    status = error.status_code or 0
+    if status >= 500 or error.code == "model_not_found":
+        return True
+    return status in (400, 404) and "model" in error.message.lower()
 
 
 @functools.cache
@@ -800,6 +1022,7 @@ def parse_completion(body: Mapping[str, Any]) -> ChatResponse:
         reasoning=message.get("reasoning") or message.get("reasoning_content") or None,
         usage=_usage(body.get("usage")),
         model=body.get("model"),
+        served=server_stats(body.get("stats")),
     )
 
 
@@ -807,6 +1030,10 @@ class _StreamCollector:
     """Joins SSE chunks into one answer; tool-call pieces are joined by their `index`."""
 
     def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.first_token: float | None = None
+        self.token_chunks = 0
+        self.stats: Mapping[str, Any] = {}
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}
@@ -823,10 +1050,16 @@ class _StreamCollector:
         if fields:
             raise LLMResponseError(f"the server stopped the stream: {fields[0]}", code=fields[1])
         self.model = chunk.get("model") or self.model
+        if isinstance(chunk.get("stats"), Mapping):
+            self.stats = chunk["stats"]
         if chunk.get("usage"):
             self.usage = _usage(chunk["usage"])
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
+            if any(delta.get(k) for k in _TOKEN_KEYS):
+                self.token_chunks += 1
+                if self.first_token is None:
+                    self.first_token = time.monotonic()
             if delta.get("content"):
                 self.content.append(delta["content"])
             reasoning = delta.get("reasoning") or delta.get("reasoning_content")
@@ -856,14 +1089,36 @@ class _StreamCollector:
             )
             for index, slot in sorted(self.calls.items())
         )
+        served = self._timing()
+        usage = self.usage
+        if usage == Usage() and self.token_chunks:
+            # No counts in the stream (llama.cpp's servers send one token per piece): the
+            # pieces are the completion tokens; the prompt's are unknown.
+            usage = Usage(0, self.token_chunks)
+            served["usage_counted"] = True
         return ChatResponse(
             content="".join(self.content) if self.content else None,
             tool_calls=calls,
             finish_reason=self.finish_reason,
             reasoning="".join(self.reasoning) or None,
-            usage=self.usage,
+            usage=usage,
             model=self.model,
+            served=served,
         )
+
+    def _timing(self) -> dict[str, Any]:
+        """Time to first token and tokens per second as measured here, unless the server
+        reported its own (LM Studio's `stats`), which also says how long loading took."""
+        ended = time.monotonic()
+        timing: dict[str, Any] = {"streamed": True, "seconds": _rounded(ended - self.started)}
+        if self.first_token is not None:
+            timing["ttft_s"] = _rounded(self.first_token - self.started)
+            generating = ended - self.first_token
+            # Without usage in the stream (llama.cpp's servers), count the pieces: one token each.
+            tokens = self.usage.completion_tokens or self.token_chunks
+            if generating > 0:
+                timing["tokens_per_s"] = _rounded(tokens / generating)
+        return {**timing, **server_stats(self.stats)}
 
 
 # --- the `lms` CLI --------------------------------------------------------------------------

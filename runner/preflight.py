@@ -166,7 +166,32 @@ def _findings(
     ids = [m.id for m in models]
     chat_ids = [m.id for m in models if m.type != "embedding"]
     resolved: dict[str, ModelInfo] = {}
-    for name, at in workflow.models_in_use().items():
+    singles: dict[str, Position] = {}
+    for candidates, at in workflow.model_references():
+        if len(candidates) == 1:
+            singles.setdefault(candidates[0], at)
+            continue
+        picked = _first_usable(candidates, models)
+        if picked is None:
+            listed = ", ".join(map(repr, candidates))
+            hint = f"available: {_listing(ids)}" if ids else "the server lists no models"
+            add(at, candidates[0], "model-not-found", f"none of {listed} is on {server}", hint)
+            continue
+        name, chosen = picked
+        resolved[candidates[0]] = chosen
+        for skipped in candidates[: candidates.index(name)]:
+            add(
+                at,
+                skipped,
+                "model-fallback",
+                f"model {skipped!r} is not usable on {server}; {chosen.id!r}, next in the "
+                "list, answers instead",
+                "`lmflow models` lists what the server has",
+                "warning",
+            )
+        if chosen.state == "not-loaded" and name not in singles:
+            singles[name] = at  # judged below like a single model: not loaded yet
+    for name, at in singles.items():
         match = match_model(name, models)
         model = match.model
         if match.candidates:
@@ -207,6 +232,10 @@ def _findings(
                 hint = f"to load it now: `lms load {model.id}` (or --load)"
                 add(at, name, "model-not-loaded", message, hint, "warning")
 
+    residency = _residency(workflow, models, require_loaded=require_loaded)
+    if residency is not None:
+        at, message, hint = residency
+        add(at, "", "model-residency", message, hint, "warning")
     for step in workflow.steps:
         model = resolved.get(workflow.step_model(step) or "")
         where = _wants_tools(workflow, step)
@@ -222,6 +251,52 @@ def _findings(
                 "warning",
             )
     return sorted(found, key=lambda f: (f.problem.line, f.problem.col))
+
+
+def _first_usable(
+    candidates: Sequence[str], models: Sequence[ModelInfo]
+) -> tuple[str, ModelInfo] | None:
+    """The first of a fallback list that names one chat model of the server."""
+    for name in candidates:
+        model = match_model(name, models).model
+        if model is not None and model.type != "embedding":
+            return name, model
+    return None
+
+
+def models_to_run(workflow: Workflow, models: Sequence[ModelInfo]) -> list[ModelInfo]:
+    """The chat model each reference of the workflow will use first: of a fallback list, the
+    first the server has."""
+    chosen = (_first_usable(c, models) for c, _ in workflow.model_references())
+    return list({found[1].id: found[1] for found in chosen if found is not None}.values())
+
+
+def _residency(
+    workflow: Workflow, models: Sequence[ModelInfo], *, require_loaded: bool
+) -> tuple[Position, str, str] | None:
+    """Where, what and the fix when the steps use several models that are not loaded: LM
+    Studio keeps one JIT-loaded model by default and unloads it when another is asked for,
+    so steps that alternate would load their models again and again."""
+    unloaded: dict[str, Position] = {}
+    for step in workflow.steps:
+        if not isinstance(step, AgentStep):
+            continue
+        reference, path = workflow.model_reference(step)
+        found = _first_usable(workflow.model_candidates(reference), models)
+        if found is not None and found[1].state == "not-loaded" and not require_loaded:
+            at = workflow.source.position(path if step.model is not None else ("steps", step.index))
+            unloaded.setdefault(found[1].id, at)
+    if len(unloaded) < 2:
+        return None
+    names = ", ".join(map(repr, unloaded))
+    return (
+        list(unloaded.values())[1],
+        f"the steps use {len(unloaded)} models that are not loaded ({names}); LM Studio keeps "
+        "one just-in-time loaded model and unloads it when another is asked for, so they "
+        "would be loaded again and again",
+        "pass --load to load them up front (explicitly loaded models are not evicted), or "
+        "load them with `lms load`",
+    )
 
 
 def check_models(
@@ -336,12 +411,10 @@ async def _catalog_for(
         return catalog
     to_load = sorted(
         {
-            match.model.id
+            model.id
             for workflow in workflows
-            for name in workflow.models_in_use()
-            if (match := match_model(name, catalog.models)).model is not None
-            and match.model.state == "not-loaded"
-            and match.model.type != "embedding"
+            for model in models_to_run(workflow, catalog.models)
+            if model.state == "not-loaded"
         }
     )
     if not to_load:
@@ -363,7 +436,8 @@ async def verify_models(
     client: LMStudioClient | None = None,
 ) -> list[Problem]:
     """The model check of `lmflow run`: raises for the first error, returns the warnings.
-    Pass the run's client so the check reuses its connection pool."""
+    Pass the run's client so the check reuses its connection pool; its requests then carry
+    the server's own id of each model the check matched (`model_routes`)."""
     catalog = await _catalog_for(
         [workflow],
         server,
@@ -373,9 +447,39 @@ async def verify_models(
         require_loaded=require_loaded,
         client=client,
     )
-    return ensure_models(
+    warnings = ensure_models(
         workflow, catalog.models, require_loaded=require_loaded, server=catalog.server
     )
+    if client is not None:
+        client.routes.update(model_routes(workflow, catalog.models))
+    return warnings
+
+
+def model_routes(workflow: Workflow, models: Sequence[ModelInfo]) -> dict[str, tuple[str, ...]]:
+    """Each model name the workflow's requests carry (the head of its list) -> the server's
+    ids to send instead, in order: `qwen3-coder-30b` goes out as `qwen/qwen3-coder-30b`, and
+    a fallback list's models the server does not have are left out."""
+    routes: dict[str, tuple[str, ...]] = {}
+    for candidates, _ in workflow.model_references():
+        served = list(routes.get(candidates[0], ()))
+        for name in candidates:
+            model = match_model(name, models).model
+            if model is not None and model.type != "embedding":
+                served_id = _served_id(name, model)
+                if served_id not in served:
+                    served.append(served_id)
+        if served:
+            routes[candidates[0]] = tuple(served)
+    return routes
+
+
+def _served_id(name: str, model: ModelInfo) -> str:
+    """The id to send: the catalog's, keeping a `@quant` or `:N` the workflow asked for."""
+    found = _INSTANCE.fullmatch(name)
+    instance = f":{found['n']}" if found else ""
+    quant = name.partition("@")[2].removesuffix(instance) if "@" in name else ""
+    base = _without_quant(model.id)
+    return f"{base}@{quant}{instance}" if quant else f"{model.id}{instance}"
 
 
 def check_workflows_online(

@@ -245,7 +245,10 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 # --- the snapshot view ----------------------------------------------------------------------
 
-VOLATILE_KEYS = frozenset({"seq", "time", "run_id", "duration", "fingerprint", "reused_from"})
+VOLATILE_KEYS = frozenset(
+    {"seq", "time", "run_id", "duration", "fingerprint", "reused_from", "served"}
+)
+"""`served` (llm_response): which model answered, in what form, how fast: this machine's facts."""
 KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
 """Fields a log line never holds (the event's `full_result` file does), left out of the view
 so a snapshot is the same whether it was taken from a file or from memory."""

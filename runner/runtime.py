@@ -197,7 +197,8 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
             hint=server.withheld.hint,
             line=where.line,
         )
-    async with LMStudioClient.from_config(server) as client:
+    # Streamed, so each answer records time to first token and tokens per second.
+    async with LMStudioClient.from_config(server, stream=True) as client:
         warnings = await verify_models(
             run.workflow,
             server,
@@ -215,6 +216,9 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
                 hint=problem.hint,
                 line=problem.line,
             )
+        for model_id, seconds in client.loaded.items():
+            message = f"model {model_id!r} loaded in {seconds:g} s (--load)"
+            run.log.emit("notice", rule="model-loaded", message=message, hint=None, line=None)
         yield client
 
 

@@ -64,9 +64,13 @@ class LMStudioSettings:
     timeout: float | None = None
 
 
+ModelRef = str | tuple[str, ...]
+"""`model:` as written: a model id or alias, or a list of them tried in order (fallback)."""
+
+
 @dataclass(frozen=True)
 class Defaults:
-    model: str | None = None
+    model: ModelRef | None = None
     max_rounds: int = DEFAULT_MAX_ROUNDS
     temperature: float | None = None
     max_tokens: int | None = None
@@ -149,7 +153,7 @@ class AgentStep(_StepCommon):
     """A step that talks to a model, which may call the tools of its `mcp:` servers."""
 
     kind: Literal["agent"] = "agent"
-    model: str | None = None
+    model: ModelRef | None = None
     system: str | None = None
     prompt: str | None = None
     mcp: tuple[str, ...] = ()
@@ -218,7 +222,7 @@ class Workflow:
     version: int = 1
     description: str | None = None
     lmstudio: LMStudioSettings = field(default_factory=LMStudioSettings)
-    models: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    models: Mapping[str, ModelRef] = field(default_factory=lambda: EMPTY)
     defaults: Defaults = field(default_factory=Defaults)
     inputs: Mapping[str, Input] = field(default_factory=lambda: EMPTY)
     mcp_servers: Mapping[str, McpServer] = field(default_factory=lambda: EMPTY)
@@ -233,23 +237,51 @@ class Workflow:
 
         return plan_workflow(self)
 
-    def model_reference(self, step: AgentStep) -> tuple[str | None, tuple[str | int, ...]]:
-        """The model name a step asks for (before alias resolution) and where it was written."""
+    def model_reference(self, step: AgentStep) -> tuple[ModelRef | None, tuple[str | int, ...]]:
+        """The model a step asks for (before alias resolution) and where it was written."""
         if step.model is not None:
             return step.model, ("steps", step.index, "model")
         return self.defaults.model, ("defaults", "model")
 
-    def resolve_model(self, name: str | None) -> str | None:
-        """A model alias resolves to its id; anything else is already an id."""
-        if name is None:
-            return None
-        return self.models.get(name, name)
+    def model_candidates(self, reference: ModelRef | None) -> tuple[str, ...]:
+        """The model ids a reference means, in the order they are tried: each alias resolves
+        to its id or its list of ids."""
+        found: list[str] = []
+        for name in _names(reference):
+            for model in _names(self.models.get(name, name)):
+                if model not in found:
+                    found.append(model)
+        return tuple(found)
+
+    def resolve_model(self, name: ModelRef | None) -> str | None:
+        """The model id a reference asks for first (an alias resolved; the head of a list):
+        the name its requests carry, and the model check routes it to the server's ids."""
+        candidates = self.model_candidates(name)
+        return candidates[0] if candidates else None
 
     def step_model(self, step: Step) -> str | None:
         """The model id a step talks to, or None for a `tool:` step or when none is set."""
         if not isinstance(step, AgentStep):
             return None
         return self.resolve_model(self.model_reference(step)[0])
+
+    def model_references(self) -> list[tuple[tuple[str, ...], Position]]:
+        """Every place that names models (alias targets, the default, each step's own), with
+        the ids it means in order and where it is: what the model check judges."""
+        references: list[tuple[tuple[str, ...], Position]] = []
+
+        def add(reference: ModelRef | None, path: tuple[str | int, ...]) -> None:
+            candidates = self.model_candidates(reference)
+            if candidates:
+                references.append((candidates, self.source.position(path)))
+
+        for alias, target in self.models.items():
+            add(target, ("models", alias))
+        add(self.defaults.model, ("defaults", "model"))
+        for step in self.steps:
+            if isinstance(step, AgentStep) and step.model is not None:
+                add(*self.model_reference(step))
+        return references
 
     def models_in_use(self) -> dict[str, Position]:
         """Every model id a run of this workflow can use, with where each was first named.
@@ -258,19 +290,16 @@ class Workflow:
         alias is caught before a long run starts.
         """
         found: dict[str, Position] = {}
-
-        def add(name: str | None, path: tuple[str | int, ...]) -> None:
-            model = self.resolve_model(name)
-            if model is not None and model not in found:
-                found[model] = self.source.position(path)
-
-        for alias, target in self.models.items():
-            add(target, ("models", alias))
-        add(self.defaults.model, ("defaults", "model"))
-        for step in self.steps:
-            if isinstance(step, AgentStep):
-                add(*self.model_reference(step))
+        for candidates, at in self.model_references():
+            for model in candidates:
+                found.setdefault(model, at)
         return found
+
+
+def _names(reference: ModelRef | None) -> tuple[str, ...]:
+    if reference is None:
+        return ()
+    return (reference,) if isinstance(reference, str) else tuple(reference)
 
 
 def strings_in(value: Any, path: JsonPath = ()) -> Iterator[tuple[JsonPath, str]]:
@@ -369,7 +398,7 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
     schema = data.get("output_schema")
     return AgentStep(
         **common,
-        model=data.get("model"),
+        model=frozen(data.get("model")),
         system=data.get("system"),
         prompt=data.get("prompt"),
         mcp=tuple(data.get("mcp", ())),
@@ -399,7 +428,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
         ),
         models=frozen(_named(data, "models")),
         defaults=Defaults(
-            model=defaults.get("model"),
+            model=frozen(defaults.get("model")),
             max_rounds=defaults.get("max_rounds", DEFAULT_MAX_ROUNDS),
             temperature=defaults.get("temperature"),
             max_tokens=defaults.get("max_tokens"),

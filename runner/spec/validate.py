@@ -61,6 +61,15 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _model_names(value: Any) -> list[tuple[int | None, str]]:
+    """The names of a `model:` value, one or a fallback list, with their list index."""
+    if isinstance(value, str):
+        return [(None, value)]
+    if isinstance(value, list):
+        return [(index, name) for index, name in enumerate(value) if isinstance(name, str)]
+    return []
+
+
 def validate_document(doc: Document) -> list[Problem]:
     """All problems of a loaded document (its load problems included), sorted by position."""
     problems = list(doc.problems)
@@ -536,8 +545,8 @@ class _Checker:
 
     def _check_step_model(self, i: int, step: dict[str, Any], defaults: dict[str, Any]) -> None:
         here = ("steps", i)
-        model = _str(step.get("model"))
-        if model is None and _str(defaults.get("model")) is None:
+        model = step.get("model")
+        if not _model_names(model) and not _model_names(defaults.get("model")):
             self.report(
                 here,
                 f"{self.where(here)} talks to a model but none is set",
@@ -545,21 +554,23 @@ class _Checker:
                 "add `model:` to the step, or `defaults: {model: ...}`",
             )
             return
-        for name, at in (
+        references = (
             (model, (*here, "model")),
-            (_str(defaults.get("model")), ("defaults", "model")),
-        ):
-            if name is None or name in self.aliases or "/" in name or "@" in name:
-                continue
-            suggestion = did_you_mean(name, list(self.aliases))
-            if suggestion:
-                self.report(
-                    at,
-                    f"model {name!r} is not an alias; it will be used as a model id",
-                    "unknown-model-alias",
-                    suggestion,
-                    severity="warning",
-                )
+            (defaults.get("model"), ("defaults", "model")),
+        )
+        for value, at in references:
+            for index, name in _model_names(value):
+                if name in self.aliases or "/" in name or "@" in name:
+                    continue
+                suggestion = did_you_mean(name, list(self.aliases))
+                if suggestion:
+                    self.report(
+                        at if index is None else (*at, index),
+                        f"model {name!r} is not an alias; it will be used as a model id",
+                        "unknown-model-alias",
+                        suggestion,
+                        severity="warning",
+                    )
 
     # --- graph, outputs -------------------------------------------------------------------
 

@@ -27,6 +27,20 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
                                  "hermes" (<tool_call>{...}</tool_call>), "lmstudio"
                                  ([TOOL_REQUEST]{...}[END_TOOL_REQUEST]) or "json" (a bare
                                  JSON object, a list of them for several calls)
+    response_formats=("text", "json_object")
+                                 the `response_format` types chat accepts (None: all). With
+                                 json_object but not json_schema it refuses like llama-cpp-
+                                 python's server (500 "Input should be 'text' or
+                                 'json_object'"); without json_object like a server that
+                                 knows no response_format (400)
+    broken_models={"id": 503}    chat requests for these models answer this status (a model
+                                 that crashed or cannot load), every time
+    unstreamable_tools=True      a streamed request with tools gets the SSE headers and an
+                                 empty body, as llama-cpp-python's chatml-function-calling
+                                 does ("Automatic streaming tool choice is not supported")
+    stream_usage=False           streamed answers carry no `usage` chunk (llama-cpp-python)
+    stats=True                   answers carry LM Studio's `stats` (tokens_per_second,
+                                 time_to_first_token, model_load_time_seconds)
     script=[...]                 one item per chat request, in order:
                                    "text"                          an answer
                                    [("name", {"a": 1}), ...]       tool calls; arguments as a
@@ -158,6 +172,16 @@ DEFAULT_MODELS: tuple[FakeModel, ...] = (
 )
 
 
+FAKE_STATS = {
+    "tokens_per_second": 42.5,
+    "time_to_first_token": 0.25,
+    "generation_time": 0.5,
+    "stop_reason": "eosFound",
+    "model_load_time_seconds": 1.5,
+}
+"""What the fake reports as LM Studio's `stats` when `stats=True`."""
+
+
 @dataclass(frozen=True)
 class Received:
     """One request as the fake saw it."""
@@ -183,6 +207,11 @@ class FakeLMStudio:
     cut_body: int | None = None
     cut_times: int | None = None
     end_stream_early: bool = False
+    response_formats: tuple[str, ...] | None = None
+    broken_models: dict[str, int] = field(default_factory=dict)
+    stats: bool = False
+    stream_usage: bool = True
+    unstreamable_tools: bool = False
     script: Sequence[ScriptItem] | None = None
     calls_as_text: Literal["hermes", "lmstudio", "json"] | None = None
     requests: list[Received] = field(default_factory=list, init=False)
@@ -368,6 +397,12 @@ class FakeLMStudio:
                     }
                 },
             )
+        if name in self.broken_models:
+            status = self.broken_models[name]
+            return _send(handler, status, {"error": {"message": f"model {name} crashed"}})
+        refusal = self._format_refusal(body.get("response_format"))
+        if refusal is not None:
+            return _send(handler, *refusal)
         with self._lock:
             turn = self._turn
             self._turn += 1
@@ -396,13 +431,18 @@ class FakeLMStudio:
         usage = _usage(body, message)
         if self._cutting():
             handler.wfile = _CutWriter(handler, self.cut_body or 0)  # type: ignore[assignment]
+        extra = {"stats": dict(FAKE_STATS)} if self.stats else {}
+        if body.get("stream") and self.unstreamable_tools and body.get("tools"):
+            return _stream(handler, name, message, None, early=True, chunks=False)
         if body.get("stream"):
-            return _stream(handler, name, message, usage, early=self.end_stream_early)
+            counts = usage if self.stream_usage else None
+            return _stream(handler, name, message, counts, early=self.end_stream_early, extra=extra)
         finish = "tool_calls" if message.get("tool_calls") else "stop"
         _send(
             handler,
             200,
             {
+                **extra,
                 "id": f"chatcmpl-{turn}",
                 "object": "chat.completion",
                 "created": 0,
@@ -414,6 +454,26 @@ class FakeLMStudio:
                 "system_fingerprint": name,
             },
         )
+
+    def _format_refusal(self, wanted: Any) -> tuple[int, Any] | None:
+        """The error for a `response_format` this server does not take, or None."""
+        kind = wanted.get("type") if isinstance(wanted, Mapping) else None
+        if kind is None or self.response_formats is None or kind in self.response_formats:
+            return None
+        if "json_object" in self.response_formats:  # llama-cpp-python 0.3's server, verbatim
+            detail = (
+                "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+                "'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", "
+                f"'input': '{kind}', 'ctx': {{'expected': \"'text' or 'json_object'\"}}}}\n"
+            )
+            error = {
+                "message": detail,
+                "type": "internal_server_error",
+                "param": None,
+                "code": None,
+            }
+            return 500, {"error": error}
+        return 400, {"error": {"message": "response_format is not supported", "code": None}}
 
     def _cutting(self) -> bool:
         """Whether this chat answer is cut (counts down `cut_times`)."""
@@ -563,9 +623,11 @@ def _stream(
     handler: _Handler,
     model: str,
     message: Mapping[str, Any],
-    usage: dict[str, int],
+    usage: dict[str, int] | None,
     *,
     early: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    chunks: bool = True,
 ) -> None:
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
@@ -579,14 +641,15 @@ def _stream(
         "model": model,
     }
     finish = "tool_calls" if message.get("tool_calls") else "stop"
-    chunks = [
+    pieces = [
         {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
-        for d in _stream_deltas(message)
+        for d in (_stream_deltas(message) if chunks else ())
     ]
     if not early:
-        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
-        chunks.append({**base, "choices": [], "usage": usage})
-    for chunk in chunks:
+        pieces.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        if usage is not None or extra:
+            pieces.append({**base, "choices": [], "usage": usage, **(extra or {})})
+    for chunk in pieces:
         _write_chunk(handler, f"data: {json.dumps(chunk)}\n\n".encode())
     if not early:
         _write_chunk(handler, b"data: [DONE]\n\n")
