@@ -4,7 +4,8 @@ Run: python tests/bench/bench_engine.py [--steps N] [--repeat N]
      (not collected by pytest: the name is bench_*)
 
 Both sides talk to the same fake LM Studio with zero latency and make the same chat
-requests (the bare loop replays the exact bodies the engine sent), so the difference is
+requests (the bare loop replays the exact bodies the engine sent, streamed when they say
+so, reading the events as lmflow does), so the difference is
 what lmflow adds per run: the model check (a disk-cache hit), planning, template rendering,
 the agent loop, events, and, in the first variant, writing events.jsonl and result.json.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -76,9 +78,16 @@ def bare_loop(url: str, bodies: Sequence[Mapping[str, Any]]) -> Callable[[], Non
     async def go() -> None:
         async with httpx.AsyncClient(base_url=url, verify=tls) as client:
             for body in bodies:
-                response = await client.post("/v1/chat/completions", json=body)
-                response.raise_for_status()
-                response.json()
+                if body.get("stream"):  # as lmflow does: read the events, parse each piece
+                    async with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+                        reply.raise_for_status()
+                        async for line in reply.aiter_lines():
+                            if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                                json.loads(line[5:])
+                else:
+                    response = await client.post("/v1/chat/completions", json=body)
+                    response.raise_for_status()
+                    response.json()
 
     return lambda: asyncio.run(go())
 
