@@ -137,6 +137,19 @@ class MCPServerError(EnvironmentNotReadyError):
     """An MCP server would not start, or lacks a tool the workflow needs."""
 
 
+class ToolStepsInvalidError(MCPServerError):
+    """A `tool:` step names a tool its server lacks, or passes arguments the tool does not
+    take; `problems` holds every finding (found once the servers listed their tools)."""
+
+    def __init__(self, problems: Sequence[object]) -> None:
+        super().__init__(
+            f"{len(problems)} problem(s) with tool steps against their MCP servers' tools; "
+            "no step was run",
+            hint="`lmflow tools WORKFLOW` lists each tool with its arguments",
+        )
+        self.problems = list(problems)
+
+
 class ReplayMissError(EnvironmentNotReadyError):
     """A replayed run asked for something the cassette does not hold."""
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .chat import ChatModel, Usage
-from .errors import ConfigurationError, LmflowError
+from .errors import ConfigurationError, LmflowError, ToolStepsInvalidError
 from .executor import (
     Executor,
     RunResult,
@@ -38,6 +38,8 @@ from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, 
 from .signals import stop_reason
 from .spec.load import read_document
 from .spec.model import AgentStep, HttpServer, Input, McpServer, StdioServer, Workflow
+from .spec.problems import Problem
+from .toolcheck import ensure_tool_steps
 
 if TYPE_CHECKING:
     from anyio.abc import Process
@@ -226,6 +228,7 @@ async def live_tools(
         servers, log_dir=log_dir, redact=run.log.redactor.text, started=started
     ) as sessions:
         check_allow_lists(run.workflow, sessions)
+        ensure_tool_steps(run.workflow, sessions.tools, run.context)
         yield sessions
 
 
@@ -270,6 +273,7 @@ async def _replay_parts(
             yield replayer, sessions
     else:
         check_allow_lists(run.workflow, replayer)
+        ensure_tool_steps(run.workflow, replayer.tools, run.context)
         yield replayer, replayer
     # A miss inside a step failed that step; the run as a whole says the environment (the
     # cassette) was not ready for it: exit code 3.
@@ -419,19 +423,43 @@ def _inputs_file(path: Path) -> dict[str, Any]:
     return doc.data
 
 
+@dataclass(frozen=True)
+class ToolInfo:
+    """One tool as `lmflow tools` shows it: name, description and input schema."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
 async def list_tools(
     workflow: Workflow, raw_inputs: Mapping[str, Any]
-) -> dict[str, list[tuple[str, str]]]:
-    """Start every declared server once and list its tools: (name, description) each."""
+) -> dict[str, list[ToolInfo]]:
+    """Start every declared server once and list its tools."""
     from .mcp import McpSessions
 
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
     async with McpSessions(servers, redact=run.log.redactor.text) as sessions:
         return {
-            name: [(tool.name, tool.description or "") for tool in sessions.tools(name)]
+            name: [
+                ToolInfo(tool.name, tool.description or "", dict(tool.input_schema or {}))
+                for tool in sessions.tools(name)
+            ]
             for name in servers
         }
+
+
+async def check_servers(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> list[Problem]:
+    """`lmflow validate --servers`: start the servers the steps use, check the allow-lists
+    and the tool steps against their tool lists as a run would, and stop them again. A server
+    that will not start or an allow-list entry no server offers raises (exit 3)."""
+    run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
+    try:
+        async with live_tools(run):
+            return []
+    except ToolStepsInvalidError as error:
+        return [problem for problem in error.problems if isinstance(problem, Problem)]
 
 
 def one_off_workflow(
