@@ -3,6 +3,7 @@ CLI turns any lmflow error into the right code without a table of special cases.
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,11 +142,11 @@ class ToolStepsInvalidError(MCPServerError):
     """A `tool:` step names a tool its server lacks, or passes arguments the tool does not
     take; `problems` holds every finding (found once the servers listed their tools)."""
 
-    def __init__(self, problems: Sequence[object]) -> None:
+    def __init__(self, problems: Sequence[object], workflow_path: str) -> None:
         super().__init__(
             f"{len(problems)} problem(s) with tool steps against their MCP servers' tools; "
             "no step was run",
-            hint="`lmflow tools WORKFLOW` lists each tool with its arguments",
+            hint=f"`lmflow tools {shlex.quote(workflow_path)}` lists each tool with its arguments",
         )
         self.problems = list(problems)
 

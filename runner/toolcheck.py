@@ -62,7 +62,7 @@ def ensure_tool_steps(
     """Raise ToolStepsInvalidError (exit 3) listing every problem, if there is one."""
     problems = check_tool_steps(workflow, tools_of, context)
     if problems:
-        raise ToolStepsInvalidError(problems)
+        raise ToolStepsInvalidError(problems, str(workflow.path))
 
 
 def _check_step(

@@ -4,27 +4,16 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from fakes.lmstudio import FakeLMStudio
-from mcp_support import new_tag, wait_until_gone
+from mcp_support import wait_until_gone
 from test_run_cli import Make, assert_clean, fixture, lmflow, workflow
 
 from runner.spec import load_workflow
 from runner.toolcheck import check_tool_steps, describe_arguments
-
-
-@pytest.fixture
-def tag() -> Iterator[str]:
-    """The tag of this test's server processes; none of them may outlive the test."""
-    value = new_tag()
-    yield value
-    assert wait_until_gone(value) == []
-
 
 ECHO = SimpleNamespace(
     name="echo",
@@ -117,11 +106,11 @@ steps:
 
 
 def test_a_run_with_bad_tool_steps_stops_before_any_step_with_exit_3(
-    tmp_path: Path, make_fake_lmstudio: Make, tag: str
+    tmp_path: Path, make_fake_lmstudio: Make, server_tag: str
 ) -> None:
     lm: FakeLMStudio = make_fake_lmstudio(script=["never"])
-    file = workflow(tmp_path, BAD_TOOL_STEPS.format(server=fixture(tag)))
-    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
+    file = workflow(tmp_path, BAD_TOOL_STEPS.format(server=fixture(server_tag)))
+    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=server_tag)
     assert run.code == 3, run.stderr
     assert_clean(run)
     assert lm.chat_requests == []  # no model request was sent
@@ -131,40 +120,43 @@ def test_a_run_with_bad_tool_steps_stops_before_any_step_with_exit_3(
         run.stderr
     )
     assert "needs argument(s) 'b'" in run.stderr
+    assert f"hint: `lmflow tools {file}` lists each tool with its arguments" in run.stderr
     assert "validation error" not in run.stderr  # never the server's pydantic dump
     assert not [e for e in run.events() if e["type"] == "step_started"]
 
 
-def test_validate_servers_checks_tool_steps_and_stops_the_servers(tmp_path: Path, tag: str) -> None:
-    file = workflow(tmp_path, BAD_TOOL_STEPS.format(server=fixture(tag)))
-    offline = lmflow(tmp_path, "validate", "--offline", file, tag=tag)
+def test_validate_servers_checks_tool_steps_and_stops_the_servers(
+    tmp_path: Path, server_tag: str
+) -> None:
+    file = workflow(tmp_path, BAD_TOOL_STEPS.format(server=fixture(server_tag)))
+    offline = lmflow(tmp_path, "validate", "--offline", file, tag=server_tag)
     assert offline.code == 0, offline.stdout + offline.stderr  # the file alone is sound
-    run = lmflow(tmp_path, "validate", "--offline", "--servers", file, tag=tag)
+    run = lmflow(tmp_path, "validate", "--offline", "--servers", file, tag=server_tag)
     assert run.code == 3, run.stderr
     assert_clean(run)
     assert f"{file}:8:17: error: step 'first'" in run.stdout
     assert "[tool-argument-unknown]" in run.stdout
     assert "1 file(s) checked: 0 without errors, 1 with errors (3 error(s)" in run.stderr
-    assert wait_until_gone(tag) == []  # every server process is gone
+    assert wait_until_gone(server_tag) == []  # every server process is gone
     assert not (tmp_path / ".lmflow").exists()
 
     good = workflow(
         tmp_path,
         f"""
         mcp_servers:
-          fx: {fixture(tag)}
+          fx: {fixture(server_tag)}
         steps:
           - {{id: first, tool: fx.echo, with: {{text: hi}}}}
         """,
         name="good.yaml",
     )
-    ok = lmflow(tmp_path, "validate", "--offline", "--servers", good, tag=tag)
+    ok = lmflow(tmp_path, "validate", "--offline", "--servers", good, tag=server_tag)
     assert ok.code == 0, ok.stdout + ok.stderr
-    assert wait_until_gone(tag) == []
+    assert wait_until_gone(server_tag) == []
 
 
 def test_validate_servers_renders_with_templates_from_the_given_inputs(
-    tmp_path: Path, tag: str
+    tmp_path: Path, server_tag: str
 ) -> None:
     file = workflow(
         tmp_path,
@@ -172,11 +164,13 @@ def test_validate_servers_renders_with_templates_from_the_given_inputs(
         inputs:
           word: {{type: string}}
         mcp_servers:
-          fx: {fixture(tag)}
+          fx: {fixture(server_tag)}
         steps:
           - {{id: first, tool: fx.add, with: {{a: "{{{{ inputs.word }}}}", b: 1}}}}
         """,
     )
-    run = lmflow(tmp_path, "validate", "--offline", "--servers", file, "-i", "word=abc", tag=tag)
+    run = lmflow(
+        tmp_path, "validate", "--offline", "--servers", file, "-i", "word=abc", tag=server_tag
+    )
     assert run.code == 3, run.stdout + run.stderr
     assert "argument 'a' of tool 'fx.add': 'abc' is not of type 'number'" in run.stdout

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import ReplayMissError
 from ..spec import load_workflow
 from . import _options as options
 from ._console import ConsoleView, print_result
@@ -100,4 +101,14 @@ def command(
         resume=resume,
     )
     raw_inputs = read_inputs(inputs_file, pairs)
-    return print_result(signals.run(run_workflow(workflow, raw_inputs, run_options)), as_json)
+    try:
+        result = signals.run(run_workflow(workflow, raw_inputs, run_options))
+    except ReplayMissError as error:
+        if quiet:  # no step lines were shown: the error tells it all
+            raise
+        # The failed step's line above already showed the whole miss (closest request, diff).
+        headline = error.message.splitlines()[0]
+        raise ReplayMissError(
+            f"{headline} (what differs is shown above)", hint=error.hint
+        ) from None
+    return print_result(result, as_json)
