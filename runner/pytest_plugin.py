@@ -4,6 +4,7 @@
         result = lmflow_run("workflows/meeting-planner.yaml", inputs={"time": "16:00"})
         assert result.status == "succeeded"
         assert result.outputs["everyone_fits"] is False
+        assert result.steps["check"].output["everyone_fits"] is False
         assert result.snapshot_view() == lmflow_snapshot
 
 `lmflow_run` replays `cassettes/<workflow file name>` next to the test file (here
@@ -23,9 +24,14 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from .chat import Usage
+
+if TYPE_CHECKING:
+    from .executor import StepRecord
 
 try:
     from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
@@ -36,13 +42,49 @@ _RECORDED = pytest.StashKey[dict[Path, str]]()
 """The cassettes `--lmflow-record` wrote in this session, and the test that wrote each."""
 
 
+@dataclass(frozen=True)
+class LmflowStep:
+    """One step of a run, read by attribute: `result.steps["survey"].output`."""
+
+    id: str
+    status: str
+    output: Any = None
+    error: str | None = None
+    reason: str | None = None
+    model: str | None = None
+    rounds: int = 0
+    tool_calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    duration: float = 0.0
+
+    @classmethod
+    def of(cls, record: StepRecord) -> LmflowStep:
+        return cls(
+            id=record.id,
+            status=record.status,
+            output=record.output,
+            error=record.error,
+            reason=record.reason,
+            model=record.model,
+            rounds=record.rounds,
+            tool_calls=record.tool_calls,
+            usage=record.usage,
+            duration=round(record.duration, 3),
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        """The dict access of earlier versions (`step["output"]`), kept so old tests pass."""
+        value = getattr(self, key)
+        return value.as_dict() if isinstance(value, Usage) else value
+
+
 @dataclass
 class LmflowResult:
     """What a test sees of a run: how it ended, its outputs, steps and events."""
 
     status: str
     outputs: dict[str, Any]
-    steps: dict[str, dict[str, Any]]
+    steps: dict[str, LmflowStep]
     events: list[dict[str, Any]]
     run_dir: Path
     error: str | None = None
@@ -152,7 +194,7 @@ def _run(
     return LmflowResult(
         status=result.status,
         outputs=result.outputs,
-        steps={step.id: step.as_dict() for step in result.steps},
+        steps={step.id: LmflowStep.of(step) for step in result.steps},
         events=events,
         run_dir=run.run_dir,
         error=result.error,
