@@ -70,6 +70,8 @@ def test_a_cassette_is_explained_where_a_page_first_uses_one(page: Path) -> None
         return
     at = body[0]
     paragraph = text[text.rfind("\n\n", 0, at) : text.find("\n\n", at)]
-    assert "cassette is" in paragraph.lower() or "cassette*" in paragraph or (
-        "testing.md" in paragraph or "runlog.md#cassettes" in paragraph
+    assert (
+        "cassette is" in paragraph.lower()
+        or "cassette*" in paragraph
+        or ("testing.md" in paragraph or "runlog.md#cassettes" in paragraph)
     ), paragraph
