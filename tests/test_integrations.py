@@ -67,3 +67,37 @@ def test_completion_offers_commands_and_options() -> None:
 
     assert complete("lmflow val", 1) == ["plain,validate"]
     assert "plain,--exclude" in complete("lmflow validate --ex", 2)
+
+
+def lmflow(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_init_writes_a_starter_that_validates(tmp_path: Path) -> None:
+    done = lmflow(tmp_path, "init", "my flow")
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "my flow.yaml"
+    assert f"wrote {written.name}" in done.stdout
+    text = written.read_text()
+    assert text.count("\n#") >= 5  # commented for a newcomer
+    assert 'name: "my flow"' in text
+    checked = lmflow(tmp_path, "validate", "--offline", written.name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "0 warning(s)" in checked.stderr
+    # Never over an existing file by accident.
+    again = lmflow(tmp_path, "init", "my flow")
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert lmflow(tmp_path, "init", "my flow", "--force").returncode == 0
+    default = lmflow(tmp_path, "init")
+    assert default.returncode == 0 and (tmp_path / "workflow.yaml").is_file()
+
+
+def test_the_help_lists_init(tmp_path: Path) -> None:
+    done = lmflow(tmp_path, "--help")
+    assert re.search(r"^  init +Write a commented starter workflow\.$", done.stdout, re.M)
