@@ -44,6 +44,7 @@ from .toolcheck import ensure_tool_steps
 if TYPE_CHECKING:
     from anyio.abc import Process
 
+    from .dryrun import DryStep
     from .lmstudio import LMStudioClient
     from .mcp import McpSessions
 
@@ -460,6 +461,15 @@ async def check_servers(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> li
             return []
     except ToolStepsInvalidError as error:
         return [problem for problem in error.problems if isinstance(problem, Problem)]
+
+
+def dry_run_workflow(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> list[DryStep]:
+    """`lmflow run --dry-run`: the inputs checked as for a run (exit 2 on a bad one), then
+    each step's fields rendered; no model, no server, no run log."""
+    from .dryrun import dry_run
+
+    run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
+    return dry_run(workflow, run.context, run.log.redactor.text)
 
 
 def one_off_workflow(
