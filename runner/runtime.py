@@ -109,6 +109,8 @@ class PreparedRun:
     log: RunLog
     context: dict[str, Any]
     writer: JsonlWriter | None
+    replayed_from: Path | None = None
+    """The cassette the run answers from (`--replay`), kept in result.json for `runs list`."""
 
 
 def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions) -> PreparedRun:
@@ -133,7 +135,7 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
         redactor.add_url_password(url)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, env, run_id, run_dir, started_at)
-    return PreparedRun(workflow, inputs, run_id, run_dir, log, context, writer)
+    return PreparedRun(workflow, inputs, run_id, run_dir, log, context, writer, options.replay)
 
 
 @contextlib.asynccontextmanager
@@ -372,6 +374,8 @@ def _write_result(run: PreparedRun, payload: Mapping[str, Any]) -> None:
         "path": str(run.workflow.path),
         "inputs": run.inputs,
     }
+    if run.replayed_from is not None:
+        base["replayed_from"] = str(run.replayed_from)
     write_json(run.run_dir / "result.json", run.log.redactor({**base, **payload}))
 
 

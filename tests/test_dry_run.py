@@ -52,7 +52,10 @@ def test_dry_run_prints_rendered_steps_and_sends_nothing(
     assert not (tmp_path / ".lmflow").exists()
     assert secret not in run.stdout + run.stderr
     lines = run.stdout.splitlines()
-    assert lines[:2] == ["▶ fetch  tool fx.echo", '    with: {"text": "about owls", "token": "***"}']
+    assert lines[:2] == [
+        "▶ fetch  tool fx.echo",
+        '    with: {"text": "about owls", "token": "***"}',
+    ]
     assert "▶ ask  model qwen/qwen3-coder-30b" in lines
     assert "      You answer in 2 sentences." in lines
     assert "      Topic: owls" in lines
