@@ -39,7 +39,7 @@ from .signals import stop_reason
 from .spec.load import read_document
 from .spec.model import AgentStep, HttpServer, Input, McpServer, StdioServer, Workflow
 from .spec.problems import Problem
-from .toolcheck import ensure_tool_steps
+from .toolcheck import CheckedToolSteps, ensure_tool_steps
 
 if TYPE_CHECKING:
     from anyio.abc import Process
@@ -315,7 +315,7 @@ async def execute(
                 run.workflow,
                 run.inputs,
                 chat=chat,
-                tools=limit_calls(run.workflow, tools),
+                tools=CheckedToolSteps(limit_calls(run.workflow, tools)),
                 log=run.log,
                 context=run.context,
                 reuse=reuse,

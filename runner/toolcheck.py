@@ -13,15 +13,20 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from . import templating
+from .chat import Toolbox, ToolResult
 from .errors import ToolStepsInvalidError
 from .spec.model import ToolStep, Workflow, thawed
 from .spec.problems import Problem
+
+if TYPE_CHECKING:
+    from .executor import ToolProvider
+    from .mcp import ToolSource
 
 KNOWN_BEFORE_THE_RUN = frozenset({"inputs", "workflow", "run"})
 """Template roots whose values exist before the first step (not `env`: its values are
@@ -187,6 +192,36 @@ def _knowable(text: str) -> bool:
     tree = templating.parse_template(text)
     roots = {reference.root for reference in templating.references(tree)}
     return roots <= KNOWN_BEFORE_THE_RUN and not templating.unknown_names(tree)
+
+
+class CheckedToolSteps:
+    """A run's tools whose direct calls (the `tool:` steps) have their rendered arguments
+    checked against the tool's input schema first. A value known only during the run (a
+    step's output) that does not fit fails the step with one line saying which argument
+    and why, not the server's validation dump. Toolboxes (agent steps) are the source's own.
+    """
+
+    def __init__(self, source: ToolProvider) -> None:
+        self._source = source
+        # Every tool provider of a run also lists its servers' tools (see limits.py).
+        self._listing = cast("ToolSource", source)
+
+    def toolbox(
+        self,
+        servers: Sequence[str],
+        allow: Sequence[str] | None,
+        limits: Mapping[str, int] | None = None,
+    ) -> Toolbox:
+        return self._source.toolbox(servers, allow, limits)
+
+    async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
+        found = [t for t in self._listing.tools(server) if t.name == tool]
+        schema = dict(found[0].input_schema or {}) if found else {}
+        errors = _type_errors(schema, arguments, None) if schema else []
+        if errors:
+            reasons = "; ".join(f"argument {name!r}: {message}" for name, message in errors)
+            return ToolResult(f"{reasons} (it takes {describe_arguments(schema)})", is_error=True)
+        return await self._source.call_tool(server, tool, arguments)
 
 
 def describe_arguments(schema: Mapping[str, Any]) -> str:

@@ -174,3 +174,27 @@ def test_validate_servers_renders_with_templates_from_the_given_inputs(
     )
     assert run.code == 3, run.stdout + run.stderr
     assert "argument 'a' of tool 'fx.add': 'abc' is not of type 'number'" in run.stdout
+
+
+def test_a_value_known_only_during_the_run_that_does_not_fit_fails_in_one_line(
+    tmp_path: Path, make_fake_lmstudio: Make, server_tag: str
+) -> None:
+    lm = make_fake_lmstudio(script=[])
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          fx: {fixture(server_tag)}
+        steps:
+          - {{id: first, tool: fx.echo, with: {{text: hello}}}}
+          - {{id: second, tool: fx.add, with: {{a: "{{{{ steps.first.output.result }}}}", b: 1}}}}
+        """,
+    )
+    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=server_tag)
+    assert run.code == 1, run.stderr
+    assert_clean(run)
+    assert (
+        "✗ second failed: tool fx.add failed: argument 'a': 'hello' is not of type 'number' "
+        "(it takes a: number, b: number)"
+    ) in run.stderr
+    assert "validation error" not in run.stderr and "pydantic" not in run.stderr
