@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .chat import Usage
-
 if TYPE_CHECKING:
     from .executor import StepRecord
 
@@ -42,49 +40,14 @@ _RECORDED = pytest.StashKey[dict[Path, str]]()
 """The cassettes `--lmflow-record` wrote in this session, and the test that wrote each."""
 
 
-@dataclass(frozen=True)
-class LmflowStep:
-    """One step of a run, read by attribute: `result.steps["survey"].output`."""
-
-    id: str
-    status: str
-    output: Any = None
-    error: str | None = None
-    reason: str | None = None
-    model: str | None = None
-    rounds: int = 0
-    tool_calls: int = 0
-    usage: Usage = field(default_factory=Usage)
-    duration: float = 0.0
-
-    @classmethod
-    def of(cls, record: StepRecord) -> LmflowStep:
-        return cls(
-            id=record.id,
-            status=record.status,
-            output=record.output,
-            error=record.error,
-            reason=record.reason,
-            model=record.model,
-            rounds=record.rounds,
-            tool_calls=record.tool_calls,
-            usage=record.usage,
-            duration=round(record.duration, 3),
-        )
-
-    def __getitem__(self, key: str) -> Any:
-        """The dict access of earlier versions (`step["output"]`), kept so old tests pass."""
-        value = getattr(self, key)
-        return value.as_dict() if isinstance(value, Usage) else value
-
-
 @dataclass
 class LmflowResult:
     """What a test sees of a run: how it ended, its outputs, steps and events."""
 
     status: str
     outputs: dict[str, Any]
-    steps: dict[str, LmflowStep]
+    steps: dict[str, StepRecord]
+    """Step id -> the run's record of it, read by attribute (`.output`, `.status`, ...)."""
     events: list[dict[str, Any]]
     run_dir: Path
     error: str | None = None
@@ -194,7 +157,7 @@ def _run(
     return LmflowResult(
         status=result.status,
         outputs=result.outputs,
-        steps={step.id: LmflowStep.of(step) for step in result.steps},
+        steps={step.id: step for step in result.steps},
         events=events,
         run_dir=run.run_dir,
         error=result.error,
