@@ -101,7 +101,7 @@ def _check_step(
     schema = dict(tool.input_schema or {})
     properties: Mapping[str, Any] = schema.get("properties") or {}
     arguments = thawed(step.with_)
-    signature = describe_arguments(schema)
+    signature = describe_arguments(schema) or "no arguments"
     found: list[Problem] = []
     missing = [name for name in schema.get("required", ()) if name not in arguments]
     if missing:
@@ -114,7 +114,7 @@ def _check_step(
                 f"add them under `with:`; {step.tool} takes ({signature})",
             )
         )
-    if properties and not schema.get("additionalProperties"):
+    if "properties" in schema and not schema.get("additionalProperties"):
         for name in arguments:
             if name not in properties:
                 close = difflib.get_close_matches(name, list(properties), n=1, cutoff=0.5)

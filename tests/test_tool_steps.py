@@ -71,6 +71,18 @@ def test_missing_unknown_and_mistyped_literal_arguments(tmp_path: Path) -> None:
     ]
 
 
+def test_a_tool_without_arguments_takes_none(tmp_path: Path) -> None:
+    crash = SimpleNamespace(name="crash", input_schema={"type": "object", "properties": {}})
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "version: 1\nname: t\nmcp_servers:\n  fx: {command: x}\nsteps:\n"
+        "  - {id: a, tool: fx.crash, with: {now: true}}\n"
+    )
+    [found] = check_tool_steps(load_workflow(path), lambda server: [crash])
+    assert (found.line, found.col, found.rule) == (6, 36, "tool-argument-unknown")
+    assert found.hint == "fx.crash takes (no arguments)"
+
+
 def test_templates_are_checked_once_rendered_or_skipped_when_not_knowable(
     tmp_path: Path,
 ) -> None:
