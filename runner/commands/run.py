@@ -98,8 +98,8 @@ def command(
 
     workflow = load_workflow(workflow_file)
     if dry_run:
-        given = [flag for flag, on in (("--record", record), ("--replay", replay),
-                                       ("--resume", resume)) if on]  # fmt: skip
+        excluded = {"--record": record, "--replay": replay, "--resume": resume}
+        given = [flag for flag, value in excluded.items() if value]
         if given:
             raise click.UsageError(f"--dry-run runs nothing: it cannot take {', '.join(given)}")
         print_dry_run(dry_run_workflow(workflow, read_inputs(inputs_file, pairs)))
