@@ -20,6 +20,7 @@ from .errors import LmflowError, Stopped
 
 # name -> "module:attribute"; each module in runner/commands/ defines one click command.
 COMMANDS: dict[str, str] = {
+    "init": "runner.commands.init:command",
     "validate": "runner.commands.validate:command",
     "schema": "runner.commands.schema:command",
     "models": "runner.commands.models:command",
@@ -31,6 +32,7 @@ COMMANDS: dict[str, str] = {
 }
 
 SHORT_HELP: dict[str, str] = {
+    "init": "Write a commented starter workflow.",
     "validate": "Check workflow files without running them.",
     "schema": "Print the workflow JSON Schema.",
     "models": "List the models the LM Studio server has.",

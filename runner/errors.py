@@ -3,6 +3,7 @@ CLI turns any lmflow error into the right code without a table of special cases.
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -183,6 +184,19 @@ class MCPServerError(EnvironmentNotReadyError):
         "`lmflow tools FILE` starts the servers alone and shows why one fails; a stdio "
         "server's stderr is kept as mcp-NAME.stderr.log in the run directory"
     )
+
+
+class ToolStepsInvalidError(MCPServerError):
+    """A `tool:` step names a tool its server lacks, or passes arguments the tool does not
+    take; `problems` holds every finding (found once the servers listed their tools)."""
+
+    def __init__(self, problems: Sequence[object], workflow_path: str) -> None:
+        super().__init__(
+            f"{len(problems)} problem(s) with tool steps against their MCP servers' tools; "
+            "no step was run",
+            hint=f"`lmflow tools {shlex.quote(workflow_path)}` lists each tool with its arguments",
+        )
+        self.problems = list(problems)
 
 
 class ReplayMissError(EnvironmentNotReadyError):

@@ -201,6 +201,11 @@ class StepRecord:
             "duration": round(self.duration, 3),
         }
 
+    def __getitem__(self, key: str) -> Any:
+        """`step["output"]`: the dict access the pytest plugin's results had before they
+        became attributes, kept so that older tests still pass."""
+        return self.as_dict()[key]
+
 
 @dataclass
 class RunResult:

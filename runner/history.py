@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,8 @@ class RunSummary:
     duration: float | None
     result: dict[str, Any] | None
     problem: str | None = None
+    replayed_from: str | None = None
+    """The cassette a replayed run answered from."""
 
 
 def started_at(run_id: str) -> datetime | None:
@@ -69,7 +72,12 @@ def summarize(run_dir: Path) -> RunSummary:
         duration=duration if isinstance(duration, (int, float)) else None,
         result=result,
         problem=problem,
+        replayed_from=_text_or_none(result.get("replayed_from")) if result else None,
     )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _usable(result: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +123,15 @@ def _mtime(path: Path) -> float:
 def list_runs(runs_dir: Path) -> list[RunSummary]:
     """Every run under `runs_dir`, newest first."""
     return [summarize(path) for path in run_dirs(runs_dir)]
+
+
+def prune_runs(runs_dir: Path, keep: int) -> list[Path]:
+    """Delete every run but the newest `keep`; the deleted directories, oldest last. Only run
+    directories are touched (a name that is not a run id is left alone)."""
+    doomed = run_dirs(runs_dir)[keep:]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
 
 
 def find_run(runs_dir: Path, run_id: str) -> Path:

@@ -4,6 +4,7 @@
         result = lmflow_run("workflows/meeting-planner.yaml", inputs={"time": "16:00"})
         assert result.status == "succeeded"
         assert result.outputs["everyone_fits"] is False
+        assert result.steps["check"].output["everyone_fits"] is False
         assert result.snapshot_view() == lmflow_snapshot
 
 `lmflow_run` replays `cassettes/<workflow file name>` next to the test file (here
@@ -23,9 +24,12 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from .executor import StepRecord
 
 try:
     from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
@@ -42,7 +46,8 @@ class LmflowResult:
 
     status: str
     outputs: dict[str, Any]
-    steps: dict[str, dict[str, Any]]
+    steps: dict[str, StepRecord]
+    """Step id -> the run's record of it, read by attribute (`.output`, `.status`, ...)."""
     events: list[dict[str, Any]]
     run_dir: Path
     error: str | None = None
@@ -152,7 +157,7 @@ def _run(
     return LmflowResult(
         status=result.status,
         outputs=result.outputs,
-        steps={step.id: step.as_dict() for step in result.steps},
+        steps={step.id: step for step in result.steps},
         events=events,
         run_dir=run.run_dir,
         error=result.error,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -816,6 +817,7 @@ class Replayer(ToolboxFromSource):
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
         self._workflow = str(context.get("workflow", {}).get("name") or "")
+        self._workflow_path = str(context.get("workflow", {}).get("path") or "WORKFLOW")
         # Answers by (step, item, request): concurrent steps and items each find their own,
         # whatever order they ask in.
         self._llm: dict[_Key, deque[LlmExchange]] = {}
@@ -894,7 +896,8 @@ class Replayer(ToolboxFromSource):
             text,
             hint=hint
             or "the workflow, its inputs or a tool changed since the cassette was recorded; "
-            f"re-record it: lmflow run WORKFLOW --record {where} --rerecord",
+            f"re-record it: lmflow run {shlex.quote(self._workflow_path)} --record {where} "
+            "--rerecord",
         )
         self.first_miss = self.first_miss or error
         return error

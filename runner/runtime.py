@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .chat import ChatModel, Usage
-from .errors import ConfigurationError, LmflowError
+from .errors import ConfigurationError, LmflowError, ToolStepsInvalidError
 from .executor import (
     Executor,
     RunResult,
@@ -46,10 +46,13 @@ from .spec.model import (
     Workflow,
     frozen,
 )
+from .spec.problems import Problem
+from .toolcheck import CheckedToolSteps, ensure_tool_steps
 
 if TYPE_CHECKING:
     from anyio.abc import Process
 
+    from .dryrun import DryStep
     from .lmstudio import LMStudioClient
     from .mcp import McpSessions
 
@@ -114,6 +117,8 @@ class PreparedRun:
     log: RunLog
     context: dict[str, Any]
     writer: JsonlWriter | None
+    replayed_from: Path | None = None
+    """The cassette the run answers from (`--replay`), kept in result.json for `runs list`."""
 
 
 def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions) -> PreparedRun:
@@ -138,7 +143,7 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
         redactor.add_url_password(url)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, env, run_id, run_dir, started_at)
-    return PreparedRun(workflow, inputs, run_id, run_dir, log, context, writer)
+    return PreparedRun(workflow, inputs, run_id, run_dir, log, context, writer, options.replay)
 
 
 @contextlib.asynccontextmanager
@@ -241,6 +246,7 @@ async def live_tools(
         servers, log_dir=log_dir, redact=run.log.redactor.text, started=started
     ) as sessions:
         check_allow_lists(run.workflow, sessions)
+        ensure_tool_steps(run.workflow, sessions.tools, run.context)
         yield sessions
 
 
@@ -285,6 +291,7 @@ async def _replay_parts(
             yield replayer, sessions
     else:
         check_allow_lists(run.workflow, replayer)
+        ensure_tool_steps(run.workflow, replayer.tools, run.context)
         yield replayer, replayer
     # A miss inside a step failed that step; the run as a whole says the environment (the
     # cassette) was not ready for it: exit code 3.
@@ -323,7 +330,11 @@ async def execute(
                 run.workflow,
                 run.inputs,
                 chat=chat,
-                tools=limit_calls(run.workflow, tools) if tools is not None else None,
+                tools=(
+                    CheckedToolSteps(limit_calls(run.workflow, tools))
+                    if tools is not None
+                    else None
+                ),
                 log=run.log,
                 context=run.context,
                 reuse=reuse,
@@ -382,6 +393,8 @@ def _write_result(run: PreparedRun, payload: Mapping[str, Any]) -> None:
         "path": str(run.workflow.path),
         "inputs": run.inputs,
     }
+    if run.replayed_from is not None:
+        base["replayed_from"] = str(run.replayed_from)
     write_json(run.run_dir / "result.json", run.log.redactor({**base, **payload}))
 
 
@@ -469,19 +482,52 @@ def read_output_schema(path: Path) -> dict[str, Any]:
     return doc.data
 
 
+@dataclass(frozen=True)
+class ToolInfo:
+    """One tool as `lmflow tools` shows it: name, description and input schema."""
+
+    name: str
+    description: str
+    input_schema: Mapping[str, Any]
+
+
 async def list_tools(
     workflow: Workflow, raw_inputs: Mapping[str, Any]
-) -> dict[str, list[tuple[str, str]]]:
-    """Start every declared server once and list its tools: (name, description) each."""
+) -> dict[str, list[ToolInfo]]:
+    """Start every declared server once and list its tools."""
     from .mcp import McpSessions
 
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
     async with McpSessions(servers, redact=run.log.redactor.text) as sessions:
         return {
-            name: [(tool.name, tool.description or "") for tool in sessions.tools(name)]
+            name: [
+                ToolInfo(tool.name, tool.description or "", dict(tool.input_schema or {}))
+                for tool in sessions.tools(name)
+            ]
             for name in servers
         }
+
+
+async def check_servers(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> list[Problem]:
+    """`lmflow validate --servers`: start the servers the steps use, check the allow-lists
+    and the tool steps against their tool lists as a run would, and stop them again. A server
+    that will not start or an allow-list entry no server offers raises (exit 3)."""
+    run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
+    try:
+        async with live_tools(run):
+            return []
+    except ToolStepsInvalidError as error:
+        return [problem for problem in error.problems if isinstance(problem, Problem)]
+
+
+def dry_run_workflow(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> list[DryStep]:
+    """`lmflow run --dry-run`: the inputs checked as for a run (exit 2 on a bad one), then
+    each step's fields rendered; no model, no server, no run log."""
+    from .dryrun import dry_run
+
+    run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
+    return dry_run(workflow, run.context, run.log.redactor.text)
 
 
 def one_off_workflow(

@@ -120,6 +120,14 @@ def http_fixture(*args: str, tag: str = "") -> Iterator[tuple[str, subprocess.Po
 
 
 @pytest.fixture
+def server_tag() -> Iterator[str]:
+    """A tag for this test's server processes; none of them may outlive the test."""
+    value = new_tag()
+    yield value
+    assert wait_until_gone(value) == []
+
+
+@pytest.fixture
 def http_fixture_url() -> Iterator[str]:
     """The URL of a fresh fixture server on streamable HTTP, for tests that just need one."""
     with http_fixture() as (url, _):

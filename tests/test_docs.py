@@ -52,3 +52,26 @@ def test_every_yaml_example_parses(where: str, block: str) -> None:
 def test_every_complete_workflow_example_is_valid(where: str, block: str) -> None:
     problems = validate_document(parse_document(block, where))
     assert [p.format() for p in problems] == []
+
+
+def test_the_readme_says_how_to_reach_a_server_at_another_url() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for way in ("--base-url", "LMFLOW_BASE_URL", "lmstudio: {base_url:"):
+        assert way in readme.split("## Commands and exit codes")[0], way
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_a_cassette_is_explained_where_a_page_first_uses_one(page: Path) -> None:
+    """The paragraph that first says "cassette" says what one is, or links to where it is."""
+    text = page.read_text(encoding="utf-8")
+    uses = [m.start() for m in re.finditer("cassette", text, re.IGNORECASE)]
+    body = [at for at in uses if not text[text.rfind("\n", 0, at) + 1 :].startswith("#")]
+    if not body:
+        return
+    at = body[0]
+    paragraph = text[text.rfind("\n\n", 0, at) : text.find("\n\n", at)]
+    assert (
+        "cassette is" in paragraph.lower()
+        or "cassette*" in paragraph
+        or ("testing.md" in paragraph or "runlog.md#cassettes" in paragraph)
+    ), paragraph

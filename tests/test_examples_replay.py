@@ -56,6 +56,21 @@ def test_meeting_planner_outputs_come_from_the_cassette(lmflow_run) -> None:
     assert "Quarterly roadmap review" in result.outputs["invitation"]
 
 
+def test_the_result_reads_by_attribute_all_the_way(lmflow_run) -> None:
+    result = lmflow_run("workflows/meeting-planner.yaml")
+    check = result.steps["check"]
+    assert (result.status, check.status) == ("succeeded", "succeeded")
+    assert check.output["everyone_fits"] is False
+    assert check.rounds >= 1 and check.usage.prompt_tokens > 0
+    assert result.steps["alternatives"].status in ("succeeded", "skipped")
+    # The dict access of earlier versions still works.
+    assert check["output"] == check.output
+    assert check["usage"] == {
+        "prompt_tokens": check.usage.prompt_tokens,
+        "completion_tokens": check.usage.completion_tokens,
+    }
+
+
 WORKFLOW = """\
 version: 1
 name: echo

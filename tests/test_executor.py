@@ -904,7 +904,7 @@ def test_nan_passes_no_minimum_or_maximum() -> None:
         (nested_block_yaml(900), ":65:", "YAML nesting is deeper than 64 levels"),
         ("text: a\ntext: b\n", ":2:1:", "duplicate key 'text'"),
         ("ratio: .nan\n", ":1:8:", "'.nan' is not a finite number"),
-        ("names: [a\n", ":2:1:", "YAML syntax"),
+        ("names: [a\n", ":1:8:", "YAML syntax"),
     ],
 )
 def test_an_inputs_file_goes_through_the_workflow_loader_and_its_limits(

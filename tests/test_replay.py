@@ -185,7 +185,16 @@ def test_a_request_the_cassette_lacks_exits_3_with_the_closest_and_a_diff(
     assert "differs in messages" in done.stderr
     assert "-  content: 'Read notes.txt and add 2 and 3." in done.stderr
     assert "+  content: 'Read notes.txt and add 2 and 4." in done.stderr
-    assert "--rerecord" in done.stderr
+    # The diff is shown once (with the failed step), and the hint names this workflow's path.
+    assert done.stderr.count("closest recorded request") == 1
+    assert "error: replay miss (step 'look', round 1): the cassette holds no answer to this " in (
+        done.stderr
+    )
+    assert done.stderr.count("+  content: 'Read notes.txt and add 2 and 4.") == 1
+    assert f"re-record it: lmflow run {workflow_file} --record {cassette} --rerecord" in (
+        done.stderr
+    )
+    assert "WORKFLOW" not in done.stderr
     result = json.loads(next((tmp_path / ".lmflow" / "runs").glob("*/result.json")).read_text())
     assert result["status"] == "error"
     assert [s["status"] for s in result["steps"]] == ["succeeded", "failed", "skipped"]
@@ -204,7 +213,7 @@ def test_a_changed_parameter_is_named_in_the_miss(workflow_file: Path, tmp_path:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("version: 1\nexchanges:\n- n: 1\n  kind: llm\n  request: {model: x\n", ":6:1: "),
+        ("version: 1\nexchanges:\n- n: 1\n  kind: llm\n  request: {model: x\n", ":5:12: "),
         ("version: 1\nexchanges:\n- n: 1\n  kind: tool\n  server: fx\n", ":3: not a valid"),
         ("version: 2\nexchanges: []\n", ":1: not a valid cassette: at version"),
         ("", "is empty"),

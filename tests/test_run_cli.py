@@ -787,10 +787,18 @@ def test_tools_lists_every_tool_of_every_server_with_its_description(
     assert run.code == 0, run.stderr
     lines = run.stdout.splitlines()
     assert "fx (9 tools)" in lines
-    assert "  fx.echo  Return the text unchanged." in lines
-    assert any(line.startswith("  time.convert_time  ") for line in lines)
+    # Each tool with its arguments (`?`: optional) and the first line of its description.
+    assert "  fx.echo(text: string)  Return the text unchanged." in lines
+    assert any(
+        line.startswith("  time.convert_time(source_timezone: string, time: string, ")
+        for line in lines
+    ), lines
     assert "time (2 tools)" in lines  # a declared server no step uses is listed too
     assert not (tmp_path / ".lmflow").exists()
+    as_json = json.loads(lmflow(tmp_path, "tools", file, "--json", tag=tag).stdout)
+    (add,) = [tool for tool in as_json["fx"] if tool["name"] == "add"]
+    assert add["arguments"] == "a: number, b: number"
+    assert add["input_schema"]["required"] == ["a", "b"]
 
 
 def test_agent_runs_the_engine_once_with_an_inline_server(

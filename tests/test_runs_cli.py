@@ -175,3 +175,41 @@ def test_the_workflow_of_a_run_without_result_comes_from_the_first_line(tmp_path
     make_run(tmp_path, "20260105-120000-eeeeee", events=events)
     done = lmflow("runs", "list", cwd=tmp_path)
     assert "survey" in done.stdout and "no result.json" in done.stdout
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_list_marks_a_replayed_run(history: Path) -> None:
+    cassette = ROOT / "tests" / "cassettes" / "meeting-planner.yaml"
+    workflow = ROOT / "workflows" / "meeting-planner.yaml"
+    done = lmflow("run", str(workflow), "--replay", str(cassette), "-q", cwd=history)
+    assert done.returncode == 0, done.stderr
+    lines = lmflow("runs", "list", cwd=history).stdout.splitlines()
+    assert lines[0].endswith(f"meeting-planner  [replay of {cassette}]"), lines[0]
+    assert not any("[replay" in line for line in lines[1:])  # live runs are not marked
+    rows = json.loads(lmflow("runs", "list", "--json", cwd=history).stdout)
+    assert rows[0]["replayed_from"] == str(cassette)
+    assert rows[1]["replayed_from"] is None
+    shown = lmflow("runs", "show", "last", cwd=history).stdout
+    assert f"replayed from: {cassette}" in shown
+
+
+def test_prune_keeps_the_newest_runs_and_nothing_else_is_touched(history: Path) -> None:
+    runs = history / ".lmflow" / "runs"
+    (runs / "notes").mkdir()  # not a run: never removed
+    done = lmflow("runs", "prune", "--keep", "2", cwd=history)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "removed 20260102-090000-bbbbbb",
+        "removed 20260101-080000-aaaaaa",
+    ]
+    assert "2 run(s) removed, the newest 2 kept" in done.stderr
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "20260103-100000-cccccc",
+        "20260104-110000-dddddd",
+        "notes",
+    ]
+    assert lmflow("runs", "prune", "--keep", "2", cwd=history).stdout == ""
+    assert lmflow("runs", "prune", "--keep", "-1", cwd=history).returncode == 2
+    assert lmflow("runs", "prune", cwd=history).returncode == 2  # --keep is required

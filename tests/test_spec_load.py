@@ -181,6 +181,20 @@ def test_a_syntax_error_has_a_position_and_a_hint() -> None:
     assert problem.hint == "a value that contains ': ' must be quoted"
 
 
+def test_an_unclosed_quote_is_placed_at_its_opening_naming_where_the_parser_gave_up() -> None:
+    text = 'version: 1\nname: x\nsteps:\n  - id: a\n    prompt: "unterminated\n  - id: b\n'
+    [problem] = parse_document(text + "    prompt: x\n").problems
+    assert (problem.rule, problem.line, problem.col) == ("yaml-syntax", 5, 13)
+    assert problem.message.endswith("(the parser gave up at 8:1)")
+    assert problem.hint is not None and problem.hint.startswith("close the quote")
+
+
+def test_an_unclosed_bracket_is_placed_at_its_opening() -> None:
+    [problem] = parse_document("steps:\n  - id: a\n    needs: [x, y\n    prompt: hi\n").problems
+    assert (problem.line, problem.col) == (3, 12)
+    assert "flow sequence" in problem.message and "gave up at 4:11" in problem.message
+
+
 def test_an_unreadable_path_is_a_problem(tmp_path: Path) -> None:
     [problem] = read_document(tmp_path).problems  # a directory cannot be read as a file
     assert problem.rule == "unreadable"

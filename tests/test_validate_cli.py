@@ -238,6 +238,51 @@ def test_directories_are_searched_recursively_skipping_hidden_ones(tmp_path, lmf
     assert [f["valid"] for f in payload["files"]] == [True, False]
 
 
+def test_cassettes_snapshots_and_excluded_files_are_skipped_and_counted(
+    tmp_path, lmflow_cli
+) -> None:
+    write(tmp_path, "a.yaml", VALID)
+    cassette = (ROOT / "tests" / "cassettes" / "changelog.yaml").read_text()
+    write(tmp_path, "cassettes/recorded.yaml", cassette)
+    # A cassette whose header comment was edited away is still known by its keys.
+    write(tmp_path, "cassettes/bare.yaml", "version: 1\nexchanges: []\n")
+    write(tmp_path, "tests/__snapshots__/test_x/snap[one].yaml", "- type: run_started\n")
+    write(tmp_path, "data/fixture.yaml", "not: [a workflow")
+    write(tmp_path, "data/keep/other.yml", "not: [a workflow")
+    outcome = lmflow_cli(
+        "validate", "--offline", str(tmp_path), "--exclude", "*/data/*", "--exclude", "x.yaml"
+    )
+    assert outcome.exit_code == 0, outcome.stdout
+    assert outcome.stdout == ""
+    assert outcome.stderr.strip() == (
+        "1 file(s) checked: 1 without errors, 0 with errors (0 error(s), 0 warning(s)); "
+        "5 skipped (2 cassette(s), 2 excluded, 1 snapshot(s))"
+    )
+    code, payload = validate_json(lmflow_cli, tmp_path / "cassettes", tmp_path / "a.yaml")
+    assert code == 0
+    assert [f["path"] for f in payload["files"]] == [str(tmp_path / "a.yaml")]
+    assert payload["skipped"] == [
+        {"path": str(tmp_path / "cassettes/bare.yaml"), "reason": "cassette"},
+        {"path": str(tmp_path / "cassettes/recorded.yaml"), "reason": "cassette"},
+    ]
+
+
+def test_this_repository_validates_without_reading_its_cassettes_and_snapshots(
+    lmflow_cli,
+) -> None:
+    outcome = lmflow_cli(
+        "validate",
+        "--offline",
+        str(ROOT / "workflows"),
+        str(ROOT / "tests" / "cassettes"),
+        str(ROOT / "tests" / "__snapshots__"),
+        "--exclude",
+        "*.json",
+    )
+    assert outcome.exit_code == 0, outcome.stdout
+    assert " 0 with errors " in outcome.stderr and " skipped (" in outcome.stderr
+
+
 def test_several_files_report_all_their_problems(tmp_path, lmflow_cli) -> None:
     first = write(tmp_path, "one.yaml", TWO_PROBLEMS)
     second = write(tmp_path, "two.yaml", NO_MODEL)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from ..errors import ReplayMissError
 from ..spec import load_workflow
 from . import _options as options
 from ._console import ConsoleView, print_result
+
+if TYPE_CHECKING:
+    from ..dryrun import DryStep
 
 
 @click.command("run")
@@ -50,6 +56,12 @@ from ._console import ConsoleView, print_result
     help="Reuse the results of the steps that succeeded in that run, where nothing they "
     "depend on changed; run the rest.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print each step's rendered prompt or tool arguments and stop: no model is asked, "
+    "no server started, no log written.",
+)
 def command(
     workflow_file: Path,
     pairs: tuple[str, ...],
@@ -69,6 +81,7 @@ def command(
     rerecord: bool,
     live_tools: bool,
     resume: str | None,
+    dry_run: bool,
 ) -> int:
     """Run WORKFLOW_FILE against LM Studio and the MCP servers it declares.
 
@@ -81,9 +94,16 @@ def command(
     lmflow run wf.yaml --replay cassettes/wf.yaml   # run from them, no LM Studio
     """
     from .. import signals
-    from ..runtime import RunOptions, read_inputs, run_workflow
+    from ..runtime import RunOptions, dry_run_workflow, read_inputs, run_workflow
 
     workflow = load_workflow(workflow_file)
+    if dry_run:
+        excluded = {"--record": record, "--replay": replay, "--resume": resume}
+        given = [flag for flag, value in excluded.items() if value]
+        if given:
+            raise click.UsageError(f"--dry-run runs nothing: it cannot take {', '.join(given)}")
+        print_dry_run(dry_run_workflow(workflow, read_inputs(inputs_file, pairs)))
+        return 0
     run_options = RunOptions(
         base_url=base_url,
         log_path=log_path,
@@ -100,4 +120,38 @@ def command(
         resume=resume,
     )
     raw_inputs = read_inputs(inputs_file, pairs)
-    return print_result(signals.run(run_workflow(workflow, raw_inputs, run_options)), as_json)
+    try:
+        result = signals.run(run_workflow(workflow, raw_inputs, run_options))
+    except ReplayMissError as error:
+        if quiet:  # no step lines were shown: the error tells it all
+            raise
+        # The failed step's line above already showed the whole miss (closest request, diff).
+        headline = error.message.splitlines()[0]
+        raise ReplayMissError(
+            f"{headline} (what differs is shown above)", hint=error.hint
+        ) from None
+    return print_result(result, as_json)
+
+
+def print_dry_run(steps: Sequence[DryStep]) -> None:
+    """Each step with what it would send, indented under its title; stdout, so it can be
+    piped or diffed."""
+    for step in steps:
+        click.secho(f"▶ {step.id}  {step.title}", bold=True)
+        if step.for_each is not None:
+            click.echo(f"    for_each: {step.for_each}")
+        if step.condition is not None:
+            click.echo(f"    if: {step.condition}")
+        if step.error is not None:
+            click.secho(f"    {step.error}", fg="yellow")
+        if step.arguments is not None:
+            click.echo(f"    with: {step.arguments}")
+        for label, text in (("system", step.system), ("prompt", step.prompt)):
+            if text is not None:
+                click.echo(f"    {label}:")
+                click.echo("\n".join(f"      {line}" for line in text.splitlines() or [""]))
+    click.echo(
+        f"dry run: {len(steps)} step(s); nothing was sent to a model or a tool. "
+        "<steps.…> and <item> stand for values known only during the run.",
+        err=True,
+    )

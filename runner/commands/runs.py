@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_OK, ConfigurationError
-from ..history import RUNS_DIR, find_run, list_runs, summarize
+from ..history import RUNS_DIR, find_run, list_runs, prune_runs, summarize
 from ..runlog import read_events
 
 _COLOURS = {"succeeded": "green", "failed": "red", "error": "red", "interrupted": "yellow"}
@@ -24,7 +24,7 @@ RUNS_DIR_OPTION = click.option(
 
 @click.group("runs")
 def command() -> None:
-    """List past runs and show one of them."""
+    """List past runs, show one of them, prune old ones."""
 
 
 @command.command("list")
@@ -32,7 +32,8 @@ def command() -> None:
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="Show only the newest N runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(runs_dir: Path, limit: int | None, as_json: bool) -> int:
-    """Runs, newest first: id, workflow, status, start time, duration."""
+    """Runs, newest first: id, status, start time, duration, workflow; a replayed run is
+    marked with its cassette."""
     runs = list_runs(runs_dir)[:limit]
     if as_json:
         rows = [
@@ -43,6 +44,7 @@ def list_command(runs_dir: Path, limit: int | None, as_json: bool) -> int:
                 "started": r.started.isoformat() if r.started else None,
                 "duration": r.duration,
                 "problem": r.problem,
+                "replayed_from": r.replayed_from,
             }
             for r in runs
         ]
@@ -56,7 +58,27 @@ def list_command(runs_dir: Path, limit: int | None, as_json: bool) -> int:
         took = f"{r.duration:.1f}s" if r.duration is not None else "-"
         status = click.style(f"{r.status:<11}", fg=_COLOURS.get(r.status))
         line = f"{r.run_id}  {status}  {when}  {took:>8}  {r.workflow or '?'}"
+        if r.replayed_from:
+            line += click.style(f"  [replay of {r.replayed_from}]", fg="cyan")
         click.echo(line + (click.style(f"  ({r.problem})", dim=True) if r.problem else ""))
+    return EXIT_OK
+
+
+@command.command("prune")
+@RUNS_DIR_OPTION
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    required=True,
+    metavar="N",
+    help="How many of the newest runs to keep.",
+)
+def prune_command(runs_dir: Path, keep: int) -> int:
+    """Delete all runs but the newest N (their events, results and server logs)."""
+    removed = prune_runs(runs_dir, keep)
+    for path in removed:
+        click.echo(f"removed {path.name}")
+    click.echo(f"{len(removed)} run(s) removed, the newest {keep} kept", err=True)
     return EXIT_OK
 
 
@@ -73,6 +95,8 @@ def show_command(run_id: str, runs_dir: Path, show_events: bool) -> int:
         click.echo(f"  started: {summary.started.strftime('%Y-%m-%d %H:%M:%S UTC')}")
     if summary.duration is not None:
         click.echo(f"  duration: {summary.duration:.1f}s")
+    if summary.replayed_from:
+        click.echo(f"  replayed from: {summary.replayed_from}")
     if summary.problem:
         click.secho(f"  note: {summary.problem}", fg="yellow")
     result = summary.result or {}

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..spec import load_workflow
+from ..toolcheck import describe_arguments
 from . import _options as options
 
 
@@ -18,7 +19,8 @@ from . import _options as options
 def command(
     workflow_file: Path, pairs: tuple[str, ...], inputs_file: Path | None, as_json: bool
 ) -> int:
-    """List every tool of every MCP server WORKFLOW_FILE declares, with its description.
+    """List every tool of every MCP server WORKFLOW_FILE declares, with its arguments and
+    description (`name?: type` is optional).
 
     This is how to find what a step may list under `tools:` or call with `tool:`.
     """
@@ -29,7 +31,15 @@ def command(
     found = signals.run(list_tools(workflow, read_inputs(inputs_file, pairs)))
     if as_json:
         payload = {
-            server: [{"name": n, "description": d} for n, d in tools]
+            server: [
+                {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "arguments": describe_arguments(tool.input_schema),
+                    "input_schema": tool.input_schema,
+                }
+                for tool in tools
+            ]
             for server, tools in found.items()
         }
         click.echo(json.dumps(payload, indent=2))
@@ -38,7 +48,8 @@ def command(
         click.echo("the workflow declares no MCP servers")
     for server, tools in found.items():
         click.secho(f"{server} ({len(tools)} tools)", bold=True)
-        for name, description in tools:
-            first_line = description.strip().splitlines()[0] if description.strip() else ""
-            click.echo(f"  {server}.{name}" + (f"  {first_line}" if first_line else ""))
+        for tool in tools:
+            lines = tool.description.strip().splitlines()
+            summary = f"  {lines[0]}" if lines else ""
+            click.echo(f"  {server}.{tool.name}({describe_arguments(tool.input_schema)}){summary}")
     return 0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -13,6 +16,13 @@ from ..spec import Problem, Workflow, check_file
 from . import _options as options
 
 WORKFLOW_SUFFIXES = (".yaml", ".yml")
+
+
+SNAPSHOT_DIR = "__snapshots__"
+"""Where syrupy keeps its snapshot files: never workflows."""
+
+CASSETTE_HEADER = "# lmflow cassette"
+_TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_]+):", re.MULTILINE)
 
 
 def workflow_files(targets: Iterable[Path]) -> list[Path]:
@@ -35,6 +45,36 @@ def workflow_files(targets: Iterable[Path]) -> list[Path]:
         else:
             files.append(target)
     return files
+
+
+def skip_reason(path: Path, excludes: Sequence[str]) -> str | None:
+    """Why a YAML file is not checked as a workflow: it matches an --exclude glob, is a syrupy
+    snapshot, or is an lmflow cassette (its header, or `exchanges:` without `steps:`)."""
+    if any(
+        fnmatch.fnmatch(path.as_posix(), glob) or fnmatch.fnmatch(path.name, glob)
+        for glob in excludes
+    ):
+        return "excluded"
+    if SNAPSHOT_DIR in path.parts:
+        return "snapshot"
+    try:
+        with path.open(encoding="utf-8", errors="replace") as file:
+            head = file.read(64 * 1024)
+    except OSError:
+        return None  # the check reports an unreadable file
+    keys = set(_TOP_LEVEL_KEY.findall(head))
+    if head.startswith(CASSETTE_HEADER) or ("exchanges" in keys and "steps" not in keys):
+        return "cassette"
+    return None
+
+
+_SKIP_LABELS = {"cassette": "cassette(s)", "snapshot": "snapshot(s)", "excluded": "excluded"}
+
+
+def _skipped_summary(skipped: Sequence[tuple[Path, str]]) -> str:
+    counts = Counter(reason for _, reason in skipped)
+    kinds = ", ".join(f"{n} {_SKIP_LABELS[reason]}" for reason, n in sorted(counts.items()))
+    return f"; {len(skipped)} skipped ({kinds})" if skipped else ""
 
 
 def _escape_github(text: str, *, property_value: bool = False) -> str:
@@ -66,11 +106,30 @@ def render_github(problem: Problem) -> str:
     help="How to print the problems.",
 )
 @click.option("--offline", is_flag=True, help="Skip the model check against the LM Studio server.")
+@click.option(
+    "--servers",
+    "check_servers",
+    is_flag=True,
+    help="Also start the MCP servers, check tool steps and allow-lists against their tools, "
+    "and stop them.",
+)
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip files whose path or name matches (repeatable), e.g. 'tests/data/*'.",
+)
+@options.inputs
 @options.model_check
 def command(
     targets: Sequence[Path],
     output_format: str,
     offline: bool,
+    check_servers: bool,
+    excludes: tuple[str, ...],
+    pairs: tuple[str, ...],
+    inputs_file: Path | None,
     base_url: str | None,
     refresh: bool,
     cache_ttl: float | None,
@@ -79,15 +138,23 @@ def command(
 ) -> int:
     """Check workflow files (or every *.yaml under a directory) without running them.
 
+    Files that are lmflow cassettes or syrupy snapshots (under __snapshots__/), and files
+    matching an --exclude glob, are skipped and counted in the summary.
+
     Checks YAML syntax, the schema, every reference and template, and, unless --offline,
-    every model against the LM Studio server. Exit code 0 when all files are valid, 2 when
-    any is not, 3 when the server is unreachable or a model is missing.
+    every model against the LM Studio server. With --servers, also starts each workflow's MCP
+    servers (with the -i/--inputs values) and checks every `tool:` step's tool and arguments.
+    Exit code 0 when all files are valid, 2 when any is not, 3 when the server is unreachable,
+    a model is missing or a tool step does not fit its tool.
     """
-    files = workflow_files(targets)
-    if not files:
+    found = workflow_files(targets)
+    if not found:
         raise click.UsageError(
             "no workflow files (*.yaml, *.yml) found in: " + ", ".join(map(str, targets))
         )
+    reasons = {path: skip_reason(path, excludes) for path in found}
+    skipped = [(path, reason) for path, reason in reasons.items() if reason is not None]
+    files = [path for path, reason in reasons.items() if reason is None]
     results: list[tuple[Path, list[Problem]]] = []
     workflows: list[Workflow] = []
     for path in files:
@@ -112,21 +179,53 @@ def command(
         except EnvironmentNotReadyError:
             # The server is down: still show what the files themselves got wrong. An invalid
             # file is the more precise verdict (exit 2); otherwise the error explains exit 3.
-            _print(results, output_format)
+            _print(results, skipped, output_format)
             if invalid:
                 return EXIT_INVALID
             raise
-        for path, problems in results:
-            extra = findings.get(str(path), [])
-            problems.extend(extra)
-            environment_failed |= any(p.is_error for p in extra)
-    _print(results, output_format)
+        environment_failed |= _add_findings(results, findings)
+    if check_servers and not invalid:
+        environment_failed |= _add_findings(
+            results, _server_findings(workflows, inputs_file, pairs)
+        )
+    _print(results, skipped, output_format)
     if invalid:
         return EXIT_INVALID
     return EXIT_ENVIRONMENT if environment_failed else EXIT_OK
 
 
-def _print(results: list[tuple[Path, list[Problem]]], output_format: str) -> None:
+def _add_findings(
+    results: list[tuple[Path, list[Problem]]], findings: dict[str, list[Problem]]
+) -> bool:
+    """Add each file's findings from a check against the environment; True when any is an
+    error (exit 3)."""
+    failed = False
+    for path, problems in results:
+        extra = findings.get(str(path), [])
+        problems.extend(extra)
+        failed |= any(p.is_error for p in extra)
+    return failed
+
+
+def _server_findings(
+    workflows: Sequence[Workflow], inputs_file: Path | None, pairs: Sequence[str]
+) -> dict[str, list[Problem]]:
+    """Tool-step problems per workflow path, each workflow's servers started and stopped."""
+    from .. import signals
+    from ..runtime import check_servers, read_inputs
+
+    raw_inputs = read_inputs(inputs_file, pairs)
+    return {
+        str(workflow.path): signals.run(check_servers(workflow, raw_inputs))
+        for workflow in workflows
+    }
+
+
+def _print(
+    results: list[tuple[Path, list[Problem]]],
+    skipped: Sequence[tuple[Path, str]],
+    output_format: str,
+) -> None:
     if output_format == "json":
         payload = {
             "valid": not any(p.is_error for _, problems in results for p in problems),
@@ -139,6 +238,8 @@ def _print(results: list[tuple[Path, list[Problem]]], output_format: str) -> Non
                 for path, problems in results
             ],
         }
+        if skipped:  # the key is new: absent when nothing was skipped, as before
+            payload["skipped"] = [{"path": str(p), "reason": why} for p, why in skipped]
         click.echo(json.dumps(payload, indent=2))
         return
     render = render_github if output_format == "github" else Problem.format
@@ -151,6 +252,6 @@ def _print(results: list[tuple[Path, list[Problem]]], output_format: str) -> Non
         bad = sum(any(p.is_error for p in ps) for _, ps in results)
         summary = (
             f"{len(results)} file(s) checked: {len(results) - bad} without errors, {bad} with "
-            f"errors ({errors} error(s), {warnings} warning(s))"
+            f"errors ({errors} error(s), {warnings} warning(s))" + _skipped_summary(skipped)
         )
         click.secho(summary, err=True, fg="red" if bad else "green")

@@ -100,16 +100,7 @@ def parse_document(text: str, path: str = "<workflow>") -> Document:
             return Document(path, None, SourceMap(path), [too_deep])
         nodes = list(yaml.compose_all(text, Loader=Loader))
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        message = " ".join(filter(None, [error.context, error.problem])) or "invalid YAML"
-        return _failed(
-            path,
-            f"YAML syntax: {message}",
-            "yaml-syntax",
-            _syntax_hint(message),
-            line=mark.line + 1 if mark else 1,
-            col=mark.column + 1 if mark else 1,
-        )
+        return _syntax_error(path, error)
     except yaml.YAMLError as error:
         return _failed(path, f"YAML syntax: {error}", "yaml-syntax")
     # a document that is only `---` or `null` holds no workflow either
@@ -193,6 +184,31 @@ def _failed(
     return Document(path, None, SourceMap(path), [Problem(path, line, col, message, rule, hint)])
 
 
+OPENINGS = ("quoted scalar", "flow sequence", "flow mapping", "simple key")
+"""Constructs whose opening PyYAML names in its context: an unclosed quote or bracket is
+found only where the parser gives up, often at the end of the file, far from the mistake."""
+
+
+def _syntax_error(path: str, error: yaml.MarkedYAMLError) -> Document:
+    """A syntax problem placed where the mistake is: at the opening of an unclosed quote or
+    bracket (naming where the parser gave up), else where the parser gave up."""
+    message = " ".join(filter(None, [error.context, error.problem])) or "invalid YAML"
+    opening, gave_up = error.context_mark, error.problem_mark
+    mark = gave_up or opening
+    if opening is not None and any(kind in (error.context or "") for kind in OPENINGS):
+        mark = opening
+        if gave_up is not None:
+            message += f" (the parser gave up at {gave_up.line + 1}:{gave_up.column + 1})"
+    return _failed(
+        path,
+        f"YAML syntax: {message}",
+        "yaml-syntax",
+        _syntax_hint(message),
+        line=mark.line + 1 if mark else 1,
+        col=mark.column + 1 if mark else 1,
+    )
+
+
 def _syntax_hint(message: str) -> str | None:
     if "tab" in message.lower():
         return "indent with spaces, not tabs"
@@ -200,6 +216,10 @@ def _syntax_hint(message: str) -> str | None:
         return "a value that contains ': ' must be quoted"
     if "found character '{'" in message or "found unhashable key" in message:
         return QUOTE_TEMPLATE_HINT
+    if "quoted scalar" in message:
+        return "close the quote that opens here (or quote the whole value with the other kind)"
+    if "flow sequence" in message or "flow mapping" in message:
+        return "close the bracket that opens here, or quote a value that starts with [ or {"
     if "expected '-' indicator" in message or "expected <block end>" in message:
         return "check the indentation: the keys of one list entry line up under its first key"
     return None

@@ -228,7 +228,7 @@ class FakeLMStudio:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> FakeLMStudio:
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        httpd = _Server(("127.0.0.1", 0), _Handler)
         httpd.daemon_threads = True
         httpd.fake = self  # type: ignore[attr-defined]
         self._httpd = httpd
@@ -486,6 +486,16 @@ class FakeLMStudio:
                 return False
             self.cut_times -= 1
             return True
+
+
+class _Server(ThreadingHTTPServer):
+    """The fake's HTTP server. A client that hangs up mid-answer (a run stopped by Ctrl-C, a
+    timeout) is normal for LM Studio; the standard server would print a traceback for it."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _CutWriter:

@@ -1,0 +1,122 @@
+"""`lmflow run --dry-run`: what each step would send, rendered with the real inputs, without
+asking a model, starting a server or writing a run log.
+
+Values that only exist once steps have run (a step's output or status, a `for_each` item)
+are stand-ins that print as `<steps.survey.output.modules>`; a template that cannot work on
+a stand-in (arithmetic on an output, say) shows why instead of its text.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import templating
+from .command_step import command_line
+from .errors import StepFailedError
+from .spec.model import CommandStep, Step, ToolStep, Workflow, thawed
+
+
+class Placeholder:
+    """A value not known before the run: any attribute or item of it is another one, and
+    it prints as its own path."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __getattr__(self, name: str) -> Placeholder:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return Placeholder(f"{self.path}.{name}")
+
+    def __getitem__(self, key: Any) -> Placeholder:
+        return Placeholder(f"{self.path}[{key!r}]")
+
+    def __iter__(self) -> Iterator[Placeholder]:
+        yield Placeholder(f"{self.path}[0]")
+
+    def __len__(self) -> int:
+        return 1
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return f"<{self.path}>"
+
+    __repr__ = __str__
+
+
+@dataclass(frozen=True)
+class DryStep:
+    """One step as the run would start it. `error` replaces a field that cannot render."""
+
+    id: str
+    title: str
+    condition: str | None
+    for_each: str | None
+    system: str | None = None
+    prompt: str | None = None
+    arguments: str | None = None
+    error: str | None = None
+
+
+def dry_run(
+    workflow: Workflow, context: Mapping[str, Any], redact: Callable[[str], str]
+) -> list[DryStep]:
+    """Every step in run order, its fields rendered over `context` (a run's base context,
+    inputs checked) with stand-ins for what steps and items produce, then `redact`ed: a
+    secret read through `env` is masked as in a run log."""
+    known = {
+        **context,
+        "steps": {
+            step.id: {
+                "output": Placeholder(f"steps.{step.id}.output"),
+                "status": Placeholder(f"steps.{step.id}.status"),
+            }
+            for step in workflow.steps
+        },
+        "item": Placeholder("item"),
+        "loop": {"index": 1, "index0": 0, "first": True, "last": False, "length": 1},
+    }
+    by_id = {step.id: step for step in workflow.steps}
+    return [_step(workflow, by_id[step_id], known, redact) for step_id in workflow.plan.order()]
+
+
+def _step(
+    workflow: Workflow,
+    step: Step,
+    context: Mapping[str, Any],
+    redact: Callable[[str], str],
+) -> DryStep:
+    condition = step.if_ if isinstance(step.if_, str) else None
+    for_each = step.for_each
+    if for_each is not None and not isinstance(for_each, str):
+        for_each = json.dumps(thawed(for_each), ensure_ascii=False, default=str)
+    if isinstance(step, ToolStep):
+        title = f"tool {step.tool}"
+    elif isinstance(step, CommandStep):
+        title = "command" + (f"  (cwd: {step.cwd})" if step.cwd else "")
+    else:
+        title = f"model {workflow.step_model(step)}"
+        title += f"  (mcp: {', '.join(step.mcp)})" if step.mcp else ""
+    shown = DryStep(step.id, title, condition, for_each)
+    try:
+        if isinstance(step, ToolStep):
+            arguments = templating.render_value(thawed(step.with_), context)
+            text = json.dumps(arguments, ensure_ascii=False, default=str)
+            return replace(shown, arguments=redact(text))
+        if isinstance(step, CommandStep):
+            return replace(shown, arguments=redact(shlex.join(command_line(step, context))))
+        system = templating.render_text(step.system, context) if step.system else None
+        prompt = templating.render_text(step.prompt or "", context)
+        return replace(
+            shown, system=redact(system) if system is not None else None, prompt=redact(prompt)
+        )
+    except (templating.TemplateError, StepFailedError) as error:
+        return replace(shown, error=redact(f"cannot render before the run: {error}"))
