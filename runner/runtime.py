@@ -375,6 +375,16 @@ async def run_workflow(
 ) -> RunResult:
     """Run a workflow against LM Studio and its MCP servers, recording a cassette, or
     replaying one (`options.record` / `options.replay`)."""
+    run, reuse = begin(workflow, raw_inputs, options)
+    return await execute(run, parts_for(run, options), reuse)
+
+
+def begin(
+    workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions
+) -> tuple[PreparedRun, Reusable | None]:
+    """Everything a run does before its first event: the cassette checked, the run to resume
+    read, the inputs checked and the log opened. Callers that need the prepared run (its
+    directory, its start time) go on with `execute`."""
     if options.record is not None:
         from .replay import ensure_recordable
 
@@ -383,8 +393,7 @@ async def run_workflow(
     reuse = None
     if options.resume is not None:  # before this run's own directory exists: `last` is earlier
         reuse = load_reusable(find_run(options.runs_dir, options.resume))
-    run = prepare(workflow, raw_inputs, options)
-    return await execute(run, parts_for(run, options), reuse)
+    return prepare(workflow, raw_inputs, options), reuse
 
 
 def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import EXIT_OK, EXIT_STEP_FAILED
 from ..executor import RunResult
 from ..runlog import Event
+
+if TYPE_CHECKING:
+    from ..api import WorkflowResult
 
 MAX_DETAIL = 100
 
@@ -88,7 +91,7 @@ class ConsoleView:
         return click.style(f"✓ {step}", fg="green") + "  " + ", ".join(detail)
 
 
-def print_result(result: RunResult, as_json: bool) -> int:
+def print_result(result: RunResult | WorkflowResult, as_json: bool) -> int:
     """The run's outputs on stdout (the whole result with --json); returns the exit code."""
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))

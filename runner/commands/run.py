@@ -81,7 +81,8 @@ def command(
     lmflow run wf.yaml --replay cassettes/wf.yaml   # run from them, no LM Studio
     """
     from .. import signals
-    from ..runtime import RunOptions, read_inputs, run_workflow
+    from ..api import RunOptions, run_workflow
+    from ..runtime import read_inputs
 
     workflow = load_workflow(workflow_file)
     run_options = RunOptions(
