@@ -187,6 +187,8 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
             line=where.line,
         )
     async with LMStudioClient.from_config(server) as client:
+        started = time.monotonic()
+        run.log.emit("phase_started", phase="models")
         warnings = await verify_models(
             run.workflow,
             server,
@@ -196,6 +198,7 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
             load=options.load,
             client=client,
         )
+        run.log.emit("phase_finished", phase="models", duration=_since(started))
         for problem in warnings:
             run.log.emit(
                 "notice",
@@ -222,11 +225,22 @@ async def live_tools(
     # With --no-log nothing lands in the run directory; stderr goes to a temporary one.
     log_dir = run.run_dir if run.writer is not None else None
     # The redactor knows every `env` value the servers hold: SecretEnv told it (prepare).
+    since = time.monotonic()
+    for name in servers:
+        run.log.emit("phase_started", phase="server", name=name)
+
+    def ready(name: str) -> None:
+        run.log.emit("phase_finished", phase="server", name=name, duration=_since(since))
+
     async with McpSessions(
-        servers, log_dir=log_dir, redact=run.log.redactor.text, started=started
+        servers, log_dir=log_dir, redact=run.log.redactor.text, started=started, on_ready=ready
     ) as sessions:
         check_allow_lists(run.workflow, sessions)
         yield sessions
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
 
 
 def parts_for(

@@ -8,7 +8,7 @@ import click
 
 from ..spec import load_workflow
 from . import _options as options
-from ._console import ConsoleView, print_result
+from ._console import print_result, progress_view
 
 
 @click.command("run")
@@ -85,20 +85,22 @@ def command(
     from ..runtime import read_inputs
 
     workflow = load_workflow(workflow_file)
-    run_options = RunOptions(
-        base_url=base_url,
-        log_path=log_path,
-        write_log=not no_log,
-        require_loaded=require_loaded,
-        load=load_models,
-        refresh=refresh,
-        cache_ttl=cache_ttl,
-        sinks=(ConsoleView(0 if quiet else 2 if verbose else 1),),
-        record=record,
-        replay=replay,
-        rerecord=rerecord,
-        live_tools=live_tools,
-        resume=resume,
-    )
-    raw_inputs = read_inputs(inputs_file, pairs)
-    return print_result(signals.run(run_workflow(workflow, raw_inputs, run_options)), as_json)
+    with progress_view(quiet, verbose) as sinks:
+        run_options = RunOptions(
+            base_url=base_url,
+            log_path=log_path,
+            write_log=not no_log,
+            require_loaded=require_loaded,
+            load=load_models,
+            refresh=refresh,
+            cache_ttl=cache_ttl,
+            sinks=sinks,
+            record=record,
+            replay=replay,
+            rerecord=rerecord,
+            live_tools=live_tools,
+            resume=resume,
+        )
+        raw_inputs = read_inputs(inputs_file, pairs)
+        result = signals.run(run_workflow(workflow, raw_inputs, run_options))
+    return print_result(result, as_json)
