@@ -39,6 +39,7 @@ def test_the_wheel_carries_the_schema_and_the_console_script(tmp_path: Path) -> 
         "lmflow_runner/api.py",
         "lmflow_runner/commands/run.py",
         "lmflow_runner/py.typed",
+        "lmflow_runner/report.html.j2",  # lmflow report's page
     } <= set(names)
     # The old import name, for the transition (runner/_old_name.py).
     assert "runner/_old_name.py" in names
