@@ -104,9 +104,10 @@ def report(error: LmflowError) -> None:
 
 
 def _quiet_libraries() -> None:
-    """The MCP SDK logs through `logging`; without a handler Python would print its warnings
-    over the progress display. Our run log records what matters."""
-    for name in ("mcp", "httpx", "httpx2"):
+    """The MCP SDK (and the OpenTelemetry exporter) log through `logging`; without a handler
+    Python would print their warnings over the progress display. Our run log records what
+    matters, and `run --otel` says itself when a trace was not taken."""
+    for name in ("mcp", "httpx", "httpx2", "opentelemetry"):
         logger = logging.getLogger(name)
         logger.addHandler(logging.NullHandler())
         logger.propagate = False

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from ..errors import LmflowError
+from ..runlog import Sink
 from ..spec import load_workflow
 from . import _options as options
 from ._console import print_result, progress_view
@@ -44,6 +48,13 @@ from ._console import print_result, progress_view
     "--live-tools", is_flag=True, help="With --replay: call the real MCP servers instead."
 )
 @click.option(
+    "--otel",
+    "otel",
+    metavar="URL",
+    help="Export the run's trace to this OTLP/HTTP endpoint (default: "
+    "OTEL_EXPORTER_OTLP_ENDPOINT when set). Needs the otel extra.",
+)
+@click.option(
     "--resume",
     "resume",
     metavar="RUN_ID|last",
@@ -69,6 +80,7 @@ def command(
     rerecord: bool,
     live_tools: bool,
     resume: str | None,
+    otel: str | None,
 ) -> int:
     """Run WORKFLOW_FILE against LM Studio and the MCP servers it declares.
 
@@ -85,7 +97,8 @@ def command(
     from ..runtime import read_inputs
 
     workflow = load_workflow(workflow_file)
-    with progress_view(quiet, verbose) as sinks:
+    with progress_view(quiet, verbose) as progress, tracing(otel) as traces:
+        sinks = (*progress, *traces)
         run_options = RunOptions(
             base_url=base_url,
             log_path=log_path,
@@ -104,3 +117,28 @@ def command(
         raw_inputs = read_inputs(inputs_file, pairs)
         result = signals.run(run_workflow(workflow, raw_inputs, run_options))
     return print_result(result, as_json)
+
+
+@contextlib.contextmanager
+def tracing(url: str | None) -> Iterator[tuple[Sink, ...]]:
+    """The OpenTelemetry sink when --otel or the standard variable asks for one; the trace
+    is sent when the run is over, however it ended. Without the otel extra, --otel is an
+    error and the variable (perhaps set for other programs) a note."""
+    from ..otel import endpoint_from_environment, trace_sink
+
+    if url is None and endpoint_from_environment() is None:
+        yield ()
+        return
+    try:
+        tracer = trace_sink(url)
+    except LmflowError as error:  # the otel extra is not installed
+        if url is not None:
+            raise
+        click.echo(f"note: {error.message}; the run is not traced\n  hint: {error.hint}", err=True)
+        yield ()
+        return
+    try:
+        yield (tracer,)
+    finally:
+        if not tracer.close():
+            click.echo(f"warning: the trace was not exported: {tracer.failure}", err=True)
