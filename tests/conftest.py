@@ -18,6 +18,7 @@ from mcp_support import (  # noqa: F401
     http_fixture_url,
     memory_server_js,
     node_modules,
+    process_tag,
 )
 
 from runner.cli import cli

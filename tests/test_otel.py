@@ -8,26 +8,17 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fakes.lmstudio import FakeLMStudio, down_url
 from fakes.otlp import OtlpReceiver
-from mcp_support import FIXTURE_SERVER, TAG_VARIABLE, new_tag, wait_until_gone
+from mcp_support import fixture_server_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "qwen/qwen3-coder-30b"
 SECRET = "otel-s3cr3t-value"
 CLIENT = 3  # SpanKind.CLIENT in the OTLP protobuf
-
-
-@pytest.fixture
-def tag() -> Iterator[str]:
-    value = new_tag()
-    yield value
-    assert wait_until_gone(value) == []
 
 
 def answer(request: dict[str, Any]) -> Any:
@@ -38,7 +29,6 @@ def answer(request: dict[str, Any]) -> Any:
 
 
 def write_workflow(directory: Path, tag: str) -> Path:
-    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)], "env": {TAG_VARIABLE: tag}}
     path = directory / "wf.yaml"
     path.write_text(
         textwrap.dedent(
@@ -47,7 +37,7 @@ def write_workflow(directory: Path, tag: str) -> Path:
             name: otel-demo
             defaults: {{model: {MODEL}, temperature: 0.1}}
             mcp_servers:
-              fx: {json.dumps(server)}
+              fx: {fixture_server_entry(tag)}
             steps:
               - id: sum
                 tool: fx.add
@@ -84,8 +74,10 @@ def children(spans: list[dict[str, Any]], parent: dict[str, Any]) -> list[dict[s
     return [span for span in spans if span["parent_id"] == parent["span_id"]]
 
 
-def test_a_run_exports_its_trace_with_the_genai_conventions(tmp_path: Path, tag: str) -> None:
-    workflow = write_workflow(tmp_path, tag)
+def test_a_run_exports_its_trace_with_the_genai_conventions(
+    tmp_path: Path, process_tag: str
+) -> None:
+    workflow = write_workflow(tmp_path, process_tag)
     with OtlpReceiver() as otlp, FakeLMStudio(script=[answer, answer]) as lm:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "LMFLOW_TEST_SECRET": SECRET}
         done = lmflow(tmp_path, "run", workflow.name, "--base-url", lm.url, env=env)

@@ -5,7 +5,6 @@ summary table that ends a run (runner/commands/_console.py, _live.py, _tracker.p
 from __future__ import annotations
 
 import io
-import json
 import os
 import pty
 import re
@@ -13,12 +12,10 @@ import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fakes.lmstudio import FakeLMStudio
-from mcp_support import FIXTURE_SERVER, TAG_VARIABLE, new_tag, wait_until_gone
+from mcp_support import TAG_VARIABLE, fixture_server_entry
 from rich.console import Console
 
 from lmflow_runner.commands._live import LiveView
@@ -28,15 +25,7 @@ MODEL = "qwen/qwen3-coder-30b"  # loaded on the fake by default
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
-@pytest.fixture
-def tag() -> Iterator[str]:
-    value = new_tag()
-    yield value
-    assert wait_until_gone(value) == []
-
-
 def write_workflow(directory: Path, tag: str) -> Path:
-    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)], "env": {TAG_VARIABLE: tag}}
     path = directory / "wf.yaml"
     path.write_text(
         textwrap.dedent(
@@ -45,7 +34,7 @@ def write_workflow(directory: Path, tag: str) -> Path:
             name: progress
             defaults: {{model: {MODEL}}}
             mcp_servers:
-              fx: {json.dumps(server)}
+              fx: {fixture_server_entry(tag)}
             steps:
               - id: survey
                 name: Survey the files
@@ -103,12 +92,14 @@ def run_on_a_terminal(cwd: Path, args: list[str], env: dict[str, str]) -> tuple[
     return code, stdout, drawn.decode("utf-8", errors="replace")
 
 
-def test_a_run_on_a_terminal_is_drawn_live_then_summed_up(tmp_path: Path, tag: str) -> None:
-    workflow = write_workflow(tmp_path, tag)
+def test_a_run_on_a_terminal_is_drawn_live_then_summed_up(tmp_path: Path, process_tag: str) -> None:
+    workflow = write_workflow(tmp_path, process_tag)
     script = ["first line of the survey\nsecond line", "roses are red"]
     with FakeLMStudio(script=script, chat_delay=0.4) as lm:
         code, stdout, drawn = run_on_a_terminal(
-            tmp_path, ["run", workflow.name, "--base-url", lm.url], environment(tmp_path, tag)
+            tmp_path,
+            ["run", workflow.name, "--base-url", lm.url],
+            environment(tmp_path, process_tag),
         )
     assert code == 0, drawn
     assert "\x1b[?25l" in drawn  # rich's live region hides the cursor: the live view drew
@@ -166,13 +157,15 @@ def test_several_running_steps_are_shown_at_once_with_their_speed() -> None:
     assert "tok/s" not in poem  # no answer yet
 
 
-def test_without_a_terminal_progress_is_one_plain_line_per_event(tmp_path: Path, tag: str) -> None:
-    workflow = write_workflow(tmp_path, tag)
+def test_without_a_terminal_progress_is_one_plain_line_per_event(
+    tmp_path: Path, process_tag: str
+) -> None:
+    workflow = write_workflow(tmp_path, process_tag)
     with FakeLMStudio(script=["two\nlines", "roses"]) as lm:
         done = subprocess.run(
             [sys.executable, "-m", "lmflow_runner", "run", workflow.name, "--base-url", lm.url],
             cwd=tmp_path,
-            env=environment(tmp_path, tag),
+            env=environment(tmp_path, process_tag),
             capture_output=True,
             text=True,
             timeout=120,
@@ -191,13 +184,13 @@ def test_without_a_terminal_progress_is_one_plain_line_per_event(tmp_path: Path,
     assert lines[-1].split()[:4] == ["poem", MODEL, "succeeded", "1"]
 
 
-def test_quiet_shows_no_progress(tmp_path: Path, tag: str) -> None:
-    workflow = write_workflow(tmp_path, tag)
+def test_quiet_shows_no_progress(tmp_path: Path, process_tag: str) -> None:
+    workflow = write_workflow(tmp_path, process_tag)
     with FakeLMStudio(script=["a", "b"]) as lm:
         code, stdout, drawn = run_on_a_terminal(
             tmp_path,
             ["run", workflow.name, "--base-url", lm.url, "--quiet"],
-            environment(tmp_path, tag),
+            environment(tmp_path, process_tag),
         )
     assert code == 0
     assert ANSI.sub("", drawn).strip() == ""

@@ -7,7 +7,6 @@ import html
 import json
 import shutil
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 from fakes.lmstudio import FakeLMStudio
-from mcp_support import FIXTURE_SERVER, TAG_VARIABLE, new_tag, wait_until_gone
+from mcp_support import fixture_server_entry
 
 from lmflow_runner import RunOptions, WorkflowResult, run_workflow_sync
 from lmflow_runner.cli import main
@@ -34,13 +33,6 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def tag() -> Iterator[str]:
-    value = new_tag()
-    yield value
-    assert wait_until_gone(value) == []
-
-
 def answer(request: dict[str, Any]) -> Any:
     """The fake model: concurrent steps each get their own answer, whatever their order."""
     messages = request["messages"]
@@ -56,14 +48,13 @@ def answer(request: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def hostile_run(
-    tmp_path: Path, tag: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, process_tag: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[WorkflowResult]:
     """A real run: two steps at the same time (one calls a tool of a real MCP server and
     answers with markup and a secret), then a third step."""
     monkeypatch.setenv("LMFLOW_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LMFLOW_TEST_SECRET", SECRET)
     monkeypatch.delenv("LMFLOW_BASE_URL", raising=False)
-    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)], "env": {TAG_VARIABLE: tag}}
     path = tmp_path / "hostile.yaml"
     path.write_text(
         textwrap.dedent(
@@ -72,7 +63,7 @@ def hostile_run(
             name: hostile
             defaults: {{model: {MODEL}}}
             mcp_servers:
-              fx: {json.dumps(server)}
+              fx: {fixture_server_entry(process_tag)}
             steps:
               - id: left
                 name: Left side
