@@ -205,3 +205,24 @@ def test_without_the_otel_extra(tmp_path: Path) -> None:
     assert "pip install 'lmflow-runner[otel]'" in flagged.stderr
     assert noted.returncode == 0, noted.stderr
     assert "note: OpenTelemetry export needs the otel extra" in noted.stderr
+
+
+def test_an_untraced_run_never_loads_the_sdk(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from lmflow_runner.cli import main
+        try:
+            main(["run", {str(ROOT / "workflows/meeting-planner.yaml")!r}, "-q",
+                  "--replay", {str(ROOT / "tests/cassettes/meeting-planner.yaml")!r}])
+        except SystemExit as end:
+            assert end.code == 0, end.code
+        print("opentelemetry.sdk" in sys.modules)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stderr
