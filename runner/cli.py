@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "tools": "runner.commands.tools:command",
     "agent": "runner.commands.agent:command",
     "runs": "runner.commands.runs:command",
+    "report": "runner.commands.report:command",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -41,6 +42,7 @@ SHORT_HELP: dict[str, str] = {
     "tools": "List the MCP tools a workflow's servers offer.",
     "agent": "Run the agent engine once, without a workflow file.",
     "runs": "Show the history of runs.",
+    "report": "Write an HTML page of a run.",
 }
 
 
@@ -104,9 +106,10 @@ def report(error: LmflowError) -> None:
 
 
 def _quiet_libraries() -> None:
-    """The MCP SDK logs through `logging`; without a handler Python would print its warnings
-    over the progress display. Our run log records what matters."""
-    for name in ("mcp", "httpx", "httpx2"):
+    """The MCP SDK (and the OpenTelemetry exporter) log through `logging`; without a handler
+    Python would print their warnings over the progress display. Our run log records what
+    matters, and `run --otel` says itself when a trace was not taken."""
+    for name in ("mcp", "httpx", "httpx2", "opentelemetry"):
         logger = logging.getLogger(name)
         logger.addHandler(logging.NullHandler())
         logger.propagate = False

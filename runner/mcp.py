@@ -101,8 +101,10 @@ class McpSessions:
         log_dir: Path | None = None,
         redact: Callable[[str], str] | None = None,
         started: Mapping[str, Process] | None = None,
+        on_ready: Callable[[str], None] | None = None,
     ) -> None:
         self._servers = dict(servers)
+        self._on_ready = on_ready  # told each server's name once its handshake is done
         self._log_dir = log_dir
         self._redact = redact or _unchanged
         self._started = dict(started or {})
@@ -218,6 +220,8 @@ class McpSessions:
                 f"no answer to the handshake within {timeout:g}s (startup_timeout in its settings)"
             )
             failures[connection.name] = self._describe_failure(connection, reason)
+        elif self._on_ready is not None:
+            self._on_ready(connection.name)
 
     async def _serve(
         self, connection: _Connection, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

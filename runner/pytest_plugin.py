@@ -19,7 +19,6 @@ point), so it imports nothing heavy, and syrupy only when it is installed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -117,11 +116,9 @@ def _claim(request: pytest.FixtureRequest, tape: Path) -> None:
 def _run(
     path: Path, inputs: dict[str, Any], tape: Path, tmp: Path, *, record: bool, live: bool
 ) -> LmflowResult:
+    from .api import RunOptions, run_workflow_sync
     from .errors import LmflowError
-    from .replay import ensure_recordable
     from .runlog import Event
-    from .runtime import RunOptions, execute, parts_for, prepare
-    from .spec import load_workflow
 
     events: list[dict[str, Any]] = []
 
@@ -138,28 +135,25 @@ def _run(
     )
     failure = None
     try:
-        workflow = load_workflow(path)
-        if record:
-            ensure_recordable(tape, rerecord=True)
-        run = prepare(workflow, inputs, options)
-        result = asyncio.run(execute(run, parts_for(run, options)))
+        result = run_workflow_sync(path, inputs, options)
     except LmflowError as error:
         failure = f"lmflow: {error.message}" + (f"\nhint: {error.hint}" if error.hint else "")
     if failure is not None:  # outside the except: no chained traceback in the report
         pytest.fail(failure, pytrace=False)
     placeholders = {
         str(path.parent.resolve()): "<workflow.dir>",
-        str(run.run_dir): "<run.dir>",  # absolute already (runtime.prepare)
+        str(result.run_dir): "<run.dir>",  # absolute already (runtime.prepare)
         str(tmp.resolve()): "<tmp>",
-        run.run_id: "<run.id>",
-        str(run.context["run"]["started_at"]): "<run.started_at>",
+        result.run_id: "<run.id>",
+        result.started_at: "<run.started_at>",
     }
+    assert result.run_dir is not None  # the plugin's runs always write their log
     return LmflowResult(
         status=result.status,
-        outputs=result.outputs,
-        steps={step.id: step for step in result.steps},
+        outputs=dict(result.outputs),
+        steps=dict(result.steps),
         events=events,
-        run_dir=run.run_dir,
+        run_dir=result.run_dir,
         error=result.error,
         placeholders=placeholders,
     )

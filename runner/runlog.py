@@ -253,9 +253,10 @@ KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
 """Fields a log line never holds (the event's `full_result` file does), left out of the view
 so a snapshot is the same whether it was taken from a file or from memory."""
 _NOT_IN_VIEW = VOLATILE_KEYS | KEPT_ELSEWHERE
-MACHINE_EVENTS = frozenset({"notice"})
-"""Events about this machine (a model not loaded), not about the exchanges: a replay, which
-checks no models, must give the same view as the run it replays."""
+MACHINE_EVENTS = frozenset({"notice", "phase_started", "phase_finished"})
+"""Events about this machine (a model not loaded, the start-up of models and servers), not
+about the exchanges: a replay, which checks no models, must give the same view as the run it
+replays."""
 DIRECT_CALL_ID = "direct"
 """The id of the tool call of a `tool:` step: fixed already, so it is never renumbered."""
 

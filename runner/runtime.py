@@ -204,6 +204,8 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
         )
     # Streamed, so each answer records time to first token and tokens per second.
     async with LMStudioClient.from_config(server, stream=True) as client:
+        started = time.monotonic()
+        run.log.emit("phase_started", phase="models")
         warnings = await verify_models(
             run.workflow,
             server,
@@ -213,6 +215,7 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
             load=options.load,
             client=client,
         )
+        run.log.emit("phase_finished", phase="models", duration=_since(started))
         for problem in warnings:
             run.log.emit(
                 "notice",
@@ -242,12 +245,23 @@ async def live_tools(
     # With --no-log nothing lands in the run directory; stderr goes to a temporary one.
     log_dir = run.run_dir if run.writer is not None else None
     # The redactor knows every `env` value the servers hold: SecretEnv told it (prepare).
+    since = time.monotonic()
+    for name in servers:
+        run.log.emit("phase_started", phase="server", name=name)
+
+    def ready(name: str) -> None:
+        run.log.emit("phase_finished", phase="server", name=name, duration=_since(since))
+
     async with McpSessions(
-        servers, log_dir=log_dir, redact=run.log.redactor.text, started=started
+        servers, log_dir=log_dir, redact=run.log.redactor.text, started=started, on_ready=ready
     ) as sessions:
         check_allow_lists(run.workflow, sessions)
         ensure_tool_steps(run.workflow, sessions.tools, run.context)
         yield sessions
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
 
 
 def parts_for(
@@ -403,6 +417,16 @@ async def run_workflow(
 ) -> RunResult:
     """Run a workflow against LM Studio and its MCP servers, recording a cassette, or
     replaying one (`options.record` / `options.replay`)."""
+    run, reuse = begin(workflow, raw_inputs, options)
+    return await execute(run, parts_for(run, options), reuse)
+
+
+def begin(
+    workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions
+) -> tuple[PreparedRun, Reusable | None]:
+    """Everything a run does before its first event: the cassette checked, the run to resume
+    read, the inputs checked and the log opened. Callers that need the prepared run (its
+    directory, its start time) go on with `execute`."""
     if options.record is not None:
         from .replay import ensure_recordable
 
@@ -411,8 +435,7 @@ async def run_workflow(
     reuse = None
     if options.resume is not None:  # before this run's own directory exists: `last` is earlier
         reuse = load_reusable(find_run(options.runs_dir, options.resume))
-    run = prepare(workflow, raw_inputs, options)
-    return await execute(run, parts_for(run, options), reuse)
+    return prepare(workflow, raw_inputs, options), reuse
 
 
 def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any]:

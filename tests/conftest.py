@@ -18,7 +18,7 @@ from mcp_support import (  # noqa: F401
     http_fixture_url,
     memory_server_js,
     node_modules,
-    server_tag,
+    process_tag,
 )
 
 from runner.cli import cli

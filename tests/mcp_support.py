@@ -46,6 +46,20 @@ def fixture_server(
     )
 
 
+def fixture_server_entry(tag: str) -> str:
+    """The SDK fixture server as a workflow's `mcp_servers:` entry (JSON is YAML)."""
+    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)], "env": {TAG_VARIABLE: tag}}
+    return json.dumps(server)
+
+
+@pytest.fixture
+def process_tag() -> Iterator[str]:
+    """The tag of this test's processes; none of them may outlive the test."""
+    value = new_tag()
+    yield value
+    assert wait_until_gone(value) == []
+
+
 def tagged_processes(tag: str) -> list[str]:
     """Command lines of the live processes that carry `tag` in their environment."""
     if not Path("/proc/self/environ").exists():
@@ -117,14 +131,6 @@ def http_fixture(*args: str, tag: str = "") -> Iterator[tuple[str, subprocess.Po
     finally:
         process.kill()
         process.communicate()
-
-
-@pytest.fixture
-def server_tag() -> Iterator[str]:
-    """A tag for this test's server processes; none of them may outlive the test."""
-    value = new_tag()
-    yield value
-    assert wait_until_gone(value) == []
 
 
 @pytest.fixture

@@ -27,13 +27,13 @@ def complete_example() -> str:
 
 @pytest.mark.npm
 def test_the_reference_complete_example_reads_the_readme_of_the_given_path(
-    tmp_path: Path, make_fake_lmstudio: Make, filesystem_server_js: Path, server_tag: str
+    tmp_path: Path, make_fake_lmstudio: Make, filesystem_server_js: Path, process_tag: str
 ) -> None:
     example = complete_example()
     assert NPX_SERVER in example
     # The same server from the pinned local install (no network), tagged for the process check.
     local = (
-        f"command: node\n    env: {{{TAG_VARIABLE}: {server_tag}}}\n"
+        f"command: node\n    env: {{{TAG_VARIABLE}: {process_tag}}}\n"
         f"    args: [{json.dumps(str(filesystem_server_js))}, "
     )
     (tmp_path / "readme-review.yaml").write_text(example.replace(NPX_SERVER, local))
@@ -52,7 +52,7 @@ def test_the_reference_complete_example_reads_the_readme_of_the_given_path(
         "path=proj",
         "--base-url",
         lm.url,
-        tag=server_tag,
+        tag=process_tag,
     )
     assert run.code == 0, run.stderr
     assert_clean(run)

@@ -29,12 +29,19 @@ def test_the_wheel_carries_the_schema_and_the_console_script(tmp_path: Path) -> 
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("lmflow-*.whl")
+    (wheel,) = tmp_path.glob("lmflow_runner-*.whl")  # the distribution lmflow-runner
     with zipfile.ZipFile(wheel) as archive:
-        shipped = archive.read("runner/spec/workflow.schema.json")
-        entry_points = archive.read(
-            next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
-        ).decode()
+        shipped = archive.read("lmflow_runner/spec/workflow.schema.json")
+        names = archive.namelist()
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt")))
     assert shipped == (ROOT / "schemas" / "workflow.schema.json").read_bytes()
-    assert "lmflow = runner.cli:main" in entry_points
-    assert "lmflow = runner.pytest_plugin" in entry_points
+    assert {
+        "lmflow_runner/api.py",
+        "lmflow_runner/commands/run.py",
+        "lmflow_runner/py.typed",
+        "lmflow_runner/report.html.j2",  # lmflow report's page
+    } <= set(names)
+    # The old import name, for the transition (runner/_old_name.py).
+    assert "runner/_old_name.py" in names
+    assert "lmflow = lmflow_runner.cli:main" in entry_points.decode()
+    assert "lmflow = lmflow_runner.pytest_plugin" in entry_points.decode()

@@ -118,11 +118,11 @@ steps:
 
 
 def test_a_run_with_bad_tool_steps_stops_before_any_step_with_exit_3(
-    tmp_path: Path, make_fake_lmstudio: Make, server_tag: str
+    tmp_path: Path, make_fake_lmstudio: Make, process_tag: str
 ) -> None:
     lm: FakeLMStudio = make_fake_lmstudio(script=["never"])
-    file = workflow(tmp_path, BAD_TOOL_STEPS.format(server=fixture(server_tag)))
-    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=server_tag)
+    file = workflow(tmp_path, BAD_TOOL_STEPS.format(server=fixture(process_tag)))
+    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=process_tag)
     assert run.code == 3, run.stderr
     assert_clean(run)
     assert lm.chat_requests == []  # no model request was sent
@@ -138,37 +138,37 @@ def test_a_run_with_bad_tool_steps_stops_before_any_step_with_exit_3(
 
 
 def test_validate_servers_checks_tool_steps_and_stops_the_servers(
-    tmp_path: Path, server_tag: str
+    tmp_path: Path, process_tag: str
 ) -> None:
-    file = workflow(tmp_path, BAD_TOOL_STEPS.format(server=fixture(server_tag)))
-    offline = lmflow(tmp_path, "validate", "--offline", file, tag=server_tag)
+    file = workflow(tmp_path, BAD_TOOL_STEPS.format(server=fixture(process_tag)))
+    offline = lmflow(tmp_path, "validate", "--offline", file, tag=process_tag)
     assert offline.code == 0, offline.stdout + offline.stderr  # the file alone is sound
-    run = lmflow(tmp_path, "validate", "--offline", "--servers", file, tag=server_tag)
+    run = lmflow(tmp_path, "validate", "--offline", "--servers", file, tag=process_tag)
     assert run.code == 3, run.stderr
     assert_clean(run)
     assert f"{file}:8:17: error: step 'first'" in run.stdout
     assert "[tool-argument-unknown]" in run.stdout
     assert "1 file(s) checked: 0 without errors, 1 with errors (3 error(s)" in run.stderr
-    assert wait_until_gone(server_tag) == []  # every server process is gone
+    assert wait_until_gone(process_tag) == []  # every server process is gone
     assert not (tmp_path / ".lmflow").exists()
 
     good = workflow(
         tmp_path,
         f"""
         mcp_servers:
-          fx: {fixture(server_tag)}
+          fx: {fixture(process_tag)}
         steps:
           - {{id: first, tool: fx.echo, with: {{text: hi}}}}
         """,
         name="good.yaml",
     )
-    ok = lmflow(tmp_path, "validate", "--offline", "--servers", good, tag=server_tag)
+    ok = lmflow(tmp_path, "validate", "--offline", "--servers", good, tag=process_tag)
     assert ok.code == 0, ok.stdout + ok.stderr
-    assert wait_until_gone(server_tag) == []
+    assert wait_until_gone(process_tag) == []
 
 
 def test_validate_servers_renders_with_templates_from_the_given_inputs(
-    tmp_path: Path, server_tag: str
+    tmp_path: Path, process_tag: str
 ) -> None:
     file = workflow(
         tmp_path,
@@ -176,33 +176,33 @@ def test_validate_servers_renders_with_templates_from_the_given_inputs(
         inputs:
           word: {{type: string}}
         mcp_servers:
-          fx: {fixture(server_tag)}
+          fx: {fixture(process_tag)}
         steps:
           - {{id: first, tool: fx.add, with: {{a: "{{{{ inputs.word }}}}", b: 1}}}}
         """,
     )
     run = lmflow(
-        tmp_path, "validate", "--offline", "--servers", file, "-i", "word=abc", tag=server_tag
+        tmp_path, "validate", "--offline", "--servers", file, "-i", "word=abc", tag=process_tag
     )
     assert run.code == 3, run.stdout + run.stderr
     assert "argument 'a' of tool 'fx.add': 'abc' is not of type 'number'" in run.stdout
 
 
 def test_a_value_known_only_during_the_run_that_does_not_fit_fails_in_one_line(
-    tmp_path: Path, make_fake_lmstudio: Make, server_tag: str
+    tmp_path: Path, make_fake_lmstudio: Make, process_tag: str
 ) -> None:
     lm = make_fake_lmstudio(script=[])
     file = workflow(
         tmp_path,
         f"""
         mcp_servers:
-          fx: {fixture(server_tag)}
+          fx: {fixture(process_tag)}
         steps:
           - {{id: first, tool: fx.echo, with: {{text: hello}}}}
           - {{id: second, tool: fx.add, with: {{a: "{{{{ steps.first.output.result }}}}", b: 1}}}}
         """,
     )
-    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=server_tag)
+    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=process_tag)
     assert run.code == 1, run.stderr
     assert_clean(run)
     assert (

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import ReplayMissError
+from ..errors import LmflowError, ReplayMissError
+from ..runlog import Sink
 from ..spec import load_workflow
 from . import _options as options
-from ._console import ConsoleView, print_result
+from ._console import print_result, progress_view
 
 if TYPE_CHECKING:
     from ..dryrun import DryStep
@@ -50,6 +52,13 @@ if TYPE_CHECKING:
     "--live-tools", is_flag=True, help="With --replay: call the real MCP servers instead."
 )
 @click.option(
+    "--otel",
+    "otel",
+    metavar="URL",
+    help="Export the run's trace to this OTLP/HTTP endpoint (default: "
+    "OTEL_EXPORTER_OTLP_ENDPOINT when set). Needs the otel extra.",
+)
+@click.option(
     "--resume",
     "resume",
     metavar="RUN_ID|last",
@@ -82,6 +91,7 @@ def command(
     live_tools: bool,
     resume: str | None,
     dry_run: bool,
+    otel: str | None,
 ) -> int:
     """Run WORKFLOW_FILE against LM Studio and the MCP servers it declares.
 
@@ -94,7 +104,8 @@ def command(
     lmflow run wf.yaml --replay cassettes/wf.yaml   # run from them, no LM Studio
     """
     from .. import signals
-    from ..runtime import RunOptions, dry_run_workflow, read_inputs, run_workflow
+    from ..api import RunOptions, run_workflow
+    from ..runtime import dry_run_workflow, read_inputs
 
     workflow = load_workflow(workflow_file)
     if dry_run:
@@ -104,32 +115,34 @@ def command(
             raise click.UsageError(f"--dry-run runs nothing: it cannot take {', '.join(given)}")
         print_dry_run(dry_run_workflow(workflow, read_inputs(inputs_file, pairs)))
         return 0
-    run_options = RunOptions(
-        base_url=base_url,
-        log_path=log_path,
-        write_log=not no_log,
-        require_loaded=require_loaded,
-        load=load_models,
-        refresh=refresh,
-        cache_ttl=cache_ttl,
-        sinks=(ConsoleView(0 if quiet else 2 if verbose else 1),),
-        record=record,
-        replay=replay,
-        rerecord=rerecord,
-        live_tools=live_tools,
-        resume=resume,
-    )
-    raw_inputs = read_inputs(inputs_file, pairs)
-    try:
-        result = signals.run(run_workflow(workflow, raw_inputs, run_options))
-    except ReplayMissError as error:
-        if quiet:  # no step lines were shown: the error tells it all
-            raise
-        # The failed step's line above already showed the whole miss (closest request, diff).
-        headline = error.message.splitlines()[0]
-        raise ReplayMissError(
-            f"{headline} (what differs is shown above)", hint=error.hint
-        ) from None
+    with progress_view(quiet, verbose) as progress, tracing(otel) as traces:
+        run_options = RunOptions(
+            base_url=base_url,
+            log_path=log_path,
+            write_log=not no_log,
+            require_loaded=require_loaded,
+            load=load_models,
+            refresh=refresh,
+            cache_ttl=cache_ttl,
+            sinks=(*progress, *traces),
+            record=record,
+            replay=replay,
+            rerecord=rerecord,
+            live_tools=live_tools,
+            resume=resume,
+        )
+        raw_inputs = read_inputs(inputs_file, pairs)
+        try:
+            result = signals.run(run_workflow(workflow, raw_inputs, run_options))
+        except ReplayMissError as error:
+            if quiet:  # no step lines were shown: the error tells it all
+                raise
+            # The failed step's line above already showed the whole miss (closest request,
+            # diff).
+            headline = error.message.splitlines()[0]
+            raise ReplayMissError(
+                f"{headline} (what differs is shown above)", hint=error.hint
+            ) from None
     return print_result(result, as_json)
 
 
@@ -155,3 +168,28 @@ def print_dry_run(steps: Sequence[DryStep]) -> None:
         "<steps.…> and <item> stand for values known only during the run.",
         err=True,
     )
+
+
+@contextlib.contextmanager
+def tracing(url: str | None) -> Iterator[tuple[Sink, ...]]:
+    """The OpenTelemetry sink when --otel or the standard variable asks for one; the trace
+    is sent when the run is over, however it ended. Without the otel extra, --otel is an
+    error and the variable (perhaps set for other programs) a note."""
+    from ..otel import endpoint_from_environment, trace_sink
+
+    if url is None and endpoint_from_environment() is None:
+        yield ()
+        return
+    try:
+        tracer = trace_sink(url)
+    except LmflowError as error:  # the otel extra is not installed
+        if url is not None:
+            raise
+        click.echo(f"note: {error.message}; the run is not traced\n  hint: {error.hint}", err=True)
+        yield ()
+        return
+    try:
+        yield (tracer,)
+    finally:
+        if not tracer.close():
+            click.echo(f"warning: the trace was not exported: {tracer.failure}", err=True)

@@ -1,0 +1,108 @@
+"""The public Python API: load a workflow, run it, read the result (docs/api.md).
+
+`lmflow run`, the pytest plugin and any script go through these few names; the engine
+behind them (runtime, executor, agent) may change without breaking a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from . import spec
+from .chat import Usage
+from .executor import RunResult
+from .executor import StepRecord as StepResult
+from .runtime import PreparedRun, RunOptions, begin, execute, parts_for
+from .spec.model import Workflow
+
+__all__ = [
+    "RunOptions",
+    "StepResult",
+    "WorkflowResult",
+    "load_workflow",
+    "run_workflow",
+    "run_workflow_sync",
+]
+
+
+@dataclass(frozen=True)
+class WorkflowResult:
+    """How a run ended, with attributes all the way down: `result.steps["x"].output`."""
+
+    run_id: str
+    run_dir: Path | None
+    """Where events.jsonl and result.json are (None when the run wrote no log)."""
+    started_at: str
+    """ISO 8601 UTC, to the second: the `run.started_at` templates saw."""
+    workflow: str
+    status: str
+    """`succeeded`, `failed` (a step failed), `interrupted` or `error` (docs/runlog.md)."""
+    inputs: Mapping[str, Any]
+    outputs: Mapping[str, Any]
+    steps: Mapping[str, StepResult]
+    """By step id, in run order."""
+    error: str | None
+    duration: float
+    usage: Usage
+    _result: RunResult = field(repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of result.json and `lmflow run --json`."""
+        return self._result.as_dict()
+
+    @classmethod
+    def of(cls, run: PreparedRun, result: RunResult) -> WorkflowResult:
+        return cls(
+            run_id=result.run_id,
+            run_dir=run.run_dir if run.writer is not None else None,
+            started_at=str(run.context["run"]["started_at"]),
+            workflow=result.workflow,
+            status=result.status,
+            inputs=MappingProxyType(dict(result.inputs)),
+            outputs=MappingProxyType(dict(result.outputs)),
+            steps=MappingProxyType({step.id: step for step in result.steps}),
+            error=result.error,
+            duration=result.duration,
+            usage=result.usage,
+            _result=result,
+        )
+
+
+def load_workflow(path: str | os.PathLike[str]) -> Workflow:
+    """Read and validate a workflow file; an invalid one raises `WorkflowInvalidError` with
+    every problem and its file:line:col (`error.problems`)."""
+    return spec.load_workflow(Path(path))
+
+
+async def run_workflow(
+    workflow: Workflow | str | os.PathLike[str],
+    inputs: Mapping[str, Any] | None = None,
+    options: RunOptions | None = None,
+) -> WorkflowResult:
+    """Run a workflow (or the file at that path) once. A failed step is a result
+    (`status == "failed"`); an environment that is not ready raises an `LmflowError`."""
+    if not isinstance(workflow, Workflow):
+        workflow = load_workflow(workflow)
+    options = options or RunOptions()
+    run, reuse = begin(workflow, inputs or {}, options)
+    result = await execute(run, parts_for(run, options), reuse)
+    return WorkflowResult.of(run, result)
+
+
+def run_workflow_sync(
+    workflow: Workflow | str | os.PathLike[str],
+    inputs: Mapping[str, Any] | None = None,
+    options: RunOptions | None = None,
+) -> WorkflowResult:
+    """`run_workflow` for code without an event loop of its own."""
+    return asyncio.run(run_workflow(workflow, inputs, options))
