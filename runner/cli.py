@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "tools": "runner.commands.tools:command",
     "agent": "runner.commands.agent:command",
     "runs": "runner.commands.runs:command",
+    "serve": "runner.commands.serve:command",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -39,6 +40,7 @@ SHORT_HELP: dict[str, str] = {
     "tools": "List the MCP tools a workflow's servers offer.",
     "agent": "Run the agent engine once, without a workflow file.",
     "runs": "Show the history of runs.",
+    "serve": "Serve workflows and a local agent as MCP tools.",
 }
 
 
