@@ -26,7 +26,7 @@ from mcp.shared.exceptions import MCPError
 from . import api, serve_tools
 from .errors import LmflowError
 from .runlog import Event
-from .spec import check_file, parse_document, validate_document
+from .spec import Problem, check_file, parse_document, validate_document
 from .spec.model import McpServer, Workflow
 
 Report = Callable[[str], None]
@@ -119,41 +119,33 @@ class LmflowTools:
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         arguments = dict(params.arguments or {})
+        built_in = {t.name: t for t in serve_tools.built_in_tools(self.settings.agent_servers)}
         try:
-            if params.name in self.workflows:
+            if params.name in self.workflows:  # the run checks its inputs like -i values
                 return await self._run(ctx, self.workflows[params.name], arguments)
+            if params.name not in built_in:
+                raise MCPError(code=types.INVALID_PARAMS, message=f"unknown tool {params.name!r}")
+            serve_tools.check_arguments(built_in[params.name].input_schema, arguments)
             if params.name == serve_tools.AGENT:
                 return await self._run(ctx, self._agent_workflow(arguments), {})
             if params.name == serve_tools.MODELS:
                 catalog = await api.list_models(
-                    self.settings.base_url, refresh=bool(arguments.get("refresh"))
+                    self.settings.base_url, refresh=arguments.get("refresh", False)
                 )
                 return serve_tools.models_result(catalog)
-            if params.name == serve_tools.VALIDATE:
-                return serve_tools.problems_result(_problems(str(arguments.get("workflow", ""))))
+            return serve_tools.problems_result(_problems(arguments["workflow"]))
         except LmflowError as error:
             return serve_tools.error_result(error)
-        raise MCPError(code=types.INVALID_PARAMS, message=f"unknown tool {params.name!r}")
 
     def _agent_workflow(self, arguments: Mapping[str, Any]) -> Workflow:
-        task = arguments.get("task")
-        if not isinstance(task, str) or not task.strip():
-            raise LmflowError("input 'task' is required: what the model should do")
-        servers = arguments.get("servers") or []
-        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
-            raise LmflowError("input 'servers' must be a list of server names")
-        max_rounds = arguments.get("max_rounds")
-        if max_rounds is not None and (
-            not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1
-        ):
-            raise LmflowError("input 'max_rounds' must be an integer of at least 1")
+        """The one-step workflow of an `agent` call (arguments already checked)."""
         return api.agent_workflow(
-            task,
+            arguments["task"],
             model=arguments.get("model"),
             servers=self.settings.servers,
-            use=servers,
+            use=arguments.get("servers", ()),
             system=arguments.get("system"),
-            max_rounds=max_rounds,
+            max_rounds=arguments.get("max_rounds"),
             base=self.settings.agent_base,
         )
 
@@ -181,11 +173,16 @@ class LmflowTools:
         return serve_tools.run_result(result)
 
 
-def _problems(workflow: str) -> list[Any]:
+def _problems(workflow: str) -> list[Problem]:
     """The problems of a workflow given as a path to its file or as its YAML text."""
-    candidate = Path(workflow.strip()) if "\n" not in workflow.strip() else None
-    if candidate is not None and candidate.suffix in (".yaml", ".yml") and candidate.is_file():
-        return check_file(candidate)[1]
+    candidate = Path(workflow.strip())
+    if "\n" not in workflow.strip() and candidate.suffix in (".yaml", ".yml"):
+        try:
+            is_file = candidate.is_file()
+        except OSError:  # a name too long for a path, say: then it is text
+            is_file = False
+        if is_file:
+            return check_file(candidate)[1]
     return validate_document(parse_document(workflow, "<workflow>"))
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 
+from .errors import InputError
 from .spec.model import Workflow, thawed
 
 if TYPE_CHECKING:
@@ -146,6 +147,19 @@ def built_in_tools(servers: Sequence[str]) -> list[types.Tool]:
             },
         ),
     ]
+
+
+def check_arguments(schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> None:
+    """A built-in tool's arguments against its input schema: every problem, each naming
+    its input, as an InputError (a tool error, no run started)."""
+    from jsonschema import Draft202012Validator
+
+    problems = []
+    for error in Draft202012Validator(schema).iter_errors(dict(arguments)):
+        where = f"input {error.path[0]!r}: " if error.path else ""
+        problems.append(where + error.message)
+    if problems:
+        raise InputError("; ".join(problems), hint="the tool's inputSchema lists its inputs")
 
 
 def text(content: str) -> list[types.ContentBlock]:

@@ -20,8 +20,9 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from fakes.lmstudio import FakeLMStudio
-from mcp import Client, StdioServerParameters
+from mcp import Client, MCPError, StdioServerParameters
 from mcp_support import (
     FIXTURE_SERVER,
     TAG_VARIABLE,
@@ -290,6 +291,18 @@ def test_models_agent_and_validate(tmp_path: Path, make_fake_lmstudio: Any) -> N
             )
             assert missing.is_error
             assert "did you mean 'qwen/qwen3-coder-30b'" in missing.content[0].text  # type: ignore[union-attr]
+
+            no_task = await client.call_tool("agent", {"servers": ["fix"]})
+            assert no_task.is_error
+            assert "'task' is a required property" in no_task.content[0].text  # type: ignore[union-attr]
+            bad_server = await client.call_tool("agent", {"task": "x", "servers": ["nope"]})
+            assert bad_server.is_error
+            assert "input 'servers': 'nope' is not one of ['fix']" in bad_server.content[0].text  # type: ignore[union-attr]
+            with pytest.raises(MCPError, match="unknown tool 'nope'"):
+                await client.call_tool("nope", {})
+            long_line = await client.call_tool("validate", {"workflow": "x" * 5000 + ".yaml"})
+            assert long_line.structured_content is not None
+            assert long_line.structured_content["valid"] is False
 
             checked = await client.call_tool("validate", {"workflow": BROKEN})
             assert checked.structured_content is not None
