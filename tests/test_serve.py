@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from mcp_support import (
     free_port,
     new_tag,
     tagged_processes,
+    wait_for_port,
     wait_until_gone,
 )
 
@@ -416,16 +416,7 @@ def http_serve(
         env={**os.environ, **(env or {})},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    raise RuntimeError(process.communicate()[1].decode()) from None
-                time.sleep(0.1)
+        wait_for_port(port, process, "lmflow serve --http", within=60)
         yield f"http://127.0.0.1:{port}/mcp", process
     finally:
         process.terminate()

@@ -3,7 +3,6 @@ tools of an MCP server, over stdio (default) or streamable HTTP (docs/serve.md).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,6 +118,8 @@ def _settings(
 
 def _address(http: str, token_env: str | None) -> tuple[str, int, str | None]:
     """(host, port, token) from `--http HOST:PORT` and `--token-env NAME`."""
+    from ..lmstudio import is_loopback
+
     host, sep, port_text = http.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
@@ -133,21 +134,12 @@ def _address(http: str, token_env: str | None) -> tuple[str, int, str | None]:
                 f"--token-env {token_env}: the variable is not set",
                 hint=f"export {token_env}=<a long random secret> before starting serve",
             )
-    elif not _is_loopback(host):
+    elif not is_loopback(f"http://{http}"):
         raise ConfigurationError(
             f"--http {http}: serving beyond this machine needs a token",
             hint="pass --token-env NAME (a variable holding the bearer token clients send)",
         )
     return host, int(port_text), token
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _report(message: str) -> None:
