@@ -96,8 +96,8 @@ def _settings(
 ) -> ServeSettings:
     from ..api import load_workflow
     from ..serve import ServeSettings
-    from ..server_files import MCP_JSON, read_mcp_json
     from ..spec.model import McpServer
+    from ..spec.server_files import MCP_JSON, read_mcp_json
 
     default = directory / MCP_JSON
     servers_file = servers_file or (default if default.is_file() else None)

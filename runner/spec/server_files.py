@@ -1,5 +1,6 @@
 """MCP servers users already declared for other clients: a `.mcp.json` file (the format
-Claude Code, Cursor and LM Studio's mcp.json share), read into lmflow's server settings.
+Claude Code, Cursor and LM Studio's mcp.json share), read into lmflow's server settings,
+whole (`lmflow serve --servers`) or one by name (`mcp_servers: {fs: {from: lmstudio}}`).
 
 `${NAME}` in a value becomes the template `{{ env.NAME }}`, so the value is read from the
 environment when a run starts and masked in its log like any `env.*` value of a workflow.
@@ -13,10 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
-from .spec.model import HttpServer, McpServer, StdioServer
+from ..errors import ConfigurationError
+from .model import HttpServer, McpServer, StdioServer
+from .schema import did_you_mean
 
 MCP_JSON = ".mcp.json"
+SOURCES = ("lmstudio", "project")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -37,6 +40,35 @@ def read_mcp_json(path: Path) -> dict[str, McpServer]:
             hint='write {"mcpServers": {"name": {"command": "...", "args": []}}}',
         )
     return {name: _server(path, str(name), entry) for name, entry in servers.items()}
+
+
+def source_file(source: str, workflow: Path) -> Path | None:
+    """`lmstudio`: LM Studio's ~/.lmstudio/mcp.json; `project`: the nearest .mcp.json at or
+    above the workflow's folder (None when there is none)."""
+    if source == "lmstudio":
+        return Path.home() / ".lmstudio" / "mcp.json"
+    folder = workflow.resolve().parent
+    return next((f / MCP_JSON for f in (folder, *folder.parents) if (f / MCP_JSON).is_file()), None)
+
+
+def imported_server(source: str, name: str, workflow: Path) -> McpServer:
+    """The server `name` of the file `source` names, for the workflow at `workflow`; a file
+    that is missing or does not declare it is exit 2, with the names it does declare."""
+    path = source_file(source, workflow)
+    if path is None or not path.is_file():
+        where = path or f"{MCP_JSON} in {workflow.resolve().parent} or above"
+        raise ConfigurationError(
+            f"server {name!r} is to come from {where}, which does not exist",
+            hint="declare the server there, or here with `command:` or `url:`",
+        )
+    servers = read_mcp_json(path)
+    if name not in servers:
+        suggestion = did_you_mean(name, list(servers))
+        raise ConfigurationError(
+            f"{path} declares no server {name!r}" + (f"; {suggestion}" if suggestion else ""),
+            hint=f"servers in it: {', '.join(servers) or 'none'}",
+        )
+    return servers[name]
 
 
 def _server(path: Path, name: str, entry: Any) -> McpServer:
