@@ -24,7 +24,7 @@ from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 
 from . import api, serve_tools
-from .errors import LmflowError
+from .errors import InputError, LmflowError
 from .runlog import Event
 from .spec import Problem, check_file, parse_document, validate_document
 from .spec.model import McpServer, Workflow
@@ -139,6 +139,13 @@ class LmflowTools:
 
     def _agent_workflow(self, arguments: Mapping[str, Any]) -> Workflow:
         """The one-step workflow of an `agent` call (arguments already checked)."""
+        base = self.settings.agent_base
+        if "model" not in arguments and (base is None or base.defaults.model is None):
+            raise InputError(
+                "input 'model' is required: serve has no default model",
+                hint="pass a model id from the `models` tool, or start serve with --servers "
+                "FILE whose workflow sets defaults.model",
+            )
         return api.agent_workflow(
             arguments["task"],
             model=arguments.get("model"),
@@ -146,7 +153,7 @@ class LmflowTools:
             use=arguments.get("servers", ()),
             system=arguments.get("system"),
             max_rounds=arguments.get("max_rounds"),
-            base=self.settings.agent_base,
+            base=base,
         )
 
     async def _run(

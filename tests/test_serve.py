@@ -295,6 +295,9 @@ def test_models_agent_and_validate(tmp_path: Path, make_fake_lmstudio: Any) -> N
             no_task = await client.call_tool("agent", {"servers": ["fix"]})
             assert no_task.is_error
             assert "'task' is a required property" in no_task.content[0].text  # type: ignore[union-attr]
+            no_model = await client.call_tool("agent", {"task": "x"})
+            assert no_model.is_error
+            assert "input 'model' is required" in no_model.content[0].text  # type: ignore[union-attr]
             bad_server = await client.call_tool("agent", {"task": "x", "servers": ["nope"]})
             assert bad_server.is_error
             assert "input 'servers': 'nope' is not one of ['fix']" in bad_server.content[0].text  # type: ignore[union-attr]
