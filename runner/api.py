@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import spec
 from .chat import Usage
 from .executor import RunResult
 from .executor import StepRecord as StepResult
-from .runtime import PreparedRun, RunOptions, begin, execute, parts_for
-from .spec.model import Workflow
+from .runtime import PreparedRun, RunOptions, begin, execute, one_off_workflow, parts_for
+from .spec.model import McpServer, Workflow
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 __all__ = [
     "RunOptions",
     "StepResult",
     "WorkflowResult",
+    "agent_workflow",
+    "list_models",
     "load_workflow",
     "run_workflow",
     "run_workflow_sync",
@@ -106,3 +111,37 @@ def run_workflow_sync(
 ) -> WorkflowResult:
     """`run_workflow` for code without an event loop of its own."""
     return asyncio.run(run_workflow(workflow, inputs, options))
+
+
+def agent_workflow(
+    task: str,
+    *,
+    model: str | None = None,
+    servers: Mapping[str, McpServer] | None = None,
+    use: Sequence[str] = (),
+    system: str | None = None,
+    max_rounds: int | None = None,
+    base: Workflow | None = None,
+) -> Workflow:
+    """The one-step workflow `lmflow agent` runs: a model does `task` with the tools of the
+    servers named in `use` (declared in `servers` or in `base`, whose models and LM Studio
+    settings it also takes). Run it with `run_workflow` like any other."""
+    return one_off_workflow(
+        task,
+        model=model,
+        servers=servers or {},
+        use=use,
+        system=system,
+        max_rounds=max_rounds,
+        base=base,
+    )
+
+
+async def list_models(base_url: str | None = None, *, refresh: bool = False) -> Catalog:
+    """What the LM Studio server has, loaded or not, with tool-use capability (the model list
+    `lmflow models` prints; cached like it)."""
+    from .catalog import model_cache_ttl
+    from .lmstudio import resolve_server
+    from .preflight import fetch_catalog
+
+    return await fetch_catalog(resolve_server(base_url), ttl=model_cache_ttl(None), refresh=refresh)

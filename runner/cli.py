@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "agent": "runner.commands.agent:command",
     "runs": "runner.commands.runs:command",
     "report": "runner.commands.report:command",
+    "serve": "runner.commands.serve:command",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -43,6 +44,7 @@ SHORT_HELP: dict[str, str] = {
     "agent": "Run the agent engine once, without a workflow file.",
     "runs": "Show the history of runs.",
     "report": "Write an HTML page of a run.",
+    "serve": "Serve workflows and a local agent as MCP tools.",
 }
 
 

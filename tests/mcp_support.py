@@ -98,6 +98,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], what: str, within: float = 30.0
+) -> None:
+    """Wait until `process` accepts connections on 127.0.0.1:`port`; if it exits first or
+    the port is still closed after `within` seconds, kill it and raise with its stderr."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                _, err = process.communicate()
+                raise RuntimeError(f"{what} did not start:\n{err.decode()}") from None
+            time.sleep(0.05)
+
+
 @contextmanager
 def http_fixture(*args: str, tag: str = "") -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The fixture server on streamable HTTP at a free loopback port: (url, process).
@@ -114,19 +132,7 @@ def http_fixture(*args: str, tag: str = "") -> Iterator[tuple[str, subprocess.Po
         env=env,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    _, err = process.communicate()
-                    raise RuntimeError(
-                        f"HTTP fixture server did not start:\n{err.decode()}"
-                    ) from None
-                time.sleep(0.05)
+        wait_for_port(port, process, "HTTP fixture server")
         yield f"http://127.0.0.1:{port}/mcp", process
     finally:
         process.kill()

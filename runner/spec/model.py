@@ -7,7 +7,7 @@ their own. Everything is frozen: the executor and the engine read it and never w
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -324,12 +324,24 @@ def _named(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {name: value for name, value in data.get(key, {}).items() if not is_note(name)}
 
 
-def _server(name: str, data: Mapping[str, Any]) -> McpServer:
+def _server(name: str, data: Mapping[str, Any], workflow: Path) -> McpServer:
     timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
     max_result_chars = data.get("max_result_chars", DEFAULT_MAX_RESULT_CHARS)
     startup = (
         {"startup_timeout": float(data["startup_timeout"])} if "startup_timeout" in data else {}
     )
+    if "from" in data:  # declared for other MCP clients; this file sets only the limits
+        from .server_files import imported_server
+
+        imported = imported_server(data["from"], data.get("name", name), workflow)
+        return replace(
+            imported,
+            name=name,
+            timeout=timeout,
+            max_result_chars=max_result_chars,
+            startup_timeout=startup.get("startup_timeout", imported.startup_timeout),
+            max_concurrent_calls=data.get("max_concurrent_calls"),
+        )
     if "url" in data:
         return HttpServer(
             name,
@@ -441,7 +453,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
             {name: _input(name, spec) for name, spec in _named(data, "inputs").items()}
         ),
         mcp_servers=MappingProxyType(
-            {name: _server(name, spec) for name, spec in _named(data, "mcp_servers").items()}
+            {name: _server(name, spec, path) for name, spec in _named(data, "mcp_servers").items()}
         ),
         steps=tuple(_step(i, s) for i, s in enumerate(data["steps"])),
         outputs=frozen(_named(data, "outputs")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -206,6 +207,7 @@ class _Checker:
             self._check_field(template, allow_steps=False)
         for name, spec in self.servers.items():
             spec = _dict(spec)
+            self._check_imported_server(name, spec)
             url = _str(spec.get("url"))
             if url and URL_PASSWORD.search(url):
                 self.report(
@@ -219,6 +221,23 @@ class _Checker:
                 for key, value in _dict(spec.get(table)).items():
                     if isinstance(value, str):
                         self._check_secret(("mcp_servers", name, table, key), key, value, table)
+
+    def _check_imported_server(self, name: str, spec: dict[str, Any]) -> None:
+        """A `from:` server must be in the file it names (a wrong `from:` or `name:` is the
+        schema's to report)."""
+        from ..errors import ConfigurationError
+        from .server_files import SOURCES, imported_server
+
+        source, other_name = spec.get("from"), spec.get("name", name)
+        if source not in SOURCES or not isinstance(other_name, str):
+            return
+        try:
+            imported_server(source, other_name, Path(self.source.path))
+        except ConfigurationError as error:
+            key = "name" if "name" in spec else "from"
+            self.report(
+                ("mcp_servers", name, key), error.message, "unknown-imported-server", error.hint
+            )
 
     def _check_secret(self, path: JsonPath, key: str, value: str, table: str) -> None:
         if templating.is_template(value) or not value.strip():
