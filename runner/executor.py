@@ -13,7 +13,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -276,14 +276,22 @@ def render_servers(
                 args=tuple(text(f"args[{i}]", a) for i, a in enumerate(server.args)),
                 env={k: text(f"env.{k}", v) for k, v in server.env.items()},
                 cwd=text("cwd", server.cwd) if server.cwd else None,
+                roots=_render_roots(server.roots, text),
             )
         elif isinstance(server, HttpServer):
             rendered[name] = replace(
                 server,
                 url=text("url", server.url),
                 headers={k: text(f"headers.{k}", v) for k, v in server.headers.items()},
+                roots=_render_roots(server.roots, text),
             )
     return rendered
+
+
+def _render_roots(
+    roots: tuple[str, ...] | None, text: Callable[[str, str], str]
+) -> tuple[str, ...] | None:
+    return None if roots is None else tuple(text(f"roots[{i}]", r) for i, r in enumerate(roots))
 
 
 def _render_setting(server: str, field: str, value: str, *, context: Mapping[str, Any]) -> str:

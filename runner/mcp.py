@@ -35,7 +35,6 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import (
     CONNECTION_CLOSED,
-    REQUEST_TIMEOUT,
     CallToolResult,
     EmbeddedResource,
     ResourceLink,
@@ -46,6 +45,7 @@ from mcp.types import (
 
 from .chat import ToolResult, ToolSpec
 from .errors import MCPServerError
+from .mcp_handlers import EventSink, ServerHandlers
 from .results import capped
 from .spec.model import DEFAULT_MAX_RESULT_CHARS, HttpServer, McpServer, StdioServer, thawed
 from .stdio_server import stdio_transport
@@ -56,6 +56,10 @@ PROTOCOL_MODE = "legacy"
 STDERR_TAIL_LINES = 20
 _STDERR_TAIL_BYTES = 8192
 _MAX_TOOL_PAGES = 1000
+_CLOSED_MESSAGE = "Connection closed"
+"""The SDK's message when the connection itself is gone. It uses the same code, -32000, for
+a request that failed on a connection that lives on (an SSE stream that broke, an event
+over the size limit): those keep their message and are tool errors."""
 
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NOT_IN_FUNCTION_NAME = re.compile(r"[^a-zA-Z0-9_-]")
@@ -69,6 +73,7 @@ class _Connection:
     server: McpServer
     stderr_path: Path | None
     client: Client | None = None
+    handlers: ServerHandlers | None = None
     tools: list[Tool] = field(default_factory=list)
     alive: bool = False
     failure: str | None = None
@@ -91,6 +96,11 @@ class McpSessions:
 
     `started` holds stdio server processes spawned earlier (`runtime.early_servers`), so
     they boot while the run checks its models; the sessions attach to them.
+
+    What servers send on their own (progress, log messages, requests to the client) is
+    answered by runner/mcp_handlers.py; its events go to `emit` (the run log's). A server's
+    `roots` are relative to `workflow_dir`, which is also the one root of a server that
+    names none.
     """
 
     def __init__(
@@ -100,9 +110,13 @@ class McpSessions:
         log_dir: Path | None = None,
         redact: Callable[[str], str] | None = None,
         started: Mapping[str, Process] | None = None,
+        emit: EventSink | None = None,
+        workflow_dir: Path | None = None,
     ) -> None:
         self._servers = dict(servers)
         self._log_dir = log_dir
+        self._emit = emit
+        self._workflow_dir = workflow_dir
         self._redact = redact or _unchanged
         self._started = dict(started or {})
         self._connections: dict[str, _Connection] = {}
@@ -126,6 +140,8 @@ class McpSessions:
                     connection = _Connection(
                         name, server, stderr if isinstance(server, StdioServer) else None
                     )
+                    if connection.stderr_path is not None:
+                        connection.stderr_path.write_text("")  # appended to from here on
                     self._connections[name] = connection
                     starters.start_soon(self._start, owners, connection, failures)
             if failures:
@@ -146,7 +162,8 @@ class McpSessions:
         await self._stack.aclose()
 
     def tools(self, server: str) -> list[Tool]:
-        """Every tool the server offers (all pages), as the SDK describes them."""
+        """Every tool the server offers that lmflow can call (all pages, the newest list
+        when the server said it changed), as the SDK describes them."""
         return list(self._connection(server).tools)
 
     def toolbox(
@@ -170,27 +187,34 @@ class McpSessions:
         connection = self._connection(server)
         if not connection.alive or connection.client is None:
             raise self._stopped(connection)
+        assert connection.handlers is not None
         timeout = connection.server.timeout
-        try:
-            result = await connection.client.call_tool(
-                tool, thawed(dict(arguments)), read_timeout_seconds=timeout
-            )
-        except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED or not connection.alive:
-                raise self._stopped(connection, exc) from exc
-            if exc.code == REQUEST_TIMEOUT:
-                text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
-            else:
+        # Our own deadline, not the SDK's read timeout: progress may move it (abandoning the
+        # call sends the server notifications/cancelled all the same).
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as deadline:
+            extend = deadline if connection.server.progress_extends_timeout else None
+            try:
+                result = await connection.client.call_tool(
+                    tool,
+                    thawed(dict(arguments)),
+                    progress_callback=connection.handlers.progress(tool, extend, timeout),
+                )
+            except MCPError as exc:
+                if _connection_gone(exc) or not connection.alive:
+                    raise self._stopped(connection, exc) from exc
                 text = f"tool {tool!r} of MCP server {server!r} failed: {exc.message}"
-            return ToolResult(self._redact(f"{text} (MCP error {exc.code})"), is_error=True)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise self._stopped(connection, exc) from exc
-        except RuntimeError as exc:
-            # The SDK's check of structured content against the tool's output schema, or a
-            # client that closed under the call.
-            if not connection.alive:
+                return ToolResult(self._redact(f"{text} (MCP error {exc.code})"), is_error=True)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
                 raise self._stopped(connection, exc) from exc
-            text = f"tool {tool!r} of MCP server {server!r}: {exc}"
+            except RuntimeError as exc:
+                # The SDK's check of structured content against the tool's output schema, or
+                # a client that closed under the call.
+                if not connection.alive:
+                    raise self._stopped(connection, exc) from exc
+                text = f"tool {tool!r} of MCP server {server!r}: {exc}"
+                return ToolResult(self._redact(text), is_error=True)
+        if deadline.cancelled_caught:
+            text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
             return ToolResult(self._redact(text), is_error=True)
         return _tool_result(result)
 
@@ -228,8 +252,9 @@ class McpSessions:
         started = False
         try:
             async with AsyncExitStack() as stack:
+                connection.handlers = self._handlers(connection)
                 client = await stack.enter_async_context(await self._client(connection, stack))
-                connection.tools = await _list_all_tools(client)
+                connection.tools = await _list_callable_tools(client)
                 connection.client = client
                 connection.alive = True
                 task_status.started()
@@ -243,18 +268,44 @@ class McpSessions:
                 raise
             connection.failure = _reason(exc)
 
+    def _handlers(self, connection: _Connection) -> ServerHandlers:
+        async def refresh_tools() -> None:
+            if connection.client is not None:
+                connection.tools = await _list_callable_tools(connection.client)
+
+        return ServerHandlers(
+            connection.name,
+            connection.server,
+            emit=self._emit,
+            redact=self._redact,
+            log_file=connection.stderr_path,
+            roots=self._roots(connection.server),
+            tools_changed=refresh_tools,
+        )
+
+    def _roots(self, server: McpServer) -> list[Path]:
+        base = self._workflow_dir or Path.cwd()
+        if server.roots is None:
+            return [base.resolve()] if self._workflow_dir is not None else []
+        return [(base / root).resolve() for root in server.roots]
+
     async def _client(self, connection: _Connection, stack: AsyncExitStack) -> Client:
         server = connection.server
+        assert connection.handlers is not None
+        options = connection.handlers.client_options()
         if isinstance(server, HttpServer):
             http = await stack.enter_async_context(
                 create_mcp_http_client(headers=dict(server.headers))
             )
-            return Client(streamable_http_client(server.url, http_client=http), mode=PROTOCOL_MODE)
+            transport = streamable_http_client(
+                server.url, http_client=http, max_sse_event_size=server.max_message_bytes
+            )
+            return Client(transport, mode=PROTOCOL_MODE, **options)
         assert connection.stderr_path is not None
-        transport = stdio_transport(
+        stdio = stdio_transport(
             server, connection.stderr_path, self._redact, self._started.pop(connection.name, None)
         )
-        return Client(transport, mode=PROTOCOL_MODE)
+        return Client(stdio, mode=PROTOCOL_MODE, **options)
 
     def _stopped(self, connection: _Connection, exc: BaseException | None = None) -> MCPServerError:
         if connection.failure is not None:
@@ -399,17 +450,22 @@ def _allowed(
     return [item for item, key in zip(offered, keys, strict=True) if wanted.intersection(key)]
 
 
-async def _list_all_tools(client: Client) -> list[Tool]:
-    """Every page of the tool list: the SDK returns one page per call."""
+async def _list_callable_tools(client: Client) -> list[Tool]:
+    """Every page of the tool list (the SDK returns one page per call), without the tools
+    that can only be called as tasks: lmflow does not call tasks, so it must not offer them."""
     tools: list[Tool] = []
     cursor: str | None = None
     for _ in range(_MAX_TOOL_PAGES):
         page = await client.list_tools(cursor=cursor)
-        tools.extend(page.tools)
+        tools.extend(tool for tool in page.tools if not _task_only(tool))
         cursor = page.next_cursor
         if not cursor:
             return tools
     raise RuntimeError(f"the tool list did not end after {_MAX_TOOL_PAGES} pages")
+
+
+def _task_only(tool: Tool) -> bool:
+    return tool.execution is not None and tool.execution.task_support == "required"
 
 
 def _tool_result(result: CallToolResult) -> ToolResult:
@@ -448,10 +504,17 @@ def _reason(exc: BaseException) -> str:
         return f"working directory not found: {exc.filename} (check cwd in its settings)"
     if isinstance(exc, FileNotFoundError):
         return f"command not found: {exc.filename or exc}"
-    if isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED:
+    if isinstance(exc, MCPError) and _connection_gone(exc):
         return "the server closed the connection (did it exit?)"
+    if isinstance(exc, MCPError):
+        return f"{exc.message} (MCP error {exc.code})"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _connection_gone(exc: MCPError) -> bool:
+    """The connection itself is gone, not just one request on it (see `_CLOSED_MESSAGE`)."""
+    return exc.code == CONNECTION_CLOSED and exc.message == _CLOSED_MESSAGE
 
 
 def _tail(path: Path) -> list[str]:

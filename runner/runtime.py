@@ -187,6 +187,9 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
             line=where.line,
         )
     async with LMStudioClient.from_config(server) as client:
+        if not any(isinstance(step, AgentStep) for step in run.workflow.steps):
+            yield client  # only tool steps: no model to check, LM Studio need not run
+            return
         warnings = await verify_models(
             run.workflow,
             server,
@@ -223,7 +226,12 @@ async def live_tools(
     log_dir = run.run_dir if run.writer is not None else None
     # The redactor knows every `env` value the servers hold: SecretEnv told it (prepare).
     async with McpSessions(
-        servers, log_dir=log_dir, redact=run.log.redactor.text, started=started
+        servers,
+        log_dir=log_dir,
+        redact=run.log.redactor.text,
+        started=started,
+        emit=run.log.emit,
+        workflow_dir=run.workflow.path.resolve().parent,
     ) as sessions:
         check_allow_lists(run.workflow, sessions)
         yield sessions
@@ -427,7 +435,9 @@ async def list_tools(
 
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
-    async with McpSessions(servers, redact=run.log.redactor.text) as sessions:
+    async with McpSessions(
+        servers, redact=run.log.redactor.text, workflow_dir=workflow.path.resolve().parent
+    ) as sessions:
         return {
             name: [(tool.name, tool.description or "") for tool in sessions.tools(name)]
             for name in servers

@@ -18,6 +18,7 @@ from .source import JsonPath, Position, SourceMap
 if TYPE_CHECKING:
     from .plan import Plan
 
+ElicitationPolicy = Literal["decline", "accept_defaults", "answers"]
 InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
 
 DEFAULT_BASE_URL = "http://localhost:1234"
@@ -32,6 +33,9 @@ makes the request fail or pushes the task out of the model's view."""
 # server is already running, so a slow handshake there means something is wrong.
 DEFAULT_STDIO_STARTUP_TIMEOUT = 30.0
 DEFAULT_HTTP_STARTUP_TIMEOUT = 10.0
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""The largest message an HTTP server may send in one server-sent event: the SDK's own cap
+(1 MiB) would fail any larger tool result, while stdio results have no cap at all."""
 DEFAULT_CONCURRENCY = 4
 """Steps or items at once: LM Studio serves 4 requests in parallel by default."""
 
@@ -111,6 +115,14 @@ class StdioServer:
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
     startup_timeout: float = DEFAULT_STDIO_STARTUP_TIMEOUT
     max_concurrent_calls: int | None = None
+    progress_extends_timeout: bool = True
+    """A progress notification from the server starts the call's `timeout` afresh."""
+    roots: tuple[str, ...] | None = None
+    """Directories the server is told it may work in; None: the workflow's directory."""
+    elicitation: ElicitationPolicy = "decline"
+    """How lmflow answers the server's questions: nobody is there to ask."""
+    elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    """The answers of the `answers` policy, by field name."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,11 @@ class HttpServer:
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
     startup_timeout: float = DEFAULT_HTTP_STARTUP_TIMEOUT
     max_concurrent_calls: int | None = None
+    progress_extends_timeout: bool = True
+    roots: tuple[str, ...] | None = None
+    elicitation: ElicitationPolicy = "decline"
+    elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 McpServer = StdioServer | HttpServer
@@ -279,9 +296,10 @@ def _named(data: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _server(name: str, data: Mapping[str, Any]) -> McpServer:
     timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
     max_result_chars = data.get("max_result_chars", DEFAULT_MAX_RESULT_CHARS)
-    startup = (
+    startup: dict[str, Any] = (
         {"startup_timeout": float(data["startup_timeout"])} if "startup_timeout" in data else {}
     )
+    client = _client_settings(data)
     if "url" in data:
         return HttpServer(
             name,
@@ -291,6 +309,8 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
             max_result_chars=max_result_chars,
             **startup,
             max_concurrent_calls=data.get("max_concurrent_calls"),
+            **client,
+            max_message_bytes=data.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
         )
     return StdioServer(
         name,
@@ -302,7 +322,20 @@ def _server(name: str, data: Mapping[str, Any]) -> McpServer:
         max_result_chars=max_result_chars,
         **startup,
         max_concurrent_calls=data.get("max_concurrent_calls"),
+        **client,
     )
+
+
+def _client_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings for what a server may ask of lmflow, common to stdio and HTTP."""
+    elicitation = data.get("elicitation", "decline")
+    answers = elicitation.get("answers", {}) if isinstance(elicitation, Mapping) else {}
+    return {
+        "progress_extends_timeout": data.get("progress_extends_timeout", True),
+        "roots": tuple(data["roots"]) if "roots" in data else None,
+        "elicitation": "answers" if isinstance(elicitation, Mapping) else elicitation,
+        "elicitation_answers": frozen(answers),
+    }
 
 
 def _input(name: str, data: Mapping[str, Any]) -> Input:

@@ -1,0 +1,258 @@
+"""What lmflow does as an MCP client beyond listing and calling tools (runner/mcp_handlers.py),
+against real server processes: our fixture server with `--client-features`, over stdio and
+streamable HTTP.
+
+Who lmflow says it is, what it declares, progress (events and a timeout that progress
+extends), log messages, roots, elicitation, a changing tool list, tools only callable as
+tasks, and the SDK's -32000 errors that are not a dead server.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import MCPError
+from mcp.types import CONNECTION_CLOSED
+from mcp_support import fixture_server, http_fixture, new_tag
+
+import runner
+from runner.mcp import McpSessions, _reason
+from runner.mcp_handlers import form_answer
+from runner.runlog import Scope, current_scope
+from runner.spec import load_workflow
+from runner.spec.model import HttpServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Events:
+    """A stand-in for `RunLog.emit` that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def __call__(
+        self, type: str, step: str | None = None, *, item: int | None = None, **data: Any
+    ) -> None:
+        self.seen.append({"type": type, "step": step, "item": item, **data})
+
+    def of(self, type: str) -> list[dict[str, Any]]:
+        return [event for event in self.seen if event["type"] == type]
+
+
+def features(name: str = "fx", **settings: Any) -> Any:
+    server = fixture_server(name, "--client-features", tag=new_tag())
+    return replace(server, **settings)
+
+
+# --- defects: -32000 that is not a dead server, results over 1 MiB over HTTP ---------------
+
+
+async def test_a_result_over_one_mib_comes_through_over_http() -> None:
+    with http_fixture() as (url, _):
+        async with McpSessions({"web": HttpServer("web", url)}) as sessions:
+            big = await sessions.call_tool("web", "blob", {"characters": 1_500_000})
+    assert not big.is_error
+    assert len(big.text) == 1_500_000
+
+
+async def test_an_event_over_the_limit_is_a_tool_error_that_says_so() -> None:
+    with http_fixture() as (url, _):
+        server = HttpServer("web", url, max_message_bytes=100_000)
+        async with McpSessions({"web": server}) as sessions:
+            big = await sessions.call_tool("web", "blob", {"characters": 200_000})
+            after = await sessions.call_tool("web", "echo", {"text": "still here"})
+    assert big.is_error
+    assert "exceeded the 100000 byte limit" in big.text
+    assert "did it exit" not in big.text
+    assert after.text == "still here"
+
+
+def test_a_request_failure_keeps_the_sdk_message_and_only_a_closed_connection_is_an_exit() -> None:
+    failed = _reason(MCPError(CONNECTION_CLOSED, "SSE stream failed: boom"))
+    assert "SSE stream failed: boom" in failed and "did it exit" not in failed
+    assert "did it exit" in _reason(MCPError(CONNECTION_CLOSED, "Connection closed"))
+
+
+# --- what lmflow says about itself at initialize ------------------------------------------
+
+
+async def test_lmflow_names_itself_and_declares_elicitation_and_roots(tmp_path: Path) -> None:
+    async with McpSessions({"fx": features()}, log_dir=tmp_path) as sessions:
+        told = json.loads((await sessions.call_tool("fx", "client", {})).text)
+    assert told["info"]["name"] == "lmflow"
+    assert told["info"]["version"] == runner.__version__
+    assert set(told["capabilities"]) >= {"elicitation", "roots"}
+    assert "sampling" not in told["capabilities"]  # lmflow does not answer sampling (yet)
+
+
+async def test_tools_only_callable_as_tasks_are_not_offered(tmp_path: Path) -> None:
+    async with McpSessions({"fx": features()}, log_dir=tmp_path) as sessions:
+        names = {tool.name for tool in sessions.tools("fx")}
+        toolbox = sessions.toolbox(["fx"])
+    assert "background" not in names
+    assert "background" not in {spec.name for spec in toolbox.specs()}
+    assert {"echo", "progress", "client"} <= names
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+async def test_progress_is_an_event_of_the_calling_step_and_extends_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """Eight notifications 0.4 s apart: 3.2 s in all, past the 2 s timeout, but never 2 s
+    without progress."""
+    events = Events()
+    server = features(timeout=2.0)
+    async with McpSessions({"fx": server}, log_dir=tmp_path, emit=events) as sessions:
+        current_scope.set(Scope("survey", 2))
+        done = await sessions.call_tool("fx", "progress", {"steps": 8, "delay": 0.4})
+    assert not done.is_error, done.text
+    assert done.text == "done after 8 steps"
+    progress = events.of("mcp_progress")
+    assert [(e["step"], e["item"], e["server"], e["tool"]) for e in progress] == [
+        ("survey", 2, "fx", "progress")
+    ] * 8
+    assert [(e["progress"], e["total"]) for e in progress] == [(float(i), 8.0) for i in range(1, 9)]
+    assert progress[0]["message"] == "step 1 of 8"
+
+
+async def test_without_progress_extension_the_timeout_holds(tmp_path: Path) -> None:
+    server = features(timeout=2.0, progress_extends_timeout=False)
+    async with McpSessions({"fx": server}, log_dir=tmp_path) as sessions:
+        late = await sessions.call_tool("fx", "progress", {"steps": 8, "delay": 0.4})
+        after = await sessions.call_tool("fx", "echo", {"text": "usable"})
+    assert late.is_error and "did not answer within 2s" in late.text
+    assert after.text == "usable"
+
+
+# --- logging ------------------------------------------------------------------------------
+
+
+async def test_log_messages_reach_the_run_log_and_the_stderr_log_masked(tmp_path: Path) -> None:
+    events = Events()
+    secret = "s3cr3t-log-value"
+
+    def redact(text: str) -> str:
+        return text.replace(secret, "***")
+
+    server = features()
+    async with McpSessions(
+        {"fx": server}, log_dir=tmp_path, emit=events, redact=redact
+    ) as sessions:
+        await sessions.call_tool("fx", "log", {"level": "warning", "message": f"key {secret}"})
+    (logged,) = events.of("mcp_log")
+    assert (logged["server"], logged["level"], logged["logger"]) == ("fx", "warning", "fixture")
+    assert logged["data"] == f"key {secret}"  # the run log masks events itself (RunLog)
+    stderr = (tmp_path / "mcp-fx.stderr.log").read_text()
+    assert "[mcp warning fixture] key ***" in stderr
+    assert secret not in stderr
+    assert "fixture server fx starting" in stderr  # the server's own stderr is kept too
+
+
+# --- roots, elicitation, list_changed -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("roots", "expected"),
+    [
+        pytest.param(None, ["."], id="default-the-workflow-dir"),
+        pytest.param(("data", "/srv/shared"), ["data", "/srv/shared"], id="relative-and-absolute"),
+        pytest.param((), [], id="none"),
+    ],
+)
+async def test_servers_get_their_roots(
+    roots: tuple[str, ...] | None, expected: list[str], tmp_path: Path
+) -> None:
+    server = features(roots=roots)
+    async with McpSessions({"fx": server}, log_dir=tmp_path, workflow_dir=tmp_path) as sessions:
+        listed = await sessions.call_tool("fx", "roots", {})
+    assert listed.text.splitlines() == [(tmp_path / path).resolve().as_uri() for path in expected]
+
+
+@pytest.mark.parametrize(
+    ("policy", "answers", "expected"),
+    [
+        pytest.param("decline", {}, {"action": "decline", "data": None}, id="decline"),
+        pytest.param(
+            "accept_defaults",
+            {},
+            {"action": "accept", "data": {"name": "Ada", "count": 3}},
+            id="accept-defaults",
+        ),
+        pytest.param(
+            "answers",
+            {"count": 7},
+            {"action": "accept", "data": {"name": "Ada", "count": 7}},
+            id="answers-then-defaults",
+        ),
+    ],
+)
+async def test_elicitation_is_answered_by_policy_so_the_call_never_waits(
+    policy: str, answers: dict[str, Any], expected: dict[str, Any], tmp_path: Path
+) -> None:
+    events = Events()
+    server = features(elicitation=policy, elicitation_answers=answers)
+    async with McpSessions({"fx": server}, log_dir=tmp_path, emit=events) as sessions:
+        asked = await sessions.call_tool("fx", "ask", {})
+    assert json.loads(asked.text) == expected
+    (event,) = events.of("mcp_elicitation")
+    assert (event["server"], event["action"]) == ("fx", expected["action"])
+    assert event["message"] == "Who and how many?"
+
+
+def test_a_required_field_without_answer_or_default_declines() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "size": {"type": "integer", "default": 2}},
+        "required": ["name", "size"],
+    }
+    assert form_answer(schema, {}) == (None, "no answer and no default for name")
+    assert form_answer(schema, {"name": "Bo"}) == ({"name": "Bo", "size": 2}, None)
+
+
+def test_the_workflow_file_sets_roots_and_the_elicitation_policy(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            version: 1
+            name: settings
+            mcp_servers:
+              asks: {command: srv, roots: [data], elicitation: {answers: {count: 7}}}
+              web: {url: "http://127.0.0.1:1/mcp", elicitation: accept_defaults}
+            steps:
+              - {id: a, tool: asks.ask}
+              - {id: b, tool: web.ask}
+            """
+        )
+    )
+    servers = load_workflow(path).mcp_servers
+    assert servers["asks"].roots == ("data",)
+    assert servers["asks"].elicitation == "answers"
+    assert dict(servers["asks"].elicitation_answers) == {"count": 7}
+    assert servers["web"].roots is None
+    assert servers["web"].elicitation == "accept_defaults"
+
+
+async def test_a_changed_tool_list_is_listed_again(tmp_path: Path) -> None:
+    async with McpSessions({"fx": features()}, log_dir=tmp_path) as sessions:
+        assert "grown" not in {tool.name for tool in sessions.tools("fx")}
+        await sessions.call_tool("fx", "grow", {})
+        with anyio.fail_after(10):  # a bound on the notification's delivery, not a timing
+            while "grown" not in {tool.name for tool in sessions.tools("fx")}:
+                await anyio.sleep(0.05)
+        grown = await sessions.toolbox(["fx"]).call("grown", {})
+    assert grown.text == "grown"

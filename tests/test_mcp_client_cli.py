@@ -1,0 +1,79 @@
+"""The MCP client features through `lmflow run`, as real subprocesses: the fake LM Studio
+(or none at all) and real MCP server processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fakes.lmstudio import down_url
+from mcp_support import http_fixture
+from test_run_cli import Make, assert_clean, fixture, lmflow, tag, tool_messages, workflow
+
+__all__ = ["tag"]  # the fixture, imported for pytest
+
+
+def test_a_workflow_of_tool_steps_runs_without_lm_studio(tmp_path: Path, tag: str) -> None:
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          fx: {fixture(tag)}
+        steps:
+          - {{id: say, tool: fx.echo, with: {{text: no model needed}}}}
+        outputs:
+          said: "{{{{ steps.say.output.result }}}}"
+        """,
+    )
+    run = lmflow(tmp_path, "run", file, "--base-url", down_url(), tag=tag)
+    assert run.code == 0, run.stderr
+    assert run.stdout == "no model needed\n"  # a lone output is printed bare
+    assert_clean(run)
+
+
+def test_a_result_over_one_mib_over_http_reaches_the_model(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str
+) -> None:
+    lm = make_fake_lmstudio(script=[[("blob", {"characters": 1_500_000})], "read it all"])
+    with http_fixture(tag=tag) as (url, _):
+        file = workflow(
+            tmp_path,
+            f"""
+            mcp_servers:
+              web: {{url: "{url}"}}
+            steps:
+              - {{id: read, mcp: [web], tools: [blob], prompt: "read a big blob"}}
+            """,
+        )
+        run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
+    assert run.code == 0, run.stderr
+    (message,) = tool_messages(lm.chat_requests[1])
+    assert message["content"].startswith("0123456789abcdef")
+    (result,) = [e for e in run.events() if e["type"] == "tool_result"]
+    assert result["is_error"] is False
+    assert result["full_chars"] == 1_500_000
+
+
+def test_progress_of_a_call_is_in_the_run_log_and_out_of_the_snapshot(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str
+) -> None:
+    from runner.runlog import snapshot_view
+
+    lm = make_fake_lmstudio(script=[[("progress", {"steps": 2, "delay": 0})], "done"])
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          fx: {fixture(tag, "--client-features")}
+        steps:
+          - {{id: wait, mcp: [fx], tools: [progress], prompt: "wait for it"}}
+        """,
+    )
+    run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
+    assert run.code == 0, run.stderr
+    events = run.events()
+    progress = [e for e in events if e["type"] == "mcp_progress"]
+    assert [(e["step"], e["tool"], e["progress"], e["total"]) for e in progress] == [
+        ("wait", "progress", 1.0, 2.0),
+        ("wait", "progress", 2.0, 2.0),
+    ]
+    assert "mcp_progress" not in {e["type"] for e in snapshot_view(events)}
