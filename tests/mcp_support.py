@@ -100,23 +100,28 @@ def http_fixture(*args: str, tag: str = "") -> Iterator[tuple[str, subprocess.Po
         env=env,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    _, err = process.communicate()
-                    raise RuntimeError(
-                        f"HTTP fixture server did not start:\n{err.decode()}"
-                    ) from None
-                time.sleep(0.05)
+        if not listening(port, process):
+            process.kill()
+            _, err = process.communicate()
+            raise RuntimeError(f"HTTP fixture server did not start:\n{err.decode()}")
         yield f"http://127.0.0.1:{port}/mcp", process
     finally:
         process.kill()
         process.communicate()
+
+
+def listening(port: int, process: subprocess.Popen[bytes], within: float = 30.0) -> bool:
+    """Whether `process` accepts connections on loopback `port` within `within` seconds
+    (False as soon as it exits). A bound on start-up, not a timing assertion."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
 
 @pytest.fixture
