@@ -40,6 +40,7 @@ from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import (
     AgentStep,
+    AllowList,
     HttpServer,
     McpServer,
     StdioServer,
@@ -59,7 +60,7 @@ class ToolProvider(Protocol):
     def toolbox(
         self,
         servers: Sequence[str],
-        allow: Sequence[str] | None,
+        allow: AllowList,
         limits: Mapping[str, int] | None = None,
     ) -> Toolbox: ...
 
@@ -288,10 +289,8 @@ def render_servers(
     return rendered
 
 
-def _render_roots(
-    roots: tuple[str, ...] | None, text: Callable[[str, str], str]
-) -> tuple[str, ...] | None:
-    return None if roots is None else tuple(text(f"roots[{i}]", r) for i, r in enumerate(roots))
+def _render_roots(roots: tuple[str, ...], text: Callable[[str, str], str]) -> tuple[str, ...]:
+    return tuple(text(f"roots[{i}]", root) for i, root in enumerate(roots))
 
 
 def _render_setting(server: str, field: str, value: str, *, context: Mapping[str, Any]) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 import shlex
 import shutil
@@ -33,21 +32,22 @@ from anyio.abc import Process, TaskGroup, TaskStatus
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.types import (
-    CONNECTION_CLOSED,
-    CallToolResult,
-    EmbeddedResource,
-    ResourceLink,
-    TextContent,
-    TextResourceContents,
-    Tool,
-)
+from mcp.types import CONNECTION_CLOSED, Tool
 
 from .chat import ToolResult, ToolSpec
 from .errors import MCPServerError
+from .mcp_content import tool_result
 from .mcp_handlers import EventSink, ServerHandlers
 from .results import capped
-from .spec.model import DEFAULT_MAX_RESULT_CHARS, HttpServer, McpServer, StdioServer, thawed
+from .spec.model import (
+    DEFAULT_MAX_RESULT_CHARS,
+    AllowList,
+    HttpServer,
+    McpServer,
+    StdioServer,
+    ToolFilter,
+    thawed,
+)
 from .stdio_server import stdio_transport
 
 # The classic initialize handshake: every server speaks it, 1.x and 2.x alike. "auto" would
@@ -99,8 +99,7 @@ class McpSessions:
 
     What servers send on their own (progress, log messages, requests to the client) is
     answered by runner/mcp_handlers.py; its events go to `emit` (the run log's). A server's
-    `roots` are relative to `workflow_dir`, which is also the one root of a server that
-    names none.
+    `roots` are relative to `workflow_dir`.
     """
 
     def __init__(
@@ -169,15 +168,16 @@ class McpSessions:
     def toolbox(
         self,
         servers: Sequence[str],
-        allow: Sequence[str] | None = None,
+        allow: AllowList = None,
         limits: Mapping[str, int] | None = None,
     ) -> McpToolbox:
         """The tools of `servers` a step may call, limited to `allow` when it is given;
         `limits` are the result characters the model gets, per server (see `McpToolbox`).
 
         An `allow` entry is `tool` (that tool on each listed server that has it) or
-        `server.tool`. An entry that matches nothing raises `MCPServerError`: build every
-        step's toolbox before the first step runs so such a workflow stops before it starts.
+        `server.tool`; `ToolFilter(read_only=True)` keeps the tools marked read-only. An
+        entry or a filter that matches nothing raises `MCPServerError`: build every step's
+        toolbox before the first step runs so such a workflow stops before it starts.
         """
         return build_toolbox(self, servers, allow, limits)
 
@@ -216,7 +216,8 @@ class McpSessions:
         if deadline.cancelled_caught:
             text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
             return ToolResult(self._redact(text), is_error=True)
-        return _tool_result(result)
+        content_dir = self._log_dir / "mcp-content" if self._log_dir is not None else None
+        return tool_result(result, content_dir)
 
     def _connection(self, server: str) -> _Connection:
         try:
@@ -285,8 +286,6 @@ class McpSessions:
 
     def _roots(self, server: McpServer) -> list[Path]:
         base = self._workflow_dir or Path.cwd()
-        if server.roots is None:
-            return [base.resolve()] if self._workflow_dir is not None else []
         return [(base / root).resolve() for root in server.roots]
 
     async def _client(self, connection: _Connection, stack: AsyncExitStack) -> Client:
@@ -352,13 +351,15 @@ class ToolSource(Protocol):
 def build_toolbox(
     source: ToolSource,
     servers: Sequence[str],
-    allow: Sequence[str] | None = None,
+    allow: AllowList = None,
     limits: Mapping[str, int] | None = None,
 ) -> McpToolbox:
     """The toolbox of `McpSessions.toolbox`, over any tool source: a replayed run offers
     exactly the names, and reports exactly the allow-list errors, of a live one."""
     offered = [(server, tool) for server in dict.fromkeys(servers) for tool in source.tools(server)]
-    if allow is not None:
+    if isinstance(allow, ToolFilter):
+        offered = _filtered(offered, allow, servers)
+    elif allow is not None:
         offered = _allowed(offered, allow, servers)
     return McpToolbox(source, _exposed_names(offered), limits)
 
@@ -450,6 +451,28 @@ def _allowed(
     return [item for item, key in zip(offered, keys, strict=True) if wanted.intersection(key)]
 
 
+def _filtered(
+    offered: Sequence[tuple[str, Tool]], tool_filter: ToolFilter, servers: Sequence[str]
+) -> list[tuple[str, Tool]]:
+    """The offered tools a filter keeps; a filter that keeps none is an error (the step
+    would have no tools, which `tools:` did not ask for)."""
+    if not tool_filter.read_only:
+        return list(offered)
+    kept = [(server, tool) for server, tool in offered if _read_only(tool)]
+    if not kept:
+        named = ", ".join(servers) or "none"
+        raise MCPServerError(
+            f"tools: {{read_only: true}}: no MCP server of the step ({named}) marks any tool "
+            "read-only (readOnlyHint)",
+            hint="name the tools instead: tools: [tool, server.tool]",
+        )
+    return kept
+
+
+def _read_only(tool: Tool) -> bool:
+    return tool.annotations is not None and tool.annotations.read_only_hint is True
+
+
 async def _list_callable_tools(client: Client) -> list[Tool]:
     """Every page of the tool list (the SDK returns one page per call), without the tools
     that can only be called as tasks: lmflow does not call tasks, so it must not offer them."""
@@ -466,29 +489,6 @@ async def _list_callable_tools(client: Client) -> list[Tool]:
 
 def _task_only(tool: Tool) -> bool:
     return tool.execution is not None and tool.execution.task_support == "required"
-
-
-def _tool_result(result: CallToolResult) -> ToolResult:
-    """Text for the model: text blocks joined, other content named by its type."""
-    parts: list[str] = []
-    for block in result.content:
-        if isinstance(block, TextContent):
-            parts.append(block.text)
-        elif isinstance(block, ResourceLink):
-            parts.append(f"[resource link: {block.uri}]")
-        elif isinstance(block, EmbeddedResource):
-            resource = block.resource
-            if isinstance(resource, TextResourceContents):
-                parts.append(resource.text)
-            else:
-                parts.append(f"[binary resource: {resource.uri} ({resource.mime_type})]")
-        else:  # an image, audio, or a kind of content newer than this code
-            mime = getattr(block, "mime_type", None)
-            parts.append(f"[{block.type} content{f': {mime}' if mime else ''}]")
-    structured = result.structured_content
-    if not parts and structured is not None:
-        parts.append(json.dumps(structured, ensure_ascii=False))
-    return ToolResult("\n".join(parts), is_error=bool(result.is_error), structured=structured)
 
 
 def _unchanged(text: str) -> str:

@@ -10,6 +10,7 @@ tasks, and the SDK's -32000 errors that are not a dead server.
 from __future__ import annotations
 
 import json
+import runpy
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -18,15 +19,17 @@ from typing import Any
 import anyio
 import pytest
 from mcp import MCPError
-from mcp.types import CONNECTION_CLOSED
-from mcp_support import fixture_server, http_fixture, new_tag
+from mcp.types import CONNECTION_CLOSED, CallToolResult, ImageContent
+from mcp_support import FIXTURE_SERVER, fixture_server, http_fixture, new_tag
 
 import runner
+from runner.errors import MCPServerError
 from runner.mcp import McpSessions, _reason
+from runner.mcp_content import tool_result
 from runner.mcp_handlers import form_answer
 from runner.runlog import Scope, current_scope
 from runner.spec import load_workflow
-from runner.spec.model import HttpServer
+from runner.spec.model import HttpServer, ToolFilter
 
 pytestmark = pytest.mark.anyio
 
@@ -106,6 +109,55 @@ async def test_tools_only_callable_as_tasks_are_not_offered(tmp_path: Path) -> N
     assert {"echo", "progress", "client"} <= names
 
 
+# --- binary content -----------------------------------------------------------------------
+
+
+async def test_images_audio_and_binary_resources_are_saved_in_the_run_dir(tmp_path: Path) -> None:
+    async with McpSessions({"fx": features()}, log_dir=tmp_path) as sessions:
+        picture = await sessions.call_tool("fx", "picture", {})
+        attached = await sessions.call_tool("fx", "attachments", {})
+    pixel = runpy.run_path(str(FIXTURE_SERVER))["PIXEL"]
+    saved = tmp_path / "mcp-content"
+    (png,) = saved.glob("*.png")
+    assert png.read_bytes() == pixel
+    assert picture.text == f"a picture follows\n[image content: image/png, saved to {png}]"
+    (wav,) = saved.glob("*.wav")
+    (pdf,) = saved.glob("*.pdf")
+    assert wav.read_bytes() == b"RIFF-not-really" and pdf.read_bytes() == b"%PDF-1.4 tiny"
+    assert attached.text.splitlines() == [
+        f"[audio content: audio/wav, saved to {wav}]",
+        f"[binary resource: file:///report.pdf: application/pdf, saved to {pdf}]",
+    ]
+
+
+# --- annotations --------------------------------------------------------------------------
+
+
+async def test_annotations_are_kept_and_read_only_keeps_the_read_only_tools(
+    tmp_path: Path,
+) -> None:
+    async with McpSessions({"fx": features()}, log_dir=tmp_path) as sessions:
+        tools = {tool.name: tool for tool in sessions.tools("fx")}
+        read_only = sessions.toolbox(["fx"], ToolFilter(read_only=True))
+        every = sessions.toolbox(["fx"], ToolFilter(read_only=False))
+        answer = await read_only.call("lookup", {"key": "k"})
+    store = tools["store"].annotations
+    assert store is not None and store.destructive_hint is True and not store.read_only_hint
+    assert [spec.name for spec in read_only.specs()] == ["lookup"]
+    assert answer.text == "value of k"
+    assert {spec.name for spec in every.specs()} == set(tools)
+
+
+async def test_read_only_with_no_read_only_tool_stops_before_the_first_step(
+    tmp_path: Path,
+) -> None:
+    server = fixture_server("plain", tag=new_tag())  # no tool of it is annotated
+    async with McpSessions({"plain": server}, log_dir=tmp_path) as sessions:
+        with pytest.raises(MCPServerError) as raised:
+            sessions.toolbox(["plain"], ToolFilter(read_only=True))
+    assert "no MCP server of the step (plain) marks any tool read-only" in raised.value.message
+
+
 # --- progress -----------------------------------------------------------------------------
 
 
@@ -168,13 +220,13 @@ async def test_log_messages_reach_the_run_log_and_the_stderr_log_masked(tmp_path
 @pytest.mark.parametrize(
     ("roots", "expected"),
     [
-        pytest.param(None, ["."], id="default-the-workflow-dir"),
+        pytest.param((), [], id="default-none"),
+        pytest.param((".",), ["."], id="the-workflow-dir"),
         pytest.param(("data", "/srv/shared"), ["data", "/srv/shared"], id="relative-and-absolute"),
-        pytest.param((), [], id="none"),
     ],
 )
 async def test_servers_get_their_roots(
-    roots: tuple[str, ...] | None, expected: list[str], tmp_path: Path
+    roots: tuple[str, ...], expected: list[str], tmp_path: Path
 ) -> None:
     server = features(roots=roots)
     async with McpSessions({"fx": server}, log_dir=tmp_path, workflow_dir=tmp_path) as sessions:
@@ -243,7 +295,7 @@ def test_the_workflow_file_sets_roots_and_the_elicitation_policy(tmp_path: Path)
     assert servers["asks"].roots == ("data",)
     assert servers["asks"].elicitation == "answers"
     assert dict(servers["asks"].elicitation_answers) == {"count": 7}
-    assert servers["web"].roots is None
+    assert servers["web"].roots == ()
     assert servers["web"].elicitation == "accept_defaults"
 
 
@@ -256,3 +308,12 @@ async def test_a_changed_tool_list_is_listed_again(tmp_path: Path) -> None:
                 await anyio.sleep(0.05)
         grown = await sessions.toolbox(["fx"]).call("grown", {})
     assert grown.text == "grown"
+
+
+def test_content_that_is_not_base64_is_named_not_saved(tmp_path: Path) -> None:
+    result = CallToolResult(
+        content=[ImageContent(type="image", data="not base64!", mime_type="image/png")]
+    )
+    converted = tool_result(result, tmp_path / "mcp-content")
+    assert converted.text == "[image content: image/png, not valid base64: not saved]"
+    assert not (tmp_path / "mcp-content").exists()

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from fakes.lmstudio import down_url
 from mcp_support import http_fixture
-from test_run_cli import Make, assert_clean, fixture, lmflow, tag, tool_messages, workflow
+from test_run_cli import (
+    Make,
+    assert_clean,
+    fixture,
+    lmflow,
+    offered,
+    tag,
+    tool_messages,
+    workflow,
+)
 
 __all__ = ["tag"]  # the fixture, imported for pytest
 
@@ -77,3 +86,28 @@ def test_progress_of_a_call_is_in_the_run_log_and_out_of_the_snapshot(
         ("wait", "progress", 2.0, 2.0),
     ]
     assert "mcp_progress" not in {e["type"] for e in snapshot_view(events)}
+
+
+def test_read_only_tools_are_offered_live_and_on_replay(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str
+) -> None:
+    lm = make_fake_lmstudio(script=[[("lookup", {"key": "k"})], "value of k"])
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          fx: {fixture(tag, "--client-features")}
+        steps:
+          - {{id: read, mcp: [fx], tools: {{read_only: true}}, prompt: "look k up"}}
+        outputs:
+          answer: "{{{{ steps.read.output }}}}"
+        """,
+    )
+    cassette = tmp_path / "cassette.yaml"
+    live = lmflow(tmp_path, "run", file, "--base-url", lm.url, "--record", str(cassette), tag=tag)
+    assert live.code == 0, live.stderr
+    assert [offered(request) for request in lm.chat_requests] == [["lookup"], ["lookup"]]
+    assert "readOnlyHint: true" in cassette.read_text()
+    replayed = lmflow(tmp_path, "run", file, "--replay", str(cassette), "--no-log", tag=tag)
+    assert replayed.code == 0, replayed.stderr
+    assert replayed.stdout == live.stdout == "value of k\n"

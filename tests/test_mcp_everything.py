@@ -43,7 +43,7 @@ def everything(js: Path, tag: str, **settings: Any) -> StdioServer:
 async def test_capability_tools_roots_elicitation_and_task_only_tools(
     everything_server_js: Path, tag: str, tmp_path: Path
 ) -> None:
-    server = everything(everything_server_js, tag, elicitation="accept_defaults")
+    server = everything(everything_server_js, tag, elicitation="accept_defaults", roots=(".",))
     events = Events()
     async with McpSessions(
         {"everything": server}, log_dir=tmp_path, emit=events, workflow_dir=tmp_path

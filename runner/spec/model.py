@@ -6,7 +6,7 @@ their own. Everything is frozen: the executor and the engine read it and never w
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -117,8 +117,9 @@ class StdioServer:
     max_concurrent_calls: int | None = None
     progress_extends_timeout: bool = True
     """A progress notification from the server starts the call's `timeout` afresh."""
-    roots: tuple[str, ...] | None = None
-    """Directories the server is told it may work in; None: the workflow's directory."""
+    roots: tuple[str, ...] = ()
+    """Directories the server is told it may work in (none unless the workflow names some:
+    a server such as server-filesystem replaces its own directories with the client's)."""
     elicitation: ElicitationPolicy = "decline"
     """How lmflow answers the server's questions: nobody is there to ask."""
     elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
@@ -135,7 +136,7 @@ class HttpServer:
     startup_timeout: float = DEFAULT_HTTP_STARTUP_TIMEOUT
     max_concurrent_calls: int | None = None
     progress_extends_timeout: bool = True
-    roots: tuple[str, ...] | None = None
+    roots: tuple[str, ...] = ()
     elicitation: ElicitationPolicy = "decline"
     elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -161,6 +162,18 @@ class _StepCommon:
     """How many items of a `for_each` run at once (default: `defaults.concurrency`)."""
 
 
+@dataclass(frozen=True)
+class ToolFilter:
+    """`tools: {read_only: true}`: the tools of the step's servers that say they change
+    nothing (MCP's `readOnlyHint`), instead of a list of names."""
+
+    read_only: bool = False
+
+
+AllowList = Sequence[str] | ToolFilter | None
+"""A step's `tools:`: names (`tool` or `server.tool`), a filter, or None for every tool."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AgentStep(_StepCommon):
     """A step that talks to a model, which may call the tools of its `mcp:` servers."""
@@ -170,7 +183,7 @@ class AgentStep(_StepCommon):
     system: str | None = None
     prompt: str | None = None
     mcp: tuple[str, ...] = ()
-    tools: tuple[str, ...] | None = None
+    tools: tuple[str, ...] | ToolFilter | None = None
     output_schema: Mapping[str, Any] | None = None
     max_rounds: int | None = None
     temperature: float | None = None
@@ -332,10 +345,16 @@ def _client_settings(data: Mapping[str, Any]) -> dict[str, Any]:
     answers = elicitation.get("answers", {}) if isinstance(elicitation, Mapping) else {}
     return {
         "progress_extends_timeout": data.get("progress_extends_timeout", True),
-        "roots": tuple(data["roots"]) if "roots" in data else None,
+        "roots": tuple(data.get("roots", ())),
         "elicitation": "answers" if isinstance(elicitation, Mapping) else elicitation,
         "elicitation_answers": frozen(answers),
     }
+
+
+def _allow_list(value: Sequence[str] | Mapping[str, Any]) -> tuple[str, ...] | ToolFilter:
+    if isinstance(value, Mapping):
+        return ToolFilter(read_only=bool(value.get("read_only", False)))
+    return tuple(value)
 
 
 def _input(name: str, data: Mapping[str, Any]) -> Input:
@@ -376,7 +395,7 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
         system=data.get("system"),
         prompt=data.get("prompt"),
         mcp=tuple(data.get("mcp", ())),
-        tools=tuple(data["tools"]) if "tools" in data else None,
+        tools=_allow_list(data["tools"]) if "tools" in data else None,
         output_schema=frozen(schema) if schema is not None else None,
         max_rounds=data.get("max_rounds"),
         temperature=data.get("temperature"),
