@@ -34,10 +34,11 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CONNECTION_CLOSED, Tool
 
-from .chat import ToolResult, ToolSpec
+from .chat import ChatModel, ToolResult, ToolSpec
 from .errors import MCPServerError
 from .mcp_content import tool_result
 from .mcp_handlers import EventSink, ServerHandlers
+from .mcp_sampling import ModelFor
 from .results import capped
 from .spec.model import (
     DEFAULT_MAX_RESULT_CHARS,
@@ -99,7 +100,8 @@ class McpSessions:
 
     What servers send on their own (progress, log messages, requests to the client) is
     answered by runner/mcp_handlers.py; its events go to `emit` (the run log's). A server's
-    `roots` are relative to `workflow_dir`.
+    `roots` are relative to `workflow_dir`. A server with `sampling` settings is answered by
+    `chat`, with the model `model_for` gives for the calling step (runner/mcp_sampling.py).
     """
 
     def __init__(
@@ -111,8 +113,12 @@ class McpSessions:
         started: Mapping[str, Process] | None = None,
         emit: EventSink | None = None,
         workflow_dir: Path | None = None,
+        chat: ChatModel | None = None,
+        model_for: ModelFor | None = None,
     ) -> None:
         self._servers = dict(servers)
+        self._chat = chat
+        self._model_for = model_for
         self._log_dir = log_dir
         self._emit = emit
         self._workflow_dir = workflow_dir
@@ -194,11 +200,12 @@ class McpSessions:
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as deadline:
             extend = deadline if connection.server.progress_extends_timeout else None
             try:
-                result = await connection.client.call_tool(
-                    tool,
-                    thawed(dict(arguments)),
-                    progress_callback=connection.handlers.progress(tool, extend, timeout),
-                )
+                with connection.handlers.calling():
+                    result = await connection.client.call_tool(
+                        tool,
+                        thawed(dict(arguments)),
+                        progress_callback=connection.handlers.progress(tool, extend, timeout),
+                    )
             except MCPError as exc:
                 if _connection_gone(exc) or not connection.alive:
                     raise self._stopped(connection, exc) from exc
@@ -282,6 +289,8 @@ class McpSessions:
             log_file=connection.stderr_path,
             roots=self._roots(connection.server),
             tools_changed=refresh_tools,
+            chat=self._chat,
+            model_for=self._model_for,
         )
 
     def _roots(self, server: McpServer) -> list[Path]:

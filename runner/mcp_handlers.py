@@ -7,13 +7,15 @@ lines in the server's log file; requests get answers that never wait for a perso
 never blocks on a question.
 
 It also says who lmflow is at initialize (`client_options`): its name and version, and, by
-the callbacks it hands the SDK, the capabilities it declares (elicitation, roots).
+the callbacks it hands the SDK, the capabilities it declares (elicitation, roots, and
+sampling to a server whose entry allows it: runner/mcp_sampling.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -33,7 +35,9 @@ from mcp.types import (
 )
 
 from . import __version__
-from .runlog import current_scope
+from .chat import ChatModel
+from .mcp_sampling import ModelFor, Sampler
+from .runlog import Scope, current_scope
 from .spec.model import McpServer, thawed
 
 CLIENT_INFO = Implementation(name="lmflow", version=__version__)
@@ -70,6 +74,8 @@ class ServerHandlers:
         log_file: Path | None = None,
         roots: Sequence[Path] = (),
         tools_changed: Callable[[], Awaitable[None]] | None = None,
+        chat: ChatModel | None = None,
+        model_for: ModelFor | None = None,
     ) -> None:
         self._name = name
         self._server = server
@@ -78,16 +84,38 @@ class ServerHandlers:
         self._log_file = log_file
         self._roots = tuple(roots)
         self._tools_changed = tools_changed
+        self._calls: list[Scope | None] = []
+        self.sampler = None
+        if server.sampling is not None and chat is not None and model_for is not None:
+            self.sampler = Sampler(
+                name, server.sampling, chat, model_for, self._calling_scope, self._emit
+            )
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for `mcp.Client`: who lmflow is and what it answers."""
+        sampling = {"sampling_callback": self.sampler} if self.sampler is not None else {}
         return {
+            **sampling,
             "client_info": CLIENT_INFO,
             "elicitation_callback": self._elicit,
             "list_roots_callback": self._list_roots,
             "logging_callback": self._log,
             "message_handler": self._message,
         }
+
+    @contextmanager
+    def calling(self) -> Iterator[None]:
+        """Around one tool call: requests the server makes meanwhile belong to its step."""
+        scope = current_scope.get()
+        self._calls.append(scope)
+        try:
+            yield
+        finally:
+            self._calls.remove(scope)
+
+    def _calling_scope(self) -> Scope | None:
+        """The step of the newest call in progress (a request does not say which call)."""
+        return self._calls[-1] if self._calls else None
 
     def progress(self, tool: str, timeout: anyio.CancelScope | None, seconds: float) -> ProgressFnT:
         """The progress callback of one call of `tool`: each notification becomes an

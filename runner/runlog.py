@@ -250,7 +250,7 @@ KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
 """Fields a log line never holds (the event's `full_result` file does), left out of the view
 so a snapshot is the same whether it was taken from a file or from memory."""
 _NOT_IN_VIEW = VOLATILE_KEYS | KEPT_ELSEWHERE
-MACHINE_EVENTS = frozenset({"notice", "mcp_progress", "mcp_log", "mcp_elicitation"})
+MACHINE_EVENTS = frozenset({"notice", "mcp_progress", "mcp_log", "mcp_elicitation", "mcp_sampling"})
 """Events about this machine (a model not loaded) or about what live MCP servers said on their
 own (progress, log messages, questions: how many, and when, depends on timing), not about the
 exchanges: a replay, which checks no models and may run no servers, must give the same view

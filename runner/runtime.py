@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -142,7 +143,7 @@ async def live_parts(
     async with (
         early_servers(servers) as started,
         live_model(run, options) as chat,
-        live_tools(run, servers, started) as tools,
+        live_tools(run, servers, started, chat) as tools,
     ):
         yield chat, tools
 
@@ -187,7 +188,7 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
             line=where.line,
         )
     async with LMStudioClient.from_config(server) as client:
-        if not any(isinstance(step, AgentStep) for step in run.workflow.steps):
+        if not asks_models(run.workflow):
             yield client  # only tool steps: no model to check, LM Studio need not run
             return
         warnings = await verify_models(
@@ -215,9 +216,11 @@ async def live_tools(
     run: PreparedRun,
     servers: Mapping[str, McpServer] | None = None,
     started: Mapping[str, Process] | None = None,
+    chat: ChatModel | None = None,
 ) -> AsyncIterator[McpSessions]:
     """The MCP servers the steps use (rendered now unless given), started once or attached
-    to the processes `started` for them, allow-lists checked."""
+    to the processes `started` for them, allow-lists checked. `chat` answers the servers
+    that may sample."""
     from .mcp import McpSessions
 
     if servers is None:
@@ -232,6 +235,8 @@ async def live_tools(
         started=started,
         emit=run.log.emit,
         workflow_dir=run.workflow.path.resolve().parent,
+        chat=chat,
+        model_for=partial(sampling_model, run.workflow),
     ) as sessions:
         check_allow_lists(run.workflow, sessions)
         yield sessions
@@ -259,8 +264,10 @@ async def _recording_parts(
 
     assert options.record is not None
     recorder = Recorder(run.workflow.name, run.log, run.context)
-    async with live_model(run, options) as chat, live_tools(run) as sessions:
-        yield recorder.chat(chat), recorder.tools(sessions, servers_in_use(run.workflow))
+    async with live_model(run, options) as chat:
+        recorded = recorder.chat(chat)  # the servers' sampling requests are recorded too
+        async with live_tools(run, chat=recorded) as sessions:
+            yield recorded, recorder.tools(sessions, servers_in_use(run.workflow))
     recorder.cassette().save(options.record)
 
 
@@ -274,7 +281,7 @@ async def _replay_parts(
 
     replayer = Replayer(Cassette.load(cassette_path), run.log, run.context)
     if use_live_tools:
-        async with live_tools(run) as sessions:
+        async with live_tools(run, chat=replayer) as sessions:
             yield replayer, sessions
     else:
         check_allow_lists(run.workflow, replayer)
@@ -283,6 +290,24 @@ async def _replay_parts(
     # cassette) was not ready for it: exit code 3.
     if replayer.first_miss is not None:
         raise replayer.first_miss
+
+
+def asks_models(workflow: Workflow) -> bool:
+    """Whether a run may ask a model anything: a model step, or a server that may sample."""
+    return any(isinstance(step, AgentStep) for step in workflow.steps) or any(
+        workflow.mcp_servers[name].sampling is not None for name in servers_in_use(workflow)
+    )
+
+
+def sampling_model(workflow: Workflow, named: str | None, step_id: str | None) -> str | None:
+    """The model that answers a server's sampling request made during a call of `step_id`:
+    the one its entry `named`, else the step's model, else `defaults.model` (also for a
+    `tool:` step)."""
+    if named is not None:
+        return workflow.resolve_model(named)
+    step = next((s for s in workflow.steps if s.id == step_id), None)
+    chosen = workflow.step_model(step) if step is not None else None
+    return chosen or workflow.resolve_model(workflow.defaults.model)
 
 
 def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:

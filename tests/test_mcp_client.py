@@ -23,13 +23,15 @@ from mcp.types import CONNECTION_CLOSED, CallToolResult, ImageContent
 from mcp_support import FIXTURE_SERVER, fixture_server, http_fixture, new_tag
 
 import runner
+from runner.chat import ChatRequest, ChatResponse, Usage
 from runner.errors import MCPServerError
 from runner.mcp import McpSessions, _reason
 from runner.mcp_content import tool_result
 from runner.mcp_handlers import form_answer
 from runner.runlog import Scope, current_scope
+from runner.runtime import sampling_model
 from runner.spec import load_workflow
-from runner.spec.model import HttpServer, ToolFilter
+from runner.spec.model import HttpServer, Sampling, ToolFilter
 
 pytestmark = pytest.mark.anyio
 
@@ -317,3 +319,103 @@ def test_content_that_is_not_base64_is_named_not_saved(tmp_path: Path) -> None:
     converted = tool_result(result, tmp_path / "mcp-content")
     assert converted.text == "[image content: image/png, not valid base64: not saved]"
     assert not (tmp_path / "mcp-content").exists()
+
+
+# --- sampling -----------------------------------------------------------------------------
+
+
+class ScriptedModel:
+    """A `ChatModel` that answers from a list and keeps the requests (the end-to-end test in
+    test_mcp_client_cli.py goes through the fake LM Studio server)."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.requests: list[ChatRequest] = []
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        self.requests.append(request)
+        return ChatResponse(self.answers.pop(0), usage=Usage(30, 10))
+
+
+async def test_a_server_that_may_sample_is_answered_by_the_calling_steps_model(
+    tmp_path: Path,
+) -> None:
+    events = Events()
+    model = ScriptedModel("short")
+    server = features(sampling=Sampling(max_requests=2))
+    async with McpSessions(
+        {"fx": server},
+        log_dir=tmp_path,
+        emit=events,
+        chat=model,
+        model_for=lambda named, step: named or f"model-of-{step}",
+    ) as sessions:
+        told = json.loads((await sessions.call_tool("fx", "client", {})).text)
+        current_scope.set(Scope("digest"))
+        summary = await sessions.call_tool("fx", "summarize", {"text": "a long text"})
+    assert "sampling" in told["capabilities"]
+    assert summary.text == "model-of-digest: short"
+    (request,) = model.requests
+    assert request.model == "model-of-digest"
+    assert request.messages == (
+        {"role": "system", "content": "Summarize in one line."},
+        {"role": "user", "content": "a long text"},
+    )
+    assert request.max_tokens == 64
+    (event,) = events.of("mcp_sampling")
+    assert (event["step"], event["server"], event["content"]) == ("digest", "fx", "short")
+    assert event["usage"] == {"prompt_tokens": 30, "completion_tokens": 10}
+
+
+@pytest.mark.parametrize(
+    ("limits", "refusal"),
+    [
+        pytest.param(
+            Sampling("m", max_requests=1), "1 requests (sampling.max_requests)", id="requests"
+        ),
+        pytest.param(Sampling("m", max_tokens=40), "40 tokens (sampling.max_tokens)", id="tokens"),
+    ],
+)
+async def test_sampling_past_its_limits_is_refused_not_waited_on(
+    limits: Sampling, refusal: str, tmp_path: Path
+) -> None:
+    model = ScriptedModel("first", "second")
+    async with McpSessions(
+        {"fx": features(sampling=limits)},
+        log_dir=tmp_path,
+        chat=model,
+        model_for=lambda named, step: named,
+    ) as sessions:
+        first = await sessions.call_tool("fx", "summarize", {"text": "one"})
+        second = await sessions.call_tool("fx", "summarize", {"text": "two"})
+    assert first.text == "m: first"
+    assert second.is_error and f"sampling limit reached: {refusal}" in second.text
+    assert len(model.requests) == 1
+
+
+def test_the_sampling_model_is_the_entrys_then_the_steps_then_the_default(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            version: 1
+            name: sampling
+            models: {fast: org/fast-model}
+            defaults: {model: org/default-model}
+            mcp_servers:
+              named: {command: srv, sampling: {model: fast, max_requests: 3}}
+              free: {command: srv, sampling: true}
+            steps:
+              - {id: direct, tool: free.summarize}
+              - {id: think, model: org/step-model, mcp: [named, free], prompt: go}
+            """
+        )
+    )
+    workflow = load_workflow(path)
+    named = workflow.mcp_servers["named"].sampling
+    assert named == Sampling("fast", max_requests=3)
+    assert workflow.mcp_servers["free"].sampling == Sampling()
+    assert sampling_model(workflow, "fast", "think") == "org/fast-model"
+    assert sampling_model(workflow, None, "think") == "org/step-model"
+    assert sampling_model(workflow, None, "direct") == "org/default-model"
+    assert "org/fast-model" in workflow.models_in_use()  # checked before the run starts

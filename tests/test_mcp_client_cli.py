@@ -8,6 +8,7 @@ from pathlib import Path
 from fakes.lmstudio import down_url
 from mcp_support import http_fixture
 from test_run_cli import (
+    MODEL,
     Make,
     assert_clean,
     fixture,
@@ -111,3 +112,38 @@ def test_read_only_tools_are_offered_live_and_on_replay(
     replayed = lmflow(tmp_path, "run", file, "--replay", str(cassette), "--no-log", tag=tag)
     assert replayed.code == 0, replayed.stderr
     assert replayed.stdout == live.stdout == "value of k\n"
+
+
+def test_sampling_is_answered_recorded_and_replayed_with_live_tools(
+    tmp_path: Path, make_fake_lmstudio: Make, tag: str
+) -> None:
+    lm = make_fake_lmstudio(script=["one line"])
+    file = workflow(
+        tmp_path,
+        f"""
+        mcp_servers:
+          fx: {fixture(tag, "--client-features", sampling=True)}
+        steps:
+          - {{id: digest, tool: fx.summarize, with: {{text: a long text}}}}
+        outputs:
+          summary: "{{{{ steps.digest.output.result }}}}"
+        """,
+    )
+    cassette = tmp_path / "cassette.yaml"
+    live = lmflow(tmp_path, "run", file, "--base-url", lm.url, "--record", str(cassette), tag=tag)
+    assert live.code == 0, live.stderr
+    assert live.stdout == f"{MODEL}: one line\n"  # defaults.model answers for a tool step
+    (request,) = lm.chat_requests
+    assert request["messages"] == [
+        {"role": "system", "content": "Summarize in one line."},
+        {"role": "user", "content": "a long text"},
+    ]
+    (sampled,) = [e for e in live.events() if e["type"] == "mcp_sampling"]
+    assert (sampled["step"], sampled["server"], sampled["content"]) == ("digest", "fx", "one line")
+    assert "one line" in cassette.read_text()
+    replayed = lmflow(
+        tmp_path, "run", file, "--replay", str(cassette), "--live-tools", "--no-log", tag=tag
+    )
+    assert replayed.code == 0, replayed.stderr
+    assert replayed.stdout == live.stdout
+    assert len(lm.chat_requests) == 1  # the replay asked the cassette, not the model

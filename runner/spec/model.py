@@ -104,6 +104,22 @@ class Input:
         return schema
 
 
+DEFAULT_SAMPLING_REQUESTS = 10
+DEFAULT_SAMPLING_TOKENS = 4000
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A server may ask lmflow's model for completions (MCP sampling), within limits."""
+
+    model: str | None = None
+    """The model that answers; None: the model of the step whose tool call asked."""
+    max_requests: int = DEFAULT_SAMPLING_REQUESTS
+    """Requests the server may make in one run."""
+    max_tokens: int = DEFAULT_SAMPLING_TOKENS
+    """Tokens (prompt and completion) its requests may use in one run."""
+
+
 @dataclass(frozen=True)
 class StdioServer:
     name: str
@@ -124,6 +140,8 @@ class StdioServer:
     """How lmflow answers the server's questions: nobody is there to ask."""
     elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     """The answers of the `answers` policy, by field name."""
+    sampling: Sampling | None = None
+    """None: the server may not ask for completions (it is not told lmflow could)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,7 @@ class HttpServer:
     roots: tuple[str, ...] = ()
     elicitation: ElicitationPolicy = "decline"
     elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    sampling: Sampling | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -277,6 +296,9 @@ class Workflow:
 
         for alias, target in self.models.items():
             add(target, ("models", alias))
+        for name, server in self.mcp_servers.items():
+            if server.sampling is not None and server.sampling.model is not None:
+                add(server.sampling.model, ("mcp_servers", name, "sampling", "model"))
         add(self.defaults.model, ("defaults", "model"))
         for step in self.steps:
             if isinstance(step, AgentStep):
@@ -348,7 +370,20 @@ def _client_settings(data: Mapping[str, Any]) -> dict[str, Any]:
         "roots": tuple(data.get("roots", ())),
         "elicitation": "answers" if isinstance(elicitation, Mapping) else elicitation,
         "elicitation_answers": frozen(answers),
+        "sampling": _sampling(data.get("sampling", False)),
     }
+
+
+def _sampling(value: bool | Mapping[str, Any]) -> Sampling | None:
+    if value is True:
+        return Sampling()
+    if not isinstance(value, Mapping):
+        return None
+    return Sampling(
+        value.get("model"),
+        value.get("max_requests", DEFAULT_SAMPLING_REQUESTS),
+        value.get("max_tokens", DEFAULT_SAMPLING_TOKENS),
+    )
 
 
 def _allow_list(value: Sequence[str] | Mapping[str, Any]) -> tuple[str, ...] | ToolFilter:
