@@ -36,7 +36,7 @@ from mcp.types import CONNECTION_CLOSED, Tool
 
 from .chat import ChatModel, ToolResult, ToolSpec
 from .errors import MCPServerError
-from .mcp_content import tool_result
+from .mcp_content import resource_result, tool_result
 from .mcp_handlers import EventSink, ServerHandlers
 from .mcp_sampling import ModelFor
 from .results import capped
@@ -57,6 +57,19 @@ PROTOCOL_MODE = "legacy"
 STDERR_TAIL_LINES = 20
 _STDERR_TAIL_BYTES = 8192
 _MAX_TOOL_PAGES = 1000
+READ_RESOURCE = "read_resource"
+RESOURCE_READER = Tool(
+    name=READ_RESOURCE,
+    description=(
+        "Read a resource of this MCP server by its URI, e.g. a resource link that a tool "
+        "result named (a tool lmflow adds to servers that offer resources)."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {"uri": {"type": "string", "description": "The resource's URI."}},
+        "required": ["uri"],
+    },
+)
 _CLOSED_MESSAGE = "Connection closed"
 """The SDK's message when the connection itself is gone. It uses the same code, -32000, for
 a request that failed on a connection that lives on (an SSE stream that broke, an event
@@ -76,6 +89,8 @@ class _Connection:
     client: Client | None = None
     handlers: ServerHandlers | None = None
     tools: list[Tool] = field(default_factory=list)
+    reads_resources: bool = False
+    """Its tools include lmflow's `read_resource` (the server has resources)."""
     alive: bool = False
     failure: str | None = None
 
@@ -195,17 +210,14 @@ class McpSessions:
             raise self._stopped(connection)
         assert connection.handlers is not None
         timeout = connection.server.timeout
+        result: ToolResult | None = None
         # Our own deadline, not the SDK's read timeout: progress may move it (abandoning the
         # call sends the server notifications/cancelled all the same).
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as deadline:
             extend = deadline if connection.server.progress_extends_timeout else None
             try:
                 with connection.handlers.calling():
-                    result = await connection.client.call_tool(
-                        tool,
-                        thawed(dict(arguments)),
-                        progress_callback=connection.handlers.progress(tool, extend, timeout),
-                    )
+                    result = await self._send(connection, tool, arguments, extend)
             except MCPError as exc:
                 if _connection_gone(exc) or not connection.alive:
                     raise self._stopped(connection, exc) from exc
@@ -220,10 +232,30 @@ class McpSessions:
                     raise self._stopped(connection, exc) from exc
                 text = f"tool {tool!r} of MCP server {server!r}: {exc}"
                 return ToolResult(self._redact(text), is_error=True)
-        if deadline.cancelled_caught:
+        if result is None:  # the deadline passed
             text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
             return ToolResult(self._redact(text), is_error=True)
+        return result
+
+    async def _send(
+        self,
+        connection: _Connection,
+        tool: str,
+        arguments: Mapping[str, Any],
+        extend: anyio.CancelScope | None,
+    ) -> ToolResult:
+        """One tool call, or a read of a resource through lmflow's own `read_resource`."""
+        assert connection.client is not None and connection.handlers is not None
         content_dir = self._log_dir / "mcp-content" if self._log_dir is not None else None
+        if tool == READ_RESOURCE and connection.reads_resources:
+            uri = arguments.get("uri")
+            if not isinstance(uri, str) or not uri:
+                return ToolResult(f"{READ_RESOURCE} needs a `uri` (a string)", is_error=True)
+            return resource_result(await connection.client.read_resource(uri), content_dir)
+        progress = connection.handlers.progress(tool, extend, connection.server.timeout)
+        result = await connection.client.call_tool(
+            tool, thawed(dict(arguments)), progress_callback=progress
+        )
         return tool_result(result, content_dir)
 
     def _connection(self, server: str) -> _Connection:
@@ -262,7 +294,8 @@ class McpSessions:
             async with AsyncExitStack() as stack:
                 connection.handlers = self._handlers(connection)
                 client = await stack.enter_async_context(await self._client(connection, stack))
-                connection.tools = await _list_callable_tools(client)
+                connection.reads_resources = await _offers_resources(client)
+                connection.tools = await self._tools_of(connection, client)
                 connection.client = client
                 connection.alive = True
                 task_status.started()
@@ -279,7 +312,7 @@ class McpSessions:
     def _handlers(self, connection: _Connection) -> ServerHandlers:
         async def refresh_tools() -> None:
             if connection.client is not None:
-                connection.tools = await _list_callable_tools(connection.client)
+                connection.tools = await self._tools_of(connection, connection.client)
 
         return ServerHandlers(
             connection.name,
@@ -292,6 +325,17 @@ class McpSessions:
             chat=self._chat,
             model_for=self._model_for,
         )
+
+    @staticmethod
+    async def _tools_of(connection: _Connection, client: Client) -> list[Tool]:
+        """The server's callable tools, and lmflow's `read_resource` when it has resources
+        (and no tool of that name of its own)."""
+        tools = await _list_callable_tools(client)
+        if connection.reads_resources and all(tool.name != READ_RESOURCE for tool in tools):
+            tools.append(RESOURCE_READER)
+        else:
+            connection.reads_resources = False
+        return tools
 
     def _roots(self, server: McpServer) -> list[Path]:
         base = self._workflow_dir or Path.cwd()
@@ -494,6 +538,20 @@ async def _list_callable_tools(client: Client) -> list[Tool]:
         if not cursor:
             return tools
     raise RuntimeError(f"the tool list did not end after {_MAX_TOOL_PAGES} pages")
+
+
+async def _offers_resources(client: Client) -> bool:
+    """Whether the server lists a resource or a resource template. Not its capability
+    alone: the SDK's servers declare it with no resource at all."""
+    if client.server_capabilities.resources is None:
+        return False
+    try:
+        listed = await client.list_resources()
+        return bool(listed.resources) or bool(
+            (await client.list_resource_templates()).resource_templates
+        )
+    except MCPError:
+        return False
 
 
 def _task_only(tool: Tool) -> bool:

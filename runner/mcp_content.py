@@ -22,6 +22,7 @@ from mcp.types import (
     CallToolResult,
     EmbeddedResource,
     ImageContent,
+    ReadResourceResult,
     ResourceLink,
     TextContent,
     TextResourceContents,
@@ -39,12 +40,7 @@ def tool_result(result: CallToolResult, content_dir: Path | None = None) -> Tool
         elif isinstance(block, ResourceLink):
             parts.append(f"[resource link: {block.uri}]")
         elif isinstance(block, EmbeddedResource):
-            resource = block.resource
-            if isinstance(resource, TextResourceContents):
-                parts.append(resource.text)
-            elif isinstance(resource, BlobResourceContents):
-                label = f"binary resource: {resource.uri}"
-                parts.append(_binary(label, resource.blob, resource.mime_type, content_dir))
+            parts.append(_resource_text(block.resource, content_dir))
         elif isinstance(block, ImageContent | AudioContent):
             parts.append(_binary(f"{block.type} content", block.data, block.mime_type, content_dir))
         else:  # a kind of content newer than this code
@@ -53,6 +49,20 @@ def tool_result(result: CallToolResult, content_dir: Path | None = None) -> Tool
     if not parts and structured is not None:
         parts.append(json.dumps(structured, ensure_ascii=False))
     return ToolResult("\n".join(parts), is_error=bool(result.is_error), structured=structured)
+
+
+def resource_result(result: ReadResourceResult, content_dir: Path | None = None) -> ToolResult:
+    """A resource read, as text for the model: its text parts, its binary parts saved."""
+    return ToolResult("\n".join(_resource_text(part, content_dir) for part in result.contents))
+
+
+def _resource_text(
+    resource: TextResourceContents | BlobResourceContents, content_dir: Path | None
+) -> str:
+    if isinstance(resource, TextResourceContents):
+        return resource.text
+    label = f"binary resource: {resource.uri}"
+    return _binary(label, resource.blob, resource.mime_type, content_dir)
 
 
 def _binary(label: str, data: str, mime: str | None, content_dir: Path | None) -> str:

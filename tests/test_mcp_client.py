@@ -31,7 +31,7 @@ from runner.mcp_handlers import form_answer
 from runner.runlog import Scope, current_scope
 from runner.runtime import sampling_model
 from runner.spec import load_workflow
-from runner.spec.model import HttpServer, Sampling, ToolFilter
+from runner.spec.model import HttpServer, Sampling, ToolFilter, Workflow
 
 pytestmark = pytest.mark.anyio
 
@@ -277,23 +277,27 @@ def test_a_required_field_without_answer_or_default_declines() -> None:
     assert form_answer(schema, {"name": "Bo"}) == ({"name": "Bo", "size": 2}, None)
 
 
-def test_the_workflow_file_sets_roots_and_the_elicitation_policy(tmp_path: Path) -> None:
+def workflow_from(tmp_path: Path, text: str) -> Workflow:
     path = tmp_path / "wf.yaml"
-    path.write_text(
-        textwrap.dedent(
-            """
-            version: 1
-            name: settings
-            mcp_servers:
-              asks: {command: srv, roots: [data], elicitation: {answers: {count: 7}}}
-              web: {url: "http://127.0.0.1:1/mcp", elicitation: accept_defaults}
-            steps:
-              - {id: a, tool: asks.ask}
-              - {id: b, tool: web.ask}
-            """
-        )
+    path.write_text(textwrap.dedent(text))
+    return load_workflow(path)
+
+
+def test_the_workflow_file_sets_roots_and_the_elicitation_policy(tmp_path: Path) -> None:
+    workflow = workflow_from(
+        tmp_path,
+        """
+        version: 1
+        name: settings
+        mcp_servers:
+          asks: {command: srv, roots: [data], elicitation: {answers: {count: 7}}}
+          web: {url: "http://127.0.0.1:1/mcp", elicitation: accept_defaults}
+        steps:
+          - {id: a, tool: asks.ask}
+          - {id: b, tool: web.ask}
+        """,
     )
-    servers = load_workflow(path).mcp_servers
+    servers = workflow.mcp_servers
     assert servers["asks"].roots == ("data",)
     assert servers["asks"].elicitation == "answers"
     assert dict(servers["asks"].elicitation_answers) == {"count": 7}
@@ -394,24 +398,21 @@ async def test_sampling_past_its_limits_is_refused_not_waited_on(
 
 
 def test_the_sampling_model_is_the_entrys_then_the_steps_then_the_default(tmp_path: Path) -> None:
-    path = tmp_path / "wf.yaml"
-    path.write_text(
-        textwrap.dedent(
-            """
-            version: 1
-            name: sampling
-            models: {fast: org/fast-model}
-            defaults: {model: org/default-model}
-            mcp_servers:
-              named: {command: srv, sampling: {model: fast, max_requests: 3}}
-              free: {command: srv, sampling: true}
-            steps:
-              - {id: direct, tool: free.summarize}
-              - {id: think, model: org/step-model, mcp: [named, free], prompt: go}
-            """
-        )
+    workflow = workflow_from(
+        tmp_path,
+        """
+        version: 1
+        name: sampling
+        models: {fast: org/fast-model}
+        defaults: {model: org/default-model}
+        mcp_servers:
+          named: {command: srv, sampling: {model: fast, max_requests: 3}}
+          free: {command: srv, sampling: true}
+        steps:
+          - {id: direct, tool: free.summarize}
+          - {id: think, model: org/step-model, mcp: [named, free], prompt: go}
+        """,
     )
-    workflow = load_workflow(path)
     named = workflow.mcp_servers["named"].sampling
     assert named == Sampling("fast", max_requests=3)
     assert workflow.mcp_servers["free"].sampling == Sampling()
@@ -419,3 +420,30 @@ def test_the_sampling_model_is_the_entrys_then_the_steps_then_the_default(tmp_pa
     assert sampling_model(workflow, None, "think") == "org/step-model"
     assert sampling_model(workflow, None, "direct") == "org/default-model"
     assert "org/fast-model" in workflow.models_in_use()  # checked before the run starts
+
+
+# --- resources ----------------------------------------------------------------------------
+
+
+async def test_a_server_with_resources_gets_a_read_resource_tool(tmp_path: Path) -> None:
+    async with McpSessions({"fx": features()}, log_dir=tmp_path) as sessions:
+        reader = {tool.name: tool for tool in sessions.tools("fx")}["read_resource"]
+        toolbox = sessions.toolbox(["fx"], ["read_resource"])
+        text = await toolbox.call("read_resource", {"uri": "note://greeting"})
+        binary = await sessions.call_tool("fx", "read_resource", {"uri": "blob://pixel"})
+        unknown = await sessions.call_tool("fx", "read_resource", {"uri": "note://nothing"})
+        no_uri = await sessions.call_tool("fx", "read_resource", {})
+    assert reader.input_schema["required"] == ["uri"]
+    assert text.text == "hello from a resource" and not text.is_error
+    (png,) = (tmp_path / "mcp-content").glob("*.png")
+    assert binary.text == f"[binary resource: blob://pixel: image/png, saved to {png}]"
+    assert png.read_bytes() == runpy.run_path(str(FIXTURE_SERVER))["PIXEL"]
+    assert unknown.is_error and "note://nothing" in unknown.text
+    assert no_uri.is_error and "needs a `uri`" in no_uri.text
+
+
+async def test_a_server_without_resources_gets_no_read_resource_tool(tmp_path: Path) -> None:
+    plain = fixture_server("plain", tag=new_tag())
+    async with McpSessions({"plain": plain}, log_dir=tmp_path) as sessions:
+        names = {tool.name for tool in sessions.tools("plain")}
+    assert "read_resource" not in names
