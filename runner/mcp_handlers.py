@@ -85,7 +85,7 @@ class ServerHandlers:
         self._roots = tuple(roots)
         self._tools_changed = tools_changed
         self._calls: list[Scope | None] = []
-        self.sampler = None
+        self.sampler: Sampler | None = None
         if server.sampling is not None and chat is not None and model_for is not None:
             self.sampler = Sampler(
                 name, server.sampling, chat, model_for, self._calling_scope, self._emit
