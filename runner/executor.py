@@ -13,7 +13,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -41,6 +41,7 @@ from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import (
     AgentStep,
+    AllowList,
     CommandStep,
     HttpServer,
     McpServer,
@@ -62,7 +63,7 @@ class ToolProvider(Protocol):
     def toolbox(
         self,
         servers: Sequence[str],
-        allow: Sequence[str] | None,
+        allow: AllowList,
         limits: Mapping[str, int] | None = None,
     ) -> Toolbox: ...
 
@@ -286,14 +287,20 @@ def render_servers(
                 args=tuple(text(f"args[{i}]", a) for i, a in enumerate(server.args)),
                 env={k: text(f"env.{k}", v) for k, v in server.env.items()},
                 cwd=text("cwd", server.cwd) if server.cwd else None,
+                roots=_render_roots(server.roots, text),
             )
         elif isinstance(server, HttpServer):
             rendered[name] = replace(
                 server,
                 url=text("url", server.url),
                 headers={k: text(f"headers.{k}", v) for k, v in server.headers.items()},
+                roots=_render_roots(server.roots, text),
             )
     return rendered
+
+
+def _render_roots(roots: tuple[str, ...], text: Callable[[str, str], str]) -> tuple[str, ...]:
+    return tuple(text(f"roots[{i}]", root) for i, root in enumerate(roots))
 
 
 def _render_setting(server: str, field: str, value: str, *, context: Mapping[str, Any]) -> str:

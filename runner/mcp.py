@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 import shlex
 import shutil
@@ -33,21 +32,23 @@ from anyio.abc import Process, TaskGroup, TaskStatus
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.types import (
-    CONNECTION_CLOSED,
-    REQUEST_TIMEOUT,
-    CallToolResult,
-    EmbeddedResource,
-    ResourceLink,
-    TextContent,
-    TextResourceContents,
-    Tool,
-)
+from mcp.types import CONNECTION_CLOSED, Tool
 
-from .chat import ToolResult, ToolSpec
+from .chat import ChatModel, ToolResult, ToolSpec
 from .errors import MCPServerError
+from .mcp_content import resource_result, tool_result
+from .mcp_handlers import EventSink, ServerHandlers
+from .mcp_sampling import ModelFor
 from .results import capped
-from .spec.model import DEFAULT_MAX_RESULT_CHARS, HttpServer, McpServer, StdioServer, thawed
+from .spec.model import (
+    DEFAULT_MAX_RESULT_CHARS,
+    AllowList,
+    HttpServer,
+    McpServer,
+    StdioServer,
+    ToolFilter,
+    thawed,
+)
 from .stdio_server import stdio_transport
 
 # The classic initialize handshake: every server speaks it, 1.x and 2.x alike. "auto" would
@@ -56,6 +57,23 @@ PROTOCOL_MODE = "legacy"
 STDERR_TAIL_LINES = 20
 _STDERR_TAIL_BYTES = 8192
 _MAX_TOOL_PAGES = 1000
+READ_RESOURCE = "read_resource"
+RESOURCE_READER = Tool(
+    name=READ_RESOURCE,
+    description=(
+        "Read a resource of this MCP server by its URI, e.g. a resource link that a tool "
+        "result named (a tool lmflow adds to servers that offer resources)."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {"uri": {"type": "string", "description": "The resource's URI."}},
+        "required": ["uri"],
+    },
+)
+_CLOSED_MESSAGE = "Connection closed"
+"""The SDK's message when the connection itself is gone. It uses the same code, -32000, for
+a request that failed on a connection that lives on (an SSE stream that broke, an event
+over the size limit): those keep their message and are tool errors."""
 
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NOT_IN_FUNCTION_NAME = re.compile(r"[^a-zA-Z0-9_-]")
@@ -70,7 +88,10 @@ class _Connection:
     server: McpServer
     stderr_path: Path | None
     client: Client | None = None
+    handlers: ServerHandlers | None = None
     tools: list[Tool] = field(default_factory=list)
+    reads_resources: bool = False
+    """Its tools include lmflow's `read_resource` (the server has resources)."""
     alive: bool = False
     failure: str | None = None
 
@@ -92,6 +113,11 @@ class McpSessions:
 
     `started` holds stdio server processes spawned earlier (`runtime.early_servers`), so
     they boot while the run checks its models; the sessions attach to them.
+
+    What servers send on their own (progress, log messages, requests to the client) is
+    answered by runner/mcp_handlers.py; its events go to `emit` (the run log's). A server's
+    `roots` are relative to `workflow_dir`. A server with `sampling` settings is answered by
+    `chat`, with the model `model_for` gives for the calling step (runner/mcp_sampling.py).
     """
 
     def __init__(
@@ -102,10 +128,18 @@ class McpSessions:
         redact: Callable[[str], str] | None = None,
         started: Mapping[str, Process] | None = None,
         on_ready: Callable[[str], None] | None = None,
+        emit: EventSink | None = None,
+        workflow_dir: Path | None = None,
+        chat: ChatModel | None = None,
+        model_for: ModelFor | None = None,
     ) -> None:
         self._servers = dict(servers)
         self._on_ready = on_ready  # told each server's name once its handshake is done
+        self._chat = chat
+        self._model_for = model_for
         self._log_dir = log_dir
+        self._emit = emit
+        self._workflow_dir = workflow_dir
         self._redact = redact or _unchanged
         self._started = dict(started or {})
         self._connections: dict[str, _Connection] = {}
@@ -129,6 +163,8 @@ class McpSessions:
                     connection = _Connection(
                         name, server, stderr if isinstance(server, StdioServer) else None
                     )
+                    if connection.stderr_path is not None:
+                        connection.stderr_path.write_text("")  # appended to from here on
                     self._connections[name] = connection
                     starters.start_soon(self._start, owners, connection, failures)
             if failures:
@@ -150,21 +186,23 @@ class McpSessions:
         await self._stack.aclose()
 
     def tools(self, server: str) -> list[Tool]:
-        """Every tool the server offers (all pages), as the SDK describes them."""
+        """Every tool the server offers that lmflow can call (all pages, the newest list
+        when the server said it changed), as the SDK describes them."""
         return list(self._connection(server).tools)
 
     def toolbox(
         self,
         servers: Sequence[str],
-        allow: Sequence[str] | None = None,
+        allow: AllowList = None,
         limits: Mapping[str, int] | None = None,
     ) -> McpToolbox:
         """The tools of `servers` a step may call, limited to `allow` when it is given;
         `limits` are the result characters the model gets, per server (see `McpToolbox`).
 
         An `allow` entry is `tool` (that tool on each listed server that has it) or
-        `server.tool`. An entry that matches nothing raises `MCPServerError`: build every
-        step's toolbox before the first step runs so such a workflow stops before it starts.
+        `server.tool`; `ToolFilter(read_only=True)` keeps the tools marked read-only. An
+        entry or a filter that matches nothing raises `MCPServerError`: build every step's
+        toolbox before the first step runs so such a workflow stops before it starts.
         """
         return build_toolbox(self, servers, allow, limits)
 
@@ -174,29 +212,55 @@ class McpSessions:
         connection = self._connection(server)
         if not connection.alive or connection.client is None:
             raise self._stopped(connection)
+        assert connection.handlers is not None
         timeout = connection.server.timeout
-        try:
-            result = await connection.client.call_tool(
-                tool, thawed(dict(arguments)), read_timeout_seconds=timeout
-            )
-        except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED or not connection.alive:
-                raise self._stopped(connection, exc) from exc
-            if exc.code == REQUEST_TIMEOUT:
-                text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
-            else:
+        result: ToolResult | None = None
+        # Our own deadline, not the SDK's read timeout: progress may move it (abandoning the
+        # call sends the server notifications/cancelled all the same).
+        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as deadline:
+            extend = deadline if connection.server.progress_extends_timeout else None
+            try:
+                with connection.handlers.calling():
+                    result = await self._send(connection, tool, arguments, extend)
+            except MCPError as exc:
+                if _connection_gone(exc) or not connection.alive:
+                    raise self._stopped(connection, exc) from exc
                 text = f"tool {tool!r} of MCP server {server!r} failed: {exc.message}"
-            return ToolResult(self._redact(f"{text} (MCP error {exc.code})"), is_error=True)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise self._stopped(connection, exc) from exc
-        except RuntimeError as exc:
-            # The SDK's check of structured content against the tool's output schema, or a
-            # client that closed under the call.
-            if not connection.alive:
+                return ToolResult(self._redact(f"{text} (MCP error {exc.code})"), is_error=True)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
                 raise self._stopped(connection, exc) from exc
-            text = f"tool {tool!r} of MCP server {server!r}: {exc}"
+            except RuntimeError as exc:
+                # The SDK's check of structured content against the tool's output schema, or
+                # a client that closed under the call.
+                if not connection.alive:
+                    raise self._stopped(connection, exc) from exc
+                text = f"tool {tool!r} of MCP server {server!r}: {exc}"
+                return ToolResult(self._redact(text), is_error=True)
+        if result is None:  # the deadline passed
+            text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
             return ToolResult(self._redact(text), is_error=True)
-        return _tool_result(result)
+        return result
+
+    async def _send(
+        self,
+        connection: _Connection,
+        tool: str,
+        arguments: Mapping[str, Any],
+        extend: anyio.CancelScope | None,
+    ) -> ToolResult:
+        """One tool call, or a read of a resource through lmflow's own `read_resource`."""
+        assert connection.client is not None and connection.handlers is not None
+        content_dir = self._log_dir / "mcp-content" if self._log_dir is not None else None
+        if tool == READ_RESOURCE and connection.reads_resources:
+            uri = arguments.get("uri")
+            if not isinstance(uri, str) or not uri:
+                return ToolResult(f"{READ_RESOURCE} needs a `uri` (a string)", is_error=True)
+            return resource_result(await connection.client.read_resource(uri), content_dir)
+        progress = connection.handlers.progress(tool, extend, connection.server.timeout)
+        result = await connection.client.call_tool(
+            tool, thawed(dict(arguments)), progress_callback=progress
+        )
+        return tool_result(result, content_dir)
 
     def _connection(self, server: str) -> _Connection:
         try:
@@ -234,8 +298,10 @@ class McpSessions:
         started = False
         try:
             async with AsyncExitStack() as stack:
+                connection.handlers = self._handlers(connection)
                 client = await stack.enter_async_context(await self._client(connection, stack))
-                connection.tools = await _list_all_tools(client)
+                connection.reads_resources = await _offers_resources(client)
+                connection.tools = await self._tools_of(connection, client)
                 connection.client = client
                 connection.alive = True
                 task_status.started()
@@ -249,18 +315,55 @@ class McpSessions:
                 raise
             connection.failure = _reason(exc)
 
+    def _handlers(self, connection: _Connection) -> ServerHandlers:
+        async def refresh_tools() -> None:
+            if connection.client is not None:
+                connection.tools = await self._tools_of(connection, connection.client)
+
+        return ServerHandlers(
+            connection.name,
+            connection.server,
+            emit=self._emit,
+            redact=self._redact,
+            log_file=connection.stderr_path,
+            roots=self._roots(connection.server),
+            tools_changed=refresh_tools,
+            chat=self._chat,
+            model_for=self._model_for,
+        )
+
+    @staticmethod
+    async def _tools_of(connection: _Connection, client: Client) -> list[Tool]:
+        """The server's callable tools, and lmflow's `read_resource` when it has resources
+        (and no tool of that name of its own)."""
+        tools = await _list_callable_tools(client)
+        if connection.reads_resources and all(tool.name != READ_RESOURCE for tool in tools):
+            tools.append(RESOURCE_READER)
+        else:
+            connection.reads_resources = False
+        return tools
+
+    def _roots(self, server: McpServer) -> list[Path]:
+        base = self._workflow_dir or Path.cwd()
+        return [(base / root).resolve() for root in server.roots]
+
     async def _client(self, connection: _Connection, stack: AsyncExitStack) -> Client:
         server = connection.server
+        assert connection.handlers is not None
+        options = connection.handlers.client_options()
         if isinstance(server, HttpServer):
             http = await stack.enter_async_context(
                 create_mcp_http_client(headers=dict(server.headers))
             )
-            return Client(streamable_http_client(server.url, http_client=http), mode=PROTOCOL_MODE)
+            transport = streamable_http_client(
+                server.url, http_client=http, max_sse_event_size=server.max_message_bytes
+            )
+            return Client(transport, mode=PROTOCOL_MODE, **options)
         assert connection.stderr_path is not None
-        transport = stdio_transport(
+        stdio = stdio_transport(
             server, connection.stderr_path, self._redact, self._started.pop(connection.name, None)
         )
-        return Client(transport, mode=PROTOCOL_MODE)
+        return Client(stdio, mode=PROTOCOL_MODE, **options)
 
     def _stopped(self, connection: _Connection, exc: BaseException | None = None) -> MCPServerError:
         if connection.failure is not None:
@@ -307,13 +410,15 @@ class ToolSource(Protocol):
 def build_toolbox(
     source: ToolSource,
     servers: Sequence[str],
-    allow: Sequence[str] | None = None,
+    allow: AllowList = None,
     limits: Mapping[str, int] | None = None,
 ) -> McpToolbox:
     """The toolbox of `McpSessions.toolbox`, over any tool source: a replayed run offers
     exactly the names, and reports exactly the allow-list errors, of a live one."""
     offered = [(server, tool) for server in dict.fromkeys(servers) for tool in source.tools(server)]
-    if allow is not None:
+    if isinstance(allow, ToolFilter):
+        offered = _filtered(offered, allow, servers)
+    elif allow is not None:
         offered = _allowed(offered, allow, servers)
     return McpToolbox(source, _exposed_names(offered), limits)
 
@@ -405,40 +510,58 @@ def _allowed(
     return [item for item, key in zip(offered, keys, strict=True) if wanted.intersection(key)]
 
 
-async def _list_all_tools(client: Client) -> list[Tool]:
-    """Every page of the tool list: the SDK returns one page per call."""
+def _filtered(
+    offered: Sequence[tuple[str, Tool]], tool_filter: ToolFilter, servers: Sequence[str]
+) -> list[tuple[str, Tool]]:
+    """The offered tools a filter keeps; a filter that keeps none is an error (the step
+    would have no tools, which `tools:` did not ask for)."""
+    if not tool_filter.read_only:
+        return list(offered)
+    kept = [(server, tool) for server, tool in offered if _read_only(tool)]
+    if not kept:
+        named = ", ".join(servers) or "none"
+        raise MCPServerError(
+            f"tools: {{read_only: true}}: no MCP server of the step ({named}) marks any tool "
+            "read-only (readOnlyHint)",
+            hint="name the tools instead: tools: [tool, server.tool]",
+        )
+    return kept
+
+
+def _read_only(tool: Tool) -> bool:
+    return tool.annotations is not None and tool.annotations.read_only_hint is True
+
+
+async def _list_callable_tools(client: Client) -> list[Tool]:
+    """Every page of the tool list (the SDK returns one page per call), without the tools
+    that can only be called as tasks: lmflow does not call tasks, so it must not offer them."""
     tools: list[Tool] = []
     cursor: str | None = None
     for _ in range(_MAX_TOOL_PAGES):
         page = await client.list_tools(cursor=cursor)
-        tools.extend(page.tools)
+        tools.extend(tool for tool in page.tools if not _task_only(tool))
         cursor = page.next_cursor
         if not cursor:
             return tools
     raise RuntimeError(f"the tool list did not end after {_MAX_TOOL_PAGES} pages")
 
 
-def _tool_result(result: CallToolResult) -> ToolResult:
-    """Text for the model: text blocks joined, other content named by its type."""
-    parts: list[str] = []
-    for block in result.content:
-        if isinstance(block, TextContent):
-            parts.append(block.text)
-        elif isinstance(block, ResourceLink):
-            parts.append(f"[resource link: {block.uri}]")
-        elif isinstance(block, EmbeddedResource):
-            resource = block.resource
-            if isinstance(resource, TextResourceContents):
-                parts.append(resource.text)
-            else:
-                parts.append(f"[binary resource: {resource.uri} ({resource.mime_type})]")
-        else:  # an image, audio, or a kind of content newer than this code
-            mime = getattr(block, "mime_type", None)
-            parts.append(f"[{block.type} content{f': {mime}' if mime else ''}]")
-    structured = result.structured_content
-    if not parts and structured is not None:
-        parts.append(json.dumps(structured, ensure_ascii=False))
-    return ToolResult("\n".join(parts), is_error=bool(result.is_error), structured=structured)
+async def _offers_resources(client: Client) -> bool:
+    """Whether the server lists a resource or a resource template. Not its capability
+    alone: the SDK's servers declare it with no resource at all."""
+    if client.server_capabilities.resources is None:
+        return False
+    try:
+        listed = await client.list_resources()
+        return bool(listed.resources) or bool(
+            (await client.list_resource_templates()).resource_templates
+        )
+    except MCPError:
+        return False
+
+
+def _task_only(tool: Tool) -> bool:
+    return tool.execution is not None and tool.execution.task_support == "required"
 
 
 def _unchanged(text: str) -> str:
@@ -469,10 +592,17 @@ def _reason(exc: BaseException) -> str:
         return f"working directory not found: {exc.filename} (check cwd in its settings)"
     if isinstance(exc, FileNotFoundError):
         return f"{_COMMAND_NOT_FOUND}{exc.filename or exc}"
-    if isinstance(exc, MCPError) and exc.code == CONNECTION_CLOSED:
+    if isinstance(exc, MCPError) and _connection_gone(exc):
         return "the server closed the connection (did it exit?)"
+    if isinstance(exc, MCPError):
+        return f"{exc.message} (MCP error {exc.code})"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _connection_gone(exc: MCPError) -> bool:
+    """The connection itself is gone, not just one request on it (see `_CLOSED_MESSAGE`)."""
+    return exc.code == CONNECTION_CLOSED and exc.message == _CLOSED_MESSAGE
 
 
 def _tail(path: Path) -> list[str]:

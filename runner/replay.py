@@ -439,6 +439,7 @@ _SCHEMA: dict[str, Any] = {
                         "title": _TEXT,
                         "description": _TEXT,
                         "input_schema": {"type": "object"},
+                        "annotations": {"type": "object"},
                     },
                 },
             },
@@ -628,6 +629,10 @@ def _tool_spec(tool: Tool) -> dict[str, Any]:
         spec["title"] = tool.title
     spec["description"] = tool.description
     spec["input_schema"] = tool.input_schema
+    if tool.annotations is not None:  # `tools: {read_only: true}` reads them on replay too
+        spec["annotations"] = tool.annotations.model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        )
     return spec
 
 

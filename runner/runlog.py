@@ -253,10 +253,14 @@ KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
 """Fields a log line never holds (the event's `full_result` file does), left out of the view
 so a snapshot is the same whether it was taken from a file or from memory."""
 _NOT_IN_VIEW = VOLATILE_KEYS | KEPT_ELSEWHERE
-MACHINE_EVENTS = frozenset({"notice", "phase_started", "phase_finished"})
-"""Events about this machine (a model not loaded, the start-up of models and servers), not
-about the exchanges: a replay, which checks no models, must give the same view as the run it
-replays."""
+MACHINE_EVENTS = frozenset(
+    {"notice", "phase_started", "phase_finished"}
+    | {"mcp_progress", "mcp_log", "mcp_elicitation", "mcp_sampling"}
+)
+"""Events about this machine (a model not loaded, the start-up of models and servers) or
+about what live MCP servers said on their own (progress, log messages, questions: how many,
+and when, depends on timing), not about the exchanges: a replay, which checks no models and
+may run no servers, must give the same view as the run it replays."""
 DIRECT_CALL_ID = "direct"
 """The id of the tool call of a `tool:` step: fixed already, so it is never renumbered."""
 

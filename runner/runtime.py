@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,9 @@ async def live_parts(
         started = await stack.enter_async_context(early_servers(servers))
         chat = await stack.enter_async_context(live_model(run, options))
         tools = (
-            await stack.enter_async_context(live_tools(run, servers, started)) if servers else None
+            await stack.enter_async_context(live_tools(run, servers, started, chat))
+            if servers
+            else None
         )
         yield chat, tools
 
@@ -204,6 +207,9 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
         )
     # Streamed, so each answer records time to first token and tokens per second.
     async with LMStudioClient.from_config(server, stream=True) as client:
+        if not asks_models(run.workflow):
+            yield client  # only tool steps: no model to check, LM Studio need not run
+            return
         started = time.monotonic()
         run.log.emit("phase_started", phase="models")
         warnings = await verify_models(
@@ -235,9 +241,11 @@ async def live_tools(
     run: PreparedRun,
     servers: Mapping[str, McpServer] | None = None,
     started: Mapping[str, Process] | None = None,
+    chat: ChatModel | None = None,
 ) -> AsyncIterator[McpSessions]:
     """The MCP servers the steps use (rendered now unless given), started once or attached
-    to the processes `started` for them, allow-lists checked."""
+    to the processes `started` for them, allow-lists checked. `chat` answers the servers
+    that may sample."""
     from .mcp import McpSessions
 
     if servers is None:
@@ -253,7 +261,15 @@ async def live_tools(
         run.log.emit("phase_finished", phase="server", name=name, duration=_since(since))
 
     async with McpSessions(
-        servers, log_dir=log_dir, redact=run.log.redactor.text, started=started, on_ready=ready
+        servers,
+        log_dir=log_dir,
+        redact=run.log.redactor.text,
+        started=started,
+        emit=run.log.emit,
+        workflow_dir=run.workflow.path.resolve().parent,
+        chat=chat,
+        model_for=partial(sampling_model, run.workflow),
+        on_ready=ready,
     ) as sessions:
         check_allow_lists(run.workflow, sessions)
         ensure_tool_steps(run.workflow, sessions.tools, run.context)
@@ -286,8 +302,10 @@ async def _recording_parts(
 
     assert options.record is not None
     recorder = Recorder(run.workflow.name, run.log, run.context)
-    async with live_model(run, options) as chat, live_tools(run) as sessions:
-        yield recorder.chat(chat), recorder.tools(sessions, servers_in_use(run.workflow))
+    async with live_model(run, options) as chat:
+        recorded = recorder.chat(chat)  # the servers' sampling requests are recorded too
+        async with live_tools(run, chat=recorded) as sessions:
+            yield recorded, recorder.tools(sessions, servers_in_use(run.workflow))
     recorder.cassette().save(options.record)
 
 
@@ -301,7 +319,7 @@ async def _replay_parts(
 
     replayer = Replayer(Cassette.load(cassette_path), run.log, run.context)
     if use_live_tools:
-        async with live_tools(run) as sessions:
+        async with live_tools(run, chat=replayer) as sessions:
             yield replayer, sessions
     else:
         check_allow_lists(run.workflow, replayer)
@@ -311,6 +329,24 @@ async def _replay_parts(
     # cassette) was not ready for it: exit code 3.
     if replayer.first_miss is not None:
         raise replayer.first_miss
+
+
+def asks_models(workflow: Workflow) -> bool:
+    """Whether a run may ask a model anything: a model step, or a server that may sample."""
+    return any(isinstance(step, AgentStep) for step in workflow.steps) or any(
+        workflow.mcp_servers[name].sampling is not None for name in servers_in_use(workflow)
+    )
+
+
+def sampling_model(workflow: Workflow, named: str | None, step_id: str | None) -> str | None:
+    """The model that answers a server's sampling request made during a call of `step_id`:
+    the one its entry `named`, else the step's model, else `defaults.model` (also for a
+    `tool:` step)."""
+    if named is not None:
+        return workflow.resolve_model(named)
+    step = next((s for s in workflow.steps if s.id == step_id), None)
+    chosen = workflow.step_model(step) if step is not None else None
+    return chosen or workflow.resolve_model(workflow.defaults.model)
 
 
 def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:
@@ -522,7 +558,9 @@ async def list_tools(
 
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
-    async with McpSessions(servers, redact=run.log.redactor.text) as sessions:
+    async with McpSessions(
+        servers, redact=run.log.redactor.text, workflow_dir=workflow.path.resolve().parent
+    ) as sessions:
         return {
             name: [
                 ToolInfo(tool.name, tool.description or "", dict(tool.input_schema or {}))

@@ -44,7 +44,7 @@ async def stdio_transport(
 ) -> AsyncIterator[TransportStreams]:
     """Talk to `server` through the process `started` for it (spawned now when None); stop
     its whole tree on the way out."""
-    with stderr_log.open("w", encoding="utf-8", buffering=1) as log:
+    with stderr_log.open("a", encoding="utf-8", buffering=1) as log:
         process = started or await processes.spawn_server(server)
         to_session, from_server = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         to_server, from_session = anyio.create_memory_object_stream[SessionMessage](0)

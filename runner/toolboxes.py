@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .mcp import McpToolbox, ToolSource
+    from .spec.model import AllowList
 
 
 class ToolboxFromSource:
@@ -22,7 +23,7 @@ class ToolboxFromSource:
     def toolbox(
         self: ToolSource,
         servers: Sequence[str],
-        allow: Sequence[str] | None,
+        allow: AllowList,
         limits: Mapping[str, int] | None = None,
     ) -> McpToolbox:
         from .mcp import build_toolbox

@@ -21,7 +21,7 @@ from jsonschema.exceptions import SchemaError
 from . import templating
 from .chat import Toolbox, ToolResult
 from .errors import ToolStepsInvalidError
-from .spec.model import ToolStep, Workflow, thawed
+from .spec.model import AllowList, ToolStep, Workflow, thawed
 from .spec.problems import Problem
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class CheckedToolSteps:
     def toolbox(
         self,
         servers: Sequence[str],
-        allow: Sequence[str] | None,
+        allow: AllowList,
         limits: Mapping[str, int] | None = None,
     ) -> Toolbox:
         return self._source.toolbox(servers, allow, limits)

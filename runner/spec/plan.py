@@ -31,7 +31,7 @@ VALUE_KEYS = ("for_each", "with", "run", "cwd", "env")
 """Step fields whose every string is a template (a lone `{{ expr }}` keeps its type)."""
 CONDITION_KEY = "if"
 SERVER_KEYS = ("command", "cwd", "url")
-SERVER_LIST_KEYS = ("args",)
+SERVER_LIST_KEYS = ("args", "roots")
 SERVER_MAP_KEYS = ("env", "headers")
 
 

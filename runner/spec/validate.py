@@ -466,7 +466,7 @@ class _Checker:
                     self._server_hint(server),
                 )
         tools = [t for t in _list(step.get("tools")) if isinstance(t, str)]
-        if tools and not servers:
+        if (tools or _dict(step.get("tools"))) and not servers:
             self.report(
                 (*here, "tools"),
                 f"{self.where(here)} lists `tools:` but no `mcp:` servers to take them from",

@@ -1,0 +1,91 @@
+"""A tool result as the text a model reads, with its binary content saved as files.
+
+A model reads text. Text blocks and embedded text resources are joined; a resource link is
+named by its URI; images, audio and binary resources are written to `content_dir` (the run
+directory's `mcp-content/`, named by a hash of their bytes, so the same content is one file)
+and named by their path, so a later step or tool can use them. Without a `content_dir` (a
+run that keeps no files) they are named by their type only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import mimetypes
+from pathlib import Path
+
+from mcp.types import (
+    AudioContent,
+    BlobResourceContents,
+    CallToolResult,
+    EmbeddedResource,
+    ImageContent,
+    ReadResourceResult,
+    ResourceLink,
+    TextContent,
+    TextResourceContents,
+)
+
+from .chat import ToolResult
+
+
+def tool_result(result: CallToolResult, content_dir: Path | None = None) -> ToolResult:
+    """Text for the model: text blocks joined, other content named (and saved, see above)."""
+    parts: list[str] = []
+    for block in result.content:
+        if isinstance(block, TextContent):
+            parts.append(block.text)
+        elif isinstance(block, ResourceLink):
+            parts.append(f"[resource link: {block.uri}]")
+        elif isinstance(block, EmbeddedResource):
+            parts.append(_resource_text(block.resource, content_dir))
+        elif isinstance(block, ImageContent | AudioContent):
+            parts.append(_binary(f"{block.type} content", block.data, block.mime_type, content_dir))
+        else:  # a kind of content newer than this code
+            parts.append(f"[{block.type} content]")
+    structured = result.structured_content
+    if not parts and structured is not None:
+        parts.append(json.dumps(structured, ensure_ascii=False))
+    return ToolResult("\n".join(parts), is_error=bool(result.is_error), structured=structured)
+
+
+def resource_result(result: ReadResourceResult, content_dir: Path | None = None) -> ToolResult:
+    """A resource read, as text for the model: its text parts, its binary parts saved."""
+    return ToolResult("\n".join(_resource_text(part, content_dir) for part in result.contents))
+
+
+def _resource_text(
+    resource: TextResourceContents | BlobResourceContents, content_dir: Path | None
+) -> str:
+    if isinstance(resource, TextResourceContents):
+        return resource.text
+    label = f"binary resource: {resource.uri}"
+    return _binary(label, resource.blob, resource.mime_type, content_dir)
+
+
+def _binary(label: str, data: str, mime: str | None, content_dir: Path | None) -> str:
+    """`[label: mime]`, and where the decoded bytes were saved when there is a place."""
+    described = f"{label}: {mime}" if mime else label
+    if content_dir is None:
+        return f"[{described}]"
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return f"[{described}, not valid base64: not saved]"
+    path = content_dir / f"{hashlib.sha256(raw).hexdigest()[:16]}{_extension(mime)}"
+    content_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_bytes(raw)
+    return f"[{described}, saved to {path}]"
+
+
+def _extension(mime: str | None) -> str:
+    """`.png` for image/png, `.svg` for image/svg+xml, `.wav` for audio/x-wav: the subtype
+    when it is a plain word (the same on every machine), else what the system knows."""
+    subtype = (mime or "").partition("/")[2].split("+")[0].split(";")[0].strip().lower()
+    subtype = subtype.removeprefix("x-")
+    if subtype.isalnum() and len(subtype) <= 10:
+        return f".{subtype}"
+    return (mimetypes.guess_extension(mime) if mime else None) or ".bin"
