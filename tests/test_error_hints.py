@@ -31,8 +31,11 @@ def environment_errors() -> list[type[EnvironmentNotReadyError]]:
 def test_every_environment_error_has_a_hint_without_being_given_one(
     cls: type[EnvironmentNotReadyError],
 ) -> None:
-    extra = {"model": "m", "available": []} if cls is errors.ModelNotFoundError else {}
-    error = cls("something is missing", **extra)  # type: ignore[arg-type]
+    if cls is errors.ToolStepsInvalidError:  # built from the problems found
+        error: EnvironmentNotReadyError = cls([], "wf.yaml")
+    else:
+        extra = {"model": "m", "available": []} if cls is errors.ModelNotFoundError else {}
+        error = cls("something is missing", **extra)  # type: ignore[arg-type]
     assert error.hint, f"{cls.__name__} has no hint"
     assert error.exit_code == errors.EXIT_ENVIRONMENT
 
@@ -76,7 +79,7 @@ def test_a_missing_server_command_says_to_install_it(
     assert_clean(run)
 
 
-def test_an_unknown_tool_at_run_time_fails_the_step_with_a_hint(
+def test_an_unknown_tool_is_reported_before_the_run_with_hints(
     tmp_path: Path, make_fake_lmstudio: Make, tag: str
 ) -> None:
     lm = make_fake_lmstudio(script=[])
@@ -90,10 +93,11 @@ def test_an_unknown_tool_at_run_time_fails_the_step_with_a_hint(
         """,
     )
     run = lmflow(tmp_path, "run", file, "--base-url", lm.url, tag=tag)
-    assert run.code in (1, 3), run.stderr  # at run time (1), or caught before the run (3)
-    assert "no_such_tool" in run.stderr
-    [hint] = hint_lines(run.stderr)
-    assert "`lmflow tools FILE`" in hint
+    assert run.code == 3, run.stderr  # the tool lists are known before the first step
+    assert "has no tool 'no_such_tool'" in run.stderr
+    tools, fix = hint_lines(run.stderr)
+    assert tools.startswith("hint: tools of 'fx': add, ")
+    assert fix == f"hint: `lmflow tools {file}` lists each tool with its arguments"
     assert_clean(run)
 
 
