@@ -79,3 +79,52 @@ def test_lmflow_passes_the_client_scenario(
     assert failed == {}
     for timed in TIMED_CHECKS & set(verdicts):
         print(f"{scenario}: {timed} {verdicts[timed]} (timed, not asserted)")
+
+
+SERVER_PASSED = [
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "server-sse-multiple-streams",
+    "dns-rebinding-protection",
+]
+"""The server scenarios `lmflow serve --http` passes; the others call the suite's own test
+tools, or ask for resources, prompts, completions or log levels, which lmflow serve does not
+offer (docs/serve.md#conformance says which and why)."""
+
+
+@pytest.mark.parametrize("scenario", SERVER_PASSED)
+def test_lmflow_serve_passes_the_server_scenario(
+    scenario: str, conformance_suite: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from test_serve import http_serve
+
+    workflows = Path(__file__).resolve().parents[1] / "workflows"
+    node, script = conformance_suite
+    out = tmp_path / "out"
+    with http_serve(workflows) as (url, _):  # no scenario calls a tool: no model is asked
+        done = subprocess.run(
+            [
+                str(node),
+                str(script),
+                "server",
+                "--url",
+                url,
+                "--scenario",
+                scenario,
+                "-o",
+                str(out),
+            ],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    (checks,) = out.glob("*/checks.json")
+    found = json.loads(checks.read_text())
+    assert found, done.stdout + done.stderr
+    failed = {
+        c["id"]: c.get("errorMessage") for c in found if c["status"] not in ("INFO", "SUCCESS")
+    }
+    assert failed == {}
