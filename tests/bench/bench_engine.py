@@ -92,6 +92,16 @@ def bare_loop(url: str, bodies: Sequence[Mapping[str, Any]]) -> Callable[[], Non
     return lambda: asyncio.run(go())
 
 
+def median_seconds(function: Callable[[], None], repeat: int) -> float:
+    """Median wall time of `repeat` calls of `function`."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def interleaved_medians(
     variants: Mapping[str, Callable[[], None]], repeat: int
 ) -> dict[str, tuple[float, float]]:
