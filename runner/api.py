@@ -16,7 +16,7 @@ from typing import Any
 
 from . import spec
 from .chat import Usage
-from .executor import RunResult
+from .executor import RunResult, coerce_inputs
 from .executor import StepRecord as StepResult
 from .runtime import PreparedRun, RunOptions, begin, execute, parts_for
 from .spec.model import Workflow
@@ -25,6 +25,7 @@ __all__ = [
     "RunOptions",
     "StepResult",
     "WorkflowResult",
+    "check_inputs",
     "load_workflow",
     "run_workflow",
     "run_workflow_sync",
@@ -82,6 +83,13 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
     """Read and validate a workflow file; an invalid one raises `WorkflowInvalidError` with
     every problem and its file:line:col (`error.problems`)."""
     return spec.load_workflow(Path(path))
+
+
+def check_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The typed inputs a run would get, without running: raw values converted as `-i`
+    values are. A bad one raises `InputError` (exit 2) naming every problem, so a caller
+    with many input sets (`lmflow batch`) can check them all before any runs."""
+    return coerce_inputs(workflow, inputs)
 
 
 async def run_workflow(

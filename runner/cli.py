@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "agent": "runner.commands.agent:command",
     "runs": "runner.commands.runs:command",
     "report": "runner.commands.report:command",
+    "batch": "runner.commands.batch:command",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -41,6 +42,7 @@ SHORT_HELP: dict[str, str] = {
     "agent": "Run the agent engine once, without a workflow file.",
     "runs": "Show the history of runs.",
     "report": "Write an HTML page of a run.",
+    "batch": "Run a workflow once per row of a JSONL or CSV file.",
 }
 
 
