@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import os
 import random
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -307,6 +309,20 @@ class RetryPolicy:
 # --- the client -----------------------------------------------------------------------------
 
 
+def tls_context(trust_env: bool) -> ssl.SSLContext:
+    """httpx's default TLS context, built once per setting and shared by every client: loading
+    the CA bundle takes ~15 ms, which every run (and every row of `lmflow batch`) would pay
+    again. With `trust_env` it follows SSL_CERT_FILE / SSL_CERT_DIR as httpx does."""
+    if not trust_env:
+        return _tls_context(False, None, None)
+    return _tls_context(True, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(trust_env: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context(trust_env=trust_env)
+
+
 class LMStudioClient:
     """One connection pool to one server, shared by every request of a run.
 
@@ -343,6 +359,7 @@ class LMStudioClient:
             timeout=_timeouts(self.timeout),
             # A proxy from the environment must not swallow requests to this machine.
             trust_env=not is_loopback(self.base_url),
+            verify=tls_context(trust_env=not is_loopback(self.base_url)),
         )
 
     @classmethod
