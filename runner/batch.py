@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import anyio
+import anyio.lowlevel
 
 from .api import RunOptions, check_inputs, run_workflow
 from .batch_hosts import Hosts, NoHostLeft
@@ -82,6 +83,7 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
             hint="pass --resume to continue that batch, or delete it (and "
             f"{journal_file.name}) to start over",
         )
+    fresh = not journal_file.exists()
     journal = Journal(journal_file)
     try:
         journal.start(_fingerprint(batch), batch.resume)
@@ -89,6 +91,13 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
         _rewrite_out(batch.out, journal)
         with batch.out.open("a", encoding="utf-8") as out:
             return await _Run(batch, journal, out, observer).all_rows()
+    except ConfigurationError:
+        # ROWS turned out unreadable: a batch that never started leaves nothing to resume.
+        journal.close()
+        if fresh:
+            journal_file.unlink(missing_ok=True)
+            batch.out.unlink(missing_ok=True)
+        raise
     finally:
         journal.close()
 
@@ -124,7 +133,7 @@ class _Run:
 
     async def all_rows(self) -> Counter[str]:
         done = self.journal.done_lines()
-        invalid = self._check_all(done)
+        invalid = await self._check_all(done)
         running = anyio.Semaphore(self.batch.concurrency)
         async with anyio.create_task_group() as group:
             for row in self._rows():
@@ -140,12 +149,14 @@ class _Run:
         workflow = self.batch.workflow
         return read_rows(self.batch.rows, workflow.inputs, self.batch.mapping)
 
-    def _check_all(self, done: set[int]) -> set[int]:
+    async def _check_all(self, done: set[int]) -> set[int]:
         """Check every row before any runs; write the bad ones. Their line numbers."""
         invalid: set[int] = set()
         total = 0
         for row in self._rows():
             total += 1
+            if total % 100 == 0:  # let Ctrl-C in while a long ROWS file is checked
+                await anyio.lowlevel.checkpoint()
             if row.line in done:
                 continue
             problem = row.problem or _problem(self.batch.workflow, row)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import ConfigurationError
 
@@ -71,8 +71,13 @@ def _pick(record: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, An
 
 
 def _jsonl_rows(path: Path, columns: Mapping[str, str]) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as stream:
-        for number, text in enumerate(stream, start=1):
+    with path.open("rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield Row(number, {}, f"not UTF-8 text (byte {error.start + 1})")
+                continue
             if not text.strip():
                 continue
             try:
@@ -90,22 +95,41 @@ def _jsonl_rows(path: Path, columns: Mapping[str, str]) -> Iterator[Row]:
 def _csv_rows(path: Path, columns: Mapping[str, str]) -> Iterator[Row]:
     """CSV values are text, typed as `-i` values are; an empty cell is a missing value (the
     input's default applies)."""
-    with path.open(encoding="utf-8", newline="") as stream:
-        reader = csv.DictReader(stream)
-        header = reader.fieldnames or []
-        absent = sorted({c for c in columns.values() if c not in header} & _mapped(columns))
-        if absent:
-            raise ConfigurationError(
-                f"{path}:1: no column {', '.join(map(repr, absent))} in the header",
-                hint=f"the columns: {', '.join(header) or 'none'}",
-            )
-        first_line = reader.line_num + 1
-        for record in reader:
-            values = {k: v for k, v in record.items() if k is not None and v not in ("", None)}
-            yield Row(first_line, _pick(values, columns))
+    with path.open("rb") as stream:
+        reader = csv.DictReader(_utf8_lines(path, stream))
+        try:
+            _check_header(path, reader.fieldnames or [], columns)
             first_line = reader.line_num + 1
+            for record in reader:
+                values = {k: v for k, v in record.items() if k is not None and v not in ("", None)}
+                yield Row(first_line, _pick(values, columns))
+                first_line = reader.line_num + 1
+        except csv.Error as error:
+            raise ConfigurationError(
+                f"{path}:{reader.line_num}: not valid CSV ({error})",
+                hint="save ROWS as CSV with a header line, or as JSONL",
+            ) from None
 
 
-def _mapped(columns: Mapping[str, str]) -> set[str]:
-    """The columns `--map` named (an input's own name may simply be absent: its default)."""
-    return {column for name, column in columns.items() if column != name}
+def _utf8_lines(path: Path, stream: IO[bytes]) -> Iterator[str]:
+    """The lines of a binary stream as text, so a bad byte is placed on its own line."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigurationError(
+                f"{path}:{number}: not UTF-8 text (byte {error.start + 1} of the line)",
+                hint="save ROWS as UTF-8",
+            ) from None
+
+
+def _check_header(path: Path, header: Sequence[str], columns: Mapping[str, str]) -> None:
+    """A column `--map` names must be in the header (an input's own name may be absent: its
+    default applies, or the row is reported as missing it)."""
+    mapped = {column for name, column in columns.items() if column != name}
+    absent = sorted(mapped - set(header))
+    if absent:
+        raise ConfigurationError(
+            f"{path}:1: no column {', '.join(map(repr, absent))} in the header",
+            hint=f"the columns: {', '.join(header) or 'none'}",
+        )

@@ -140,6 +140,30 @@ def test_a_bad_map_is_a_bad_argument(
                          *args)  # fmt: skip
     assert outcome.exit_code == 2
     assert message in outcome.stderr
+    assert not (tmp_path / "o.jsonl").exists()  # nothing to resume: the batch never started
+    assert not (tmp_path / "o.jsonl.journal").exists()
+
+
+def test_rows_that_are_not_utf8(
+    tmp_path: Path, workflow: Path, fake_lmstudio: FakeLMStudio, lmflow_cli
+) -> None:
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_bytes(b'{"name": "ann"}\n{"name": "b\xff"}\n')
+    out = tmp_path / "out.jsonl"
+    args = ("-o", str(out), "--no-log", "--base-url", fake_lmstudio.url)
+    outcome = lmflow_cli("batch", str(workflow), str(jsonl), *args)
+    assert outcome.exit_code == 1  # the bad line fails alone
+    by_line = {r["line"]: r for r in read_out(out)}
+    assert by_line[1]["status"] == "succeeded"
+    assert by_line[2]["status"] == "invalid" and "not UTF-8" in by_line[2]["error"]
+
+    csv_rows = tmp_path / "rows.csv"
+    csv_rows.write_bytes(b"name\nann\nb\xff\n")
+    other = tmp_path / "other.jsonl"
+    outcome = lmflow_cli("batch", str(workflow), str(csv_rows), "-o", str(other))
+    assert outcome.exit_code == 2
+    assert f"{csv_rows}:3: not UTF-8 text (byte 2 of the line)" in outcome.stderr
+    assert not other.exists()
 
 
 def test_a_host_that_is_down_leaves_the_rotation_and_its_rows_run_elsewhere(
