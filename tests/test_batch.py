@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from fakes.lmstudio import FakeLMStudio, down_url
+from mcp_support import fixture_server_entry, wait_until_gone
 
 MODEL = "qwen/qwen3-coder-30b"  # loaded on the fake by default
 WORKFLOW = f"""version: 1
@@ -101,6 +102,9 @@ def test_a_bad_row_fails_alone_with_its_line_before_any_row_runs(
     assert by_line[4]["status"] == "invalid" and "JSON object" in by_line[4]["error"]
     assert by_line[5]["status"] == "invalid" and "'name' is required" in by_line[5]["error"]
     assert f"{rows}:2: invalid row" in outcome.stderr
+    # Progress (not a terminal: whole lines) and the count per status at the end.
+    assert "rows 4/4 done, 3 failed" in outcome.stderr
+    assert f"4 rows: 3 invalid, 1 succeeded; results in {out}" in outcome.stderr
     assert greeted(fake_lmstudio) == Counter(["ann"])
     # Bad rows are written while checking, before the first row runs.
     assert [r["line"] for r in read_out(out)][:3] == [2, 4, 5]
@@ -232,9 +236,28 @@ def test_resume_runs_failed_rows_again_and_keeps_one_line_per_row(
     assert greeted(working) == Counter(["ann", "bob"])
 
 
+def with_tool_step(tmp_path: Path, tag: str) -> Path:
+    """The greeting workflow with an MCP server (the fixture server, tagged) and a tool step
+    first: each row starts and stops its own server."""
+    path = tmp_path / "greet-with-tool.yaml"
+    path.write_text(
+        WORKFLOW.replace(
+            "steps:\n", f"mcp_servers:\n  fx: {fixture_server_entry(tag)}\nsteps:\n"
+        ).replace(
+            "  - id: hello\n",
+            "  - {id: echo, tool: fx.echo, with: {text: '{{ inputs.name }}'}}\n"
+            "  - id: hello\n    needs: [echo]\n",
+        )
+    )
+    return path
+
+
 def test_ctrl_c_mid_batch_keeps_finished_rows_and_resume_runs_each_row_once(
-    tmp_path: Path, workflow: Path, make_fake_lmstudio: Callable[..., FakeLMStudio]
+    tmp_path: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], process_tag: str
 ) -> None:
+    """Rows with an MCP server: Ctrl-C stops the batch (exit 130) and every server; the
+    resumed batch asks the model once for each row the first one did not finish."""
+    workflow = with_tool_step(tmp_path, process_tag)
     server = make_fake_lmstudio(chat_delay=0.3)
     names = [f"n{i}" for i in range(16)]
     rows = write_rows(tmp_path / "rows.jsonl", [{"name": name} for name in names])
@@ -250,6 +273,7 @@ def test_ctrl_c_mid_batch_keeps_finished_rows_and_resume_runs_each_row_once(
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
+    assert wait_until_gone(process_tag) == []
     kept = {r["line"] for r in read_out(out)}
     assert 3 <= len(kept) < len(names)
     before = greeted(server)
@@ -259,6 +283,7 @@ def test_ctrl_c_mid_batch_keeps_finished_rows_and_resume_runs_each_row_once(
     records = read_out(out)
     assert sorted(r["line"] for r in records) == list(range(1, 17))
     assert {r["status"] for r in records} == {"succeeded"}
+    assert {r["outputs"]["said"] for r in records} == {f"echo: Greet {n} 1 times" for n in names}
     after = greeted(server) - before
     # Every row the first batch finished is not asked again; every other row exactly once.
     assert after == Counter(names[line - 1] for line in range(1, 17) if line not in kept)
