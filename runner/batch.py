@@ -189,6 +189,13 @@ class _Run:
                     continue
                 except LmflowError as error:
                     return RowOutcome(row.line, row.inputs, "error", error=error.message, host=host)
+                if not result.ok and not await self.hosts.answers(host):
+                    # The host went away during the row (its model list was cached, so the
+                    # run's own check did not notice): another host runs the row again.
+                    reason = f"stopped answering during row {row.line}"
+                    if await self.hosts.take_out(host, reason):
+                        self.observer.host_down(host, reason)
+                    continue
             usage = result.usage
             return RowOutcome(
                 line=row.line,

@@ -11,6 +11,9 @@ import anyio
 
 from .errors import EnvironmentNotReadyError
 
+PROBE_TIMEOUT = 5.0
+"""Seconds a host gets to answer the probe after a row failed on it."""
+
 
 class NoHostLeft(EnvironmentNotReadyError):
     """Every host was taken out of the rotation: no row can run (exit 3)."""
@@ -56,6 +59,21 @@ class Hosts:
             host.down = host.down or reason
             self._changed.notify_all()
         return first
+
+    async def answers(self, url: str | None) -> bool:
+        """Whether a host still answers HTTP at all (any status, even 401): a row that failed
+        on a host that does not is not the row's fault. The default host (None) is assumed
+        to answer: with nowhere else to go, its rows fail and `--resume` runs them again."""
+        if url is None:
+            return True
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False) as client:
+                await client.get(url.rstrip("/") + "/v1/models")
+        except httpx.TransportError:
+            return False
+        return True
 
     def _freest(self) -> _Host:
         alive = [host for host in self._hosts if host.down is None]

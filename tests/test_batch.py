@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -182,6 +183,38 @@ def test_a_host_that_is_down_leaves_the_rotation_and_its_rows_run_elsewhere(
     records = read_out(out)
     assert len(records) == 6 and {r["host"] for r in records} == {fake_lmstudio.url}
     assert greeted(fake_lmstudio) == Counter(f"n{i}" for i in range(6))
+
+
+def test_a_host_stopped_mid_batch_leaves_the_rotation_and_no_row_is_lost(
+    tmp_path: Path, workflow: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], lmflow_cli
+) -> None:
+    doomed, steady = make_fake_lmstudio(chat_delay=0.3), make_fake_lmstudio(chat_delay=0.3)
+    doomed_url = doomed.url
+    names = [f"n{i}" for i in range(10)]
+    rows = write_rows(tmp_path / "rows.jsonl", [{"name": name} for name in names])
+    out = tmp_path / "out.jsonl"
+
+    def stop_when_busy() -> None:
+        # Both of its slots are answering: those two rows finish, the next ones find it gone.
+        while len(doomed.chat_requests) < 2:
+            time.sleep(0.01)
+        doomed.stop()
+
+    stopper = threading.Thread(target=stop_when_busy, daemon=True)
+    stopper.start()
+    outcome = lmflow_cli("batch", str(workflow), str(rows), "-o", str(out), "--no-log",
+                         "--base-url", doomed.url, "--base-url", steady.url,
+                         "--slots", "2")  # fmt: skip
+    stopper.join(timeout=30)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"host {doomed_url} taken out of the rotation" in outcome.stderr
+    records = read_out(out)
+    assert sorted(r["line"] for r in records) == list(range(1, 11))
+    served = Counter(r["host"] for r in records)
+    # Every row it answered before it stopped is kept; every other row ran on the other host.
+    assert served[doomed_url] == len(doomed.chat_requests) >= 2
+    assert served[steady.url] == len(steady.chat_requests) == 10 - served[doomed_url]
+    assert greeted(doomed) + greeted(steady) == Counter(names)
 
 
 def test_no_host_left_stops_the_batch_and_resume_runs_its_rows(
