@@ -29,14 +29,21 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = sqlite3.connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS rows "
-            "(line INTEGER PRIMARY KEY, status TEXT NOT NULL, record TEXT NOT NULL)"
-        )
-        self._db.commit()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS rows "
+                "(line INTEGER PRIMARY KEY, status TEXT NOT NULL, record TEXT NOT NULL)"
+            )
+            self._db.commit()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise ConfigurationError(
+                f"{path} is not a batch journal ({error})",
+                hint="delete it (and OUT) to start the batch over, or choose another -o",
+            ) from None
 
     def close(self) -> None:
         self._db.close()

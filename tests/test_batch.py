@@ -252,6 +252,15 @@ def test_resume_refuses_changed_rows_and_an_existing_out_without_it(
     assert greeted(fake_lmstudio) == Counter(["ann"])
 
 
+def test_a_journal_that_is_not_one_is_refused(tmp_path: Path, workflow: Path, lmflow_cli) -> None:
+    rows = write_rows(tmp_path / "rows.jsonl", [{"name": "ann"}])
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.journal").write_text("not a database, just text\n" * 100)
+    outcome = lmflow_cli("batch", str(workflow), str(rows), "-o", str(out), "--resume")
+    assert outcome.exit_code == 2
+    assert "out.jsonl.journal is not a batch journal" in outcome.stderr
+
+
 def test_resume_runs_failed_rows_again_and_keeps_one_line_per_row(
     tmp_path: Path, workflow: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], lmflow_cli
 ) -> None:
