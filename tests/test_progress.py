@@ -186,7 +186,12 @@ def test_without_a_terminal_progress_is_one_plain_line_per_event(
 
 def test_quiet_shows_no_progress(tmp_path: Path, process_tag: str) -> None:
     workflow = write_workflow(tmp_path, process_tag)
-    with FakeLMStudio(script=["a", "b"]) as lm:
+
+    def answer(body: dict[str, object]) -> str:
+        # By the prompt: the two steps run at once, so their requests come in either order.
+        return "a" if "survey please" in str(body["messages"]) else "b"
+
+    with FakeLMStudio(script=[answer, answer]) as lm:
         code, stdout, drawn = run_on_a_terminal(
             tmp_path,
             ["run", workflow.name, "--base-url", lm.url, "--quiet"],
