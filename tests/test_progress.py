@@ -12,7 +12,9 @@ import struct
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fakes.lmstudio import FakeLMStudio
 from mcp_support import TAG_VARIABLE, fixture_server_entry
@@ -50,6 +52,16 @@ def write_workflow(directory: Path, tag: str) -> Path:
         )
     )
     return path
+
+
+def by_prompt(survey: str, poem: str) -> list[Callable[[dict[str, Any]], str]]:
+    """The fake's script for write_workflow's two steps, answering each by its prompt: they
+    run at once, so their requests reach the fake in either order."""
+
+    def answer(body: dict[str, Any]) -> str:
+        return survey if "survey please" in str(body["messages"]) else poem
+
+    return [answer, answer]
 
 
 def environment(cwd: Path, tag: str) -> dict[str, str]:
@@ -94,7 +106,7 @@ def run_on_a_terminal(cwd: Path, args: list[str], env: dict[str, str]) -> tuple[
 
 def test_a_run_on_a_terminal_is_drawn_live_then_summed_up(tmp_path: Path, process_tag: str) -> None:
     workflow = write_workflow(tmp_path, process_tag)
-    script = ["first line of the survey\nsecond line", "roses are red"]
+    script = by_prompt("first line of the survey\nsecond line", "roses are red")
     with FakeLMStudio(script=script, chat_delay=0.4) as lm:
         code, stdout, drawn = run_on_a_terminal(
             tmp_path,
@@ -161,7 +173,7 @@ def test_without_a_terminal_progress_is_one_plain_line_per_event(
     tmp_path: Path, process_tag: str
 ) -> None:
     workflow = write_workflow(tmp_path, process_tag)
-    with FakeLMStudio(script=["two\nlines", "roses"]) as lm:
+    with FakeLMStudio(script=by_prompt("two\nlines", "roses")) as lm:
         done = subprocess.run(
             [sys.executable, "-m", "lmflow_runner", "run", workflow.name, "--base-url", lm.url],
             cwd=tmp_path,
@@ -186,12 +198,7 @@ def test_without_a_terminal_progress_is_one_plain_line_per_event(
 
 def test_quiet_shows_no_progress(tmp_path: Path, process_tag: str) -> None:
     workflow = write_workflow(tmp_path, process_tag)
-
-    def answer(body: dict[str, object]) -> str:
-        # By the prompt: the two steps run at once, so their requests come in either order.
-        return "a" if "survey please" in str(body["messages"]) else "b"
-
-    with FakeLMStudio(script=[answer, answer]) as lm:
+    with FakeLMStudio(script=by_prompt("a", "b")) as lm:
         code, stdout, drawn = run_on_a_terminal(
             tmp_path,
             ["run", workflow.name, "--base-url", lm.url, "--quiet"],
