@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import spec
 from .chat import Usage
-from .executor import RunResult
+from .executor import RunResult, coerce_inputs
 from .executor import StepRecord as StepResult
 from .runtime import PreparedRun, RunOptions, begin, execute, one_off_workflow, parts_for
 from .spec.model import McpServer, Workflow
@@ -29,6 +29,7 @@ __all__ = [
     "StepResult",
     "WorkflowResult",
     "agent_workflow",
+    "check_inputs",
     "list_models",
     "load_workflow",
     "run_workflow",
@@ -87,6 +88,13 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
     """Read and validate a workflow file; an invalid one raises `WorkflowInvalidError` with
     every problem and its file:line:col (`error.problems`)."""
     return spec.load_workflow(Path(path))
+
+
+def check_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The typed inputs a run would get, without running: raw values converted as `-i`
+    values are. A bad one raises `InputError` (exit 2) naming every problem, so a caller
+    with many input sets (`lmflow batch`) can check them all before any runs."""
+    return coerce_inputs(workflow, inputs)
 
 
 async def run_workflow(

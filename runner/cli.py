@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "runs": "runner.commands.runs:command",
     "report": "runner.commands.report:command",
     "serve": "runner.commands.serve:command",
+    "batch": "runner.commands.batch:command",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -45,6 +46,7 @@ SHORT_HELP: dict[str, str] = {
     "runs": "Show the history of runs.",
     "report": "Write an HTML page of a run.",
     "serve": "Serve workflows and a local agent as MCP tools.",
+    "batch": "Run a workflow once per row of a JSONL or CSV file.",
 }
 
 

@@ -322,6 +322,20 @@ class RetryPolicy:
 # --- the client -----------------------------------------------------------------------------
 
 
+def tls_context(trust_env: bool) -> ssl.SSLContext:
+    """httpx's default TLS context, built once per setting and shared by every client: loading
+    the CA bundle takes ~15 ms, which every run (and every row of `lmflow batch`) would pay
+    again. With `trust_env` it follows SSL_CERT_FILE / SSL_CERT_DIR as httpx does."""
+    if not trust_env:
+        return _tls_context(False, None, None)
+    return _tls_context(True, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(trust_env: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context(trust_env=trust_env)
+
+
 class LMStudioClient:
     """One connection pool to one server, shared by every request of a run.
 
@@ -364,7 +378,7 @@ class LMStudioClient:
             timeout=_timeouts(self.timeout),
             # A proxy from the environment must not swallow requests to this machine.
             trust_env=not is_loopback(self.base_url),
-            verify=_tls_context(),
+            verify=tls_context(trust_env=not is_loopback(self.base_url)),
         )
 
     @classmethod
@@ -817,14 +831,6 @@ def _model_failed(error: LLMClientError) -> bool:
     if status >= 500 or error.code == "model_not_found":
         return True
     return status in (400, 404) and "model" in error.message.lower()
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One TLS context for every client of the process: building one reads the CA bundle
-    (~15 ms), which a process that runs many workflows (serve, batch, tests) would pay per
-    run. Same settings as httpx's default, including SSL_CERT_FILE and SSL_CERT_DIR."""
-    return httpx.create_ssl_context(trust_env=True)
 
 
 def _timeouts(seconds: float) -> httpx.Timeout:

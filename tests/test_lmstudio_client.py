@@ -554,3 +554,26 @@ async def test_a_server_without_any_model_list(make_fake_lmstudio) -> None:
         with pytest.raises(LLMResponseError, match="answered none of /api/v1/models"):
             await llm.list_models()
     assert len(lm.requests) == 3
+
+
+def test_clients_share_one_tls_context_per_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading the CA bundle per client cost every run (and every batch row) ~15 ms."""
+    from runner.lmstudio import LMStudioClient as Client
+
+    def context_of(client: Client) -> object:
+        return client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+
+    remote = [Client("https://lm.example:1234"), Client("https://lm.example:1234")]
+    local = [Client("http://127.0.0.1:1234"), Client("http://localhost:1234")]
+    assert context_of(remote[0]) is context_of(remote[1])
+    assert context_of(local[0]) is context_of(local[1])
+    # SSL_CERT_FILE is still honoured where the environment is trusted.
+    bundle = tmp_path / "ca.pem"
+    import certifi
+
+    bundle.write_text(Path(certifi.where()).read_text())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert context_of(Client("https://lm.example:1234")) is not context_of(remote[0])
+    assert context_of(Client("http://127.0.0.1:1234")) is context_of(local[0])

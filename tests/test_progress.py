@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,14 @@ def write_workflow(directory: Path, tag: str) -> Path:
     return path
 
 
-def answering(answers: dict[str, str]) -> list[Any]:
-    """A script that answers by prompt: the two steps start together and their requests
-    may reach the fake in either order."""
-    return [lambda body: answers[body["messages"][-1]["content"]]] * len(answers)
+def by_prompt(survey: str, poem: str) -> list[Callable[[dict[str, Any]], str]]:
+    """The fake's script for write_workflow's two steps, answering each by its prompt: they
+    run at once, so their requests reach the fake in either order."""
+
+    def answer(body: dict[str, Any]) -> str:
+        return survey if "survey please" in str(body["messages"]) else poem
+
+    return [answer, answer]
 
 
 def environment(cwd: Path, tag: str) -> dict[str, str]:
@@ -101,8 +106,7 @@ def run_on_a_terminal(cwd: Path, args: list[str], env: dict[str, str]) -> tuple[
 
 def test_a_run_on_a_terminal_is_drawn_live_then_summed_up(tmp_path: Path, process_tag: str) -> None:
     workflow = write_workflow(tmp_path, process_tag)
-    script = answering({"survey please": "first line of the survey\nsecond line",
-                        "a poem please": "roses are red"})  # fmt: skip
+    script = by_prompt("first line of the survey\nsecond line", "roses are red")
     with FakeLMStudio(script=script, chat_delay=0.4) as lm:
         code, stdout, drawn = run_on_a_terminal(
             tmp_path,
@@ -169,9 +173,7 @@ def test_without_a_terminal_progress_is_one_plain_line_per_event(
     tmp_path: Path, process_tag: str
 ) -> None:
     workflow = write_workflow(tmp_path, process_tag)
-    with FakeLMStudio(
-        script=answering({"survey please": "two\nlines", "a poem please": "roses"})
-    ) as lm:
+    with FakeLMStudio(script=by_prompt("two\nlines", "roses")) as lm:
         done = subprocess.run(
             [sys.executable, "-m", "lmflow_runner", "run", workflow.name, "--base-url", lm.url],
             cwd=tmp_path,
@@ -196,7 +198,7 @@ def test_without_a_terminal_progress_is_one_plain_line_per_event(
 
 def test_quiet_shows_no_progress(tmp_path: Path, process_tag: str) -> None:
     workflow = write_workflow(tmp_path, process_tag)
-    with FakeLMStudio(script=["a", "b"]) as lm:
+    with FakeLMStudio(script=by_prompt("a", "b")) as lm:
         code, stdout, drawn = run_on_a_terminal(
             tmp_path,
             ["run", workflow.name, "--base-url", lm.url, "--quiet"],

@@ -1,0 +1,112 @@
+"""`lmflow batch`: run a workflow once per row of a JSONL or CSV file (docs/batch.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import EXIT_OK, EXIT_STEP_FAILED
+from ..spec import load_workflow
+from ._batch_progress import BatchProgress
+from ._options import no_log, quiet
+
+
+@click.command("batch")
+@click.argument("workflow_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("rows_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Write one JSON line per row here; the journal goes beside it (OUT.journal).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows running at once over all hosts (default: every host's slots).",
+)
+@click.option(
+    "--slots",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Rows each host runs at once.",
+)
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="INPUT=COLUMN",
+    help="Fill INPUT from COLUMN of ROWS (repeatable; default: the column named as the input).",
+)
+@click.option(
+    "--base-url",
+    "base_urls",
+    multiple=True,
+    metavar="URL",
+    help="An LM Studio server (repeatable: rows go to the host with a free slot). Default: "
+    "LMFLOW_BASE_URL, the workflow's lmstudio.base_url, http://localhost:1234.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the batch in OUT: run only the rows missing or not succeeded.",
+)
+@no_log
+@quiet
+def command(
+    workflow_file: Path,
+    rows_file: Path,
+    out: Path,
+    concurrency: int | None,
+    slots: int,
+    mapping: tuple[str, ...],
+    base_urls: tuple[str, ...],
+    resume: bool,
+    no_log: bool,
+    quiet: bool,
+) -> int:
+    """Run WORKFLOW_FILE once per row of ROWS_FILE (JSONL, or CSV with a header).
+
+    Every row is checked against the workflow's inputs before any runs; a bad row is
+    written as `invalid` and the others run. Exit code 0 when every row succeeded, 1 when
+    any did not, 2 for bad arguments (or a --resume whose files changed), 3 when no LM
+    Studio host is left, 130 on Ctrl-C.
+
+    \b
+    lmflow batch triage.yaml issues.jsonl -o triaged.jsonl --concurrency 8
+    lmflow batch triage.yaml issues.csv -o triaged.jsonl --map text=body --resume
+    """
+    from .. import signals
+    from ..api import RunOptions
+    from ..batch import Batch, run_batch
+    from ..batch_rows import parse_mapping
+
+    workflow = load_workflow(workflow_file)
+    hosts: tuple[str | None, ...] = base_urls or (None,)
+    batch = Batch(
+        workflow=workflow,
+        rows=rows_file,
+        out=out,
+        mapping=parse_mapping(mapping, workflow.inputs),
+        hosts=hosts,
+        slots=slots,
+        concurrency=concurrency or slots * len(hosts),
+        resume=resume,
+        options=RunOptions(write_log=not no_log),
+    )
+    progress = BatchProgress(rows_file, quiet)
+    try:
+        counts = signals.run(run_batch(batch, progress))
+    finally:
+        progress.close()
+    total = sum(counts.values())
+    not_ok = total - counts["succeeded"]
+    if not quiet or not_ok:
+        parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        click.echo(f"{total} rows: {parts or 'none'}; results in {out}", err=True)
+    return EXIT_STEP_FAILED if not_ok else EXIT_OK
