@@ -244,3 +244,15 @@ def test_a_failed_step_error_keeps_its_lines_together(tmp_path: Path) -> None:
     shown = ANSI.sub("", console.file.getvalue())  # type: ignore[attr-defined]
     assert "✗ a failed: first\n      second" in shown
     assert not view._started  # the view stopped itself at run_finished
+
+
+def test_speed_is_what_the_client_measured_and_a_replay_has_none() -> None:
+    from lmflow_runner.speed import response_speed
+
+    usage = {"completion_tokens": 84}
+    measured = {"usage": usage, "served": {"tokens_per_s": 21.5, "ttft_s": 0.9, "seconds": 4}}
+    assert response_speed(measured, 0.001) == (0.9, 21.5)
+    unstreamed = {"usage": usage, "served": {"seconds": 4.0}}  # counted over the request
+    assert response_speed(unstreamed, 0.001) == (None, 21.0)
+    # a replay answers in microseconds: 84 tokens would read as ~400,000 tok/s
+    assert response_speed({"usage": usage}, 0.0002) == (None, None)
