@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import shlex
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -77,6 +77,9 @@ class RunOptions:
     live_tools: bool = False
     resume: str | None = None
     """A run id (or `last`) whose succeeded steps this run reuses where unchanged."""
+    stop_reason: Callable[[], str | None] | None = None
+    """Asked when the run is cancelled: why, in the log's words, when the caller knows
+    better than "interrupted" (`lmflow serve`: the MCP client cancelled the call)."""
 
     def __post_init__(self) -> None:
         if self.record is not None and self.replay is not None:
@@ -120,6 +123,8 @@ class PreparedRun:
     writer: JsonlWriter | None
     replayed_from: Path | None = None
     """The cassette the run answers from (`--replay`), kept in result.json for `runs list`."""
+    stop_reason: Callable[[], str | None] | None = None
+    """`RunOptions.stop_reason`."""
 
 
 def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions) -> PreparedRun:
@@ -144,7 +149,9 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
         redactor.add_url_password(url)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, env, run_id, run_dir, started_at)
-    return PreparedRun(workflow, inputs, run_id, run_dir, log, context, writer, options.replay)
+    return PreparedRun(
+        workflow, inputs, run_id, run_dir, log, context, writer, options.replay, options.stop_reason
+    )
 
 
 @contextlib.asynccontextmanager
@@ -396,7 +403,8 @@ async def execute(
         ending = ("error", error.message)
         raise
     except (KeyboardInterrupt, asyncio.CancelledError) as error:
-        ending = ("interrupted", stop_reason(error))
+        told = run.stop_reason() if run.stop_reason is not None else None
+        ending = ("interrupted", told or stop_reason(error))
         raise
     except BaseException as error:
         ending = ("error", f"{type(error).__name__}: {error}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 
-from . import api, serve_tools
+from . import api, serve_tools, signals
 from .errors import InputError, LmflowError
 from .runlog import Event
 from .spec import Problem, check_file, parse_document, validate_document
@@ -46,12 +46,21 @@ class ServeSettings:
     agent_base: Workflow | None = None
     """A workflow whose servers, models and LM Studio settings `agent` takes."""
 
-    def run_options(self, workflow_name: str, sink: Callable[[Event], None]) -> api.RunOptions:
+    def run_options(
+        self,
+        workflow_name: str,
+        sink: Callable[[Event], None],
+        stop_reason: Callable[[], str | None],
+    ) -> api.RunOptions:
         replay = self.replay
         if replay is not None and replay.is_dir():
             replay = replay / f"{workflow_name}.yaml"
         return api.RunOptions(
-            base_url=self.base_url, runs_dir=self.runs_dir, replay=replay, sinks=(sink,)
+            base_url=self.base_url,
+            runs_dir=self.runs_dir,
+            replay=replay,
+            sinks=(sink,),
+            stop_reason=stop_reason,
         )
 
     @property
@@ -159,25 +168,65 @@ class LmflowTools:
     async def _run(
         self, ctx: ServerRequestContext[Any], workflow: Workflow, arguments: Mapping[str, Any]
     ) -> types.CallToolResult:
-        """One run, its progress forwarded while it lasts. A client's cancellation cancels
-        it here: the runtime ends its log as interrupted and stops its servers."""
+        """One run, its progress forwarded while it lasts. The run is shielded from the
+        request's cancellation so that the cancellation is seen here first: a client's is
+        told to the run as the reason (its log ends "cancelled by the MCP client"), then it
+        stops the run, its servers with it."""
         progress = Progress(ctx.session, len(workflow.steps))
-        options = self.settings.run_options(workflow.name, progress.sink)
+        run = _ShieldedRun()
+        options = self.settings.run_options(workflow.name, progress.sink, run.why)
+        async with anyio.create_task_group() as group:
+            group.start_soon(progress.forward)
+            group.start_soon(run.go, lambda: api.run_workflow(workflow, arguments, options))
+            try:
+                await run.finished.wait()
+            except anyio.get_cancelled_exc_class():
+                # The client's cancellation, or serve itself stopping (a signal, which the
+                # runtime names itself).
+                reason = None if signals.stopping() else CANCELLED_BY_CLIENT
+                self.report(f"{workflow.name}: {reason or 'stopped'}")
+                with anyio.CancelScope(shield=True):
+                    await run.stop(reason)
+                raise
+            finally:
+                progress.close()
+        if run.error is not None:
+            self.report(f"{workflow.name}: {run.error.message}")
+            return serve_tools.error_result(run.error)
+        assert run.result is not None
+        self.report(f"{workflow.name}: {run.result.status} (run {run.result.run_id})")
+        return serve_tools.run_result(run.result)
+
+
+CANCELLED_BY_CLIENT = "cancelled by the MCP client"
+
+
+class _ShieldedRun:
+    """A run in a scope of its own: only `stop` cancels it, after saying why."""
+
+    def __init__(self) -> None:
+        self.finished = anyio.Event()
+        self.result: api.WorkflowResult | None = None
+        self.error: LmflowError | None = None
+        self._scope = anyio.CancelScope(shield=True)
+        self._reason: str | None = None
+
+    def why(self) -> str | None:
+        return self._reason
+
+    async def go(self, run: Callable[[], Awaitable[api.WorkflowResult]]) -> None:
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(progress.forward)
-                try:
-                    result = await api.run_workflow(workflow, arguments, options)
-                except LmflowError as error:  # here: the task group would wrap it
-                    self.report(f"{workflow.name}: {error.message}")
-                    return serve_tools.error_result(error)
-                finally:
-                    progress.close()
-        except anyio.get_cancelled_exc_class():
-            self.report(f"{workflow.name}: cancelled by the client")
-            raise
-        self.report(f"{workflow.name}: {result.status} (run {result.run_id})")
-        return serve_tools.run_result(result)
+            with self._scope:
+                self.result = await run()
+        except LmflowError as error:  # an environment not ready: a tool error, not a crash
+            self.error = error
+        finally:
+            self.finished.set()
+
+    async def stop(self, reason: str | None) -> None:
+        self._reason = reason
+        self._scope.cancel()
+        await self.finished.wait()
 
 
 def _problems(workflow: str) -> list[Problem]:

@@ -34,6 +34,11 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         raise Stopped(_received[0]) from None
 
 
+def stopping() -> bool:
+    """Whether a stop signal has arrived: a cancellation now is the command stopping."""
+    return bool(_received)
+
+
 def stop_reason(error: BaseException) -> str:
     """Why `error` (a cancellation or a KeyboardInterrupt) ended a run, in the log's words."""
     if isinstance(error, Stopped):

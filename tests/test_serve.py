@@ -374,6 +374,7 @@ def test_a_cancelled_call_stops_its_run_and_servers_while_serve_goes_on(
             # The client does not wait for the server's clean-up: the log ends meanwhile.
             (record,) = await asyncio.to_thread(finished_runs, directory, 1)
             assert record["status"] == "interrupted"
+            assert record["error"] == "cancelled by the MCP client"
 
     asyncio.run(session())
 
