@@ -130,10 +130,15 @@ def agent_workflow(
     system: str | None = None,
     max_rounds: int | None = None,
     base: Workflow | None = None,
+    tool_choice: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    output_schema: Mapping[str, Any] | None = None,
 ) -> Workflow:
     """The one-step workflow `lmflow agent` runs: a model does `task` with the tools of the
     servers named in `use` (declared in `servers` or in `base`, whose models and LM Studio
-    settings it also takes). Run it with `run_workflow` like any other."""
+    settings it also takes), with the step settings a workflow step has. Run it with
+    `run_workflow` like any other."""
     return one_off_workflow(
         task,
         model=model,
@@ -142,6 +147,10 @@ def agent_workflow(
         system=system,
         max_rounds=max_rounds,
         base=base,
+        tool_choice=tool_choice,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        output_schema=output_schema,
     )
 
 

@@ -163,6 +163,10 @@ class LmflowTools:
             system=arguments.get("system"),
             max_rounds=arguments.get("max_rounds"),
             base=base,
+            tool_choice=arguments.get("tool_choice"),
+            temperature=arguments.get("temperature"),
+            max_tokens=arguments.get("max_tokens"),
+            output_schema=arguments.get("output_schema"),
         )
 
     async def _run(

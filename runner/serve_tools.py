@@ -108,6 +108,18 @@ def built_in_tools(servers: Sequence[str]) -> list[types.Tool]:
                         "description": "Most model turns (default 10).",
                     },
                     "system": {"type": "string", "description": "A system prompt."},
+                    "tool_choice": {
+                        "type": "string",
+                        "description": "auto (default), none, required, or a tool name to "
+                        "force in the first round (small models may need it to call a tool).",
+                    },
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                    "max_tokens": {"type": "integer", "minimum": -1},
+                    "output_schema": {
+                        "type": "object",
+                        "description": "A JSON Schema the answer must match; the answer is "
+                        "then the parsed object.",
+                    },
                 },
                 "required": ["task"],
                 "additionalProperties": False,

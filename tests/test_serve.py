@@ -246,6 +246,38 @@ def test_replay_answers_from_a_cassette_directory(tmp_path: Path) -> None:
 # --- the built-in tools ---------------------------------------------------------------------
 
 
+def test_agent_takes_the_settings_of_a_step(tmp_path: Path, make_fake_lmstudio: Any) -> None:
+    tag = new_tag()
+    fake = make_fake_lmstudio(script=[[("echo", {"text": "ping"})], '{"said": "ping"}'])
+    entry = {"command": sys.executable, "args": [str(FIXTURE_SERVER), "--name", "fix"]}
+    entry["env"] = {TAG_VARIABLE: tag}  # type: ignore[assignment]
+    directory = project(tmp_path, **{".mcp.json": json.dumps({"mcpServers": {"fix": entry}})})
+    schema = {"type": "object", "properties": {"said": {"type": "string"}}, "required": ["said"]}
+
+    async def session() -> None:
+        async with stdio_client(directory, "--base-url", fake.url) as client:
+            answer = await client.call_tool(
+                "agent",
+                {
+                    "task": "Echo ping",
+                    "servers": ["fix"],
+                    "model": MODEL,
+                    "tool_choice": "echo",
+                    "temperature": 0,
+                    "max_tokens": 64,
+                    "output_schema": schema,
+                },
+            )
+            assert not answer.is_error, answer.content
+            assert answer.structured_content == {"answer": {"said": "ping"}}
+
+    asyncio.run(session())
+    first = fake.chat_requests[0]
+    assert first["tool_choice"] == {"type": "function", "function": {"name": "echo"}}
+    assert (first["temperature"], first["max_tokens"]) == (0, 64)
+    assert wait_until_gone(tag) == []
+
+
 def test_models_agent_and_validate(tmp_path: Path, make_fake_lmstudio: Any) -> None:
     tag = new_tag()
     secret = "s3cret-from-the-environment"
