@@ -158,7 +158,7 @@ async def list_models(base_url: str | None = None, *, refresh: bool = False) -> 
     """What the LM Studio server has, loaded or not, with tool-use capability (the model list
     `lmflow models` prints; cached like it)."""
     from .catalog import model_cache_ttl
-    from .lmstudio import resolve_server
+    from .lmstudio_server import resolve_server
     from .preflight import fetch_catalog
 
     return await fetch_catalog(resolve_server(base_url), ttl=model_cache_ttl(None), refresh=refresh)

@@ -40,7 +40,8 @@ from .spec.problems import Problem, Severity
 from .spec.source import Position
 
 if TYPE_CHECKING:
-    from .lmstudio import LMStudioClient, ServerConfig, WithheldToken
+    from .lmstudio import LMStudioClient
+    from .lmstudio_server import ServerConfig, WithheldToken
 
 # --- matching a workflow's model name to the catalog ---------------------------------------
 
@@ -493,7 +494,7 @@ def check_workflows_online(
 ) -> dict[str, list[Problem]]:
     """The model check of `lmflow validate`: Problems per workflow path. Workflows that name
     the same server share one catalog. An unreachable server raises (exit code 3)."""
-    from .lmstudio import resolve_server
+    from .lmstudio_server import resolve_server
 
     ttl = model_cache_ttl(cache_ttl)
     by_server: dict[ServerConfig, list[Workflow]] = {}

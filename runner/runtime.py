@@ -129,7 +129,7 @@ class PreparedRun:
 
 def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions) -> PreparedRun:
     """Check the inputs (exit 2 on a bad one) and open the run log."""
-    from .lmstudio import base_url_candidates
+    from .lmstudio_server import base_url_candidates
 
     inputs = coerce_inputs(workflow, raw_inputs)
     run_id = new_run_id()
@@ -198,7 +198,8 @@ async def early_servers(servers: Mapping[str, McpServer]) -> AsyncIterator[dict[
 async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMStudioClient]:
     """The LM Studio client, once every model the workflow uses is checked."""
     from .catalog import model_cache_ttl
-    from .lmstudio import LMStudioClient, resolve_server
+    from .lmstudio import LMStudioClient
+    from .lmstudio_server import resolve_server
     from .preflight import verify_models
 
     server = resolve_server(options.base_url, run.workflow.lmstudio)

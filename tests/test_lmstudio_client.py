@@ -23,16 +23,8 @@ from runner.errors import (
     LLMTimeoutError,
     LLMTruncatedReplyError,
 )
-from runner.lmstudio import (
-    LMStudioClient,
-    RetryPolicy,
-    ServerConfig,
-    is_loopback,
-    models_native_v1,
-    resolve_base_url,
-    resolve_server,
-    with_lms_status,
-)
+from runner.lmstudio import LMStudioClient, RetryPolicy, models_native_v1, with_lms_status
+from runner.lmstudio_server import ServerConfig, is_loopback, resolve_base_url, resolve_server
 from runner.spec.model import LMStudioSettings
 
 pytestmark = pytest.mark.anyio

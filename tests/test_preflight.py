@@ -18,7 +18,7 @@ from runner.errors import (
     ModelValidationError,
     SourceLocation,
 )
-from runner.lmstudio import ServerConfig
+from runner.lmstudio_server import ServerConfig
 from runner.preflight import (
     Match,
     check_models,

@@ -23,7 +23,8 @@ import pytest
 from fakes.lmstudio import FakeLMStudio, FakeModel, down_url
 
 from runner.errors import ConfigurationError, LLMResponseError
-from runner.lmstudio import LMStudioClient, ServerConfig, may_receive_token, resolve_server
+from runner.lmstudio import LMStudioClient
+from runner.lmstudio_server import ServerConfig, may_receive_token, resolve_server
 from runner.replay import to_yaml
 from runner.runlog import Redactor, read_events, snapshot_view
 from runner.runtime import RunOptions, prepare

@@ -8,7 +8,7 @@ import click
 
 from ..catalog import model_cache_ttl
 from ..errors import EXIT_ENVIRONMENT, EXIT_OK
-from ..lmstudio import resolve_server
+from ..lmstudio_server import resolve_server
 from ..preflight import diagnose
 from . import _options as options
 

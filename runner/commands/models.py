@@ -8,7 +8,7 @@ import json
 import click
 
 from ..catalog import Catalog, ModelInfo, model_cache_ttl
-from ..lmstudio import resolve_server
+from ..lmstudio_server import resolve_server
 from ..preflight import fetch_catalog
 from . import _options as options
 

@@ -118,7 +118,7 @@ def _settings(
 
 def _address(http: str, token_env: str | None) -> tuple[str, int, str | None]:
     """(host, port, token) from `--http HOST:PORT` and `--token-env NAME`."""
-    from ..lmstudio import is_loopback
+    from ..lmstudio_server import is_loopback
 
     host, sep, port_text = http.rpartition(":")
     host = host.strip("[]")
