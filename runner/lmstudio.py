@@ -29,16 +29,14 @@ import httpx
 
 from .catalog import (
     STRUCTURED_MODES,
-    ApiFlavour,
     CacheError,
     Catalog,
     ModelInfo,
     ModelState,
-    ModelType,
     StructuredMode,
     shared_cache,
 )
-from .chat import ChatRequest, ChatResponse, ToolCall, Usage
+from .chat import ChatRequest, ChatResponse
 from .errors import (
     AuthenticationError,
     LLMClientError,
@@ -46,6 +44,18 @@ from .errors import (
     LLMResponseError,
     LLMTimeoutError,
     LLMTruncatedReplyError,
+)
+from .lmstudio_answers import (
+    CHAT_PATH,
+    MODEL_ENDPOINTS,
+    ModelParser,
+    StreamCollector,
+    error_detail,
+    int_or_none,
+    json_object,
+    loads_json,
+    parse_completion,
+    rounded,
 )
 from .lmstudio_server import ServerConfig, WithheldToken, is_loopback
 from .spec.model import DEFAULT_BASE_URL, DEFAULT_TOKEN_ENV
@@ -64,7 +74,6 @@ CONNECT_TIMEOUT = 5.0
 LMS_TIMEOUT = 3.0
 
 T = TypeVar("T")
-_ModelParser = Callable[[Any], "tuple[ModelInfo, ...] | None"]
 
 
 # --- retries --------------------------------------------------------------------------------
@@ -218,7 +227,7 @@ class LMStudioClient:
         is another server (Ollama, llama.cpp) that `lms` knows nothing about.
         """
         timeout = min(self.timeout, LIST_TIMEOUT)
-        for flavour, path, parse in _MODEL_ENDPOINTS:
+        for flavour, path, parse in MODEL_ENDPOINTS:
             models = await self._model_list(path, parse, timeout)
             if models is None:
                 continue
@@ -227,14 +236,14 @@ class LMStudioClient:
                 if processes is not None:
                     models = with_lms_status(models, processes)
             return Catalog(self.base_url, flavour, models)
-        paths = ", ".join(path for _, path, _ in _MODEL_ENDPOINTS)
+        paths = ", ".join(path for _, path, _ in MODEL_ENDPOINTS)
         raise LLMResponseError(
             f"{self.base_url} answered none of {paths} with a model list",
             hint="is this an LM Studio or OpenAI-compatible server?",
         )
 
     async def _model_list(
-        self, path: str, parse: _ModelParser, timeout: float
+        self, path: str, parse: ModelParser, timeout: float
     ) -> tuple[ModelInfo, ...] | None:
         """The models at `path`, or None when this server does not speak that API: a 404, or
         (old LM Studio) a 200 whose body is `{"error": ...}` instead of a list."""
@@ -255,10 +264,10 @@ class LMStudioClient:
         response = await self._request(
             "POST", "/api/v1/models/load", json={"model": model}, timeout=timeout
         )
-        data = _json_object(response, "/api/v1/models/load")
+        data = json_object(response, "/api/v1/models/load")
         seconds = data.get("load_time_seconds")
         if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
-            self.loaded[model] = _rounded(float(seconds))
+            self.loaded[model] = rounded(float(seconds))
         return str(data.get("model_instance_id") or model)
 
     async def chat(self, request: ChatRequest, *, stream: bool | None = None) -> ChatResponse:
@@ -319,9 +328,9 @@ class LMStudioClient:
         payload = {k: v for k, v in payload.items() if k != "stream_options"}
         payload["stream"] = False
         started = time.monotonic()
-        response = await self._request("POST", _CHAT_PATH, json=payload, timeout=self.timeout)
-        answer = parse_completion(_json_object(response, _CHAT_PATH))
-        seconds = _rounded(time.monotonic() - started)
+        response = await self._request("POST", CHAT_PATH, json=payload, timeout=self.timeout)
+        answer = parse_completion(json_object(response, CHAT_PATH))
+        seconds = rounded(time.monotonic() - started)
         return replace(answer, served={"seconds": seconds, **answer.served})
 
     def _structured_mode(self, model: str) -> StructuredMode:
@@ -367,11 +376,11 @@ class LMStudioClient:
         return await self._retrying(attempt, retry_timeouts=retry_timeouts)
 
     async def _chat_stream(self, payload: Mapping[str, Any]) -> ChatResponse:
-        collector = _StreamCollector()
-        what = f"POST {_CHAT_PATH}"
+        collector = StreamCollector()
+        what = f"POST {CHAT_PATH}"
         done = False
-        with self._translated(_CHAT_PATH, self.timeout):
-            async with self._http.stream("POST", _CHAT_PATH, json=payload) as response:
+        with self._translated(CHAT_PATH, self.timeout):
+            async with self._http.stream("POST", CHAT_PATH, json=payload) as response:
                 with self._whole_reply(response, what, collector):
                     if response.status_code >= 400:
                         await response.aread()
@@ -379,7 +388,7 @@ class LMStudioClient:
                     if "text/event-stream" not in response.headers.get("content-type", ""):
                         # A server that does not stream answers the whole completion at once.
                         await response.aread()
-                        return parse_completion(_json_object(response, _CHAT_PATH))
+                        return parse_completion(json_object(response, CHAT_PATH))
                     async for line in response.aiter_lines():
                         if not line.startswith("data:"):
                             continue
@@ -389,7 +398,7 @@ class LMStudioClient:
                         if data == "[DONE]":
                             done = True
                         elif not done:
-                            collector.add(_loads(data, _CHAT_PATH))
+                            collector.add(loads_json(data, CHAT_PATH))
                 # A server that omits [DONE] still ends a whole answer with a finish reason.
                 if not done and collector.finish_reason is None:
                     error = self._truncated(
@@ -444,7 +453,7 @@ class LMStudioClient:
 
     @contextlib.contextmanager
     def _whole_reply(
-        self, response: httpx.Response, what: str, collector: _StreamCollector | None = None
+        self, response: httpx.Response, what: str, collector: StreamCollector | None = None
     ) -> Iterator[None]:
         """A connection that breaks inside the body -> a truncated reply, not "cannot reach":
         the server was reached, and its answer is partial."""
@@ -458,7 +467,7 @@ class LMStudioClient:
         self,
         response: httpx.Response,
         what: str,
-        collector: _StreamCollector | None,
+        collector: StreamCollector | None,
         reason: str,
     ) -> LLMTruncatedReplyError:
         size = f"{response.num_bytes_downloaded:,} bytes"
@@ -519,32 +528,6 @@ class LMStudioClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
-
-
-_CHAT_PATH = "/v1/chat/completions"
-_TOKEN_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls")
-_STATS_KEYS = {
-    "time_to_first_token": "ttft_s",
-    "time_to_first_token_seconds": "ttft_s",
-    "tokens_per_second": "tokens_per_s",
-    "model_load_time_seconds": "load_s",
-}
-
-
-def server_stats(stats: Any) -> dict[str, float]:
-    """LM Studio's own figures (`stats` of a chat answer) under lmflow's names."""
-    if not isinstance(stats, Mapping):
-        return {}
-    found = {}
-    for key, name in _STATS_KEYS.items():
-        value = stats.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            found[name] = _rounded(float(value))
-    return found
-
-
-def _rounded(seconds: float) -> float:
-    return round(seconds, 3)
 
 
 # --- structured output and fallback ------------------------------------------------------
@@ -640,295 +623,6 @@ def _timeouts(seconds: float) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT, seconds))
 
 
-# --- parsing server answers -----------------------------------------------------------------
-
-
-def error_detail(response: httpx.Response) -> tuple[str, str | None]:
-    """Message and code from either LM Studio error shape: `{"error": {"message", "code"}}` or
-    `{"error": "text"}`; plain text bodies are kept as they are."""
-    try:
-        body = response.json()
-    except ValueError:
-        return (response.text.strip()[:500] or response.reason_phrase), None
-    return _error_fields(body) or (json.dumps(body)[:500], None)
-
-
-def _error_fields(body: Any) -> tuple[str, str | None] | None:
-    if not isinstance(body, Mapping):
-        return None
-    error = body.get("error")
-    if isinstance(error, Mapping):
-        code = error.get("code")
-        return str(error.get("message") or json.dumps(dict(error))), (str(code) if code else None)
-    if isinstance(error, str):
-        return error, None
-    if isinstance(body.get("message"), str):
-        return body["message"], None
-    return None
-
-
-def _loads(text: str, path: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise LLMResponseError(f"{path} sent something that is not JSON: {text[:200]!r}") from error
-
-
-def _json_object(response: httpx.Response, path: str) -> Mapping[str, Any]:
-    body = _loads(response.text, path)
-    if not isinstance(body, Mapping):
-        raise LLMResponseError(f"{path} answered with JSON that is not an object")
-    fields = _error_fields(body) if "error" in body else None
-    if fields:  # some servers answer errors with status 200
-        raise LLMResponseError(f"{path} answered with an error: {fields[0]}", code=fields[1])
-    return body
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _entries(body: Any, key: str) -> list[Mapping[str, Any]] | None:
-    items = body.get(key) if isinstance(body, Mapping) else None
-    if not isinstance(items, list):
-        return None
-    return [item for item in items if isinstance(item, Mapping)]
-
-
-def _variant_names(raw: Any) -> tuple[str, ...]:
-    names = []
-    for item in raw if isinstance(raw, list) else ():
-        name = item.get("key") or item.get("name") if isinstance(item, Mapping) else item
-        if isinstance(name, str):
-            names.append(name)
-    return tuple(names)
-
-
-def models_native_v1(body: Any) -> tuple[ModelInfo, ...] | None:
-    """`GET /api/v1/models` (LM Studio 0.4+): loaded means `loaded_instances` is not empty."""
-    entries = _entries(body, "models")
-    if entries is None:
-        return None
-    models = []
-    for entry in entries:
-        if not isinstance(entry.get("key"), str):
-            continue
-        instances = [i for i in entry.get("loaded_instances") or () if isinstance(i, Mapping)]
-        capabilities = entry.get("capabilities")
-        capabilities = capabilities if isinstance(capabilities, Mapping) else {}
-        kind: ModelType = "llm"
-        if entry.get("type") in ("embedding", "embeddings"):
-            kind = "embedding"
-        elif capabilities.get("vision") is True:
-            kind = "vlm"
-        quantization = entry.get("quantization")
-        if isinstance(quantization, Mapping):
-            quantization = quantization.get("name")
-        contexts = [_int((i.get("config") or {}).get("context_length")) for i in instances]
-        tool_use = capabilities.get("trained_for_tool_use")
-        models.append(
-            ModelInfo(
-                id=entry["key"],
-                type=kind,
-                state="loaded" if instances else "not-loaded",
-                max_context_length=_int(entry.get("max_context_length")),
-                loaded_context_length=next((c for c in contexts if c), None),
-                tool_use=tool_use if isinstance(tool_use, bool) else None,
-                variants=_variant_names(entry.get("variants")),
-                quantization=quantization if isinstance(quantization, str) else None,
-                instances=tuple(str(i["id"]) for i in instances if "id" in i),
-            )
-        )
-    return tuple(models)
-
-
-def models_native_v0(body: Any) -> tuple[ModelInfo, ...] | None:
-    """`GET /api/v0/models` (LM Studio 0.3): `type` and `state` per model."""
-    entries = _entries(body, "data")
-    if entries is None or any("type" not in e and "state" not in e for e in entries):
-        return None
-    states: dict[Any, ModelState] = {"loaded": "loaded", "not-loaded": "not-loaded"}
-    types: dict[Any, ModelType] = {
-        "embeddings": "embedding",
-        "embedding": "embedding",
-        "vlm": "vlm",
-    }
-    models = []
-    for entry in entries:
-        if not isinstance(entry.get("id"), str):
-            continue
-        capabilities = entry.get("capabilities")
-        models.append(
-            ModelInfo(
-                id=entry["id"],
-                type=types.get(entry.get("type"), "llm"),
-                state=states.get(entry.get("state"), "unknown"),
-                max_context_length=_int(entry.get("max_context_length")),
-                loaded_context_length=_int(entry.get("loaded_context_length")),
-                tool_use="tool_use" in capabilities if isinstance(capabilities, list) else None,
-                quantization=entry.get("quantization")
-                if isinstance(entry.get("quantization"), str)
-                else None,
-            )
-        )
-    return tuple(models)
-
-
-def models_openai(body: Any) -> tuple[ModelInfo, ...] | None:
-    """`GET /v1/models`: ids only. Embedding models are recognized by name, as the API is mute."""
-    entries = _entries(body, "data")
-    if entries is None:
-        return None
-    return tuple(
-        ModelInfo(id=e["id"], type="embedding" if "embed" in e["id"].lower() else "llm")
-        for e in entries
-        if isinstance(e.get("id"), str)
-    )
-
-
-_MODEL_ENDPOINTS: tuple[tuple[ApiFlavour, str, _ModelParser], ...] = (
-    ("native-v1", "/api/v1/models", models_native_v1),
-    ("native-v0", "/api/v0/models", models_native_v0),
-    ("openai", "/v1/models", models_openai),
-)
-
-
-def _usage(raw: Any) -> Usage:
-    if not isinstance(raw, Mapping):
-        return Usage()
-    return Usage(_int(raw.get("prompt_tokens")) or 0, _int(raw.get("completion_tokens")) or 0)
-
-
-def _arguments_text(raw: Any) -> str:
-    """Arguments as the raw JSON text; a few servers send an object instead of a string."""
-    if isinstance(raw, str):
-        return raw
-    return "" if raw is None else json.dumps(raw)
-
-
-def parse_completion(body: Mapping[str, Any]) -> ChatResponse:
-    """A non-streaming `/v1/chat/completions` answer -> `ChatResponse`."""
-    try:
-        choice = body["choices"][0]
-        message = choice["message"]
-        calls = tuple(
-            ToolCall(
-                id=str(call.get("id") or f"call_{index}"),
-                name=str(call["function"]["name"]),
-                arguments=_arguments_text(call["function"].get("arguments")),
-            )
-            for index, call in enumerate(message.get("tool_calls") or ())
-        )
-    except (KeyError, IndexError, TypeError, AttributeError) as error:
-        raise LLMResponseError(
-            f"{_CHAT_PATH} answered with something that is not a chat completion (missing {error})"
-        ) from error
-    return ChatResponse(
-        content=message.get("content") or None,
-        tool_calls=calls,
-        finish_reason=choice.get("finish_reason"),
-        reasoning=message.get("reasoning") or message.get("reasoning_content") or None,
-        usage=_usage(body.get("usage")),
-        model=body.get("model"),
-        served=server_stats(body.get("stats")),
-    )
-
-
-class _StreamCollector:
-    """Joins SSE chunks into one answer; tool-call pieces are joined by their `index`."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.first_token: float | None = None
-        self.token_chunks = 0
-        self.stats: Mapping[str, Any] = {}
-        self.content: list[str] = []
-        self.reasoning: list[str] = []
-        self.calls: dict[int, dict[str, Any]] = {}
-        self.finish_reason: str | None = None
-        self.usage = Usage()
-        self.model: str | None = None
-        self.chunks = 0
-
-    def add(self, chunk: Any) -> None:
-        if not isinstance(chunk, Mapping):
-            raise LLMResponseError(f"{_CHAT_PATH} streamed a chunk that is not a JSON object")
-        self.chunks += 1
-        fields = _error_fields(chunk) if "error" in chunk else None
-        if fields:
-            raise LLMResponseError(f"the server stopped the stream: {fields[0]}", code=fields[1])
-        self.model = chunk.get("model") or self.model
-        if isinstance(chunk.get("stats"), Mapping):
-            self.stats = chunk["stats"]
-        if chunk.get("usage"):
-            self.usage = _usage(chunk["usage"])
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if any(delta.get(k) for k in _TOKEN_KEYS):
-                self.token_chunks += 1
-                if self.first_token is None:
-                    self.first_token = time.monotonic()
-            if delta.get("content"):
-                self.content.append(delta["content"])
-            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
-            if reasoning:
-                self.reasoning.append(reasoning)
-            for piece in delta.get("tool_calls") or ():
-                self._add_call_piece(piece)
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
-
-    def _add_call_piece(self, piece: Mapping[str, Any]) -> None:
-        index = piece.get("index", len(self.calls))
-        slot = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
-        if piece.get("id"):
-            slot["id"] = piece["id"]
-        function = piece.get("function") or {}
-        if function.get("name") and not slot["name"]:
-            slot["name"] = function["name"]
-        if function.get("arguments"):
-            slot["arguments"].append(_arguments_text(function["arguments"]))
-
-    def response(self) -> ChatResponse:
-        calls = tuple(
-            ToolCall(
-                id=str(slot["id"] or f"call_{index}"),
-                name=slot["name"],
-                arguments="".join(slot["arguments"]),
-            )
-            for index, slot in sorted(self.calls.items())
-        )
-        served = self._timing()
-        usage = self.usage
-        if usage == Usage() and self.token_chunks:
-            # No counts in the stream (llama.cpp's servers send one token per piece): the
-            # pieces are the completion tokens; the prompt's are unknown.
-            usage = Usage(0, self.token_chunks)
-            served["usage_counted"] = True
-        return ChatResponse(
-            content="".join(self.content) if self.content else None,
-            tool_calls=calls,
-            finish_reason=self.finish_reason,
-            reasoning="".join(self.reasoning) or None,
-            usage=usage,
-            model=self.model,
-            served=served,
-        )
-
-    def _timing(self) -> dict[str, Any]:
-        """Time to first token and tokens per second as measured here, unless the server
-        reported its own (LM Studio's `stats`), which also says how long loading took."""
-        ended = time.monotonic()
-        timing: dict[str, Any] = {"streamed": True, "seconds": _rounded(ended - self.started)}
-        if self.first_token is not None:
-            timing["ttft_s"] = _rounded(self.first_token - self.started)
-            generating = ended - self.first_token
-            # Without usage in the stream (llama.cpp's servers), count the pieces: one token each.
-            tokens = self.usage.completion_tokens or self.token_chunks
-            if generating > 0:
-                timing["tokens_per_s"] = _rounded(tokens / generating)
-        return {**timing, **server_stats(self.stats)}
-
-
 # --- the `lms` CLI --------------------------------------------------------------------------
 
 
@@ -974,7 +668,7 @@ def with_lms_status(
             refined.append(replace(model, state=state))
             continue
         statuses = [str(p.get("status") or "").lower() for p in found]
-        queued = any((_int(p.get("queued")) or 0) > 0 for p in found)
+        queued = any((int_or_none(p.get("queued")) or 0) > 0 for p in found)
         idle = "idle" in statuses
         activity = "queued" if queued else ("idle" if idle else statuses[0] or None)
         refined.append(replace(model, state="idle" if idle else "loaded", activity=activity))

@@ -21,7 +21,7 @@ from runner.catalog import (
     model_cache_ttl,
 )
 from runner.errors import EXIT_INVALID, ConfigurationError
-from runner.lmstudio import ServerConfig
+from runner.lmstudio_server import ServerConfig
 from runner.preflight import fetch_catalog
 
 MODELS = "/api/v1/models"
@@ -161,7 +161,7 @@ def test_an_entry_from_another_version_is_ignored(fake_lmstudio: FakeLMStudio) -
 CHILD = """
 import asyncio, json, sys
 from runner.catalog import CatalogCache
-from runner.lmstudio import ServerConfig
+from runner.lmstudio_server import ServerConfig
 from runner.preflight import fetch_catalog
 
 url, refresh, reads = sys.argv[1], sys.argv[2] == "refresh", int(sys.argv[3])

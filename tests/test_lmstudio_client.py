@@ -23,7 +23,8 @@ from runner.errors import (
     LLMTimeoutError,
     LLMTruncatedReplyError,
 )
-from runner.lmstudio import LMStudioClient, RetryPolicy, models_native_v1, with_lms_status
+from runner.lmstudio import LMStudioClient, RetryPolicy, with_lms_status
+from runner.lmstudio_answers import models_native_v1
 from runner.lmstudio_server import ServerConfig, is_loopback, resolve_base_url, resolve_server
 from runner.spec.model import LMStudioSettings
 

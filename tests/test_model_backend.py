@@ -19,7 +19,8 @@ from runner.agent import AgentLimits, AgentTask, run_agent
 from runner.catalog import CatalogCache
 from runner.chat import ChatRequest, Usage
 from runner.errors import LLMResponseError, LLMTruncatedReplyError, ModelNotFoundError
-from runner.lmstudio import LMStudioClient, RetryPolicy, models_native_v1
+from runner.lmstudio import LMStudioClient, RetryPolicy
+from runner.lmstudio_answers import models_native_v1
 from runner.lmstudio_server import ServerConfig
 from runner.preflight import check_models, ensure_models, model_routes, verify_models
 from runner.runlog import snapshot_view

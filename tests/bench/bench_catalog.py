@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `fakes`
 from fakes.lmstudio import FakeLMStudio, FakeModel
 
 from runner.catalog import CatalogCache
-from runner.lmstudio import LMStudioClient, ServerConfig
+from runner.lmstudio import LMStudioClient
+from runner.lmstudio_server import ServerConfig
 from runner.preflight import fetch_catalog
 
 MODELS = 40  # a well-stocked LM Studio
