@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from .agents import with_agent
 from .source import JsonPath, Position, SourceMap
 
 if TYPE_CHECKING:
@@ -275,6 +276,8 @@ class Workflow:
     defaults: Defaults = field(default_factory=Defaults)
     inputs: Mapping[str, Input] = field(default_factory=lambda: EMPTY)
     mcp_servers: Mapping[str, McpServer] = field(default_factory=lambda: EMPTY)
+    agents: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)
+    """`agents:` as written; the steps already hold their agent's settings."""
     steps: tuple[Step, ...] = ()
     outputs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
@@ -330,6 +333,8 @@ class Workflow:
             if server.sampling is not None and server.sampling.model is not None:
                 add(server.sampling.model, ("mcp_servers", name, "sampling", "model"))
         add(self.defaults.model, ("defaults", "model"))
+        for name, agent in self.agents.items():
+            add(agent.get("model"), ("agents", name, "model"))
         for step in self.steps:
             if isinstance(step, AgentStep) and step.model is not None:
                 add(*self.model_reference(step))
@@ -516,6 +521,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
     """Turn validated data into a Workflow. Call only after validation found no errors."""
     lmstudio = data.get("lmstudio", {})
     defaults = data.get("defaults", {})
+    agents = _named(data, "agents")
     return Workflow(
         path=path,
         name=data.get("name") or path.stem,
@@ -543,7 +549,8 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
         mcp_servers=MappingProxyType(
             {name: _server(name, spec, path) for name, spec in _named(data, "mcp_servers").items()}
         ),
-        steps=tuple(_step(i, s) for i, s in enumerate(data["steps"])),
+        agents=frozen(agents),
+        steps=tuple(_step(i, with_agent(s, agents)) for i, s in enumerate(data["steps"])),
         outputs=frozen(_named(data, "outputs")),
         source=source,
     )

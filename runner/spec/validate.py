@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from .. import templating
+from .agents import with_agent, written_at
 from .load import Document
 from .model import is_note
 from .plan import Plan, StepPlan, TemplateField, cycles, plan_data
@@ -89,7 +90,10 @@ class _Checker:
         self.source = source
         self.problems: list[Problem] = []
         raw_steps = _list(data.get("steps"))
-        self.steps = [s if isinstance(s, dict) else {} for s in raw_steps]
+        self.agents = _entries(data.get("agents"))
+        self.written = [s if isinstance(s, dict) else {} for s in raw_steps]
+        """Each step as written; `steps` holds them merged with their agents."""
+        self.steps = [with_agent(s, self.agents) for s in self.written]
         self.malformed_steps = {i for i, s in enumerate(raw_steps) if not isinstance(s, dict)}
         self.step_index: dict[str, int] = {}
         for i, step in enumerate(self.steps):
@@ -99,12 +103,15 @@ class _Checker:
         self.inputs = _entries(data.get("inputs"))
         self.servers = _entries(data.get("mcp_servers"))
         self.aliases = _entries(data.get("models"))
-        self.plan: Plan = plan_data(self.steps, self.servers, _entries(data.get("outputs")))
+        self.plan: Plan = plan_data(
+            self.written, self.servers, _entries(data.get("outputs")), self.agents
+        )
 
     def run(self) -> list[Problem]:
         self._check_step_ids()
         self._check_inputs()
         self._check_servers()
+        self._check_agents()
         self._check_steps()
         self._check_cycles()
         self._check_shared_servers()
@@ -125,6 +132,7 @@ class _Checker:
         severity: str = "error",
         offset: int | None = None,
     ) -> None:
+        path = self.located(path)
         if offset is not None:
             pos = self.source.offset_position(offset)
         else:
@@ -140,6 +148,16 @@ class _Checker:
                 "warning" if severity == "warning" else "error",
             )
         )
+
+    def located(self, path: JsonPath) -> JsonPath:
+        """Where the file spells a key of a merged step: a setting a step takes from its
+        agent is reported at the agent."""
+        if len(path) < 3 or path[0] != "steps" or not isinstance(path[1], int):
+            return path
+        if not isinstance(path[2], str) or path[1] >= len(self.written):
+            return path
+        here = ("steps", path[1])
+        return (*written_at(self.written[path[1]], self.agents, here, path[2]), *path[3:])
 
     def where(self, path: JsonPath) -> str:
         return describe(path, self.data)
@@ -221,6 +239,30 @@ class _Checker:
                 for key, value in _dict(spec.get(table)).items():
                     if isinstance(value, str):
                         self._check_secret(("mcp_servers", name, table, key), key, value, table)
+
+    def _check_agents(self) -> None:
+        """Each agent's servers, once at the agent (the steps that name it are not told
+        again), and each step's `agent:` name."""
+        for name, agent in self.agents.items():
+            for j, server in enumerate(_list(_dict(agent).get("mcp"))):
+                if isinstance(server, str) and server not in self.servers:
+                    self.report(
+                        ("agents", name, "mcp", j),
+                        f"agent {name!r} uses MCP server {server!r}, which is not declared",
+                        "unknown-server",
+                        self._server_hint(server),
+                    )
+        for i, step in enumerate(self.written):
+            named = step.get("agent")
+            if isinstance(named, str) and named not in self.agents:
+                declared = list(self.agents)
+                listing = "declared agents: " + ", ".join(declared) if declared else None
+                self.report(
+                    ("steps", i, "agent"),
+                    f"{self.where(('steps', i))} names agent {named!r}, which is not declared",
+                    "unknown-agent",
+                    did_you_mean(named, declared) or listing or "declare it under `agents:`",
+                )
 
     def _check_imported_server(self, name: str, spec: dict[str, Any]) -> None:
         """A `from:` server must be in the file it names (a wrong `from:` or `name:` is the
@@ -457,8 +499,9 @@ class _Checker:
     def _check_step_tools(self, i: int, step: dict[str, Any]) -> None:
         here = ("steps", i)
         servers = [s for s in _list(step.get("mcp")) if isinstance(s, str)]
+        own_servers = "mcp" in self.written[i]  # an agent's are checked at the agent
         for j, server in enumerate(servers):
-            if server not in self.servers:
+            if own_servers and server not in self.servers:
                 self.report(
                     (*here, "mcp", j),
                     f"{self.where(here)} uses MCP server {server!r}, which is not declared",
