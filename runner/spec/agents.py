@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .prompt_files import spells, text_key_at
 from .source import JsonPath
 
 AGENT_KEYS = (
     "model",
-    "system",
+    "system",  # or system_file, read into system before the merge
     "mcp",
     "tools",
     "tool_choice",
@@ -47,8 +48,9 @@ def with_agent(step: Any, agents: Mapping[str, Any]) -> Any:
 
 
 def written_at(step: Any, agents: Mapping[str, Any], here: JsonPath, key: str) -> JsonPath:
-    """Where the file spells a (merged) step's `key`: the step, or the agent it came from."""
+    """Where the file spells a (merged) step's `key`: the step, or the agent it came from;
+    for a text read from a file, the key naming the file."""
     agent = agent_of(step, agents)
-    if agent is not None and key not in step and key in agent:
-        return ("agents", step["agent"], key)
-    return (*here, key)
+    if agent is not None and not spells(step, key) and spells(agent, key):
+        return ("agents", step["agent"], text_key_at(agent, key))
+    return (*here, text_key_at(step, key))

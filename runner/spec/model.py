@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .agents import with_agent
+from .prompt_files import read_text, with_file_texts
 from .source import JsonPath, Position, SourceMap
 
 if TYPE_CHECKING:
@@ -277,7 +278,7 @@ class Workflow:
     inputs: Mapping[str, Input] = field(default_factory=lambda: EMPTY)
     mcp_servers: Mapping[str, McpServer] = field(default_factory=lambda: EMPTY)
     agents: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)
-    """`agents:` as written; the steps already hold their agent's settings."""
+    """`agents:` with their prompt files read; the steps already hold their settings."""
     steps: tuple[Step, ...] = ()
     outputs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
@@ -521,7 +522,11 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
     """Turn validated data into a Workflow. Call only after validation found no errors."""
     lmstudio = data.get("lmstudio", {})
     defaults = data.get("defaults", {})
-    agents = _named(data, "agents")
+
+    def read(_key: str, file: Path) -> str:
+        return read_text(file)
+
+    agents = {name: with_file_texts(a, path, read) for name, a in _named(data, "agents").items()}
     return Workflow(
         path=path,
         name=data.get("name") or path.stem,
@@ -550,7 +555,10 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
             {name: _server(name, spec, path) for name, spec in _named(data, "mcp_servers").items()}
         ),
         agents=frozen(agents),
-        steps=tuple(_step(i, with_agent(s, agents)) for i, s in enumerate(data["steps"])),
+        steps=tuple(
+            _step(i, with_agent(with_file_texts(s, path, read), agents))
+            for i, s in enumerate(data["steps"])
+        ),
         outputs=frozen(_named(data, "outputs")),
         source=source,
     )

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import nodes
 
 from .. import templating
-from .agents import with_agent, written_at
 from .model import strings_in
 from .source import JsonPath
 
@@ -297,15 +296,13 @@ def plan_data(
     steps: list[Any],
     servers: Mapping[str, Any],
     outputs: Mapping[str, Any],
-    agents: Mapping[str, Any],
+    locate: Callable[[int, str], JsonPath],
 ) -> Plan:
-    """The plan of a file's raw data, read defensively (the validator's view): each step
-    merged with its agent, an inherited field placed at the agent that spells it."""
+    """The plan of a file's raw data, read defensively (the validator's view). The steps
+    come with their prompt files read and their agents merged in; `locate` says where the
+    file spells a key of step i (the step, its agent, or the key naming a prompt file)."""
     return _build(
-        (
-            (_mapping_get(with_agent(s, agents)), partial(written_at, s, agents, ("steps", i)))
-            for i, s in enumerate(steps)
-        ),
+        ((_mapping_get(s), partial(locate, i)) for i, s in enumerate(steps)),
         {name: _mapping_get(spec) for name, spec in servers.items()},
         outputs,
     )
