@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from .agents import with_agent
+from .prompt_files import read_text, with_file_texts
 from .source import JsonPath, Position, SourceMap
 
 if TYPE_CHECKING:
@@ -275,6 +277,8 @@ class Workflow:
     defaults: Defaults = field(default_factory=Defaults)
     inputs: Mapping[str, Input] = field(default_factory=lambda: EMPTY)
     mcp_servers: Mapping[str, McpServer] = field(default_factory=lambda: EMPTY)
+    agents: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)
+    """`agents:` with their prompt files read; the steps already hold their settings."""
     steps: tuple[Step, ...] = ()
     outputs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
@@ -330,6 +334,8 @@ class Workflow:
             if server.sampling is not None and server.sampling.model is not None:
                 add(server.sampling.model, ("mcp_servers", name, "sampling", "model"))
         add(self.defaults.model, ("defaults", "model"))
+        for name, agent in self.agents.items():
+            add(agent.get("model"), ("agents", name, "model"))
         for step in self.steps:
             if isinstance(step, AgentStep) and step.model is not None:
                 add(*self.model_reference(step))
@@ -516,6 +522,11 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
     """Turn validated data into a Workflow. Call only after validation found no errors."""
     lmstudio = data.get("lmstudio", {})
     defaults = data.get("defaults", {})
+
+    def read(_key: str, file: Path) -> str:
+        return read_text(file)
+
+    agents = {name: with_file_texts(a, path, read) for name, a in _named(data, "agents").items()}
     return Workflow(
         path=path,
         name=data.get("name") or path.stem,
@@ -543,7 +554,11 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
         mcp_servers=MappingProxyType(
             {name: _server(name, spec, path) for name, spec in _named(data, "mcp_servers").items()}
         ),
-        steps=tuple(_step(i, s) for i, s in enumerate(data["steps"])),
+        agents=frozen(agents),
+        steps=tuple(
+            _step(i, with_agent(with_file_texts(s, path, read), agents))
+            for i, s in enumerate(data["steps"])
+        ),
         outputs=frozen(_named(data, "outputs")),
         source=source,
     )

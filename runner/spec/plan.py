@@ -10,7 +10,7 @@ from __future__ import annotations
 import keyword
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from jinja2 import nodes
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 Getter = Callable[[str], Any]
 """Reads one key of a step or server as it is spelled in the file (`with`, `if`, ...)."""
+Locator = Callable[[str], JsonPath]
+"""Where the file spells one key of a step: the step itself, or the agent it came from."""
 
 TEXT_KEYS = ("name", "system", "prompt")
 """Step fields that are one template each (rendered to text)."""
@@ -67,17 +69,17 @@ def parse_field(path: JsonPath, text: str, is_condition: bool = False) -> Templa
     return TemplateField(path, text, is_condition, tree, refs=tuple(templating.references(tree)))
 
 
-def step_fields(get: Getter, here: JsonPath) -> Iterator[TemplateField]:
-    """The template fields of one step, read through `get`; values of the wrong type are
-    skipped (the schema reports them)."""
+def step_fields(get: Getter, at: Locator) -> Iterator[TemplateField]:
+    """The template fields of one step, read through `get` and placed by `at`; values of the
+    wrong type are skipped (the schema reports them)."""
     for key in TEXT_KEYS:
         if isinstance(get(key), str):
-            yield parse_field((*here, key), get(key))
+            yield parse_field(at(key), get(key))
     condition = get(CONDITION_KEY)
     if isinstance(condition, str):
-        yield parse_field((*here, CONDITION_KEY), condition, is_condition=True)
+        yield parse_field(at(CONDITION_KEY), condition, is_condition=True)
     for key in VALUE_KEYS:
-        for path, text in strings_in(get(key), (*here, key)):
+        for path, text in strings_in(get(key), at(key)):
             yield parse_field(path, text)
 
 
@@ -251,6 +253,10 @@ def _needs(value: Any) -> tuple[str, ...]:
     return tuple(v for v in values if isinstance(v, str))
 
 
+def _key_path(here: JsonPath, key: str) -> JsonPath:
+    return (*here, key)
+
+
 def _mapping_get(value: Any) -> Getter:
     return value.get if isinstance(value, Mapping) else lambda _key: None
 
@@ -261,16 +267,18 @@ def _attribute_get(value: Any) -> Getter:
 
 
 def _build(
-    steps: Iterable[Getter], servers: Mapping[str, Getter], outputs: Mapping[str, Any]
+    steps: Iterable[tuple[Getter, Locator]],
+    servers: Mapping[str, Getter],
+    outputs: Mapping[str, Any],
 ) -> Plan:
     step_plans = []
-    for i, get in enumerate(steps):
+    for i, (get, at) in enumerate(steps):
         step_id = get("id")
         step_plans.append(
             StepPlan(
                 index=i,
                 id=step_id if isinstance(step_id, str) else None,
-                fields=tuple(step_fields(get, ("steps", i))),
+                fields=tuple(step_fields(get, at)),
                 needs=_needs(get("needs")),
                 has_for_each=get("for_each") is not None,
             )
@@ -284,10 +292,17 @@ def _build(
     )
 
 
-def plan_data(steps: list[Any], servers: Mapping[str, Any], outputs: Mapping[str, Any]) -> Plan:
-    """The plan of a file's raw data, read defensively (the validator's view)."""
+def plan_data(
+    steps: list[Any],
+    servers: Mapping[str, Any],
+    outputs: Mapping[str, Any],
+    locate: Callable[[int, str], JsonPath],
+) -> Plan:
+    """The plan of a file's raw data, read defensively (the validator's view). The steps
+    come with their prompt files read and their agents merged in; `locate` says where the
+    file spells a key of step i (the step, its agent, or the key naming a prompt file)."""
     return _build(
-        (_mapping_get(s) for s in steps),
+        ((_mapping_get(s), partial(locate, i)) for i, s in enumerate(steps)),
         {name: _mapping_get(spec) for name, spec in servers.items()},
         outputs,
     )
@@ -296,7 +311,10 @@ def plan_data(steps: list[Any], servers: Mapping[str, Any], outputs: Mapping[str
 def plan_workflow(workflow: Workflow) -> Plan:
     """The plan of a typed Workflow (the executor's view)."""
     return _build(
-        (_attribute_get(s) for s in workflow.steps),
+        (
+            (_attribute_get(s), partial(_key_path, ("steps", i)))
+            for i, s in enumerate(workflow.steps)
+        ),
         {name: _attribute_get(spec) for name, spec in workflow.mcp_servers.items()},
         workflow.outputs,
     )

@@ -75,6 +75,10 @@ def did_you_mean(word: str, candidates: Sequence[str]) -> str | None:
     return "did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
+NAMED_ENTRIES = {"mcp_servers": "server", "inputs": "input", "agents": "agent"}
+"""The top-level maps whose entries are named by their key, and what an entry is called."""
+
+
 def describe(path: JsonPath, data: Any) -> str:
     """A human name for the place at `path`: "step 'survey'", "server 'fs'", "defaults"."""
     if len(path) >= 2 and path[0] == "steps" and isinstance(path[1], int):
@@ -82,12 +86,9 @@ def describe(path: JsonPath, data: Any) -> str:
         name = f"step {step_id!r}" if isinstance(step_id, str) else f"step #{path[1] + 1}"
         rest = path[2:]
         return name + (f" key {_dotted(rest)!r}" if rest else "")
-    if len(path) >= 2 and path[0] == "mcp_servers":
+    if len(path) >= 2 and path[0] in NAMED_ENTRIES:
         rest = path[2:]
-        return f"server {path[1]!r}" + (f" key {_dotted(rest)!r}" if rest else "")
-    if len(path) >= 2 and path[0] == "inputs":
-        rest = path[2:]
-        return f"input {path[1]!r}" + (f" key {_dotted(rest)!r}" if rest else "")
+        return f"{NAMED_ENTRIES[path[0]]} {path[1]!r}" + (f" key {_dotted(rest)!r}" if rest else "")
     return repr(_dotted(path)) if path else "the workflow"
 
 
@@ -250,6 +251,12 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
             f"a `run:` step runs a command, without a model or MCP server; remove {key!r}, "
             "or make it a step of its own"
         )
+    if is_step and key == "agent" and ("tool" in obj or "run" in obj):
+        kind = "`tool:`" if "tool" in obj else "`run:`"
+        return (
+            f"an agent gives a model its settings, and a {kind} step has no model; remove "
+            "`agent:`, or make it a model step with `prompt:`"
+        )
     if is_step and key in ("shell", "ok_codes", "max_output_chars") and "run" not in obj:
         return f"`{key}:` belongs to a command step; add `run: [program, args...]`"
     suggestion = did_you_mean(key, allowed)
@@ -260,7 +267,8 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
 def _missing_key_hint(key: str, path: JsonPath) -> str | None:
     if key == "prompt":
         return (
-            "a step needs `prompt:` (ask a model), `tool: server.tool` (call an MCP tool) or "
+            "a step needs `prompt:` or `prompt_file:` (ask a model), `tool: server.tool` (call an "
+            "MCP tool) or "
             "`run: [program, args...]` (run a command)"
         )
     if key == "command":

@@ -10,18 +10,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from .. import templating
+from .agents import with_agent, written_at
 from .load import Document
 from .model import is_note
 from .plan import Plan, StepPlan, TemplateField, cycles, plan_data
 from .problems import Problem
+from .prompt_files import FILE_KEYS, read_text, with_file_texts
 from .schema import describe, did_you_mean, schema_problems
-from .source import JsonPath, SourceMap
+from .source import JsonPath, Position, SourceMap
 
 STEP_ATTRIBUTES = ("output", "status")
 WORKFLOW_ATTRIBUTES = ("name", "description", "path", "dir")
@@ -89,7 +92,20 @@ class _Checker:
         self.source = source
         self.problems: list[Problem] = []
         raw_steps = _list(data.get("steps"))
-        self.steps = [s if isinstance(s, dict) else {} for s in raw_steps]
+        self.workflow_path = Path(source.path)
+        self.prompt_files: dict[JsonPath, SourceMap] = {}
+        """The text of each prompt file read, as a source of its own, by the key naming it."""
+        self.written_agents = _entries(data.get("agents"))
+        self.written = [s if isinstance(s, dict) else {} for s in raw_steps]
+        """Each step as written; `steps` holds them with their prompt files and agents."""
+        self.agents = {
+            name: self._with_files(agent, ("agents", name))
+            for name, agent in self.written_agents.items()
+        }
+        self.steps = [
+            with_agent(self._with_files(s, ("steps", i)), self.agents)
+            for i, s in enumerate(self.written)
+        ]
         self.malformed_steps = {i for i, s in enumerate(raw_steps) if not isinstance(s, dict)}
         self.step_index: dict[str, int] = {}
         for i, step in enumerate(self.steps):
@@ -99,12 +115,15 @@ class _Checker:
         self.inputs = _entries(data.get("inputs"))
         self.servers = _entries(data.get("mcp_servers"))
         self.aliases = _entries(data.get("models"))
-        self.plan: Plan = plan_data(self.steps, self.servers, _entries(data.get("outputs")))
+        self.plan: Plan = plan_data(
+            self.steps, self.servers, _entries(data.get("outputs")), self.key_path
+        )
 
     def run(self) -> list[Problem]:
         self._check_step_ids()
         self._check_inputs()
         self._check_servers()
+        self._check_agents()
         self._check_steps()
         self._check_cycles()
         self._check_shared_servers()
@@ -125,13 +144,15 @@ class _Checker:
         severity: str = "error",
         offset: int | None = None,
     ) -> None:
+        path = self.located(path)
+        source = self.source_of(path)
         if offset is not None:
-            pos = self.source.offset_position(offset)
+            pos = source.offset_position(offset)
         else:
-            pos = self.source.key_position(path) if key else self.source.position(path)
+            pos = source.key_position(path) if key else source.position(path)
         self.problems.append(
             Problem(
-                self.source.path,
+                source.path,
                 pos.line,
                 pos.col,
                 message,
@@ -140,6 +161,48 @@ class _Checker:
                 "warning" if severity == "warning" else "error",
             )
         )
+
+    def located(self, path: JsonPath) -> JsonPath:
+        """Where the file spells a key of a merged step: a setting a step takes from its
+        agent is reported at the agent, a text read from a file at the key naming it."""
+        if len(path) < 3 or path[0] != "steps" or not isinstance(path[1], int):
+            return path
+        if not isinstance(path[2], str) or path[1] >= len(self.written):
+            return path
+        return (*self.key_path(path[1], path[2]), *path[3:])
+
+    def key_path(self, index: int, key: str) -> JsonPath:
+        """Where the file spells `key` of step `index`."""
+        return written_at(self.written[index], self.written_agents, ("steps", index), key)
+
+    def source_of(self, path: JsonPath) -> SourceMap:
+        """The text a path's positions are in: a prompt file's own, or the workflow's."""
+        return self.prompt_files.get(path, self.source)
+
+    def _with_files(self, data: dict[str, Any], here: JsonPath) -> Any:
+        """A step's or agent's data with its prompt files read; one that cannot be read is
+        reported at the key naming it, with the path it was looked for at."""
+
+        def read(key: str, file: Path) -> str | None:
+            at = (*here, key)
+            try:
+                text = read_text(file)
+            except (OSError, UnicodeDecodeError) as error:
+                reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+                self.report(
+                    at,
+                    f"{key} of {self.where(here)} cannot be read: {file}: {reason}",
+                    "unreadable-prompt-file",
+                    "a prompt file's path is relative to the workflow file's directory "
+                    f"({self.workflow_path.parent}); write the path of a UTF-8 text file",
+                )
+                return None
+            self.prompt_files[at] = SourceMap(
+                str(file), text, MappingProxyType({at: Position(1, 1, 0, len(text))})
+            )
+            return text
+
+        return with_file_texts(data, self.workflow_path, read)
 
     def where(self, path: JsonPath) -> str:
         return describe(path, self.data)
@@ -221,6 +284,42 @@ class _Checker:
                 for key, value in _dict(spec.get(table)).items():
                     if isinstance(value, str):
                         self._check_secret(("mcp_servers", name, table, key), key, value, table)
+
+    def _check_agents(self) -> None:
+        """Each agent's servers, once at the agent (the steps that name it are not told
+        again), and each step's `agent:` name."""
+        for name, agent in self.written_agents.items():
+            self._check_text_or_file(_dict(agent), ("agents", name))
+            for j, server in enumerate(_list(_dict(agent).get("mcp"))):
+                if isinstance(server, str) and server not in self.servers:
+                    self.report(
+                        ("agents", name, "mcp", j),
+                        f"agent {name!r} uses MCP server {server!r}, which is not declared",
+                        "unknown-server",
+                        self._server_hint(server),
+                    )
+        for i, step in enumerate(self.written):
+            self._check_text_or_file(step, ("steps", i))
+            named = step.get("agent")
+            if isinstance(named, str) and named not in self.agents:
+                declared = list(self.agents)
+                listing = "declared agents: " + ", ".join(declared) if declared else None
+                self.report(
+                    ("steps", i, "agent"),
+                    f"{self.where(('steps', i))} names agent {named!r}, which is not declared",
+                    "unknown-agent",
+                    did_you_mean(named, declared) or listing or "declare it under `agents:`",
+                )
+
+    def _check_text_or_file(self, data: dict[str, Any], here: JsonPath) -> None:
+        for text_key, file_key in FILE_KEYS.items():
+            if text_key in data and file_key in data:
+                self.report(
+                    (*here, file_key),
+                    f"{self.where(here)} has both `{text_key}:` and `{file_key}:`",
+                    "text-and-file",
+                    f"keep one: the text inline in `{text_key}:`, or a file in `{file_key}:`",
+                )
 
     def _check_imported_server(self, name: str, spec: dict[str, Any]) -> None:
         """A `from:` server must be in the file it names (a wrong `from:` or `name:` is the
@@ -457,8 +556,9 @@ class _Checker:
     def _check_step_tools(self, i: int, step: dict[str, Any]) -> None:
         here = ("steps", i)
         servers = [s for s in _list(step.get("mcp")) if isinstance(s, str)]
+        own_servers = "mcp" in self.written[i]  # an agent's are checked at the agent
         for j, server in enumerate(servers):
-            if server not in self.servers:
+            if own_servers and server not in self.servers:
                 self.report(
                     (*here, "mcp", j),
                     f"{self.where(here)} uses MCP server {server!r}, which is not declared",
@@ -653,9 +753,10 @@ class _Checker:
                 "templates read environment variables only by name"
             )
             needle = r"(?<![\w.])env(?!\w)(?!\s*(\.\s*\w|\[\s*[\"']))"
-        found = re.search(needle, self.source.raw(template.path))
+        source = self.source_of(template.path)
+        found = re.search(needle, source.raw(template.path))
         offset = (
-            self.source.position(template.path).start + found.start()
+            source.position(template.path).start + found.start()
             if found
             else self._line_offset(template.path, use.lineno)
         )
@@ -831,8 +932,9 @@ class _Checker:
 
     def _find(self, template: TemplateField, ref: templating.Reference | str) -> int | None:
         """The file offset of a reference inside the field's raw text, when it can be found."""
-        raw = self.source.raw(template.path)
-        base = self.source.position(template.path).start
+        source = self.source_of(template.path)
+        raw = source.raw(template.path)
+        base = source.position(template.path).start
         needles = (
             [ref]
             if isinstance(ref, str)
@@ -850,10 +952,11 @@ class _Checker:
 
     def _line_offset(self, path: JsonPath, lineno: int) -> int | None:
         """The file offset of line `lineno` of a template field (block scalars map exactly)."""
-        raw = self.source.raw(path)
+        source = self.source_of(path)
+        raw = source.raw(path)
         if not raw:
             return None
-        base = self.source.position(path).start
+        base = source.position(path).start
         lines = raw.split("\n")
         index = lineno if raw.lstrip()[:1] in ("|", ">") else lineno - 1
         index = max(0, min(index, len(lines) - 1))
