@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -18,8 +18,9 @@ from . import spec
 from .chat import Usage
 from .executor import RunResult, coerce_inputs
 from .executor import StepRecord as StepResult
-from .runtime import PreparedRun, RunOptions, begin, execute, one_off_workflow, parts_for
-from .spec.model import McpServer, Workflow
+from .runtime import PreparedRun, RunOptions, begin, execute, parts_for
+from .runtime import one_off_workflow as agent_workflow
+from .spec.model import Workflow
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -119,39 +120,6 @@ def run_workflow_sync(
 ) -> WorkflowResult:
     """`run_workflow` for code without an event loop of its own."""
     return asyncio.run(run_workflow(workflow, inputs, options))
-
-
-def agent_workflow(
-    task: str,
-    *,
-    model: str | None = None,
-    servers: Mapping[str, McpServer] | None = None,
-    use: Sequence[str] = (),
-    system: str | None = None,
-    max_rounds: int | None = None,
-    base: Workflow | None = None,
-    tool_choice: str | None = None,
-    temperature: float | None = None,
-    max_tokens: int | None = None,
-    output_schema: Mapping[str, Any] | None = None,
-) -> Workflow:
-    """The one-step workflow `lmflow agent` runs: a model does `task` with the tools of the
-    servers named in `use` (declared in `servers` or in `base`, whose models and LM Studio
-    settings it also takes), with the step settings a workflow step has. Run it with
-    `run_workflow` like any other."""
-    return one_off_workflow(
-        task,
-        model=model,
-        servers=servers or {},
-        use=use,
-        system=system,
-        max_rounds=max_rounds,
-        base=base,
-        tool_choice=tool_choice,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        output_schema=output_schema,
-    )
 
 
 async def list_models(base_url: str | None = None, *, refresh: bool = False) -> Catalog:

@@ -39,6 +39,7 @@ from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, 
 from .signals import stop_reason
 from .spec.load import read_document
 from .spec.model import (
+    EMPTY,
     AgentStep,
     HttpServer,
     Input,
@@ -603,9 +604,9 @@ def dry_run_workflow(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> list[
 def one_off_workflow(
     task: str,
     *,
-    model: str | None,
-    servers: Mapping[str, McpServer],
-    use: Sequence[str],
+    model: str | None = None,
+    servers: Mapping[str, McpServer] = EMPTY,
+    use: Sequence[str] = (),
     system: str | None = None,
     max_rounds: int | None = None,
     base: Workflow | None = None,
@@ -614,8 +615,10 @@ def one_off_workflow(
     max_tokens: int | None = None,
     output_schema: Mapping[str, Any] | None = None,
 ) -> Workflow:
-    """A single-step workflow for `lmflow agent`, so a one-off task runs through exactly the
-    same checks, engine and run log as a workflow file."""
+    """The one-step workflow `lmflow agent` runs (`api.agent_workflow`): a model does `task`
+    with the tools of the servers named in `use` (declared in `servers` or in `base`, whose
+    model aliases and LM Studio settings it also takes), with a step's settings; a one-off
+    task goes through exactly the same checks, engine and run log as a workflow file."""
     base = base or Workflow(path=Path("agent.yaml"), name="agent")
     all_servers = {**base.mcp_servers, **servers}
     unknown = [name for name in use if name not in all_servers]
