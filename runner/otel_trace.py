@@ -225,7 +225,7 @@ class RunTracer:
         self._usage(span, event.get("usage"))
         if event.get("finish_reason"):
             span.set_attribute("gen_ai.response.finish_reasons", [str(event["finish_reason"])])
-        ttft, speed = response_speed(event, None)
+        ttft, speed = response_speed(event)
         if ttft is not None:
             span.set_attribute("lmflow.time_to_first_token", ttft)
         if speed is not None:

@@ -259,7 +259,7 @@ class _Builder:
         turn.reasoning = event.get("reasoning")
         turn.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         turn.completion_tokens = int(usage.get("completion_tokens") or 0)
-        turn.ttft, turn.tokens_per_second = response_speed(event, None)
+        turn.ttft, turn.tokens_per_second = response_speed(event)
 
     def _finished(self, step: Step, event: Mapping[str, Any]) -> None:
         usage = event.get("usage") or {}

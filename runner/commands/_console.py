@@ -88,19 +88,16 @@ class ConsoleView:
     def __call__(self, event: Event) -> None:
         if self.verbosity == 0:
             return
-        running = self.tracker.running.get((event.step or "", event.item))
-        round_started = running.round_started if running is not None else None
         self.tracker(event)
-        line = self.line(event, round_started)
+        line = self.line(event)
         if line is not None:
             click.echo(line, err=True)
         if event.type == "run_finished" and self.tracker.summary():
             click.echo(summary_table(self.tracker.summary()), err=True)
 
-    def line(self, event: Event, round_started: float | None = None) -> str | None:
+    def line(self, event: Event) -> str | None:
         """One whole line per event: with several steps running, each detail line names
-        its step (and item), so lines of different steps can interleave but never mix.
-        `round_started` is when the request an `llm_response` answers was sent."""
+        its step (and item), so lines of different steps can interleave but never mix."""
         data = event.data
         step = event.step
         who = f"{step}[{event.item}]" if event.item is not None else f"{step}"
@@ -121,7 +118,7 @@ class ConsoleView:
             )  # fmt: skip
             return click.style(f"▶ {step}", bold=True) + (f"  {what}" if what else "")
         if event.type == "llm_response":
-            return self._answer(who, data, round_started, event.time)
+            return self._answer(who, data)
         if event.type == "tool_call":
             arguments = _short(data.get("arguments"))
             return f"    {who} round {data.get('round')}: {data.get('name')} {arguments}"
@@ -151,10 +148,9 @@ class ConsoleView:
             )
         return None
 
-    def _answer(self, who: str, data: Any, round_started: float | None, now: float) -> str | None:
+    def _answer(self, who: str, data: Any) -> str | None:
         """A model's answer: its round, tokens and speed; the text too with --verbose."""
-        seconds = now - round_started if round_started is not None else None
-        ttft, speed = response_speed(data, seconds)
+        ttft, speed = response_speed(data)
         completion = (data.get("usage") or {}).get("completion_tokens")
         facts = [f"{completion} tokens" if completion is not None else None]
         facts.append(f"{speed:.1f} tok/s" if speed else None)

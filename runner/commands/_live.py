@@ -40,14 +40,12 @@ class LiveView:
         self._started = False
 
     def __call__(self, event: Event) -> None:
-        running = self.tracker.running.get((event.step or "", event.item))
-        round_started = running.round_started if running is not None else None
         self.tracker(event)
         if not self._started and event.type != "run_finished":
             self._live.start()
             self._started = True
         if event.type not in SHOWN_LIVE:
-            line = self.lines.line(event, round_started)
+            line = self.lines.line(event)
             if line is not None:
                 self.console.print(Text.from_ansi(line))
         if event.type == "run_finished":

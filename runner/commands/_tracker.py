@@ -27,7 +27,6 @@ class Running:
     model: str | None
     started: float
     round: int = 0
-    round_started: float | None = None
     speed: float | None = None
     """Tokens per second of the latest answer."""
 
@@ -106,7 +105,6 @@ class RunTracker:
             self.running[key] = Running(event.step, event.item, title, model, event.time)
         elif event.type == "llm_request" and key in self.running:
             self.running[key].round = int(data.get("round") or 0)
-            self.running[key].round_started = event.time
         elif event.type == "llm_response":
             self._response(event, key)
         elif event.type == "item_finished":
@@ -122,10 +120,7 @@ class RunTracker:
 
     def _response(self, event: Event, key: tuple[str, int | None]) -> None:
         running = self.running.get(key)
-        seconds = None
-        if running is not None and running.round_started is not None:
-            seconds = max(event.time - running.round_started, 0.0)
-        _, speed = response_speed(event.data, seconds)
+        _, speed = response_speed(event.data)
         if running is not None:
             running.speed = speed
         usage = event.data.get("usage") or {}
