@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from . import templating
 from .command_step import command_line
 from .errors import StepFailedError
-from .spec.model import CommandStep, Step, ToolStep, Workflow, thawed
+from .spec.model import CommandStep, LoopStep, Step, ToolStep, Workflow, thawed
 
 
 class Placeholder:
@@ -74,18 +74,40 @@ def dry_run(
     secret read through `env` is masked as in a run log."""
     known = {
         **context,
-        "steps": {
-            step.id: {
-                "output": Placeholder(f"steps.{step.id}.output"),
-                "status": Placeholder(f"steps.{step.id}.status"),
-            }
-            for step in workflow.steps
-        },
+        "steps": _stand_ins(workflow.steps),
         "item": Placeholder("item"),
         "loop": {"index": 1, "index0": 0, "first": True, "last": False, "length": 1},
     }
+    return list(_in_order(workflow, known, redact, ""))
+
+
+def _stand_ins(steps: Iterable[Step]) -> dict[str, Any]:
+    return {
+        step.id: {
+            "output": Placeholder(f"steps.{step.id}.output"),
+            "status": Placeholder(f"steps.{step.id}.status"),
+        }
+        for step in steps
+    }
+
+
+def _in_order(
+    workflow: Workflow, context: Mapping[str, Any], redact: Callable[[str], str], scope: str
+) -> Iterator[DryStep]:
+    """The steps in run order; after a loop step, its nested steps as its first iteration
+    would start them (`LOOP[1]/INNER`)."""
     by_id = {step.id: step for step in workflow.steps}
-    return [_step(workflow, by_id[step_id], known, redact) for step_id in workflow.plan.order()]
+    for step_id in workflow.plan.order():
+        step = by_id[step_id]
+        shown = _step(workflow, step, context, redact)
+        yield replace(shown, id=scope + shown.id)
+        if isinstance(step, LoopStep):
+            inner = {
+                **context,
+                "steps": {**context["steps"], **_stand_ins(step.loop.steps)},
+                "loop": {**context["loop"], "previous": {}},
+            }
+            yield from _in_order(workflow.bodies[step.id], inner, redact, f"{scope}{step.id}[1]/")
 
 
 def _step(
@@ -102,6 +124,9 @@ def _step(
         title = f"tool {step.tool}"
     elif isinstance(step, CommandStep):
         title = "command" + (f"  (cwd: {step.cwd})" if step.cwd else "")
+    elif isinstance(step, LoopStep):
+        until = step.loop.until
+        return DryStep(step.id, f"loop  (max: {step.loop.max}, until: {until})", condition, None)
     else:
         title = f"model {workflow.step_model(step)}"
         title += f"  (mcp: {', '.join(step.mcp)})" if step.mcp else ""

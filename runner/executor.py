@@ -35,7 +35,7 @@ from .errors import (
 )
 from .limits import holding
 from .results import capped, full_result_fields
-from .resume import Reusable, step_fingerprint
+from .resume import Reusable, scoped_fingerprint, step_fingerprint
 from .resume import item_fingerprint as fingerprint_of_item
 from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
@@ -44,6 +44,7 @@ from .spec.model import (
     AllowList,
     CommandStep,
     HttpServer,
+    LoopStep,
     McpServer,
     StdioServer,
     Step,
@@ -54,6 +55,8 @@ from .spec.model import (
 
 StepStatus = Literal["succeeded", "failed", "skipped", "interrupted"]
 STOPPED = "the run was stopped while it ran"
+LOOP_ITERATIONS = "iterations"
+"""The field of a loop step's output that counts its iterations (beside its steps' ids)."""
 RunStatus = Literal["succeeded", "failed", "interrupted", "error"]
 
 
@@ -387,8 +390,11 @@ class Executor:
         log: RunLog,
         context: dict[str, Any],
         reuse: Reusable | None = None,
+        scope: str = "",
     ) -> None:
         self.workflow = workflow
+        self.scope = scope
+        """Where these steps run inside another step (`LOOP[N]`), or "" at the top."""
         self.reuse = reuse
         self.inputs = dict(inputs)
         self.chat = chat
@@ -443,7 +449,7 @@ class Executor:
 
     async def _run_step(self, step: Step, context: dict[str, Any], schedule: _Schedule) -> None:
         """One step's task: its record is kept and the steps that waited for it start."""
-        current_scope.set(Scope(step.id))
+        current_scope.set(Scope(self._scoped(step.id)))
         record = await self._step_record(step, context)
         self._finish(step, record)
         self._record(step, record)
@@ -500,21 +506,24 @@ class Executor:
             return StepRecord(step.id, "failed", error=f"if: {error}", model=model)
         if reason is not None:
             return StepRecord(step.id, "skipped", reason=reason, model=model)
-        fingerprint = step_fingerprint(self.workflow, step, context)
+        fingerprint = self._fingerprint(step, context)
         if step.for_each is None and (reused := self._reused(step.id, fingerprint)):
             return reused
         self.log.emit(
             "step_started",
-            step.id,
+            self._scoped(step.id),
             name=self._title(step, context),
             model=model,
             kind=step.kind,
             tool=step.tool if isinstance(step, ToolStep) else None,
+            **_nested_order(self.workflow, step),
         )
         started = time.monotonic()
         try:
             if step.for_each is not None:
                 record = await self._for_each(step, context, fingerprint)
+            elif isinstance(step, LoopStep):  # its nested steps take the slots
+                record = await self._attempt(step, context, None)
             else:
                 async with holding(self.slots):
                     record = await self._attempt(step, context, None)
@@ -552,6 +561,8 @@ class Executor:
                 return await self._tool_step(step, context, item)
             if isinstance(step, CommandStep):
                 return await self._command_step(step, context, item)
+            if isinstance(step, LoopStep):
+                return await self._loop_step(step, context)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
             return StepRecord(step.id, "failed", error=error.message, model=model, hint=error.hint)
@@ -577,7 +588,7 @@ class Executor:
         records: list[StepRecord | None] = [None] * len(items)
 
         async def run_item(index: int, value: Any) -> None:
-            current_scope.set(Scope(step.id, index))
+            current_scope.set(Scope(self._scoped(step.id), index))
             loop = {
                 "index": index + 1,
                 "index0": index,
@@ -589,7 +600,7 @@ class Executor:
             record = self._reused(step.id, item_fingerprint)
             if record is None:
                 async with holding(limit), holding(self.slots):
-                    self.log.emit("item_started", step.id, item=index, value=value)
+                    self.log.emit("item_started", self._scoped(step.id), item=index, value=value)
                     item_context = {**context, "item": value, "loop": loop}
                     try:
                         record = await self._attempt(step, item_context, index)
@@ -634,7 +645,7 @@ class Executor:
     def _item_finished(self, index: int, record: StepRecord, fingerprint: str | None) -> None:
         self.log.emit(
             "item_finished",
-            record.id,
+            self._scoped(record.id),
             item=index,
             status=record.status,
             output=record.output,
@@ -651,7 +662,7 @@ class Executor:
     def _finish(self, step: Step, record: StepRecord) -> None:
         self.log.emit(
             "step_finished",
-            step.id,
+            self._scoped(step.id),
             status=record.status,
             output=record.output,
             error=record.error,
@@ -664,6 +675,76 @@ class Executor:
             **_reused_from(record),
             **_hint(record),
         )
+
+    # --- nesting: the one place where a step's id and fingerprint get their scope ---------
+
+    def _scoped(self, step_id: str) -> str:
+        """A step's id as the log, cassettes and fingerprints know it: `LOOP[N]/INNER` in an
+        iteration of a loop (nesting composes: `a[1]/b[2]/c`), the id itself at the top."""
+        return f"{self.scope}/{step_id}" if self.scope else step_id
+
+    def _fingerprint(self, step: Step, context: Mapping[str, Any]) -> str:
+        """A nested step's fingerprint also holds where it runs and what its loop gave it
+        (`loop.index`, `loop.previous`): each iteration is a step of its own to `--resume`."""
+        own = step_fingerprint(self.workflow, step, context)
+        return scoped_fingerprint(self.scope, own, context.get("loop")) if self.scope else own
+
+    async def _loop_step(self, step: LoopStep, context: Mapping[str, Any]) -> StepRecord:
+        """The nested steps again and again, each iteration a run of the same Executor
+        over them, until `until:` holds or `max:` iterations ran."""
+        loop = step.loop
+        body = self.workflow.bodies[step.id]
+        tally = StepRecord(step.id, "succeeded")
+        previous: dict[str, Any] = {}
+        with anyio.move_on_after(step.timeout if step.timeout is not None else math.inf) as timer:
+            for index in range(1, loop.max + 1):
+                inner = Executor(
+                    body,
+                    self.inputs,
+                    chat=self.chat,
+                    tools=self.tools,
+                    log=self.log,
+                    context={
+                        **context,
+                        "steps": dict(context["steps"]),
+                        "loop": {"index": index, "previous": previous},
+                    },
+                    reuse=self.reuse,
+                    scope=f"{self._scoped(step.id)}[{index}]",
+                )
+                inner.slots = self.slots  # one concurrency limit for the whole run
+                result = await inner.run()
+                tally.rounds += sum(r.rounds for r in result.steps)
+                tally.tool_calls += sum(r.tool_calls for r in result.steps)
+                tally.usage = sum((r.usage for r in result.steps), tally.usage)
+                tally.output = {
+                    **{r.id: r.output for r in result.steps},
+                    LOOP_ITERATIONS: index,
+                }
+                done = result.status == "failed" or templating.evaluate(loop.until, inner.context)
+                self.log.emit(
+                    "iteration_finished",
+                    self._scoped(step.id),
+                    iteration=index,
+                    status=result.status,
+                    until=bool(done) if result.status != "failed" else None,
+                )
+                if result.status == "failed":
+                    tally.status, tally.error = "failed", f"iteration {index}: {result.error}"
+                    tally.hint = next((r.hint for r in result.steps if r.hint), None)
+                    return tally
+                if done:
+                    return tally
+                previous = {r.id: {"output": r.output, "status": r.status} for r in result.steps}
+        if timer.cancelled_caught:
+            raise StepFailedError(f"loop did not finish within {step.timeout} s")
+        if loop.on_max == "fail":
+            tally.status = "failed"
+            tally.error = f"reached max: {loop.max} iterations and until: is still false"
+            tally.hint = (
+                "raise `max:`, or say `on_max: succeed` to keep the last iteration's outputs"
+            )
+        return tally
 
     def _result_limits(self, step: AgentStep) -> dict[str, int]:
         """Result characters the model gets, per server: the step's setting overrides each
@@ -683,7 +764,7 @@ class Executor:
         arguments = _json_arguments(templating.render_value(thawed(step.with_), context))
         self.log.emit(
             "tool_call",
-            step.id,
+            self._scoped(step.id),
             item=item,
             round=0,
             id=DIRECT_CALL_ID,
@@ -704,7 +785,7 @@ class Executor:
         shown = capped(outcome, self.workflow.mcp_servers[step.tool_server].max_result_chars)
         self.log.emit(
             "tool_result",
-            step.id,
+            self._scoped(step.id),
             item=item,
             round=0,
             id=DIRECT_CALL_ID,
@@ -726,7 +807,7 @@ class Executor:
             context,
             base_dir=self.workflow.path.resolve().parent,
             timeout=self._timeout(step),
-            emit=self.log.for_step(step.id, item),
+            emit=self.log.for_step(self._scoped(step.id), item),
         )
         status: StepStatus = "failed" if error else "succeeded"
         return StepRecord(step.id, status, output=output, error=error)
@@ -753,7 +834,7 @@ class Executor:
         limits = AgentLimits(
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)
         )
-        emit = self.log.for_step(step.id, item)
+        emit = self.log.for_step(self._scoped(step.id), item)
         spent = AgentTally()
         try:
             outcome = await run_agent(self.chat, task, toolbox, limits, emit, spent)
@@ -778,6 +859,14 @@ class Executor:
             tool_calls=outcome.tool_calls,
             usage=outcome.usage,
         )
+
+
+def _nested_order(workflow: Workflow, step: Step) -> dict[str, Any]:
+    """The `steps` field of a loop step's `step_started`: its nested steps in run order, so
+    the snapshot view and cassettes order their events as they order the run's."""
+    if not isinstance(step, LoopStep):
+        return {}
+    return {"steps": workflow.bodies[step.id].plan.order()}
 
 
 def _reused_from(record: StepRecord) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from .runlog import (
     Event,
     Redactor,
     RunLog,
+    RunOrder,
     Scope,
     current_scope,
     map_strings,
@@ -644,14 +645,13 @@ class _Position:
 
     def __init__(self, log: RunLog) -> None:
         self.rounds: dict[Scope, int | None] = {}
-        self.order: dict[str, int] = {}
+        self.order = RunOrder()
         self.failed = False
         log.subscribe(self)
 
     def __call__(self, event: Event) -> None:
-        if event.type == "run_started":
-            self.order = {step: i for i, step in enumerate(event.data.get("steps") or ())}
-        elif event.type in ("llm_request", "tool_call") and event.step is not None:
+        self.order.see(event.type, event.step, event.data)
+        if event.type in ("llm_request", "tool_call") and event.step is not None:
             self.rounds[Scope(event.step, event.item)] = event.data.get("round")
         elif event.type == "step_finished" and event.data.get("status") == "failed":
             self.failed = True
@@ -672,9 +672,9 @@ class _Position:
         item = f", item {scope.item}" if scope.item is not None else ""
         return f"step {scope.step!r}{item}" + (f", round {self.round}" if self.round else "")
 
-    def rank(self, exchange: Exchange) -> tuple[int, int]:
+    def rank(self, exchange: Exchange) -> tuple[tuple[float, ...], int]:
         """Where an exchange goes in the file: by step (in run order), then item."""
-        step = self.order.get(exchange.step or "", -1)
+        step = self.order.key(exchange.step) if exchange.step else (-1,)
         return step, -1 if exchange.item is None else exchange.item
 
 

@@ -109,6 +109,13 @@ def _definition(workflow: Workflow, step: Step) -> tuple[str, frozenset[str] | N
     return found
 
 
+def scoped_fingerprint(scope: str, fingerprint: str, loop: Any) -> str:
+    """A nested step (`scope` is where it runs, e.g. `fix[2]`): its own fingerprint, its
+    place, and what its loop gave it, so the same step in another iteration, or after an
+    earlier iteration answered differently, is another step."""
+    return _digest({"scope": scope, "step": fingerprint, "loop": loop})
+
+
 def item_fingerprint(parent: str, index: int, value: Any) -> str:
     """One item of a `for_each` step: its step's fingerprint (`parent`), the item and its
     place."""
@@ -126,12 +133,20 @@ cure for a run that failed on them) still reuses what succeeded."""
 
 def _fields(value: Any) -> dict[str, Any]:
     """A frozen dataclass as plain data, without its scheduling-only settings
-    (`dataclasses.asdict` cannot copy its read-only mappings)."""
+    (`dataclasses.asdict` cannot copy its read-only mappings); nested steps too."""
     return {
-        f.name: thawed(getattr(value, f.name))
+        f.name: _plain(getattr(value, f.name))
         for f in dataclasses.fields(value)
         if f.name not in SCHEDULING_ONLY
     }
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _fields(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return thawed(value)
 
 
 def _digest(value: Any) -> str:

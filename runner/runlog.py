@@ -336,27 +336,61 @@ def snapshot_view(
     ]
 
 
-def _in_run_order(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Events grouped by step (in the run order that `run_started` lists), then by item,
-    each group in the order it happened: concurrent steps interleave their events
-    differently on every run, this order is the same every time."""
-    started = next((e for e in events if e.get("type") == "run_started"), {})
-    rank = {step: i for i, step in enumerate(started.get("steps") or ())}
-    last = len(rank)
+class RunOrder:
+    """Where a step id goes in the run order, nested ones (`LOOP[N]/INNER`) included: after
+    their parent's start, iteration by iteration, each iteration in its own steps' order.
+    It learns the orders from the events that list them (`steps` of `run_started`, and of
+    the `step_started` of a step with nested steps), so views that sort by it are the same
+    whatever the timing of a concurrent run."""
 
-    def key(numbered: tuple[int, Mapping[str, Any]]) -> tuple[int, int, float, int]:
+    def __init__(self) -> None:
+        self._ranks: dict[str, dict[str, int]] = {}
+
+    def see(self, kind: str | None, step: str | None, data: Mapping[str, Any]) -> None:
+        steps = data.get("steps")
+        if kind in ("run_started", "step_started") and isinstance(steps, list):
+            self._ranks[step or ""] = {name: i for i, name in enumerate(steps)}
+
+    def key(self, step: str) -> tuple[float, ...]:
+        """(rank, iteration, rank, ..., rank) along the id's scopes; an id the orders do not
+        name goes after those they do."""
+        key: list[float] = []
+        segments = step.split("/")
+        parent = ""
+        for depth, segment in enumerate(segments):
+            name, _, iteration = segment.partition("[")
+            ranks = self._ranks.get(parent, {})
+            key.append(ranks.get(name, len(ranks)))
+            if depth < len(segments) - 1:
+                key.append(int(iteration.rstrip("]")) if iteration[:-1].isdigit() else -1)
+            parent = "/".join([*segments[:depth], name])
+        return tuple(key)
+
+
+def _in_run_order(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Events grouped by step (in the run order that `run_started` lists, nested steps under
+    their parent's), then by item, each group in the order it happened: concurrent steps
+    interleave their events differently on every run, this order is the same every time."""
+    order = RunOrder()
+    for event in events:
+        order.see(event.get("type"), event.get("step"), event)
+
+    def key(numbered: tuple[int, Mapping[str, Any]]) -> tuple[float, ...]:
         seq, event = numbered
         step, kind = event.get("step"), event.get("type")
         if step is None:  # the run's own events: its start and notices first, its end last
             return (2 if kind == "run_finished" else 0, 0, 0, seq)
         item = event.get("item")
+        within: tuple[float, ...]
         if kind == "step_finished":
-            within = math.inf
+            within = (math.inf,)
+        elif kind == "iteration_finished":  # after its iteration's nested steps
+            within = (event.get("iteration") or 0, math.inf)
         elif isinstance(item, int):
-            within = item
+            within = (item,)
         else:
-            within = -1
-        return (1, rank.get(step, last), within, seq)
+            within = (-1,)
+        return (1, *order.key(step), *within, seq)
 
     return [event for _, event in sorted(enumerate(events), key=key)]
 

@@ -47,6 +47,7 @@ from .spec.model import (
     StdioServer,
     Workflow,
     frozen,
+    walk_steps,
 )
 from .spec.problems import Problem
 from .toolcheck import CheckedToolSteps, ensure_tool_steps
@@ -342,7 +343,7 @@ async def _replay_parts(
 
 def asks_models(workflow: Workflow) -> bool:
     """Whether a run may ask a model anything: a model step, or a server that may sample."""
-    return any(isinstance(step, AgentStep) for step in workflow.steps) or any(
+    return any(isinstance(step, AgentStep) for _, step in walk_steps(workflow.steps)) or any(
         workflow.mcp_servers[name].sampling is not None for name in servers_in_use(workflow)
     )
 
@@ -361,7 +362,7 @@ def sampling_model(workflow: Workflow, named: str | None, step_id: str | None) -
 def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:
     """Build every step's toolbox once up front: a `tools:` entry no server offers stops the
     run before its first step (MCPServerError, exit 3)."""
-    for step in workflow.steps:
+    for _, step in walk_steps(workflow.steps):
         if isinstance(step, AgentStep) and step.mcp:
             tools.toolbox(step.mcp, step.tools)
 

@@ -10,7 +10,7 @@ written as JSON rather than Python reprs.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -152,8 +152,9 @@ class Reference:
         return ".".join([self.root, *map(str, self.path)])
 
 
-def references(tree: nodes.Node) -> list[Reference]:
-    """Every `inputs.*`, `steps.*`, `env.*`, `workflow.*`, `run.*` chain in a template.
+def references(tree: nodes.Node, roots: Sequence[str] = ROOTS) -> list[Reference]:
+    """Every `inputs.*`, `steps.*`, `env.*`, `workflow.*`, `run.*` chain in a template
+    (or of the other `roots` asked for, such as `loop`).
 
     Attribute and constant-subscript chains are followed as far as they go, so
     `steps.a.output["x"]` gives ("a", "output", "x"); a dynamic subscript ends the chain.
@@ -180,7 +181,7 @@ def references(tree: nodes.Node) -> list[Reference]:
         node = pending.pop()
         if isinstance(node, (nodes.Getattr, nodes.Getitem, nodes.Name)):
             found_chain = chain(node)
-            if found_chain and found_chain[0] in ROOTS:
+            if found_chain and found_chain[0] in roots:
                 found.append(Reference(found_chain[0], tuple(found_chain[1]), node.lineno))
                 continue
         pending.extend(reversed(list(node.iter_child_nodes())))

@@ -21,7 +21,7 @@ from jsonschema.exceptions import SchemaError
 from . import templating
 from .chat import Toolbox, ToolResult
 from .errors import ToolStepsInvalidError
-from .spec.model import AllowList, ToolStep, Workflow, thawed
+from .spec.model import AllowList, ToolStep, Workflow, thawed, walk_steps
 from .spec.problems import Problem
 
 if TYPE_CHECKING:
@@ -53,9 +53,10 @@ def check_tool_steps(
     """Every problem of the workflow's `tool:` steps, in file order. `context` renders the
     templates that only read what is known before the run; without it they are skipped."""
     problems: list[Problem] = []
-    for step in workflow.steps:
+    for here, step in walk_steps(workflow.steps):
         if isinstance(step, ToolStep):
-            problems.extend(_check_step(workflow, step, tools_of(step.tool_server), context))
+            offered = tools_of(step.tool_server)
+            problems.extend(_check_step(workflow, step, here, offered, context))
     return sorted(problems, key=lambda p: (p.line, p.col))
 
 
@@ -73,10 +74,10 @@ def ensure_tool_steps(
 def _check_step(
     workflow: Workflow,
     step: ToolStep,
+    here: tuple[str | int, ...],
     offered: Sequence[DescribedTool],
     context: Mapping[str, Any] | None,
 ) -> list[Problem]:
-    here = ("steps", step.index)
     source = workflow.source
 
     def problem(path: tuple[str | int, ...], message: str, rule: str, hint: str) -> Problem:

@@ -132,6 +132,9 @@ class ConsoleView:
             return click.style(
                 f"    {who} note: {data.get('kind')}: {_short(data.get('detail'))}", fg="yellow"
             )
+        if event.type == "iteration_finished" and data.get("status") == "succeeded":
+            until = "true: done" if data.get("until") else "false"
+            return f"    {who} iteration {data.get('iteration')}: until is {until}"
         if event.type == "item_finished" and data.get("status") == "failed":
             return click.style(f"    {who} failed: {indented(str(data.get('error')))}", fg="red")
         if event.type == "step_finished" and data.get("reused_from"):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..runlog import Event
+from ..runlog import Event, RunOrder
 from ..speed import response_speed
 
 SUMMARY_HEADERS = ("step", "model", "status", "rounds", "tool calls", "tokens", "tok/s", "time")
@@ -79,16 +79,15 @@ class RunTracker:
     """Follows a run's events; `phases`, `running` and `summary()` say where it stands."""
 
     def __init__(self) -> None:
-        self.order: list[str] = []
+        self.order = RunOrder()
         self.phases: dict[tuple[str, str | None], Phase] = {}
         self.running: dict[tuple[str, int | None], Running] = {}
         self.steps: dict[str, StepSummary] = {}
 
     def __call__(self, event: Event) -> None:
         data, key = event.data, (event.step or "", event.item)
-        if event.type == "run_started":
-            self.order = list(data.get("steps") or ())
-        elif event.type == "phase_started":
+        self.order.see(event.type, event.step, data)
+        if event.type == "phase_started":
             self.phases[(data.get("phase", ""), data.get("name"))] = Phase(
                 data.get("phase", ""), data.get("name"), event.time
             )
@@ -145,7 +144,6 @@ class RunTracker:
 
     def summary(self) -> list[tuple[str, ...]]:
         """One row per step that finished (SUMMARY_HEADERS), in run order."""
-        rank = {step: i for i, step in enumerate(self.order)}
         finished = [s for s in self.steps.values() if s.status]
-        finished.sort(key=lambda s: rank.get(s.step, len(rank)))
+        finished.sort(key=lambda s: self.order.key(s.step))
         return [s.row() for s in finished]

@@ -6,7 +6,7 @@ their own. Everything is frozen: the executor and the engine read it and never w
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -262,8 +262,48 @@ class CommandStep(_StepCommon):
         return ()
 
 
-Step = AgentStep | ToolStep | CommandStep
+MAX_ITERATIONS = 100
+"""The most iterations a `loop:` may ask for (the schema's cap on `max:`)."""
+
+
+@dataclass(frozen=True)
+class Loop:
+    """`loop:` of a loop step: its nested steps, run again until `until` holds."""
+
+    max: int
+    until: str | bool
+    steps: tuple[Step, ...]
+    on_max: Literal["fail", "succeed"] = "fail"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopStep(_StepCommon):
+    """A step that runs its nested steps as iterations, at most `loop.max` times, until
+    `loop.until` is true. Its output is the last iteration's step outputs by id, plus
+    `iterations`."""
+
+    kind: Literal["loop"] = "loop"
+    loop: Loop
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for step in self.loop.steps for name in step.servers))
+
+
+Step = AgentStep | ToolStep | CommandStep | LoopStep
 """The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
+
+
+def walk_steps(
+    steps: Sequence[Step], here: JsonPath = ("steps",)
+) -> Iterator[tuple[JsonPath, Step]]:
+    """Every step with where the file writes it, nested loop bodies included (after their
+    loop step): what checks that look at each step's model, tools or servers go through."""
+    for step in steps:
+        at = (*here, step.index)
+        yield at, step
+        if isinstance(step, LoopStep):
+            yield from walk_steps(step.loop.steps, (*at, "loop", "steps"))
 
 
 @dataclass(frozen=True)
@@ -282,6 +322,18 @@ class Workflow:
     steps: tuple[Step, ...] = ()
     outputs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     source: SourceMap = field(default_factory=SourceMap, compare=False, repr=False)
+
+    @cached_property
+    def bodies(self) -> Mapping[str, Workflow]:
+        """Each loop step's nested steps as a Workflow of their own (the same settings, no
+        outputs), by the loop step's id: what the executor runs for one iteration."""
+        return MappingProxyType(
+            {
+                step.id: replace(self, steps=step.loop.steps, outputs=EMPTY)
+                for step in self.steps
+                if isinstance(step, LoopStep)
+            }
+        )
 
     @cached_property
     def plan(self) -> Plan:
@@ -336,9 +388,9 @@ class Workflow:
         add(self.defaults.model, ("defaults", "model"))
         for name, agent in self.agents.items():
             add(agent.get("model"), ("agents", name, "model"))
-        for step in self.steps:
+        for at, step in walk_steps(self.steps):
             if isinstance(step, AgentStep) and step.model is not None:
-                add(*self.model_reference(step))
+                add(step.model, (*at, "model"))
         return references
 
     def models_in_use(self) -> dict[str, Position]:
@@ -474,7 +526,11 @@ def _input(name: str, data: Mapping[str, Any]) -> Input:
     )
 
 
-def _step(index: int, data: Mapping[str, Any]) -> Step:
+StepData = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+"""A step's data as written -> with its prompt files read and its agent merged in."""
+
+
+def _step(index: int, data: Mapping[str, Any], prepare: StepData) -> Step:
     needs = data.get("needs", ())
     for_each = data.get("for_each")
     common: dict[str, Any] = dict(
@@ -490,6 +546,17 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
     )
     if "tool" in data:
         return ToolStep(**common, tool=data["tool"], with_=frozen(data.get("with", {})))
+    if "loop" in data:
+        loop = data["loop"]
+        return LoopStep(
+            **common,
+            loop=Loop(
+                max=loop["max"],
+                until=loop["until"],
+                steps=tuple(_step(i, prepare(s), prepare) for i, s in enumerate(loop["steps"])),
+                on_max=loop.get("on_max", "fail"),
+            ),
+        )
     if "run" in data:
         run = data["run"]
         return CommandStep(
@@ -527,6 +594,10 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
         return read_text(file)
 
     agents = {name: with_file_texts(a, path, read) for name, a in _named(data, "agents").items()}
+
+    def prepare(step: Mapping[str, Any]) -> Mapping[str, Any]:
+        return with_agent(with_file_texts(step, path, read), agents)
+
     return Workflow(
         path=path,
         name=data.get("name") or path.stem,
@@ -555,10 +626,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
             {name: _server(name, spec, path) for name, spec in _named(data, "mcp_servers").items()}
         ),
         agents=frozen(agents),
-        steps=tuple(
-            _step(i, with_agent(with_file_texts(s, path, read), agents))
-            for i, s in enumerate(data["steps"])
-        ),
+        steps=tuple(_step(i, prepare(s), prepare) for i, s in enumerate(data["steps"])),
         outputs=frozen(_named(data, "outputs")),
         source=source,
     )

@@ -109,11 +109,15 @@ class StepPlan:
     fields: tuple[TemplateField, ...]
     needs: tuple[str, ...]
     has_for_each: bool
+    body: Plan | None = None
+    """A loop step's nested steps, planned as a workflow of their own; `until:` is the
+    body's one output field (read after its steps ran)."""
 
     @cached_property
     def reads(self) -> frozenset[str]:
-        """Ids of the steps its templates read."""
-        return frozenset(i for f in self.fields for i in f.step_ids)
+        """Ids of the steps its templates read, and the outer steps its body reads."""
+        own = frozenset(i for f in self.fields for i in f.step_ids)
+        return own | self.body.outer_reads if self.body is not None else own
 
     @cached_property
     def waits_for(self) -> frozenset[str]:
@@ -129,11 +133,21 @@ class Plan:
 
     @cached_property
     def fields(self) -> tuple[TemplateField, ...]:
+        """Every template field, those of nested steps included."""
         return (
             *(f for s in self.steps for f in s.fields),
+            *(f for s in self.steps if s.body is not None for f in s.body.fields),
             *self.server_fields,
             *self.output_fields,
         )
+
+    @cached_property
+    def outer_reads(self) -> frozenset[str]:
+        """Ids of the steps outside this plan that its fields read: what a loop step whose
+        body this is waits for."""
+        read = {i for f in self.output_fields for i in f.step_ids}
+        read.update(i for s in self.steps for i in s.waits_for)
+        return frozenset(read - set(self.index_of))
 
     @cached_property
     def env_names(self) -> frozenset[str]:
@@ -266,10 +280,34 @@ def _attribute_get(value: Any) -> Getter:
     return lambda key: getattr(value, f"{key}_" if keyword.iskeyword(key) else key, None)
 
 
+def _getter(value: Any) -> Getter:
+    """Reads raw data (the validator's) and typed objects (the executor's) alike."""
+    return _mapping_get(value) if isinstance(value, Mapping) else _attribute_get(value)
+
+
+def _body(loop: Any, here: JsonPath) -> Plan | None:
+    """The plan of a `loop:`'s nested steps, with `until:` as its one output field."""
+    if loop is None:
+        return None
+    get = _getter(loop)
+    steps = get("steps")
+    until = get("until")
+    return _build(
+        (
+            (_getter(s), partial(_key_path, (*here, "steps", j)))
+            for j, s in enumerate(steps if isinstance(steps, (list, tuple)) else ())
+        ),
+        {},
+        {},
+        (parse_field((*here, "until"), until, True),) if isinstance(until, str) else (),
+    )
+
+
 def _build(
     steps: Iterable[tuple[Getter, Locator]],
     servers: Mapping[str, Getter],
     outputs: Mapping[str, Any],
+    after: tuple[TemplateField, ...] = (),
 ) -> Plan:
     step_plans = []
     for i, (get, at) in enumerate(steps):
@@ -281,6 +319,7 @@ def _build(
                 fields=tuple(step_fields(get, at)),
                 needs=_needs(get("needs")),
                 has_for_each=get("for_each") is not None,
+                body=_body(get("loop"), at("loop")),
             )
         )
     return Plan(
@@ -288,7 +327,10 @@ def _build(
         server_fields=tuple(
             f for name, get in servers.items() for f in server_fields(get, ("mcp_servers", name))
         ),
-        output_fields=tuple(parse_field(p, t) for p, t in strings_in(outputs, ("outputs",))),
+        output_fields=(
+            *(parse_field(p, t) for p, t in strings_in(outputs, ("outputs",))),
+            *after,
+        ),
     )
 
 

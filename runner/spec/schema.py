@@ -82,10 +82,16 @@ NAMED_ENTRIES = {"mcp_servers": "server", "inputs": "input", "agents": "agent"}
 def describe(path: JsonPath, data: Any) -> str:
     """A human name for the place at `path`: "step 'survey'", "server 'fs'", "defaults"."""
     if len(path) >= 2 and path[0] == "steps" and isinstance(path[1], int):
-        step_id = _get(data, ("steps", path[1], "id"))
-        name = f"step {step_id!r}" if isinstance(step_id, str) else f"step #{path[1] + 1}"
-        rest = path[2:]
-        return name + (f" key {_dotted(rest)!r}" if rest else "")
+        name, here, rest = "", path[:2], path[2:]
+        while True:
+            step_id = _get(data, (*here, "id"))
+            named = (
+                f"step {step_id!r}" if isinstance(step_id, str) else f"step #{int(here[-1]) + 1}"
+            )
+            name = f"{named} in loop {name[5:]}" if name else named
+            if len(rest) < 3 or rest[:2] != ("loop", "steps") or not isinstance(rest[2], int):
+                return name + (f" key {_dotted(rest)!r}" if rest else "")
+            here, rest = (*here, *rest[:3]), rest[3:]
     if len(path) >= 2 and path[0] in NAMED_ENTRIES:
         rest = path[2:]
         return f"{NAMED_ENTRIES[path[0]]} {path[1]!r}" + (f" key {_dotted(rest)!r}" if rest else "")
@@ -238,7 +244,12 @@ def _translate(error: ValidationError, data: Any, source: SourceMap) -> Iterator
 
 
 def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) -> str:
-    is_step = len(path) == 2 and path[0] == "steps"
+    is_step = len(path) >= 2 and path[-2] == "steps" and isinstance(path[-1], int)
+    if is_step and "loop" in obj and key in ("for_each", "concurrency"):
+        return (
+            f"a loop step runs once, its iterations one after another; put `{key}:` on a "
+            "step inside the loop, or loop over the items in a step before it"
+        )
     if is_step and key == "with" and "tool" not in obj:
         return "`with:` holds the arguments of a `tool:` step; add `tool: server.tool`"
     if is_step and "tool" in obj and key in ("prompt", "system", "model", "mcp", "tools"):
@@ -270,6 +281,13 @@ def _missing_key_hint(key: str, path: JsonPath) -> str | None:
             "a step needs `prompt:` or `prompt_file:` (ask a model), `tool: server.tool` (call an "
             "MCP tool) or "
             "`run: [program, args...]` (run a command)"
+        )
+    if key == "max":
+        return "a loop needs `max:`, the most iterations it may run (1 to 100), e.g. max: 3"
+    if key == "until":
+        return (
+            "a loop needs `until:`, an expression checked after each iteration, e.g. "
+            "until: steps.review.output.approved"
         )
     if key == "command":
         return "a server needs `command:` (started over stdio) or `url:` (streamable HTTP)"

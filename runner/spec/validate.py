@@ -27,6 +27,10 @@ from .schema import describe, did_you_mean, schema_problems
 from .source import JsonPath, Position, SourceMap
 
 STEP_ATTRIBUTES = ("output", "status")
+LOOP_ATTRIBUTES = ("index", "previous")
+"""What nested steps of a loop read of it (`loop.index` is 1-based)."""
+LOOP_ITERATIONS = "iterations"
+"""The field of a loop step's output that counts its iterations."""
 WORKFLOW_ATTRIBUTES = ("name", "description", "path", "dir")
 RUN_ATTRIBUTES = ("id", "dir", "started_at")
 TOOL_CHOICES = ("auto", "none", "required")
@@ -87,25 +91,43 @@ def validate_document(doc: Document) -> list[Problem]:
 class _Checker:
     """The semantic checks. One instance per document."""
 
-    def __init__(self, data: dict[str, Any], source: SourceMap) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any],
+        source: SourceMap,
+        *,
+        outer: _Checker | None = None,
+        loop: StepPlan | None = None,
+    ) -> None:
+        """The checker of a file's steps, or (`outer`, `loop`) of the nested steps of one of
+        its loop steps: those share the file's problems, prompt files and agents."""
         self.data = data
         self.source = source
-        self.problems: list[Problem] = []
-        raw_steps = _list(data.get("steps"))
+        self.outer = outer
+        self.loop = loop
         self.workflow_path = Path(source.path)
-        self.prompt_files: dict[JsonPath, SourceMap] = {}
-        """The text of each prompt file read, as a source of its own, by the key naming it."""
-        self.written_agents = _entries(data.get("agents"))
-        self.written = [s if isinstance(s, dict) else {} for s in raw_steps]
+        if outer is None or loop is None:
+            self.at: JsonPath = ("steps",)
+            self.problems: list[Problem] = []
+            self.prompt_files: dict[JsonPath, SourceMap] = {}
+            """The text of each prompt file read, as a source of its own, by the key naming it."""
+            self.written_agents = _entries(data.get("agents"))
+            self.agents = {
+                name: self._with_files(agent, ("agents", name))
+                for name, agent in self.written_agents.items()
+            }
+            raw_steps = _list(data.get("steps"))
+            merged = [self._merged(s, ("steps", i)) for i, s in enumerate(raw_steps)]
+        else:
+            self.at = (*outer.at, loop.index, "loop", "steps")
+            self.problems = outer.problems
+            self.prompt_files = outer.prompt_files
+            self.written_agents, self.agents = outer.written_agents, outer.agents
+            raw_steps = _list(_dict(outer.written[loop.index].get("loop")).get("steps"))
+            merged = _list(_dict(outer.steps[loop.index].get("loop")).get("steps"))
+        self.written: list[dict[str, Any]] = [s if isinstance(s, dict) else {} for s in raw_steps]
         """Each step as written; `steps` holds them with their prompt files and agents."""
-        self.agents = {
-            name: self._with_files(agent, ("agents", name))
-            for name, agent in self.written_agents.items()
-        }
-        self.steps = [
-            with_agent(self._with_files(s, ("steps", i)), self.agents)
-            for i, s in enumerate(self.written)
-        ]
+        self.steps: list[dict[str, Any]] = [s if isinstance(s, dict) else {} for s in merged]
         self.malformed_steps = {i for i, s in enumerate(raw_steps) if not isinstance(s, dict)}
         self.step_index: dict[str, int] = {}
         for i, step in enumerate(self.steps):
@@ -115,20 +137,39 @@ class _Checker:
         self.inputs = _entries(data.get("inputs"))
         self.servers = _entries(data.get("mcp_servers"))
         self.aliases = _entries(data.get("models"))
-        self.plan: Plan = plan_data(
-            self.steps, self.servers, _entries(data.get("outputs")), self.key_path
-        )
+        if outer is None or loop is None or loop.body is None:
+            self.plan: Plan = plan_data(
+                self.steps, self.servers, _entries(data.get("outputs")), self.key_path
+            )
+        else:
+            self.plan = loop.body
+
+    def _merged(self, step: Any, here: JsonPath) -> Any:
+        """A step's data with its prompt files read and its agent merged in; a loop step's
+        nested steps too."""
+        if not isinstance(step, dict):
+            return step
+        merged = with_agent(self._with_files(step, here), self.agents)
+        loop = merged.get("loop")
+        if isinstance(loop, dict) and isinstance(loop.get("steps"), list):
+            inner = (*here, "loop", "steps")
+            steps = [self._merged(s, (*inner, j)) for j, s in enumerate(loop["steps"])]
+            merged = {**merged, "loop": {**loop, "steps": steps}}
+        return merged
 
     def run(self) -> list[Problem]:
         self._check_step_ids()
-        self._check_inputs()
-        self._check_servers()
-        self._check_agents()
+        if self.outer is None:
+            self._check_inputs()
+            self._check_servers()
+            self._check_agents()
+        self._check_step_agents()
         self._check_steps()
         self._check_cycles()
         self._check_shared_servers()
-        self._check_outputs()
-        self._check_token_env()
+        if self.outer is None:
+            self._check_outputs()
+            self._check_token_env()
         return self.problems
 
     # --- reporting -----------------------------------------------------------------------
@@ -165,15 +206,17 @@ class _Checker:
     def located(self, path: JsonPath) -> JsonPath:
         """Where the file spells a key of a merged step: a setting a step takes from its
         agent is reported at the agent, a text read from a file at the key naming it."""
-        if len(path) < 3 or path[0] != "steps" or not isinstance(path[1], int):
+        n = len(self.at)
+        if len(path) < n + 2 or path[:n] != self.at:
             return path
-        if not isinstance(path[2], str) or path[1] >= len(self.written):
+        index, key = path[n], path[n + 1]
+        if not isinstance(index, int) or not isinstance(key, str) or index >= len(self.written):
             return path
-        return (*self.key_path(path[1], path[2]), *path[3:])
+        return (*self.key_path(index, key), *path[n + 2 :])
 
     def key_path(self, index: int, key: str) -> JsonPath:
         """Where the file spells `key` of step `index`."""
-        return written_at(self.written[index], self.written_agents, ("steps", index), key)
+        return written_at(self.written[index], self.written_agents, (*self.at, index), key)
 
     def source_of(self, path: JsonPath) -> SourceMap:
         """The text a path's positions are in: a prompt file's own, or the workflow's."""
@@ -213,9 +256,9 @@ class _Checker:
         for i, step in enumerate(self.steps):
             step_id = _str(step.get("id"))
             if step_id is not None and self.step_index[step_id] != i:
-                first = self.source.position(("steps", self.step_index[step_id]))
+                first = self.source.position((*self.at, self.step_index[step_id]))
                 self.report(
-                    ("steps", i, "id"),
+                    (*self.at, i, "id"),
                     f"step id {step_id!r} is used twice",
                     "duplicate-step-id",
                     f"the first step with this id is at line {first.line}; "
@@ -298,15 +341,17 @@ class _Checker:
                         "unknown-server",
                         self._server_hint(server),
                     )
+
+    def _check_step_agents(self) -> None:
         for i, step in enumerate(self.written):
-            self._check_text_or_file(step, ("steps", i))
+            self._check_text_or_file(step, (*self.at, i))
             named = step.get("agent")
             if isinstance(named, str) and named not in self.agents:
                 declared = list(self.agents)
                 listing = "declared agents: " + ", ".join(declared) if declared else None
                 self.report(
-                    ("steps", i, "agent"),
-                    f"{self.where(('steps', i))} names agent {named!r}, which is not declared",
+                    (*self.at, i, "agent"),
+                    f"{self.where((*self.at, i))} names agent {named!r}, which is not declared",
                     "unknown-agent",
                     did_you_mean(named, declared) or listing or "declare it under `agents:`",
                 )
@@ -396,13 +441,55 @@ class _Checker:
             self._check_step_tools(i, step)
             if "run" in step:
                 self._check_command(planned, step)
+            elif "loop" in step:
+                self._check_loop(planned)
             elif "tool" not in step:
                 self._check_step_model(i, step, defaults)
+        if self.loop is not None and self.loop.body is not None:
+            for template in self.loop.body.output_fields:  # `until:`, read after the steps
+                self._check_field(template)
+
+    def _check_loop(self, planned: StepPlan) -> None:
+        """A loop step's nested steps, by a checker of their own (`for_each:` on the loop
+        step is the schema's to refuse)."""
+        if planned.body is None:
+            return
+        inner = _Checker(self.data, self.source, outer=self, loop=planned)
+        for j, inner_step in enumerate(inner.steps):
+            inner_id = _str(inner_step.get("id"))
+            if inner_id is not None and self._visible_step(inner_id) is not None:
+                self.report(
+                    (*inner.at, j, "id"),
+                    f"step id {inner_id!r} inside loop {planned.id!r} is also a step outside it",
+                    "duplicate-step-id",
+                    "give the nested step its own id: templates read steps by id, and "
+                    "outside the loop its output is steps."
+                    f"{planned.id}.output.{inner_id}",
+                )
+        inner.run()
+
+    def _visible_step(self, step_id: str) -> dict[str, Any] | None:
+        """The data of the step an id names here: a step of these steps, or of the steps
+        around the loop these are nested in."""
+        if step_id in self.step_index:
+            return self.steps[self.step_index[step_id]]
+        return self.outer._visible_step(step_id) if self.outer is not None else None
+
+    def _visible_ids(self) -> list[str]:
+        outside = self.outer._visible_ids() if self.outer is not None else []
+        return [*self.step_index, *outside]
+
+    def _nested_id(self, step_id: str) -> str | None:
+        """The loop step whose nested steps (at any depth) hold `step_id`, if one does."""
+        for planned in self.plan.steps:
+            if planned.body is not None and _plan_holds(planned.body, step_id):
+                return planned.id
+        return None
 
     def _check_command(self, planned: StepPlan, step: dict[str, Any]) -> None:
         """A command is a list of arguments, or one string for a shell: never a mix-up that
         would run `sh -c` on a list or split a string on spaces."""
-        here = ("steps", planned.index)
+        here = (*self.at, planned.index)
         run, shell = step.get("run"), step.get("shell") is True
         if isinstance(run, str) and not shell:
             self.report(
@@ -422,7 +509,7 @@ class _Checker:
             )
 
     def _check_needs(self, planned: StepPlan, step: dict[str, Any]) -> None:
-        here = ("steps", planned.index)
+        here = (*self.at, planned.index)
         needs = step.get("needs")
         for j, name in enumerate([needs] if isinstance(needs, str) else _list(needs)):
             if not isinstance(name, str):
@@ -430,18 +517,18 @@ class _Checker:
             at = (*here, "needs") if isinstance(needs, str) else (*here, "needs", j)
             if name == planned.id:
                 self.report(at, f"step {name!r} needs itself", "needs-cycle")
-            elif name not in self.step_index:
+            elif self._visible_step(name) is None:
                 self.report(
                     at,
                     f"{self.where(here)} needs unknown step {name!r}",
                     "unknown-step",
-                    did_you_mean(name, list(self.step_index)),
+                    did_you_mean(name, self._visible_ids()),
                 )
 
     def _check_for_each(self, planned: StepPlan, step: dict[str, Any]) -> None:
         """A `for_each` that certainly is not a list: plain text, or a lone reference to an
         input or an output whose declared type is something else."""
-        here = ("steps", planned.index)
+        here = (*self.at, planned.index)
         value = step.get("for_each")
         if value is None:
             if isinstance(step.get("concurrency"), int):
@@ -499,7 +586,7 @@ class _Checker:
                     continue
                 tool = writes[writer.index][server]
                 self.report(
-                    ("steps", b.index),
+                    (*self.at, b.index),
                     f"steps {a.id!r} and {b.id!r} may run at the same time and both use "
                     f"server {server!r}; {writer.id!r} may write through it ({tool})",
                     "unordered-side-effects",
@@ -540,7 +627,7 @@ class _Checker:
                 self._ref_problem(
                     template,
                     ref,
-                    f"{self.where(('steps', i))} refers to its own output",
+                    f"{self.where((*self.at, i))} refers to its own output",
                     "self-reference",
                     "a step can read only steps that ran before it",
                 )
@@ -548,13 +635,34 @@ class _Checker:
                 self._ref_problem(
                     template,
                     ref,
-                    f"{self.where(('steps', i))} reads steps.{target}, which comes later",
+                    f"{self.where((*self.at, i))} reads steps.{target}, which comes later",
                     "forward-reference",
                     f"move step {target!r} before {own_id!r}, or add `needs: [{target}]`",
                 )
+            elif target not in self.step_index and self._outer_is_later(target):
+                assert self.loop is not None
+                self._ref_problem(
+                    template,
+                    ref,
+                    f"{self.where((*self.at, i))} reads steps.{target}, which comes after "
+                    f"loop {self.loop.id!r}",
+                    "forward-reference",
+                    f"move step {target!r} before {self.loop.id!r}, or add "
+                    f"`needs: [{target}]` to the loop step",
+                )
+
+    def _outer_is_later(self, target: str) -> bool:
+        """Whether an outer step that nested steps read comes after their loop step, which
+        does not wait for it."""
+        outer, loop = self.outer, self.loop
+        if outer is None or loop is None:
+            return False
+        if target not in outer.step_index:
+            return outer._outer_is_later(target)
+        return outer.step_index[target] > loop.index and target not in loop.needs
 
     def _check_step_tools(self, i: int, step: dict[str, Any]) -> None:
-        here = ("steps", i)
+        here = (*self.at, i)
         servers = [s for s in _list(step.get("mcp")) if isinstance(s, str)]
         own_servers = "mcp" in self.written[i]  # an agent's are checked at the agent
         for j, server in enumerate(servers):
@@ -663,7 +771,7 @@ class _Checker:
         return f"{suggestion} {listing}" if suggestion else listing
 
     def _check_step_model(self, i: int, step: dict[str, Any], defaults: dict[str, Any]) -> None:
-        here = ("steps", i)
+        here = (*self.at, i)
         model = step.get("model")
         if not _model_names(model) and not _model_names(defaults.get("model")):
             self.report(
@@ -704,7 +812,7 @@ class _Checker:
         ordered = ids[start:] + ids[:start]
         spelled = " -> ".join([*ordered, ordered[0]])
         self.report(
-            ("steps", min(cycle), "needs"),
+            (*self.at, min(cycle), "needs"),
             f"steps wait for each other: {spelled}",
             "needs-cycle",
             "remove one of the `needs:` entries or references in the loop",
@@ -799,18 +907,22 @@ class _Checker:
         self, template: TemplateField, name: str, path: JsonPath, for_each: bool
     ) -> None:
         if name in templating.ITEM_NAMES:
-            if not for_each:
+            if not for_each and not (name == "loop" and self.loop is not None):
                 self.report(
                     path,
-                    f"{self.where(path)} reads {name!r}, which exists only in a `for_each:` step",
+                    f"{self.where(path)} reads {name!r}, which exists only in a `for_each:` step"
+                    + (" or inside a `loop:`" if name == "loop" else ""),
                     "item-outside-for-each",
-                    "add `for_each:` to the step, or read the value you meant directly",
+                    "add `for_each:` to the step, or read the value you meant directly"
+                    + (", or move the step into a `loop:` step's steps" if name == "loop" else ""),
                     offset=self._find(template, name),
                 )
+            elif name == "loop" and not for_each:
+                self._check_loop_refs(template)
             return
         if name in self.inputs:
             suggestion: str | None = f"did you mean inputs.{name}?"
-        elif name in self.step_index:
+        elif self._visible_step(name) is not None:
             suggestion = f"did you mean steps.{name}.output?"
         else:
             suggestion = did_you_mean(name, list(templating.ROOTS))
@@ -821,6 +933,36 @@ class _Checker:
             suggestion or "templates can read: " + ", ".join(templating.ROOTS),
             offset=self._find(template, name),
         )
+
+    def _check_loop_refs(self, template: TemplateField) -> None:
+        """`loop.index` and `loop.previous.INNER` in nested steps: what a loop gives them."""
+        assert template.tree is not None
+        for ref in templating.references(template.tree, ("loop",)):
+            if not ref.path or not isinstance(ref.path[0], str):
+                continue
+            name = ref.path[0]
+            if name not in LOOP_ATTRIBUTES:
+                self._ref_problem(
+                    template,
+                    ref,
+                    f"{self.where(template.path)} reads loop.{name}, which does not exist",
+                    "unknown-reference",
+                    did_you_mean(name, LOOP_ATTRIBUTES)
+                    or "loop has: " + ", ".join(LOOP_ATTRIBUTES),
+                )
+            elif name == "previous" and len(ref.path) > 1:
+                inner = ref.path[1]
+                if isinstance(inner, str) and inner not in self.step_index:
+                    self._ref_problem(
+                        template,
+                        ref,
+                        f"{self.where(template.path)} reads loop.previous.{inner}, but the loop "
+                        f"has no step {inner!r}",
+                        "unknown-step",
+                        did_you_mean(inner, list(self.step_index))
+                        or "loop.previous holds the steps of this loop: "
+                        + ", ".join(self.step_index),
+                    )
 
     def _check_ref(
         self, template: TemplateField, ref: templating.Reference, allow_steps: bool
@@ -851,13 +993,17 @@ class _Checker:
                     "step-in-server",
                     "server settings may read inputs and env only",
                 )
-            elif name not in self.step_index:
+            elif self._visible_step(name) is None:
+                holder = self._nested_id(name)
                 self._ref_problem(
                     template,
                     ref,
-                    f"{where} reads unknown step {name!r}",
+                    f"{where} reads unknown step {name!r}"
+                    + (f", which is inside loop {holder!r}" if holder else ""),
                     "unknown-step",
-                    did_you_mean(name, list(self.step_index)),
+                    f"outside the loop, read steps.{holder}.output.{name} (its last iteration)"
+                    if holder
+                    else did_you_mean(name, self._visible_ids()),
                 )
             elif rest and rest[0] not in STEP_ATTRIBUTES:
                 self._ref_problem(
@@ -901,8 +1047,13 @@ class _Checker:
         step_id: str,
         field_name: str | int,
     ) -> None:
-        schema = _dict(self.steps[self.step_index[step_id]].get("output_schema"))
-        properties = _dict(schema.get("properties"))
+        step = self._visible_step(step_id) or {}
+        loop = _dict(step.get("loop"))
+        if loop:  # a loop's output: its nested steps' outputs and the iteration count
+            inner = [_str(_dict(s).get("id")) for s in _list(loop.get("steps"))]
+            properties = dict.fromkeys([*(i for i in inner if i), LOOP_ITERATIONS])
+        else:
+            properties = _dict(_dict(step.get("output_schema")).get("properties"))
         if not properties or not isinstance(field_name, str) or field_name in properties:
             return
         if field_name in _JINJA_DICT_METHODS:
@@ -911,8 +1062,13 @@ class _Checker:
             template,
             ref,
             f"{self.where(template.path)} reads steps.{step_id}.output."
-            f"{field_name}, but the output_schema of {step_id!r} declares no "
-            f"{field_name!r}",
+            f"{field_name}, but "
+            + (
+                f"loop {step_id!r} has no step"
+                if loop
+                else f"the output_schema of {step_id!r} declares no"
+            )
+            + f" {field_name!r}",
             "unknown-output-field",
             did_you_mean(field_name, list(properties))
             or "declared fields: " + ", ".join(properties),
@@ -1008,3 +1164,10 @@ def _unresolvable_refs(schema: dict[str, Any]) -> Iterator[tuple[JsonPath, str]]
                 yield from walk(item, (*path, i))
 
     yield from walk(schema, ())
+
+
+def _plan_holds(plan: Plan, step_id: str) -> bool:
+    """Whether a plan's steps, or those nested in them, have the id."""
+    return any(
+        s.id == step_id or (s.body is not None and _plan_holds(s.body, step_id)) for s in plan.steps
+    )
