@@ -721,7 +721,12 @@ class Executor:
                     **{r.id: r.output for r in result.steps},
                     LOOP_ITERATIONS: index,
                 }
-                done = result.status == "failed" or templating.evaluate(loop.until, inner.context)
+                try:
+                    done = result.status == "failed" or templating.evaluate(
+                        loop.until, inner.context
+                    )
+                except templating.TemplateError as error:
+                    raise StepFailedError(f"until: {error}") from None
                 self.log.emit(
                     "iteration_finished",
                     self._scoped(step.id),

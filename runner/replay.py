@@ -684,10 +684,18 @@ class _Position:
 class Recorder:
     """Wraps a run's live model and tools and keeps every exchange for the cassette."""
 
-    def __init__(self, workflow: str, log: RunLog, context: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        workflow: str,
+        log: RunLog,
+        context: Mapping[str, Any],
+        order: Sequence[str] = (),
+    ) -> None:
         self._workflow = workflow
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
+        # the run's step order (the run started before its recorder: it missed run_started)
+        self._position.order.see("run_started", None, {"steps": list(order)})
         # A slot per exchange, taken when it begins: within a step and item the file
         # follows the order of the calls, not the order in which they happened to finish.
         self._slots: list[Exchange | None] = []

@@ -311,7 +311,7 @@ async def _recording_parts(
     from .replay import Recorder
 
     assert options.record is not None
-    recorder = Recorder(run.workflow.name, run.log, run.context)
+    recorder = Recorder(run.workflow.name, run.log, run.context, run.workflow.plan.order())
     async with live_model(run, options) as chat:
         recorded = recorder.chat(chat)  # the servers' sampling requests are recorded too
         async with live_tools(run, chat=recorded) as sessions:
