@@ -194,6 +194,16 @@ def test_the_checks_of_loop_steps_say_where_and_how_to_fix(tmp_path: Path) -> No
     )
 
 
+def test_a_nested_step_cannot_be_called_iterations(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "version: 1\nname: t\nsteps:\n  - id: l\n    loop:\n      max: 2\n"
+        "      until: 'true'\n      steps: [{id: iterations, run: [echo]}]\n"
+    )
+    (problem,) = check_file(path)[1]
+    assert (problem.line, problem.col, problem.rule) == (8, 20, "reserved-step-id")
+
+
 def test_max_is_capped(tmp_path: Path) -> None:
     path = tmp_path / "wf.yaml"
     path.write_text(

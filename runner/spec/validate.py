@@ -457,7 +457,15 @@ class _Checker:
         inner = _Checker(self.data, self.source, outer=self, loop=planned)
         for j, inner_step in enumerate(inner.steps):
             inner_id = _str(inner_step.get("id"))
-            if inner_id is not None and self._visible_step(inner_id) is not None:
+            if inner_id == LOOP_ITERATIONS:
+                self.report(
+                    (*inner.at, j, "id"),
+                    f"a step inside loop {planned.id!r} is called {inner_id!r}, the name of "
+                    "the loop output's iteration count",
+                    "reserved-step-id",
+                    "give the nested step another id",
+                )
+            elif inner_id is not None and self._visible_step(inner_id) is not None:
                 self.report(
                     (*inner.at, j, "id"),
                     f"step id {inner_id!r} inside loop {planned.id!r} is also a step outside it",
