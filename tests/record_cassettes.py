@@ -379,7 +379,49 @@ REPO_SURVEY = Example(
     setup=repo_survey_setup,
 )
 
-EXAMPLES = {e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY)}
+
+# --- code-review-loop: a worker, the tests, a reviewer, until approved --------------------------
+
+FIRST_SLUGIFY = """import re
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower())
+"""
+SECOND_SLUGIFY = """import re
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+"""
+
+
+def write_slugify(request: Request) -> str:
+    """The first version keeps hyphens at the ends; told so, the second strips them."""
+    again = "Your previous version:" in prompt(request)
+    return answer({"code": SECOND_SLUGIFY if again else FIRST_SLUGIFY})
+
+
+def review_slugify(request: Request) -> str:
+    if "(exit code 0)" in prompt(request):
+        return answer({"approved": True, "notes": "All tests pass; short and clear."})
+    return answer(
+        {
+            "approved": False,
+            "notes": "Leading and trailing separators become hyphens at the ends: "
+            "strip hyphens from the result.",
+        }
+    )
+
+
+CODE_REVIEW_LOOP = Example(
+    name="code-review-loop",
+    models=["qwen/qwen3-coder-30b", "mistralai/magistral-small-2509"],
+    script=[write_slugify, review_slugify, write_slugify, review_slugify],
+    setup=meeting_planner_setup,  # from the project root, no extra arguments
+)
+
+EXAMPLES = {e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY, CODE_REVIEW_LOOP)}
 
 
 # --- recording ----------------------------------------------------------------------------
