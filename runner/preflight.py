@@ -35,7 +35,7 @@ from .errors import (
     ModelValidationError,
     SourceLocation,
 )
-from .spec.model import AgentStep, Step, Workflow
+from .spec.model import AgentStep, Step, Workflow, walk_steps
 from .spec.problems import Problem, Severity
 from .spec.source import Position
 
@@ -132,14 +132,16 @@ def _listing(ids: Sequence[str], limit: int = 25) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-def _wants_tools(workflow: Workflow, step: Step) -> tuple[str | int, ...] | None:
+def _wants_tools(
+    workflow: Workflow, step: Step, here: tuple[str | int, ...]
+) -> tuple[str | int, ...] | None:
     """Where a step offers the model tools, if it does: a step with `mcp:` whose tool_choice
     (its own, else the default) is not `none`. Without `mcp:` no tools are offered, whatever
     the tool_choice; `defaults.tool_choice` applies only to steps that offer tools."""
     if not isinstance(step, AgentStep) or not step.mcp:
         return None
     choice = workflow.defaults.tool_choice if step.tool_choice is None else step.tool_choice
-    return None if choice == "none" else ("steps", step.index, "mcp")
+    return None if choice == "none" else (*here, "mcp")
 
 
 def _findings(
@@ -237,9 +239,9 @@ def _findings(
     if residency is not None:
         at, message, hint = residency
         add(at, "", "model-residency", message, hint, "warning")
-    for step in workflow.steps:
+    for here, step in walk_steps(workflow.steps):
         model = resolved.get(workflow.step_model(step) or "")
-        where = _wants_tools(workflow, step)
+        where = _wants_tools(workflow, step, here)
         if model is not None and model.tool_use is False and where is not None:
             add(
                 workflow.source.position(where),
@@ -279,13 +281,13 @@ def _residency(
     Studio keeps one JIT-loaded model by default and unloads it when another is asked for,
     so steps that alternate would load their models again and again."""
     unloaded: dict[str, Position] = {}
-    for step in workflow.steps:
+    for here, step in walk_steps(workflow.steps):
         if not isinstance(step, AgentStep):
             continue
-        reference, path = workflow.model_reference(step)
+        reference = workflow.model_reference(step)[0]
         found = _first_usable(workflow.model_candidates(reference), models)
         if found is not None and found[1].state == "not-loaded" and not require_loaded:
-            at = workflow.source.position(path if step.model is not None else ("steps", step.index))
+            at = workflow.source.position((*here, "model") if step.model is not None else here)
             unloaded.setdefault(found[1].id, at)
     if len(unloaded) < 2:
         return None

@@ -47,6 +47,7 @@ from .spec.model import (
     StdioServer,
     Workflow,
     frozen,
+    step_at,
     walk_steps,
 )
 from .spec.problems import Problem
@@ -354,7 +355,7 @@ def sampling_model(workflow: Workflow, named: str | None, step_id: str | None) -
     `tool:` step)."""
     if named is not None:
         return workflow.resolve_model(named)
-    step = next((s for s in workflow.steps if s.id == step_id), None)
+    step = step_at(workflow, step_id) if step_id is not None else None
     chosen = workflow.step_model(step) if step is not None else None
     return chosen or workflow.resolve_model(workflow.defaults.model)
 

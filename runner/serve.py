@@ -81,7 +81,7 @@ class Progress:
         self._send, self._receive = anyio.create_memory_object_stream[tuple[int, str]](math.inf)
 
     def sink(self, event: Event) -> None:
-        if event.type == "step_finished":
+        if event.type == "step_finished" and "/" not in (event.step or ""):  # not a nested step
             self.done += 1
             self._send.send_nowait((self.done, f"step {event.step!r} {event.data['status']}"))
 

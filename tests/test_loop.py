@@ -18,6 +18,7 @@ from test_run_cli import tag as tag  # the fixture
 from runner import RunOptions, load_workflow, run_workflow
 from runner.runlog import Event, RunOrder, snapshot_view
 from runner.spec import check_file
+from runner.spec.model import step_at
 
 REVIEW_SCHEMA = (
     "{type: object, properties: {approved: {type: boolean}, note: {type: string}}, "
@@ -461,3 +462,48 @@ def test_ctrl_c_during_an_iteration_ends_the_step_and_its_loop_interrupted(
     assert steps["fix"]["status"] == "interrupted"
     assert [e["iteration"] for e in of_type(events, "iteration_finished")] == [1]
     assert of_type(events, "run_finished")[0]["status"] == "interrupted"
+
+
+def test_a_dry_run_shows_the_first_iteration_of_a_loop(tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(worker_reviewer())
+    done = lmflow(tmp_path, "run", "wf.yaml", "--dry-run")
+    assert done.code == 0, done.stderr
+    assert "▶ fix  loop  (max: 3, until: steps.review.output.approved)" in done.stdout
+    assert "work 1: <steps.plan.output>" in done.stdout
+    assert "▶ fix[1]/review  model" in done.stdout
+
+
+def test_models_and_tools_of_nested_steps_are_checked_before_the_run(tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            name: nested-model
+            steps:
+              - id: fix
+                loop:
+                  max: 2
+                  until: "true"
+                  steps:
+                    - id: work
+                      model: qwen/qwen3-coder-30c
+                      prompt: hello
+            """
+        )
+    )
+    with fake() as lm:
+        done = lmflow(tmp_path, "run", "wf.yaml", "--base-url", lm.url)
+        assert lm.chat_requests == []
+    assert done.code == 3, done.stderr
+    assert "qwen/qwen3-coder-30c" in done.stderr
+    assert "wf.yaml:10:" in done.stderr  # where the nested step names it
+
+
+def test_step_at_finds_a_nested_step_by_its_scoped_id(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(worker_reviewer())
+    flow = load_workflow(path)
+    found = step_at(flow, "fix[2]/review")
+    assert found is not None and found.id == "review" and found.kind == "agent"
+    assert step_at(flow, "fix") is flow.steps[1]
+    assert step_at(flow, "review") is None

@@ -294,6 +294,20 @@ Step = AgentStep | ToolStep | CommandStep | LoopStep
 """The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
+def step_at(workflow: Workflow, step_id: str) -> Step | None:
+    """The step a (scoped) id as the log writes it names: `fix[2]/review` is the `review`
+    step inside loop step `fix`."""
+    steps: Sequence[Step] = workflow.steps
+    found: Step | None = None
+    for segment in step_id.split("/"):
+        name = segment.partition("[")[0]
+        found = next((s for s in steps if s.id == name), None)
+        if found is None:
+            return None
+        steps = found.loop.steps if isinstance(found, LoopStep) else ()
+    return found
+
+
 def walk_steps(
     steps: Sequence[Step], here: JsonPath = ("steps",)
 ) -> Iterator[tuple[JsonPath, Step]]:
