@@ -189,7 +189,9 @@ class RunTracer:
                 "gen_ai.agent.name": step,
                 "gen_ai.request.model": event.get("model"),
             }
-        return self._start(f"step {step}", None, at, attributes)
+        outer, nested, _ = step.rpartition("/")  # `fix[2]/review` runs inside step `fix`
+        parent = self._steps.get(outer.rpartition("[")[0] or outer) if nested else None
+        return self._start(f"step {step}", parent, at, attributes)
 
     def _end_step(self, step: str, event: Mapping[str, Any], at: int) -> None:
         span = self._steps.pop(step, None)

@@ -507,3 +507,19 @@ def test_step_at_finds_a_nested_step_by_its_scoped_id(tmp_path: Path) -> None:
     assert found is not None and found.id == "review" and found.kind == "agent"
     assert step_at(flow, "fix") is flow.steps[1]
     assert step_at(flow, "review") is None
+
+
+def test_the_trace_nests_an_iterations_steps_under_the_loop_step(tmp_path: Path) -> None:
+    from fakes.otlp import OtlpReceiver
+
+    (tmp_path / "wf.yaml").write_text(
+        "version: 1\nname: traced\nsteps:\n  - id: fix\n    loop:\n      max: 2\n"
+        "      until: loop.index == 2\n      steps: [{id: count, run: [echo, hi]}]\n"
+    )
+    with OtlpReceiver() as otlp:
+        done = lmflow(tmp_path, "run", "wf.yaml", env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url})
+    assert done.code == 0, done.stderr
+    by_name = {span["name"]: span for span in otlp.spans}
+    loop = by_name["step fix"]
+    assert by_name["step fix[1]/count"]["parent_id"] == loop["span_id"]
+    assert by_name["step fix[2]/count"]["parent_id"] == loop["span_id"]
