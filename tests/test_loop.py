@@ -4,7 +4,6 @@ Ctrl-C across the iterations."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
 from pathlib import Path
@@ -12,11 +11,12 @@ from typing import Any
 
 import pytest
 from fakes.lmstudio import FakeLMStudio, FakeModel
+from test_replay import run as run_in_process
 from test_run_cli import MODEL, Make, interrupt_when, lmflow, spawn, workflow
 from test_run_cli import tag as tag  # the fixture
 
-from runner import RunOptions, load_workflow, run_workflow
-from runner.runlog import Event, RunOrder, snapshot_view
+from runner import load_workflow
+from runner.runlog import RunOrder, snapshot_view
 from runner.spec import check_file
 from runner.spec.model import step_at
 
@@ -79,15 +79,8 @@ def prompts(lm: FakeLMStudio) -> list[str]:
 
 def run(path: Path, **options: Any) -> tuple[Any, list[dict[str, Any]]]:
     """Run in-process; (result, events as dicts)."""
-    events: list[Event] = []
-    result = asyncio.run(
-        run_workflow(
-            load_workflow(path),
-            options.pop("inputs", {}),
-            RunOptions(runs_dir=path.parent / "runs", sinks=(events.append,), **options),
-        )
-    )
-    return result, [json.loads(json.dumps(e.as_dict())) for e in events]
+    _, events, result = run_in_process(path, **options)
+    return result, events
 
 
 def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -195,23 +188,24 @@ def test_the_checks_of_loop_steps_say_where_and_how_to_fix(tmp_path: Path) -> No
     )
 
 
-def test_a_nested_step_cannot_be_called_iterations(tmp_path: Path) -> None:
+def one_problem(tmp_path: Path, most: int, inner_id: str) -> Any:
+    """The one problem of a loop of one command step (max on line 6, the step on line 8)."""
     path = tmp_path / "wf.yaml"
     path.write_text(
-        "version: 1\nname: t\nsteps:\n  - id: l\n    loop:\n      max: 2\n"
-        "      until: 'true'\n      steps: [{id: iterations, run: [echo]}]\n"
+        f"version: 1\nname: t\nsteps:\n  - id: l\n    loop:\n      max: {most}\n"
+        f"      until: 'true'\n      steps: [{{id: {inner_id}, run: [echo]}}]\n"
     )
     (problem,) = check_file(path)[1]
+    return problem
+
+
+def test_a_nested_step_cannot_be_called_iterations(tmp_path: Path) -> None:
+    problem = one_problem(tmp_path, 2, "iterations")
     assert (problem.line, problem.col, problem.rule) == (8, 20, "reserved-step-id")
 
 
 def test_max_is_capped(tmp_path: Path) -> None:
-    path = tmp_path / "wf.yaml"
-    path.write_text(
-        "version: 1\nname: t\nsteps:\n  - id: l\n    loop:\n      max: 1000\n"
-        "      until: 'true'\n      steps: [{id: a, run: [echo]}]\n"
-    )
-    (problem,) = check_file(path)[1]
+    problem = one_problem(tmp_path, 1000, "a")
     assert (problem.line, problem.rule) == (6, "bad-value")
     assert "at most 100" in problem.message
 
