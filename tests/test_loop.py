@@ -517,3 +517,19 @@ def test_the_trace_nests_an_iterations_steps_under_the_loop_step(tmp_path: Path)
     loop = by_name["step fix"]
     assert by_name["step fix[1]/count"]["parent_id"] == loop["span_id"]
     assert by_name["step fix[2]/count"]["parent_id"] == loop["span_id"]
+
+
+def test_a_loop_timeout_covers_all_its_iterations(tmp_path: Path) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "version: 1\nname: slow\nsteps:\n  - id: fix\n    timeout: 1\n    loop:\n"
+        "      max: 5\n      until: 'false'\n"
+        "      steps: [{id: wait, run: [sh, -c, 'test {{ loop.index }} = 1 || sleep 30']}]\n"
+    )
+    result, events = run(path)
+    steps = ended(events)
+    assert steps["fix[1]/wait"]["status"] == "succeeded"
+    assert steps["fix[2]/wait"]["status"] == "interrupted"
+    assert steps["fix"]["status"] == "failed"
+    assert steps["fix"]["error"] == "loop did not finish within 1 s"
+    assert result.status == "failed"
