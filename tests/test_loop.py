@@ -266,6 +266,11 @@ def test_a_loop_runs_until_its_condition_and_gives_its_last_iteration(tmp_path: 
     assert rows[:3] == ["plan", "fix", "fix[1]/work"]
     assert rows[-1] == "report"
     assert "fix iteration 1: until is false" in done.stderr
+    # the HTML report takes the scoped ids too
+    report = lmflow(tmp_path, "report", "last", "-o", "report.html")
+    assert report.code == 0, report.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "fix[2]/review" in page and "note 2" in page
 
 
 @pytest.mark.parametrize(
