@@ -538,3 +538,31 @@ def test_a_loop_timeout_covers_all_its_iterations(tmp_path: Path) -> None:
     assert steps["fix"]["status"] == "failed"
     assert steps["fix"]["error"] == "loop did not finish within 1 s"
     assert result.status == "failed"
+
+
+def test_the_live_view_shows_a_loop_and_its_running_nested_step() -> None:
+    import io
+
+    from rich.console import Console
+
+    from runner.commands._live import LiveView
+    from runner.runlog import RunLog
+
+    view = LiveView(console=Console(file=io.StringIO(), force_terminal=True, width=120))
+    log = RunLog("run-1")
+    log.subscribe(view)
+    try:
+        log.emit("run_started", steps=["fix"])
+        log.emit("step_started", "fix", name=None, model=None, kind="loop", steps=["work"])
+        log.emit("step_started", "fix[1]/work", name="Work", model="m-one", kind="agent")
+        log.emit("step_finished", "fix[1]/work", status="succeeded", usage={})
+        log.emit("iteration_finished", "fix", iteration=1, status="succeeded", until=False)
+        log.emit("step_started", "fix[2]/work", name="Work", model="m-one", kind="agent")
+        log.emit("llm_request", "fix[2]/work", round=1)
+        screen = Console(file=io.StringIO(), width=120, color_system=None)
+        screen.print(view.__rich__())
+    finally:
+        view.close()
+    drawn = screen.file.getvalue()  # type: ignore[attr-defined]
+    assert "fix[2]/work" in drawn and "round 1" in drawn
+    assert "fix[1]/work" not in drawn  # finished: no longer running
