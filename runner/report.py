@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
-from .runlog import read_events
+from .runlog import RunOrder, read_events
 from .speed import response_speed
 
 TEMPLATE = "report.html.j2"
@@ -172,6 +172,9 @@ class _Builder:
     def report(self, truncated: int | None) -> Report:
         started = next((e for e in self.events if e.get("type") == "run_started"), {})
         finished = next((e for e in self.events if e.get("type") == "run_finished"), {})
+        order = RunOrder()  # nested steps right after their loop step, iteration by iteration
+        for event in self.events:
+            order.see(event.get("type"), event.get("step"), event)
         for step_id in started.get("steps") or ():
             self._step(str(step_id))
         self.origin = _seconds(started.get("time")) if started else None
@@ -195,7 +198,7 @@ class _Builder:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             started=str(started.get("time")) if started else None,
-            steps=list(self.steps.values()),
+            steps=sorted(self.steps.values(), key=lambda step: order.key(step.id)),
             notices=self.notices,
             span=span,
             truncated=truncated is not None,
