@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .runlog import MASK, read_events
-from .spec.model import Step, Workflow, thawed
+from .spec.model import Loop, Step, Workflow, thawed
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,9 @@ def _fields(value: Any) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _fields(value)
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+    """A setting as plain data; a loop's nested steps as their own fields."""
+    if isinstance(value, Loop):
+        return {**_fields(value), "steps": [_fields(step) for step in value.steps]}
     return thawed(value)
 
 
