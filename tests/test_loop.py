@@ -568,3 +568,21 @@ def test_the_live_view_shows_a_loop_and_its_running_nested_step() -> None:
     drawn = screen.file.getvalue()  # type: ignore[attr-defined]
     assert "fix[2]/work" in drawn and "round 1" in drawn
     assert "fix[1]/work" not in drawn  # finished: no longer running
+
+
+def test_a_nested_steps_prompt_file_is_checked_in_its_own_file(tmp_path: Path) -> None:
+    (tmp_path / "work.md").write_text("Improve it.\n{{ loop.previous.revew.output }}\n")
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "version: 1\nname: t\ndefaults: {model: qwen/qwen3}\nsteps:\n  - id: fix\n    loop:\n"
+        "      max: 2\n      until: 'true'\n      steps:\n"
+        "        - {id: work, prompt_file: work.md}\n        - {id: review, prompt: ok}\n"
+        "        - {id: gone, prompt_file: missing.md}\n"
+    )
+    problems = {p.rule: p for p in check_file(path)[1]}
+    typo = problems["unknown-step"]
+    assert (typo.path, typo.line, typo.col) == (str(tmp_path / "work.md"), 2, 4)
+    assert typo.hint == "did you mean 'review'?"
+    missing = problems["unreadable-prompt-file"]
+    assert (missing.path, missing.line, missing.col) == (str(path), 12, 35)
+    assert str(tmp_path / "missing.md") in missing.message

@@ -117,6 +117,7 @@ class _Checker:
                 for name, agent in self.written_agents.items()
             }
             raw_steps = _list(data.get("steps"))
+            self.written = _written(raw_steps)  # before merging: its problems are placed by it
             merged = [self._merged(s, ("steps", i)) for i, s in enumerate(raw_steps)]
         else:
             self.at = (*outer.at, loop.index, "loop", "steps")
@@ -124,9 +125,8 @@ class _Checker:
             self.prompt_files = outer.prompt_files
             self.written_agents, self.agents = outer.written_agents, outer.agents
             raw_steps = _list(_dict(outer.written[loop.index].get("loop")).get("steps"))
+            self.written = _written(raw_steps)
             merged = _list(_dict(outer.steps[loop.index].get("loop")).get("steps"))
-        self.written: list[dict[str, Any]] = [s if isinstance(s, dict) else {} for s in raw_steps]
-        """Each step as written; `steps` holds them with their prompt files and agents."""
         self.steps: list[dict[str, Any]] = [s if isinstance(s, dict) else {} for s in merged]
         self.malformed_steps = {i for i, s in enumerate(raw_steps) if not isinstance(s, dict)}
         self.step_index: dict[str, int] = {}
@@ -869,10 +869,11 @@ class _Checker:
                 "templates read environment variables only by name"
             )
             needle = r"(?<![\w.])env(?!\w)(?!\s*(\.\s*\w|\[\s*[\"']))"
-        source = self.source_of(template.path)
-        found = re.search(needle, source.raw(template.path))
+        spelled = self.located(template.path)
+        source = self.source_of(spelled)
+        found = re.search(needle, source.raw(spelled))
         offset = (
-            source.position(template.path).start + found.start()
+            source.position(spelled).start + found.start()
             if found
             else self._line_offset(template.path, use.lineno)
         )
@@ -1096,9 +1097,10 @@ class _Checker:
 
     def _find(self, template: TemplateField, ref: templating.Reference | str) -> int | None:
         """The file offset of a reference inside the field's raw text, when it can be found."""
-        source = self.source_of(template.path)
-        raw = source.raw(template.path)
-        base = source.position(template.path).start
+        spelled = self.located(template.path)  # a nested step's field: where the file has it
+        source = self.source_of(spelled)
+        raw = source.raw(spelled)
+        base = source.position(spelled).start
         needles = (
             [ref]
             if isinstance(ref, str)
@@ -1116,6 +1118,7 @@ class _Checker:
 
     def _line_offset(self, path: JsonPath, lineno: int) -> int | None:
         """The file offset of line `lineno` of a template field (block scalars map exactly)."""
+        path = self.located(path)
         source = self.source_of(path)
         raw = source.raw(path)
         if not raw:
@@ -1172,6 +1175,12 @@ def _unresolvable_refs(schema: dict[str, Any]) -> Iterator[tuple[JsonPath, str]]
                 yield from walk(item, (*path, i))
 
     yield from walk(schema, ())
+
+
+def _written(raw_steps: list[Any]) -> list[dict[str, Any]]:
+    """Each step as written (a malformed one as empty); `_Checker.steps` holds them with
+    their prompt files and agents."""
+    return [s if isinstance(s, dict) else {} for s in raw_steps]
 
 
 def _plan_holds(plan: Plan, step_id: str) -> bool:
