@@ -17,7 +17,7 @@ from typing import Any
 from . import templating
 from .command_step import command_line
 from .errors import StepFailedError
-from .spec.model import CommandStep, Step, ToolStep, Workflow, thawed
+from .spec.model import CommandStep, Step, ToolStep, Workflow, WorkflowStep, thawed
 
 
 class Placeholder:
@@ -102,12 +102,14 @@ def _step(
         title = f"tool {step.tool}"
     elif isinstance(step, CommandStep):
         title = "command" + (f"  (cwd: {step.cwd})" if step.cwd else "")
+    elif isinstance(step, WorkflowStep):
+        title = f"workflow {step.workflow}"
     else:
         title = f"model {workflow.step_model(step)}"
         title += f"  (mcp: {', '.join(step.mcp)})" if step.mcp else ""
     shown = DryStep(step.id, title, condition, for_each)
     try:
-        if isinstance(step, ToolStep):
+        if isinstance(step, (ToolStep, WorkflowStep)):  # a tool's arguments; a workflow's inputs
             arguments = templating.render_value(thawed(step.with_), context)
             text = json.dumps(arguments, ensure_ascii=False, default=str)
             return replace(shown, arguments=redact(text))

@@ -49,6 +49,7 @@ from .spec.model import (
     Step,
     ToolStep,
     Workflow,
+    WorkflowStep,
     thawed,
 )
 
@@ -266,6 +267,17 @@ def base_context(
     }
 
 
+def nested_context(
+    workflow: Workflow, inputs: Mapping[str, Any], including: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the templates of an included workflow read before its first step: its own
+    inputs and `workflow`, the run's `env` and `run`."""
+    return {
+        **base_context(workflow, inputs, including["env"], "", None, ""),
+        "run": including["run"],
+    }
+
+
 def servers_in_use(workflow: Workflow) -> list[str]:
     """Declared servers that some step lists or calls, in declaration order."""
     used = {name for step in workflow.steps for name in step.servers}
@@ -387,9 +399,13 @@ class Executor:
         log: RunLog,
         context: dict[str, Any],
         reuse: Reusable | None = None,
+        scope: str = "",
+        slots: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.workflow = workflow
         self.reuse = reuse
+        self.scope = scope
+        """Where these steps run inside the run (`PARENT` for a sub-workflow's); "" at the top."""
         self.inputs = dict(inputs)
         self.chat = chat
         self.tools = tools
@@ -398,10 +414,16 @@ class Executor:
         self.steps = {step.id: step for step in workflow.steps}
         self.waits = workflow.plan.dependencies()
         self.order = {step_id: rank for rank, step_id in enumerate(workflow.plan.order())}
-        self.slots = anyio.CapacityLimiter(workflow.defaults.concurrency)
+        self.slots = slots or anyio.CapacityLimiter(workflow.defaults.concurrency)
+        """The run's one concurrency limit, shared with nested executors."""
         self.result = RunResult(log.run_id, workflow.name, "succeeded", self.inputs)
         self.failed_step: str | None = None
         """The failed step the run's error names: the first in run order, not in time."""
+
+    def _outside(self, step_id: str) -> str:
+        """A step's id as everything outside the executor sees it (events, cassette scopes,
+        fingerprints): `SCOPE/ID` for nested steps, so `a/b` is step b of sub-workflow a."""
+        return f"{self.scope}/{step_id}" if self.scope else step_id
 
     async def run(self) -> RunResult:
         """Run every step; `self.result` holds what finished so far, also when interrupted.
@@ -443,7 +465,7 @@ class Executor:
 
     async def _run_step(self, step: Step, context: dict[str, Any], schedule: _Schedule) -> None:
         """One step's task: its record is kept and the steps that waited for it start."""
-        current_scope.set(Scope(step.id))
+        current_scope.set(Scope(self._outside(step.id)))
         record = await self._step_record(step, context)
         self._finish(step, record)
         self._record(step, record)
@@ -500,21 +522,24 @@ class Executor:
             return StepRecord(step.id, "failed", error=f"if: {error}", model=model)
         if reason is not None:
             return StepRecord(step.id, "skipped", reason=reason, model=model)
-        fingerprint = step_fingerprint(self.workflow, step, context)
+        fingerprint = step_fingerprint(self.workflow, step, context, scope=self.scope)
         if step.for_each is None and (reused := self._reused(step.id, fingerprint)):
             return reused
         self.log.emit(
             "step_started",
-            step.id,
+            self._outside(step.id),
             name=self._title(step, context),
             model=model,
             kind=step.kind,
             tool=step.tool if isinstance(step, ToolStep) else None,
+            **_included(step),
         )
         started = time.monotonic()
         try:
             if step.for_each is not None:
                 record = await self._for_each(step, context, fingerprint)
+            elif isinstance(step, WorkflowStep):  # its own steps take the run's slots
+                record = await self._attempt(step, context, None)
             else:
                 async with holding(self.slots):
                     record = await self._attempt(step, context, None)
@@ -552,6 +577,8 @@ class Executor:
                 return await self._tool_step(step, context, item)
             if isinstance(step, CommandStep):
                 return await self._command_step(step, context, item)
+            if isinstance(step, WorkflowStep):
+                return await self._workflow_step(step, context)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
             return StepRecord(step.id, "failed", error=error.message, model=model, hint=error.hint)
@@ -577,7 +604,7 @@ class Executor:
         records: list[StepRecord | None] = [None] * len(items)
 
         async def run_item(index: int, value: Any) -> None:
-            current_scope.set(Scope(step.id, index))
+            current_scope.set(Scope(self._outside(step.id), index))
             loop = {
                 "index": index + 1,
                 "index0": index,
@@ -589,7 +616,7 @@ class Executor:
             record = self._reused(step.id, item_fingerprint)
             if record is None:
                 async with holding(limit), holding(self.slots):
-                    self.log.emit("item_started", step.id, item=index, value=value)
+                    self.log.emit("item_started", self._outside(step.id), item=index, value=value)
                     item_context = {**context, "item": value, "loop": loop}
                     try:
                         record = await self._attempt(step, item_context, index)
@@ -634,7 +661,7 @@ class Executor:
     def _item_finished(self, index: int, record: StepRecord, fingerprint: str | None) -> None:
         self.log.emit(
             "item_finished",
-            record.id,
+            self._outside(record.id),
             item=index,
             status=record.status,
             output=record.output,
@@ -651,7 +678,7 @@ class Executor:
     def _finish(self, step: Step, record: StepRecord) -> None:
         self.log.emit(
             "step_finished",
-            step.id,
+            self._outside(step.id),
             status=record.status,
             output=record.output,
             error=record.error,
@@ -683,7 +710,7 @@ class Executor:
         arguments = _json_arguments(templating.render_value(thawed(step.with_), context))
         self.log.emit(
             "tool_call",
-            step.id,
+            self._outside(step.id),
             item=item,
             round=0,
             id=DIRECT_CALL_ID,
@@ -704,7 +731,7 @@ class Executor:
         shown = capped(outcome, self.workflow.mcp_servers[step.tool_server].max_result_chars)
         self.log.emit(
             "tool_result",
-            step.id,
+            self._outside(step.id),
             item=item,
             round=0,
             id=DIRECT_CALL_ID,
@@ -726,10 +753,43 @@ class Executor:
             context,
             base_dir=self.workflow.path.resolve().parent,
             timeout=self._timeout(step),
-            emit=self.log.for_step(step.id, item),
+            emit=self.log.for_step(self._outside(step.id), item),
         )
         status: StepStatus = "failed" if error else "succeeded"
         return StepRecord(step.id, status, output=output, error=error)
+
+    async def _workflow_step(self, step: WorkflowStep, context: Mapping[str, Any]) -> StepRecord:
+        """The included workflow's steps, run by an executor of their own under this step's
+        scope, sharing the run's model, tools, log, slots and resume; its outputs are the
+        step's output, and the first of its steps that failed is the step's reason."""
+        child = step.child
+        try:
+            inputs = coerce_inputs(child, templating.render_value(thawed(step.with_), context))
+        except InputError as error:
+            raise InputError(f"with: {error.message}", hint=error.hint) from None
+        nested = Executor(
+            child,
+            inputs,
+            chat=self.chat,
+            tools=self.tools,
+            log=self.log,
+            context=nested_context(child, inputs, context),
+            reuse=self.reuse,
+            scope=self._outside(step.id),
+            slots=self.slots,
+        )
+        result = await nested.run()
+        failed = next((r for r in result.steps if r.status == "failed"), None)
+        return StepRecord(
+            step.id,
+            "succeeded" if result.status == "succeeded" else "failed",
+            output=result.outputs,
+            error=result.error,
+            hint=failed.hint if failed is not None and result.error else None,
+            rounds=sum(r.rounds for r in result.steps),
+            tool_calls=sum(r.tool_calls for r in result.steps),
+            usage=result.usage,
+        )
 
     async def _agent_step(
         self, step: AgentStep, context: Mapping[str, Any], item: int | None
@@ -753,7 +813,7 @@ class Executor:
         limits = AgentLimits(
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)
         )
-        emit = self.log.for_step(step.id, item)
+        emit = self.log.for_step(self._outside(step.id), item)
         spent = AgentTally()
         try:
             outcome = await run_agent(self.chat, task, toolbox, limits, emit, spent)
@@ -778,6 +838,14 @@ class Executor:
             tool_calls=outcome.tool_calls,
             usage=outcome.usage,
         )
+
+
+def _included(step: Step) -> dict[str, Any]:
+    """A `workflow:` step's `step_started` fields: the file it runs and that file's steps in
+    run order, under which its steps' events (`ID/INNER`) are shown."""
+    if not isinstance(step, WorkflowStep):
+        return {}
+    return {"workflow": step.workflow, "steps": step.child.plan.order()}
 
 
 def _reused_from(record: StepRecord) -> dict[str, Any]:

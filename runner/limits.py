@@ -64,7 +64,8 @@ def limit_calls(workflow: Workflow, tools: ToolProvider) -> ToolProvider:
     Every tool provider of a run is also a tool source (it lists each server's tools)."""
     limits = {
         name: server.max_concurrent_calls
-        for name, server in workflow.mcp_servers.items()
+        for member in workflow.family()  # and the servers of the workflows it includes
+        for name, server in member.mcp_servers.items()
         if server.max_concurrent_calls is not None
     }
     if not limits:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .runlog import MASK, read_events
-from .spec.model import Step, Workflow, thawed
+from .spec.model import Step, Workflow, WorkflowStep, thawed
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,17 @@ def load_reusable(run_dir: Path) -> Reusable:
     return Reusable(run_dir.name, outputs)
 
 
-def step_fingerprint(workflow: Workflow, step: Step, context: Mapping[str, Any]) -> str:
-    """What a step's result depends on, hashed. `context` is the step's template context."""
+def step_fingerprint(
+    workflow: Workflow, step: Step, context: Mapping[str, Any], *, scope: str = ""
+) -> str:
+    """What a step's result depends on, hashed. `context` is the step's template context;
+    `scope` says where the step is nested (a sub-workflow's steps: its parent step)."""
     definition, reads = _definition(workflow, step)
     inputs = context["inputs"]
     steps = context["steps"]
     return _digest(
         {
+            **({"scope": scope} if scope else {}),
             "definition": definition,
             "inputs": {k: v for k, v in inputs.items() if reads is None or k in reads},
             "waits_for": {
@@ -95,7 +99,7 @@ def _definition(workflow: Workflow, step: Step) -> tuple[str, frozenset[str] | N
         )
         digest = _digest(
             {
-                "step": _fields(step),
+                "step": _step_fields(step),
                 "model": workflow.step_model(step),
                 "defaults": _fields(workflow.defaults),
                 "servers": {
@@ -122,6 +126,20 @@ SCHEDULING_ONLY = frozenset(
 """Settings that decide when and how long a step may run, or what happens after it fails,
 but not what it answers: resuming with a lower concurrency or a longer timeout (the usual
 cure for a run that failed on them) still reuses what succeeded."""
+
+
+def _step_fields(step: Step) -> dict[str, Any]:
+    """A step's definition; a `workflow:` step's included workflow by what its steps, inputs
+    and outputs are, so an edited file (or one of its prompt files) is a changed step."""
+    fields = _fields(step)
+    if isinstance(step, WorkflowStep):
+        child = step.child
+        fields["child"] = {
+            "steps": [_definition(child, inner)[0] for inner in child.steps],
+            "inputs": {name: _fields(spec) for name, spec in child.inputs.items()},
+            "outputs": thawed(child.outputs),
+        }
+    return fields
 
 
 def _fields(value: Any) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from .spec.model import (
     frozen,
 )
 from .spec.problems import Problem
+from .subworkflow import family_contexts, run_servers
 from .toolcheck import CheckedToolSteps, ensure_tool_steps
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from .dryrun import DryStep
     from .lmstudio import LMStudioClient
     from .mcp import McpSessions
+    from .replay import Replayer
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ async def live_parts(
     """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked). A
     run whose steps use no server gets no tool provider, and does not import the MCP SDK
     (half a second or more)."""
-    servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
+    servers = run_servers(run.workflow, run.context)
     async with contextlib.AsyncExitStack() as stack:
         started = await stack.enter_async_context(early_servers(servers))
         chat = await stack.enter_async_context(live_model(run, options))
@@ -258,7 +260,7 @@ async def live_tools(
     from .mcp import McpSessions
 
     if servers is None:
-        servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
+        servers = run_servers(run.workflow, run.context)
     # With --no-log nothing lands in the run directory; stderr goes to a temporary one.
     log_dir = run.run_dir if run.writer is not None else None
     # The redactor knows every `env` value the servers hold: SecretEnv told it (prepare).
@@ -280,8 +282,7 @@ async def live_tools(
         model_for=partial(sampling_model, run.workflow),
         on_ready=ready,
     ) as sessions:
-        check_allow_lists(run.workflow, sessions)
-        ensure_tool_steps(run.workflow, sessions.tools, run.context)
+        check_tools(run, sessions)
         yield sessions
 
 
@@ -314,7 +315,7 @@ async def _recording_parts(
     async with live_model(run, options) as chat:
         recorded = recorder.chat(chat)  # the servers' sampling requests are recorded too
         async with live_tools(run, chat=recorded) as sessions:
-            yield recorded, recorder.tools(sessions, servers_in_use(run.workflow))
+            yield recorded, recorder.tools(sessions, list(run_servers(run.workflow, run.context)))
     recorder.cassette().save(options.record)
 
 
@@ -331,8 +332,7 @@ async def _replay_parts(
         async with live_tools(run, chat=replayer) as sessions:
             yield replayer, sessions
     else:
-        check_allow_lists(run.workflow, replayer)
-        ensure_tool_steps(run.workflow, replayer.tools, run.context)
+        check_tools(run, replayer)
         yield replayer, replayer
     # A miss inside a step failed that step; the run as a whole says the environment (the
     # cassette) was not ready for it: exit code 3.
@@ -341,9 +341,14 @@ async def _replay_parts(
 
 
 def asks_models(workflow: Workflow) -> bool:
-    """Whether a run may ask a model anything: a model step, or a server that may sample."""
-    return any(isinstance(step, AgentStep) for step in workflow.steps) or any(
-        workflow.mcp_servers[name].sampling is not None for name in servers_in_use(workflow)
+    """Whether a run may ask a model anything: a model step, or a server that may sample,
+    in the workflow or one it includes."""
+    return any(
+        isinstance(step, AgentStep) for member in workflow.family() for step in member.steps
+    ) or any(
+        member.mcp_servers[name].sampling is not None
+        for member in workflow.family()
+        for name in servers_in_use(member)
     )
 
 
@@ -356,6 +361,14 @@ def sampling_model(workflow: Workflow, named: str | None, step_id: str | None) -
     step = next((s for s in workflow.steps if s.id == step_id), None)
     chosen = workflow.step_model(step) if step is not None else None
     return chosen or workflow.resolve_model(workflow.defaults.model)
+
+
+def check_tools(run: PreparedRun, tools: McpSessions | Replayer) -> None:
+    """The allow-lists and tool steps of the workflow and of every workflow it includes,
+    checked against the servers' tool lists before the first step."""
+    for member, context in family_contexts(run.workflow, run.context):
+        check_allow_lists(member, tools)
+        ensure_tool_steps(member, tools.tools, context)
 
 
 def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:

@@ -262,7 +262,24 @@ class CommandStep(_StepCommon):
         return ()
 
 
-Step = AgentStep | ToolStep | CommandStep
+@dataclass(frozen=True, kw_only=True)
+class WorkflowStep(_StepCommon):
+    """A step that runs another workflow file (`workflow: PATH`) with `with:` as its inputs;
+    its output is the child's `outputs`. The child's steps run nested, as `ID/INNER`."""
+
+    kind: Literal["workflow"] = "workflow"
+    workflow: str
+    """The path as written: relative to the including file's directory, or absolute."""
+    with_: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    child: Workflow
+    """The included workflow, loaded and validated with the including one."""
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ()
+
+
+Step = AgentStep | ToolStep | CommandStep | WorkflowStep
 """The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
@@ -289,6 +306,13 @@ class Workflow:
         from .plan import plan_workflow  # plan.py builds on this module
 
         return plan_workflow(self)
+
+    def family(self) -> Iterator[Workflow]:
+        """This workflow, then every workflow its `workflow:` steps include, at any depth."""
+        yield self
+        for step in self.steps:
+            if isinstance(step, WorkflowStep):
+                yield from step.child.family()
 
     def model_reference(self, step: AgentStep) -> tuple[ModelRef | None, tuple[str | int, ...]]:
         """The model a step asks for (before alias resolution) and where it was written."""
@@ -474,7 +498,7 @@ def _input(name: str, data: Mapping[str, Any]) -> Input:
     )
 
 
-def _step(index: int, data: Mapping[str, Any]) -> Step:
+def _step(index: int, data: Mapping[str, Any], workflow: Path) -> Step:
     needs = data.get("needs", ())
     for_each = data.get("for_each")
     common: dict[str, Any] = dict(
@@ -490,6 +514,13 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
     )
     if "tool" in data:
         return ToolStep(**common, tool=data["tool"], with_=frozen(data.get("with", {})))
+    if "workflow" in data:
+        return WorkflowStep(
+            **common,
+            workflow=data["workflow"],
+            with_=frozen(data.get("with", {})),
+            child=_child(workflow, data["workflow"]),
+        )
     if "run" in data:
         run = data["run"]
         return CommandStep(
@@ -516,6 +547,21 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
         tool_choice=data.get("tool_choice"),
         max_result_chars=data.get("max_result_chars"),
     )
+
+
+def included_path(name: str, workflow: Path) -> Path:
+    """Where a `workflow:` step's file is: relative to the including file's directory."""
+    return workflow.parent / name
+
+
+def _child(workflow: Path, name: str) -> Workflow:
+    """The workflow a `workflow:` step includes. The including file's validation already
+    validated it (recursively, cycles refused), so it is read and built without checks."""
+    from .load import read_document
+
+    path = included_path(name, workflow)
+    doc = read_document(path)
+    return build_workflow(path, doc.data, doc.source)
 
 
 def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Workflow:
@@ -556,7 +602,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
         ),
         agents=frozen(agents),
         steps=tuple(
-            _step(i, with_agent(with_file_texts(s, path, read), agents))
+            _step(i, with_agent(with_file_texts(s, path, read), agents), path)
             for i, s in enumerate(data["steps"])
         ),
         outputs=frozen(_named(data, "outputs")),

@@ -240,7 +240,15 @@ def _translate(error: ValidationError, data: Any, source: SourceMap) -> Iterator
 def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) -> str:
     is_step = len(path) == 2 and path[0] == "steps"
     if is_step and key == "with" and "tool" not in obj:
-        return "`with:` holds the arguments of a `tool:` step; add `tool: server.tool`"
+        return (
+            "`with:` holds the arguments of a `tool:` step or the inputs of a `workflow:` "
+            "step; add `tool: server.tool` or `workflow: path.yaml`"
+        )
+    if is_step and "workflow" in obj and key != "with":
+        return (
+            f"a `workflow:` step runs another workflow file, which sets its own {key!r}; "
+            "remove it here, or change it in that file"
+        )
     if is_step and "tool" in obj and key in ("prompt", "system", "model", "mcp", "tools"):
         return (
             f"a `tool:` step calls the tool directly, without a model; remove {key!r}, "
@@ -269,7 +277,8 @@ def _missing_key_hint(key: str, path: JsonPath) -> str | None:
         return (
             "a step needs `prompt:` or `prompt_file:` (ask a model), `tool: server.tool` (call an "
             "MCP tool) or "
-            "`run: [program, args...]` (run a command)"
+            "`run: [program, args...]` (run a command) or `workflow: path.yaml` (run another "
+            "workflow)"
         )
     if key == "command":
         return "a server needs `command:` (started over stdio) or `url:` (streamable HTTP)"

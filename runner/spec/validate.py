@@ -18,8 +18,8 @@ from jsonschema.exceptions import SchemaError
 
 from .. import templating
 from .agents import with_agent, written_at
-from .load import Document
-from .model import is_note
+from .load import Document, read_document
+from .model import included_path, is_note
 from .plan import Plan, StepPlan, TemplateField, cycles, plan_data
 from .problems import Problem
 from .prompt_files import FILE_KEYS, read_text, with_file_texts
@@ -57,6 +57,11 @@ def _entries(value: Any) -> dict[str, Any]:
     return {k: v for k, v in _dict(value).items() if not is_note(k)}
 
 
+def _without_notes(value: Any) -> Any:
+    """Settings without the user's `x-` notes, which never change what a server is."""
+    return {k: v for k, v in value.items() if not is_note(k)} if isinstance(value, dict) else value
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -74,25 +79,32 @@ def _model_names(value: Any) -> list[tuple[int | None, str]]:
     return []
 
 
-def validate_document(doc: Document) -> list[Problem]:
-    """All problems of a loaded document (its load problems included), sorted by position."""
+def validate_document(doc: Document, *, including: tuple[Path, ...] = ()) -> list[Problem]:
+    """All problems of a loaded document (its load problems included), sorted by position;
+    with those of the workflows its `workflow:` steps include, each in its own file.
+    `including`: the files that include this one, outermost first (to refuse cycles)."""
     problems = list(doc.problems)
     if doc.data is not None:
         problems.extend(schema_problems(doc.data, doc.source))
         if isinstance(doc.data, dict):
-            problems.extend(_Checker(doc.data, doc.source).run())
+            problems.extend(_Checker(doc.data, doc.source, including).run())
     return sorted(set(problems), key=lambda p: (p.line, p.col, p.rule, p.message))
 
 
 class _Checker:
     """The semantic checks. One instance per document."""
 
-    def __init__(self, data: dict[str, Any], source: SourceMap) -> None:
+    def __init__(
+        self, data: dict[str, Any], source: SourceMap, including: tuple[Path, ...] = ()
+    ) -> None:
         self.data = data
         self.source = source
         self.problems: list[Problem] = []
         raw_steps = _list(data.get("steps"))
         self.workflow_path = Path(source.path)
+        self.including = (*including, self.workflow_path.resolve())
+        self.children: dict[int, dict[str, Any]] = {}
+        """The data of each `workflow:` step's file that could be read, by step index."""
         self.prompt_files: dict[JsonPath, SourceMap] = {}
         """The text of each prompt file read, as a source of its own, by the key naming it."""
         self.written_agents = _entries(data.get("agents"))
@@ -124,6 +136,7 @@ class _Checker:
         self._check_inputs()
         self._check_servers()
         self._check_agents()
+        self._check_included()
         self._check_steps()
         self._check_cycles()
         self._check_shared_servers()
@@ -396,8 +409,112 @@ class _Checker:
             self._check_step_tools(i, step)
             if "run" in step:
                 self._check_command(planned, step)
-            elif "tool" not in step:
+            elif "tool" not in step and "workflow" not in step:
                 self._check_step_model(i, step, defaults)
+
+    def _check_included(self) -> None:
+        """Each `workflow:` step: its file validated (recursively, its problems in its own
+        file), no file including itself, and `with:` against the inputs it declares."""
+        for i, step in enumerate(self.steps):
+            name = _str(step.get("workflow"))
+            if name is None or i in self.malformed_steps:
+                continue
+            here = ("steps", i, "workflow")
+            path = included_path(name, self.workflow_path)
+            if path.resolve() in self.including:
+                chain = [*self.including[self.including.index(path.resolve()) :], path.resolve()]
+                self.report(
+                    here,
+                    f"{self.where(('steps', i))} includes a workflow that includes it: "
+                    + " -> ".join(p.name for p in chain),
+                    "workflow-cycle",
+                    "a workflow cannot run itself, directly or through another; move the shared "
+                    "steps into a file that both include",
+                )
+                continue
+            doc = read_document(path)
+            if doc.data is None and any(
+                p.rule in ("unreadable", "file-too-large") for p in doc.problems
+            ):
+                reason = doc.problems[0].message
+                self.report(
+                    here,
+                    f"{self.where(('steps', i))} runs {path}, which cannot be read: {reason}",
+                    "unreadable-workflow",
+                    "the path is relative to this workflow file's directory "
+                    f"({self.workflow_path.parent}); write the path of a workflow file",
+                )
+                continue
+            self.problems.extend(validate_document(doc, including=self.including))
+            if isinstance(doc.data, dict):
+                self.children[i] = doc.data
+                self._check_with_inputs(i, step, doc.data, path)
+                self._check_included_servers(i, doc.data, path)
+
+    def _check_with_inputs(
+        self, i: int, step: dict[str, Any], child: dict[str, Any], path: Path
+    ) -> None:
+        """`with:` of a `workflow:` step gives the inputs its file declares: no unknown name,
+        every required one, and literal values of the declared type."""
+        here = ("steps", i)
+        declared = {k: _dict(v) for k, v in _entries(child.get("inputs")).items()}
+        given = _dict(step.get("with"))
+        for name, value in given.items():
+            if is_note(name):
+                continue
+            spec = declared.get(name)
+            if spec is None:
+                self.report(
+                    (*here, "with", name),
+                    f"{self.where(here)} gives input {name!r}, which {path.name} does not declare",
+                    "unknown-input",
+                    did_you_mean(name, list(declared))
+                    or ("declared inputs: " + ", ".join(declared) if declared else None)
+                    or f"{path.name} declares no inputs",
+                    key=True,
+                )
+            elif not (isinstance(value, str) and templating.is_template(value)):
+                self._check_literal_input(here, name, value, spec, path)
+        for name, spec in declared.items():
+            required = spec.get("required", "default" not in spec)
+            if required is True and name not in given:
+                self.report(
+                    (*here, "with") if "with" in step else (*here, "workflow"),
+                    f"{self.where(here)} does not give input {name!r}, which {path.name} requires",
+                    "missing-input",
+                    f"add it: with: {{{name}: ...}}",
+                    key="with" in step,
+                )
+
+    def _check_literal_input(
+        self, here: JsonPath, name: str, value: Any, spec: dict[str, Any], path: Path
+    ) -> None:
+        schema = {k: spec[k] for k in ("type", "enum", "minimum", "maximum") if k in spec}
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError:
+            return  # the child's own validation reported the declaration
+        for error in Draft202012Validator(schema).iter_errors(value):
+            self.report(
+                (*here, "with", name),
+                f"input {name!r} of {path.name}: {error.message}",
+                "bad-input-type",
+                f"{path.name} declares {name!r} as {spec.get('type')!r}",
+            )
+
+    def _check_included_servers(self, i: int, child: dict[str, Any], path: Path) -> None:
+        """A server both files declare is one server of the run: it must be declared the same
+        way in both (one that differs would need its own name)."""
+        for name, spec in _entries(child.get("mcp_servers")).items():
+            mine = self.servers.get(name)
+            if mine is not None and _without_notes(mine) != _without_notes(spec):
+                self.report(
+                    ("steps", i, "workflow"),
+                    f"{path.name} declares MCP server {name!r} differently from this file; "
+                    "the run starts each server once, by name",
+                    "conflicting-server",
+                    f"declare {name!r} the same way in both files, or rename one of them",
+                )
 
     def _check_command(self, planned: StepPlan, step: dict[str, Any]) -> None:
         """A command is a list of arguments, or one string for a shell: never a mix-up that
@@ -901,8 +1018,11 @@ class _Checker:
         step_id: str,
         field_name: str | int,
     ) -> None:
-        schema = _dict(self.steps[self.step_index[step_id]].get("output_schema"))
+        index = self.step_index[step_id]
+        schema = _dict(self.steps[index].get("output_schema"))
         properties = _dict(schema.get("properties"))
+        if index in self.children:  # a `workflow:` step's output is its file's outputs
+            properties = _entries(self.children[index].get("outputs"))
         if not properties or not isinstance(field_name, str) or field_name in properties:
             return
         if field_name in _JINJA_DICT_METHODS:
@@ -911,8 +1031,10 @@ class _Checker:
             template,
             ref,
             f"{self.where(template.path)} reads steps.{step_id}.output."
-            f"{field_name}, but the output_schema of {step_id!r} declares no "
-            f"{field_name!r}",
+            f"{field_name}, but the "
+            + ("workflow" if index in self.children else "output_schema")
+            + f" of {step_id!r} declares no {field_name!r}"
+            + (" output" if index in self.children else ""),
             "unknown-output-field",
             did_you_mean(field_name, list(properties))
             or "declared fields: " + ", ".join(properties),
