@@ -523,7 +523,10 @@ class Executor:
         if reason is not None:
             return StepRecord(step.id, "skipped", reason=reason, model=model)
         fingerprint = step_fingerprint(self.workflow, step, context, scope=self.scope)
-        if step.for_each is None and (reused := self._reused(step.id, fingerprint)):
+        # a for_each's items and a sub-workflow's steps are reused one by one instead, so a
+        # resumed run logs their fingerprints again for the run that resumes it
+        whole = step.for_each is None and not isinstance(step, WorkflowStep)
+        if whole and (reused := self._reused(step.id, fingerprint)):
             return reused
         self.log.emit(
             "step_started",

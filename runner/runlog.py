@@ -339,16 +339,34 @@ def snapshot_view(
 def _in_run_order(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Events grouped by step (in the run order that `run_started` lists), then by item,
     each group in the order it happened: concurrent steps interleave their events
-    differently on every run, this order is the same every time."""
-    started = next((e for e in events if e.get("type") == "run_started"), {})
-    rank = {step: i for i, step in enumerate(started.get("steps") or ())}
-    last = len(rank)
+    differently on every run, this order is the same every time. A nested step's events
+    (`PARENT/INNER`) go inside their parent's, in the order its `step_started` lists."""
+    orders: dict[str, Sequence[Any]] = {}
+    for event in events:
+        if event.get("type") == "run_started":
+            orders.setdefault("", event.get("steps") or ())
+        elif event.get("type") == "step_started" and isinstance(event.get("steps"), list):
+            orders.setdefault(str(event.get("step")), event["steps"])
+    ranks = {scope: {s: i for i, s in enumerate(order)} for scope, order in orders.items()}
 
-    def key(numbered: tuple[int, Mapping[str, Any]]) -> tuple[int, int, float, int]:
+    def place(step: str, within: float) -> tuple[float, ...]:
+        """Rank, iteration and place inside, for the step and each scope around it."""
+        placed: list[float] = []
+        scope = ""
+        parts = step.split("/")
+        for depth, part in enumerate(parts):
+            name, iteration = _iteration(part)
+            rank = ranks.get(scope) or ranks.get(_iteration(scope)[0]) or {}
+            inside = within if depth == len(parts) - 1 else 0
+            placed += [rank.get(name, len(rank)), iteration, inside]
+            scope = f"{scope}/{part}" if scope else part
+        return tuple(placed)
+
+    def key(numbered: tuple[int, Mapping[str, Any]]) -> tuple[int, tuple[float, ...], int]:
         seq, event = numbered
         step, kind = event.get("step"), event.get("type")
         if step is None:  # the run's own events: its start and notices first, its end last
-            return (2 if kind == "run_finished" else 0, 0, 0, seq)
+            return (2 if kind == "run_finished" else 0, (), seq)
         item = event.get("item")
         if kind == "step_finished":
             within = math.inf
@@ -356,9 +374,18 @@ def _in_run_order(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
             within = item
         else:
             within = -1
-        return (1, rank.get(step, last), within, seq)
+        return (1, place(str(step), within), seq)
 
     return [event for _, event in sorted(enumerate(events), key=key)]
+
+
+_ITERATION = re.compile(r"^(.*)\[(\d+)\]$")
+
+
+def _iteration(part: str) -> tuple[str, int]:
+    """`loop[2]` -> ("loop", 2): a step id with the iteration it runs in (0 when none)."""
+    found = _ITERATION.match(part)
+    return (found[1], int(found[2])) if found else (part, 0)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class RunTracker:
         elif event.type == "phase_finished":
             self.phases.pop((data.get("phase", ""), data.get("name")), None)
         elif event.type == "step_started" and event.step is not None:
+            self._nest(event.step, data.get("steps"))
             self._summary(event.step).model = data.get("model") or data.get("tool")
             title = data.get("name") or event.step
             self.running[key] = Running(event.step, None, title, data.get("model"), event.time)
@@ -114,6 +115,12 @@ class RunTracker:
         elif event.type == "run_finished":
             self.phases.clear()
             self.running.clear()
+
+    def _nest(self, step: str, nested: Any) -> None:
+        """A sub-workflow step's own steps (`step/INNER`) take their place right after it."""
+        if isinstance(nested, list) and step in self.order:
+            at = self.order.index(step) + 1
+            self.order[at:at] = [f"{step}/{inner}" for inner in nested]
 
     def _summary(self, step: str) -> StepSummary:
         return self.steps.setdefault(step, StepSummary(step))
