@@ -12,7 +12,8 @@ from typing import Any
 
 from fakes.lmstudio import FakeLMStudio
 from mcp_support import FIXTURE_SERVER, TAG_VARIABLE
-from test_run_cli import MODEL, Make, assert_clean, lmflow, tag  # noqa: F401
+from test_run_cli import MODEL, Make, assert_clean, lmflow
+from test_run_cli import tag as tag  # the fixture
 
 from runner.commands._tracker import RunTracker
 from runner.runlog import Event, snapshot_view
@@ -103,7 +104,7 @@ def test_with_is_checked_against_the_childs_typed_inputs(tmp_path: Path) -> None
         "suite.yaml:11:14 bad-input-type input 'words' of summarize.yaml: 'three' is not of "
         "type 'integer'",
     ]
-    workflow, found = check_file(path)
+    _, found = check_file(path)
     hints = {p.rule: p.hint for p in found}
     assert hints["unknown-input"] == "did you mean 'subject'?"
 
@@ -161,7 +162,7 @@ def test_a_server_both_files_declare_differently_is_refused(tmp_path: Path) -> N
 def test_a_step_key_a_workflow_step_does_not_take_is_explained(tmp_path: Path) -> None:
     parent = PARENT.replace("    workflow: parts/", "    model: x\n    workflow: parts/")
     path = write(tmp_path, {"suite.yaml": parent, "parts/summarize.yaml": CHILD})
-    workflow, found = check_file(path)
+    _, found = check_file(path)
     (problem,) = found
     assert (problem.line, problem.rule) == (8, "unknown-key")
     assert problem.hint is not None and "a `workflow:` step runs another workflow" in problem.hint
