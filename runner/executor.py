@@ -781,7 +781,14 @@ class Executor:
             scope=self._outside(step.id),
             slots=self.slots,
         )
-        result = await nested.run()
+        try:  # only the step's own `timeout:`: the file's steps have their own defaults
+            with anyio.fail_after(step.timeout):
+                result = await nested.run()
+        except TimeoutError:
+            raise StepFailedError(
+                f"workflow {step.workflow} did not finish within {step.timeout} s",
+                hint="raise the step's `timeout:`",
+            ) from None
         failed = next((r for r in result.steps if r.status == "failed"), None)
         return StepRecord(
             step.id,

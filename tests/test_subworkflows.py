@@ -412,3 +412,16 @@ def test_the_summary_lists_nested_steps_under_their_parent() -> None:
     for e in NESTED_RUN:
         tracker(e)
     assert [row[0] for row in tracker.summary()] == ["sub", "sub/a", "sub/b", "last"]
+
+
+def test_the_steps_timeout_bounds_the_whole_sub_workflow(tmp_path: Path) -> None:
+    child = "version: 1\nsteps:\n  - {id: slow, run: [sleep, '30']}\n"
+    parent = "version: 1\nsteps:\n  - {id: sub, workflow: child.yaml, timeout: 0.5}\n"
+    path = write(tmp_path, {"suite.yaml": parent, "child.yaml": child})
+    run = lmflow(tmp_path, "run", path.name)
+    assert run.code == 1, run.stderr
+    assert_clean(run)
+    (sub,) = run.result()["steps"]
+    assert sub["error"] == "workflow child.yaml did not finish within 0.5 s"
+    ends = {e["step"]: e["status"] for e in run.events() if e["type"] == "step_finished"}
+    assert ends == {"sub/slow": "interrupted", "sub": "failed"}

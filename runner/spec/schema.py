@@ -244,6 +244,11 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
             "`with:` holds the arguments of a `tool:` step or the inputs of a `workflow:` "
             "step; add `tool: server.tool` or `workflow: path.yaml`"
         )
+    if is_step and "workflow" in obj and key in ("for_each", "concurrency"):
+        return (
+            "a `workflow:` step runs its file once; for one run per item, put the `for_each:` "
+            "on a step inside that file"
+        )
     if is_step and "workflow" in obj and key != "with":
         return (
             f"a `workflow:` step runs another workflow file, which sets its own {key!r}; "
