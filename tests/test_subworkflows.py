@@ -5,13 +5,12 @@ models part of the run, and replay, resume and failures across the boundary."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from fakes.lmstudio import FakeLMStudio
-from mcp_support import FIXTURE_SERVER, TAG_VARIABLE
+from mcp_support import counted_fixture_entry
 from test_run_cli import MODEL, Make, assert_clean, lmflow
 from test_run_cli import tag as tag  # the fixture
 
@@ -291,17 +290,8 @@ def test_the_childs_servers_start_with_the_run_and_identical_ones_are_shared(
     tmp_path: Path, make_fake_lmstudio: Make, tag: str
 ) -> None:
     starts = tmp_path / "starts.txt"
-    shared = {
-        "command": "sh",
-        "args": [
-            "-c",
-            'echo "$0" >> "$START_LOG"; exec "$0" "$@"',
-            sys.executable,
-            str(FIXTURE_SERVER),
-        ],
-        "env": {TAG_VARIABLE: tag, "START_LOG": str(starts)},
-    }
-    own = {**shared, "args": [*shared["args"], "--name", "own"]}
+    shared = counted_fixture_entry(tag, starts)
+    own = counted_fixture_entry(tag, starts, "--name", "own")
     parent = (
         f"version: 1\ndefaults: {{model: {MODEL}}}\nmcp_servers:\n  fx: {json.dumps(shared)}\n"
         "steps:\n  - {id: direct, tool: fx.echo, with: {text: parent}}\n"

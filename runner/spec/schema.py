@@ -281,9 +281,8 @@ def _missing_key_hint(key: str, path: JsonPath) -> str | None:
     if key == "prompt":
         return (
             "a step needs `prompt:` or `prompt_file:` (ask a model), `tool: server.tool` (call an "
-            "MCP tool) or "
-            "`run: [program, args...]` (run a command) or `workflow: path.yaml` (run another "
-            "workflow)"
+            "MCP tool), `run: [program, args...]` (run a command) or `workflow: path.yaml` "
+            "(run another workflow)"
         )
     if key == "command":
         return "a server needs `command:` (started over stdio) or `url:` (streamable HTTP)"
