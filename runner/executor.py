@@ -769,7 +769,10 @@ class Executor:
         try:
             inputs = coerce_inputs(child, templating.render_value(thawed(step.with_), context))
         except InputError as error:
-            raise InputError(f"with: {error.message}", hint=error.hint) from None
+            raise InputError(
+                f"with: {error.message}",
+                hint=f"give {step.workflow}'s inputs in the step's `with:`",
+            ) from None
         nested = Executor(
             child,
             inputs,

@@ -415,3 +415,18 @@ def test_the_steps_timeout_bounds_the_whole_sub_workflow(tmp_path: Path) -> None
     assert sub["error"] == "workflow child.yaml did not finish within 0.5 s"
     ends = {e["step"]: e["status"] for e in run.events() if e["type"] == "step_finished"}
     assert ends == {"sub/slow": "interrupted", "sub": "failed"}
+
+
+def test_an_input_that_renders_to_the_wrong_type_fails_the_step(
+    tmp_path: Path, make_fake_lmstudio: Make
+) -> None:
+    parent = PARENT.replace("words: 3}", 'words: "{{ inputs.topic }}"}')
+    path = write(tmp_path, {"suite.yaml": parent, "parts/summarize.yaml": CHILD})
+    lm = make_fake_lmstudio()
+    run = lmflow(tmp_path, "run", path.name, "--base-url", lm.url)
+    assert run.code == 1, run.stderr
+    assert_clean(run)
+    first = run.result()["steps"][0]
+    assert first["error"] == "with: input 'words': 'ants' is not an integer"
+    assert "give parts/summarize.yaml's inputs in the step's `with:`" in run.stderr
+    assert lm.chat_requests == []

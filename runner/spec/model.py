@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .agents import with_agent
+from .load import read_document
 from .prompt_files import read_text, with_file_texts
 from .source import JsonPath, Position, SourceMap
 
@@ -557,8 +558,6 @@ def included_path(name: str, workflow: Path) -> Path:
 def _child(workflow: Path, name: str) -> Workflow:
     """The workflow a `workflow:` step includes. The including file's validation already
     validated it (recursively, cycles refused), so it is read and built without checks."""
-    from .load import read_document
-
     path = included_path(name, workflow)
     doc = read_document(path)
     return build_workflow(path, doc.data, doc.source)
