@@ -4,6 +4,7 @@ models part of the run, and replay, resume and failures across the boundary."""
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from pathlib import Path
@@ -11,9 +12,11 @@ from typing import Any
 
 from fakes.lmstudio import FakeLMStudio
 from mcp_support import counted_fixture_entry
+from rich.console import Console
 from test_run_cli import MODEL, Make, assert_clean, lmflow
 from test_run_cli import tag as tag  # the fixture
 
+from runner.commands._live import LiveView
 from runner.commands._tracker import RunTracker
 from runner.runlog import Event, snapshot_view
 from runner.spec import check_file
@@ -225,6 +228,10 @@ def test_a_run_nests_the_childs_events_under_the_step(
         "first/shorten",
         "report",
     ]
+    page = lmflow(tmp_path, "report", "last", "-o", "report.html")
+    assert page.code == 0, page.stderr
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="step-first/shorten" data-step="first/shorten" style="margin-left: 1.5em"' in html
 
 
 def test_a_failing_child_step_fails_the_step_with_its_reason(
@@ -395,6 +402,24 @@ def test_the_snapshot_view_puts_nested_steps_inside_their_parent_in_run_order() 
         ("step_finished", "last"),
         ("run_finished", None),
     ]
+
+
+def test_the_live_view_shows_a_parent_and_its_running_steps_at_once() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, color_system=None)
+    view = LiveView(console=console)
+    try:
+        for e in NESTED_RUN[:4]:  # sub, sub/b and sub/a under way
+            view(e)
+        screen = Console(file=io.StringIO(), width=120, color_system=None)
+        screen.print(view.__rich__())
+        for e in NESTED_RUN[4:]:
+            view(e)
+    finally:
+        view.close()
+    running = [line.split()[1] for line in screen.file.getvalue().splitlines()]  # type: ignore[attr-defined]
+    assert running == ["sub", "sub/b", "sub/a"]
+    table = console.file.getvalue().splitlines()[-4:]  # type: ignore[attr-defined]
+    assert [line.split()[0] for line in table] == ["sub", "sub/a", "sub/b", "last"]
 
 
 def test_the_summary_lists_nested_steps_under_their_parent() -> None:
