@@ -49,13 +49,30 @@ def pre_run_inputs(step: WorkflowStep, context: Mapping[str, Any]) -> dict[str, 
         return {**defaults, **given}
 
 
+def _rendered(
+    workflow: Workflow, context: Mapping[str, Any], *, included: bool
+) -> dict[str, McpServer]:
+    try:
+        return render_servers(workflow, servers_in_use(workflow), context)
+    except ConfigurationError as error:
+        if not included:
+            raise
+        raise ConfigurationError(
+            f"{workflow.path}: {error.message}",
+            hint="servers start before the first step: the settings of an included "
+            "workflow's server may read the inputs its `with:` gives without reading a "
+            "step's output, defaults and env",
+        ) from None
+
+
 def run_servers(workflow: Workflow, context: Mapping[str, Any]) -> dict[str, McpServer]:
     """The servers a run starts, rendered: the ones the steps of the workflow and of every
     workflow it includes use. A shared name must mean the same server."""
     servers: dict[str, McpServer] = {}
     owners: dict[str, Workflow] = {}
     for member, member_context in family_contexts(workflow, context):
-        for name, server in render_servers(member, servers_in_use(member), member_context).items():
+        rendered = _rendered(member, member_context, included=member is not workflow)
+        for name, server in rendered.items():
             if name in servers and servers[name] != server:
                 raise ConfigurationError(
                     f"MCP server {name!r} is declared by {owners[name].path} and by "

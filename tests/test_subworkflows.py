@@ -455,3 +455,21 @@ def test_an_input_that_renders_to_the_wrong_type_fails_the_step(
     assert first["error"] == "with: input 'words': 'ants' is not an integer"
     assert "give parts/summarize.yaml's inputs in the step's `with:`" in run.stderr
     assert lm.chat_requests == []
+
+
+def test_a_child_server_that_reads_an_input_known_only_later_exits_2(tmp_path: Path) -> None:
+    parent = (
+        "version: 1\nsteps:\n  - {id: make, run: [echo, here]}\n"
+        "  - {id: inner, workflow: child.yaml, with: {dir: '{{ steps.make.output.stdout }}'}}\n"
+    )
+    child = (
+        "version: 1\ninputs:\n  dir: {type: string}\n"
+        "mcp_servers:\n  fx: {command: srv, args: ['{{ inputs.dir }}']}\n"
+        "steps:\n  - {id: echo, tool: fx.echo, with: {text: y}}\n"
+    )
+    path = write(tmp_path, {"suite.yaml": parent, "child.yaml": child})
+    run = lmflow(tmp_path, "run", path.name)
+    assert run.code == 2, run.stderr
+    assert_clean(run)
+    assert "child.yaml: MCP server 'fx' setting args[0]:" in run.stderr
+    assert "servers start before the first step" in run.stderr
