@@ -323,6 +323,17 @@ def test_the_childs_servers_start_with_the_run_and_identical_ones_are_shared(
     assert_clean(run)
 
 
+def refused_run(tmp_path: Path, parent: str, child: str) -> str:
+    """Run suite.yaml including child.yaml, which must be refused (exit 2) before any step,
+    without a traceback; its stderr."""
+    path = write(tmp_path, {"suite.yaml": parent, "child.yaml": child})
+    run = lmflow(tmp_path, "run", path.name)
+    assert run.code == 2, run.stderr
+    assert_clean(run)
+    assert not (run.run_dir / "events.jsonl").read_text().count('"step_started"')
+    return run.stderr
+
+
 def test_a_shared_name_that_renders_differently_exits_2(tmp_path: Path) -> None:
     server = 'fx: {command: "srv-{{ inputs.text }}"}'
     parent = (
@@ -335,12 +346,9 @@ def test_a_shared_name_that_renders_differently_exits_2(tmp_path: Path) -> None:
         f"version: 1\ninputs:\n  text: {{type: string}}\nmcp_servers:\n  {server}\n"
         "steps:\n  - {id: echo, tool: fx.echo, with: {text: y}}\n"
     )
-    path = write(tmp_path, {"suite.yaml": parent, "child.yaml": child})
-    run = lmflow(tmp_path, "run", path.name)
-    assert run.code == 2, run.stderr
-    assert_clean(run)
-    assert "MCP server 'fx' is declared by suite.yaml and by" in run.stderr
-    assert "child.yaml with settings that differ once rendered" in run.stderr
+    stderr = refused_run(tmp_path, parent, child)
+    assert "MCP server 'fx' is declared by suite.yaml and by" in stderr
+    assert "child.yaml with settings that differ once rendered" in stderr
 
 
 def test_a_model_only_the_child_uses_goes_through_the_model_check(
@@ -467,9 +475,6 @@ def test_a_child_server_that_reads_an_input_known_only_later_exits_2(tmp_path: P
         "mcp_servers:\n  fx: {command: srv, args: ['{{ inputs.dir }}']}\n"
         "steps:\n  - {id: echo, tool: fx.echo, with: {text: y}}\n"
     )
-    path = write(tmp_path, {"suite.yaml": parent, "child.yaml": child})
-    run = lmflow(tmp_path, "run", path.name)
-    assert run.code == 2, run.stderr
-    assert_clean(run)
-    assert "child.yaml: MCP server 'fx' setting args[0]:" in run.stderr
-    assert "servers start before the first step" in run.stderr
+    stderr = refused_run(tmp_path, parent, child)
+    assert "child.yaml: MCP server 'fx' setting args[0]:" in stderr
+    assert "servers start before the first step" in stderr
