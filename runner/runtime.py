@@ -253,8 +253,28 @@ async def live_tools(
     chat: ChatModel | None = None,
 ) -> AsyncIterator[McpSessions]:
     """The MCP servers the steps use (rendered now unless given), started once or attached
-    to the processes `started` for them, allow-lists checked. `chat` answers the servers
-    that may sample."""
+    to the processes `started` for them, checked against the workflow (`check_against_servers`;
+    its warnings are notices). `chat` answers the servers that may sample."""
+    async with started_servers(run, servers, started, chat) as sessions:
+        for warning in await check_against_servers(run, sessions):
+            run.log.emit(
+                "notice",
+                rule=warning.rule,
+                message=warning.message,
+                hint=warning.hint,
+                line=warning.line,
+            )
+        yield sessions
+
+
+@contextlib.asynccontextmanager
+async def started_servers(
+    run: PreparedRun,
+    servers: Mapping[str, McpServer] | None = None,
+    started: Mapping[str, Process] | None = None,
+    chat: ChatModel | None = None,
+) -> AsyncIterator[McpSessions]:
+    """The sessions of `live_tools`, before any check."""
     from .mcp import McpSessions
 
     if servers is None:
@@ -280,9 +300,23 @@ async def live_tools(
         model_for=partial(sampling_model, run.workflow),
         on_ready=ready,
     ) as sessions:
-        check_allow_lists(run.workflow, sessions)
-        ensure_tool_steps(run.workflow, sessions.tools, run.context)
         yield sessions
+
+
+async def check_against_servers(run: PreparedRun, sessions: McpSessions) -> list[Problem]:
+    """The allow-lists, the tool steps and the server prompts checked against what the
+    servers offer (raises MCPServerError or ToolStepsInvalidError, exit 3); the warnings
+    their tool lists give (runner/writers.py)."""
+    from .promptcheck import check_server_prompts, prompt_servers
+    from .writers import shared_writer_warnings
+
+    workflow = run.workflow
+    check_allow_lists(workflow, sessions)
+    warnings = shared_writer_warnings(workflow, sessions)
+    prompts = {name: await sessions.prompts(name) for name in prompt_servers(workflow)}
+    prompt_problems = check_server_prompts(workflow, prompts.__getitem__)
+    ensure_tool_steps(workflow, sessions.tools, run.context, more=prompt_problems)
+    return warnings
 
 
 def _since(started: float) -> float:
@@ -586,8 +620,8 @@ async def check_servers(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> li
     that will not start or an allow-list entry no server offers raises (exit 3)."""
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     try:
-        async with live_tools(run):
-            return []
+        async with started_servers(run) as sessions:
+            return await check_against_servers(run, sessions)
     except ToolStepsInvalidError as error:
         return [problem for problem in error.problems if isinstance(problem, Problem)]
 

@@ -267,7 +267,8 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
 def _missing_key_hint(key: str, path: JsonPath) -> str | None:
     if key == "prompt":
         return (
-            "a step needs `prompt:` or `prompt_file:` (ask a model), `tool: server.tool` (call an "
+            "a step needs `prompt:`, `prompt_file:` or `prompt_from:` (ask a model), "
+            "`tool: server.tool` (call an "
             "MCP tool) or "
             "`run: [program, args...]` (run a command)"
         )
