@@ -4,7 +4,6 @@ server; checked offline (shape, server) and by `validate --servers` (name, argum
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -15,11 +14,11 @@ from typing import Any
 import pytest
 from fakes.lmstudio import FakeLMStudio, FakeModel
 from mcp_support import FIXTURE_SERVER, TAG_VARIABLE, fixture_server, new_tag, wait_until_gone
+from test_replay import run
 
 from runner.errors import ToolStepsInvalidError
 from runner.mcp import McpSessions
-from runner.runlog import Event
-from runner.runtime import RunOptions, dry_run_workflow, run_workflow
+from runner.runtime import dry_run_workflow
 from runner.server_prompts import PROMPT_GETTER
 from runner.spec import load_workflow
 
@@ -31,8 +30,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def server_entry(*args: str) -> str:
-    return json.dumps({"command": sys.executable, "args": [str(FIXTURE_SERVER), *args]})
+def server_entry(*args: str, tag: str | None = None) -> str:
+    """The fixture server as a `mcp_servers:` entry, its processes marked with `tag`."""
+    env = {"env": {TAG_VARIABLE: tag}} if tag is not None else {}
+    return json.dumps({"command": sys.executable, "args": [str(FIXTURE_SERVER), *args], **env})
+
+
+def head(server: str) -> str:
+    """A workflow's lines before its steps (5 lines), with the server `fx`."""
+    return f"version: 1\ndefaults: {{model: {MODEL}}}\nmcp_servers:\n  fx: {server}\nsteps:\n"
 
 
 WORKFLOW = f"""\
@@ -68,24 +74,12 @@ def workflow_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def run(path: Path, **options: Any) -> tuple[Any, list[dict[str, Any]]]:
-    events: list[Event] = []
-    result = asyncio.run(
-        run_workflow(
-            load_workflow(path),
-            {},
-            RunOptions(runs_dir=path.parent / "runs", sinks=(events.append,), **options),
-        )
-    )
-    return result, [json.loads(json.dumps(e.as_dict())) for e in events]
-
-
 def test_server_prompts_become_the_steps_messages_and_replay_without_the_server(
     workflow_file: Path,
 ) -> None:
     cassette = workflow_file.parent / "prompts.cassette.yaml"
     with FakeLMStudio(models=[FakeModel(MODEL, loaded=True)], script=["ok", "a pixel"]) as lm:
-        result, _ = run(workflow_file, base_url=lm.url, record=cassette)
+        _, _, result = run(workflow_file, base_url=lm.url, record=cassette)
         requests = lm.chat_requests
     assert result.status == "succeeded", result.as_dict()
     assert requests[0]["messages"] == [
@@ -106,7 +100,7 @@ def test_server_prompts_become_the_steps_messages_and_replay_without_the_server(
 
     # A server that cannot start proves the replay fetches nothing from one.
     workflow_file.write_text(WORKFLOW.replace(sys.executable, "/nonexistent/python"))
-    replayed, events = run(workflow_file, replay=cassette)
+    _, events, replayed = run(workflow_file, replay=cassette)
     assert replayed.status == "succeeded", replayed.as_dict()
     assert replayed.outputs == {"review": "ok", "look": "a pixel"}
     first = next(e for e in events if e["type"] == "llm_request")
@@ -121,7 +115,7 @@ def test_a_prompt_that_ends_with_the_assistant_fails_the_step_clearly(
         + "steps:\n  - id: hello\n    prompt_from: {server: fx, name: prefill}\n"
     )
     with FakeLMStudio(models=[FakeModel(MODEL, loaded=True)], script=[]) as lm:
-        result, _ = run(workflow_file, base_url=lm.url)
+        _, _, result = run(workflow_file, base_url=lm.url)
         assert lm.chat_requests == []
     (step,) = result.steps
     assert step.status == "failed"
@@ -173,20 +167,16 @@ def test_offline_validation_checks_the_shape_and_the_server(
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
-        f"""\
-version: 1
-defaults: {{model: {MODEL}}}
-mcp_servers:
-  fx: {server_entry("--prompts")}
-steps:
+        head(server_entry("--prompts"))
+        + """\
   - id: a
     prompt: hello
-    prompt_from: {{server: fx, name: review}}
+    prompt_from: {server: fx, name: review}
   - id: b
-    system_from: {{server: fz, name: persona}}
+    system_from: {server: fz, name: persona}
     prompt: hi
   - id: c
-    prompt_from: {{server: fx}}
+    prompt_from: {server: fx}
 """
     )
     done = lmflow_cli("validate", "--offline", "--format", "json", str(path))
@@ -201,30 +191,19 @@ def test_validate_servers_checks_prompt_names_and_arguments(
     tmp_path: Path, lmflow_cli: Callable[..., Any]
 ) -> None:
     tag = new_tag()
-    entry = json.dumps(
-        {
-            "command": sys.executable,
-            "args": [str(FIXTURE_SERVER), "--prompts"],
-            "env": {TAG_VARIABLE: tag},
-        }
-    )
     path = tmp_path / "servers.yaml"
     path.write_text(
-        f"""\
-version: 1
-defaults: {{model: {MODEL}}}
-mcp_servers:
-  fx: {entry}
-steps:
+        head(server_entry("--prompts", tag=tag))
+        + """\
   - id: a
-    prompt_from: {{server: fx, name: reveiw, arguments: {{path: x}}}}
+    prompt_from: {server: fx, name: reveiw, arguments: {path: x}}
   - id: b
-    prompt_from: {{server: fx, name: review, arguments: {{focus: y}}}}
+    prompt_from: {server: fx, name: review, arguments: {focus: y}}
   - id: c
-    system_from: {{server: fx, name: persona, arguments: {{tone: calm, mood: odd}}}}
+    system_from: {server: fx, name: persona, arguments: {tone: calm, mood: odd}}
     prompt: hi
   - id: d
-    prompt_from: {{server: fx, name: review, arguments: {{path: ok}}}}
+    prompt_from: {server: fx, name: review, arguments: {path: ok}}
 """
     )
     done = lmflow_cli("validate", "--offline", "--servers", "--format", "json", str(path))
