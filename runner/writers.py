@@ -24,17 +24,17 @@ if TYPE_CHECKING:
 def shared_writer_warnings(workflow: Workflow, source: ToolSource) -> list[Problem]:
     """A warning for each pair of steps that may run at once and share a server one of them
     may write through, by the tools the servers listed."""
-    steps = workflow.steps
+    steps = {step.index: step for step in workflow.steps}
 
     def servers_of(index: int) -> set[str]:
-        step = steps[index]
+        step = steps.get(index)
         if isinstance(step, AgentStep):
             return set(step.mcp)
         return {step.tool_server} if isinstance(step, ToolStep) else set()
 
     found: list[Problem] = []
     for shared in shared_writers(
-        workflow.plan, servers_of, lambda index: _writes(steps[index], source)
+        workflow.plan, servers_of, lambda index: _writes(steps.get(index), source)
     ):
         at = workflow.source.position(("steps", shared.second.index))
         found.append(
