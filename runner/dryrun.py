@@ -17,6 +17,7 @@ from typing import Any
 from . import templating
 from .command_step import command_line
 from .errors import StepFailedError
+from .server_prompts import described
 from .spec.model import CommandStep, Step, ToolStep, Workflow, WorkflowStep, thawed
 
 
@@ -117,6 +118,10 @@ def _step(
             return replace(shown, arguments=redact(shlex.join(command_line(step, context))))
         system = templating.render_text(step.system, context) if step.system else None
         prompt = templating.render_text(step.prompt or "", context)
+        if step.system_from is not None:
+            system = described(step.system_from, context)
+        if step.prompt_from is not None:
+            prompt = described(step.prompt_from, context)
         return replace(
             shown, system=redact(system) if system is not None else None, prompt=redact(prompt)
         )

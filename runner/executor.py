@@ -38,6 +38,7 @@ from .results import capped, full_result_fields
 from .resume import Reusable, step_fingerprint
 from .resume import item_fingerprint as fingerprint_of_item
 from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
+from .server_prompts import step_prompts
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import (
     AgentStep,
@@ -813,10 +814,12 @@ class Executor:
         toolbox = None
         if step.mcp and self.tools is not None:
             toolbox = self.tools.toolbox(step.mcp, step.tools, self._result_limits(step))
+        system, history, prompt = await step_prompts(step, self.tools, context)
         task = AgentTask(
             model=model,
-            system=templating.render_text(step.system, context) if step.system else None,
-            prompt=templating.render_text(step.prompt or "", context),
+            system=system,
+            prompt=prompt,
+            history=history,
             temperature=step.temperature if step.temperature is not None else defaults.temperature,
             max_tokens=step.max_tokens if step.max_tokens is not None else defaults.max_tokens,
             # the default applies to steps that offer tools; a step without any has no choice

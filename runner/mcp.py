@@ -32,14 +32,15 @@ from anyio.abc import Process, TaskGroup, TaskStatus
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.types import CONNECTION_CLOSED, Tool
+from mcp.types import CONNECTION_CLOSED, Prompt, Tool
 
 from .chat import ChatModel, ToolResult, ToolSpec
 from .errors import MCPServerError
-from .mcp_content import resource_result, tool_result
+from .mcp_content import prompt_result, resource_result, tool_result
 from .mcp_handlers import EventSink, ServerHandlers
 from .mcp_sampling import ModelFor
 from .results import capped
+from .server_prompts import PROMPT_GETTER
 from .spec.model import (
     DEFAULT_MAX_RESULT_CHARS,
     AllowList,
@@ -56,7 +57,7 @@ from .stdio_server import stdio_transport
 PROTOCOL_MODE = "legacy"
 STDERR_TAIL_LINES = 20
 _STDERR_TAIL_BYTES = 8192
-_MAX_TOOL_PAGES = 1000
+_MAX_LIST_PAGES = 1000
 READ_RESOURCE = "read_resource"
 RESOURCE_READER = Tool(
     name=READ_RESOURCE,
@@ -206,9 +207,32 @@ class McpSessions:
         """
         return build_toolbox(self, servers, allow, limits)
 
+    async def prompts(self, server: str) -> list[Prompt]:
+        """Every prompt the server offers (all pages; none when it has no prompts)."""
+        client = self._connection(server).client
+        if client is None or client.server_capabilities.prompts is None:
+            return []
+        prompts: list[Prompt] = []
+        cursor: str | None = None
+        for _ in range(_MAX_LIST_PAGES):
+            try:
+                page = await client.list_prompts(cursor=cursor)
+            except MCPError as exc:
+                raise MCPServerError(
+                    self._redact(f"MCP server {server!r} did not list its prompts: {_reason(exc)}")
+                ) from exc
+            prompts.extend(page.prompts)
+            cursor = page.next_cursor
+            if not cursor:
+                return prompts
+        raise MCPServerError(
+            f"the prompt list of {server!r} did not end after {_MAX_LIST_PAGES} pages"
+        )
+
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
-        """Call one tool. Errors of the call come back as an `is_error` result; a server
-        that is gone raises `MCPServerError`."""
+        """Call one tool (or fetch a prompt: `PROMPT_GETTER`, runner/server_prompts.py).
+        Errors of the call come back as an `is_error` result; a server that is gone raises
+        `MCPServerError`."""
         connection = self._connection(server)
         if not connection.alive or connection.client is None:
             raise self._stopped(connection)
@@ -225,7 +249,7 @@ class McpSessions:
             except MCPError as exc:
                 if _connection_gone(exc) or not connection.alive:
                     raise self._stopped(connection, exc) from exc
-                text = f"tool {tool!r} of MCP server {server!r} failed: {exc.message}"
+                text = f"{_called(tool, arguments)} of MCP server {server!r} failed: {exc.message}"
                 return ToolResult(self._redact(f"{text} (MCP error {exc.code})"), is_error=True)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
                 raise self._stopped(connection, exc) from exc
@@ -234,10 +258,13 @@ class McpSessions:
                 # a client that closed under the call.
                 if not connection.alive:
                     raise self._stopped(connection, exc) from exc
-                text = f"tool {tool!r} of MCP server {server!r}: {exc}"
+                text = f"{_called(tool, arguments)} of MCP server {server!r}: {exc}"
                 return ToolResult(self._redact(text), is_error=True)
         if result is None:  # the deadline passed
-            text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
+            text = (
+                f"{_called(tool, arguments)} of MCP server {server!r} did not answer within "
+                f"{timeout:g}s"
+            )
             return ToolResult(self._redact(text), is_error=True)
         return result
 
@@ -248,9 +275,15 @@ class McpSessions:
         arguments: Mapping[str, Any],
         extend: anyio.CancelScope | None,
     ) -> ToolResult:
-        """One tool call, or a read of a resource through lmflow's own `read_resource`."""
+        """One tool call, a read of a resource through lmflow's own `read_resource`, or a
+        prompt fetch."""
         assert connection.client is not None and connection.handlers is not None
         content_dir = self._log_dir / "mcp-content" if self._log_dir is not None else None
+        if tool == PROMPT_GETTER:
+            prompt = await connection.client.get_prompt(
+                str(arguments["name"]), dict(arguments.get("arguments") or {}) or None
+            )
+            return prompt_result(prompt, content_dir)
         if tool == READ_RESOURCE and connection.reads_resources:
             uri = arguments.get("uri")
             if not isinstance(uri, str) or not uri:
@@ -451,6 +484,10 @@ class McpToolbox:
     def specs(self) -> Sequence[ToolSpec]:
         return self._specs
 
+    def offered(self) -> list[tuple[str, Tool]]:
+        """Each tool on offer with its server, as the server describes it."""
+        return list(self._routes.values())
+
     async def call(self, name: str, arguments: Mapping[str, Any]) -> ToolResult:
         found = self._routes.get(name)
         if found is None:
@@ -537,13 +574,13 @@ async def _list_callable_tools(client: Client) -> list[Tool]:
     that can only be called as tasks: lmflow does not call tasks, so it must not offer them."""
     tools: list[Tool] = []
     cursor: str | None = None
-    for _ in range(_MAX_TOOL_PAGES):
+    for _ in range(_MAX_LIST_PAGES):
         page = await client.list_tools(cursor=cursor)
         tools.extend(tool for tool in page.tools if not _task_only(tool))
         cursor = page.next_cursor
         if not cursor:
             return tools
-    raise RuntimeError(f"the tool list did not end after {_MAX_TOOL_PAGES} pages")
+    raise RuntimeError(f"the tool list did not end after {_MAX_LIST_PAGES} pages")
 
 
 async def _offers_resources(client: Client) -> bool:
@@ -562,6 +599,11 @@ async def _offers_resources(client: Client) -> bool:
 
 def _task_only(tool: Tool) -> bool:
     return tool.execution is not None and tool.execution.task_support == "required"
+
+
+def _called(tool: str, arguments: Mapping[str, Any]) -> str:
+    """What a call asked for, in a message: a tool, or a prompt."""
+    return f"prompt {arguments.get('name')!r}" if tool == PROMPT_GETTER else f"tool {tool!r}"
 
 
 def _unchanged(text: str) -> str:

@@ -255,8 +255,28 @@ async def live_tools(
     chat: ChatModel | None = None,
 ) -> AsyncIterator[McpSessions]:
     """The MCP servers the steps use (rendered now unless given), started once or attached
-    to the processes `started` for them, allow-lists checked. `chat` answers the servers
-    that may sample."""
+    to the processes `started` for them, checked against the workflow (`check_against_servers`;
+    its warnings are notices). `chat` answers the servers that may sample."""
+    async with started_servers(run, servers, started, chat) as sessions:
+        for warning in await check_against_servers(run, sessions):
+            run.log.emit(
+                "notice",
+                rule=warning.rule,
+                message=warning.message,
+                hint=warning.hint,
+                line=warning.line,
+            )
+        yield sessions
+
+
+@contextlib.asynccontextmanager
+async def started_servers(
+    run: PreparedRun,
+    servers: Mapping[str, McpServer] | None = None,
+    started: Mapping[str, Process] | None = None,
+    chat: ChatModel | None = None,
+) -> AsyncIterator[McpSessions]:
+    """The sessions of `live_tools`, before any check."""
     from .mcp import McpSessions
 
     if servers is None:
@@ -282,8 +302,24 @@ async def live_tools(
         model_for=partial(sampling_model, run.workflow),
         on_ready=ready,
     ) as sessions:
-        check_tools(run, sessions)
         yield sessions
+
+
+async def check_against_servers(run: PreparedRun, sessions: McpSessions) -> list[Problem]:
+    """The allow-lists, the tool steps and the server prompts of the workflow and of every
+    workflow it includes, checked against what the servers offer (raises MCPServerError or ToolStepsInvalidError, exit 3); the warnings
+    their tool lists give (runner/writers.py)."""
+    from .promptcheck import check_server_prompts, prompt_servers
+    from .writers import shared_writer_warnings
+
+    warnings: list[Problem] = []
+    for member, context in family_contexts(run.workflow, run.context):
+        check_allow_lists(member, sessions)
+        warnings += shared_writer_warnings(member, sessions)
+        prompts = {name: await sessions.prompts(name) for name in prompt_servers(member)}
+        prompt_problems = check_server_prompts(member, prompts.__getitem__)
+        ensure_tool_steps(member, sessions.tools, context, more=prompt_problems)
+    return warnings
 
 
 def _since(started: float) -> float:
@@ -599,8 +635,8 @@ async def check_servers(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> li
     that will not start or an allow-list entry no server offers raises (exit 3)."""
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     try:
-        async with live_tools(run):
-            return []
+        async with started_servers(run) as sessions:
+            return await check_against_servers(run, sessions)
     except ToolStepsInvalidError as error:
         return [problem for problem in error.problems if isinstance(problem, Problem)]
 

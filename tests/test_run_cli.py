@@ -850,7 +850,7 @@ def test_an_invalid_workflow_is_explained_line_by_line(tmp_path: Path) -> None:
     run = lmflow(tmp_path, "run", file)
     assert run.code == 2
     assert f"{file}:6:5: error: unknown key 'promt' in step 'a' [unknown-key]" in run.stderr
-    assert "did you mean 'prompt' or 'prompt_file'?" in run.stderr
+    assert "did you mean 'prompt' or 'prompt_from' or 'prompt_file'?" in run.stderr
     assert_clean(run)
 
 

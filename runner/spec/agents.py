@@ -43,8 +43,14 @@ def with_agent(step: Any, agents: Mapping[str, Any]) -> Any:
     agent = agent_of(step, agents)
     if agent is None:
         return step
-    inherited = {key: agent[key] for key in AGENT_KEYS if key in agent and key not in step}
+    inherited = {key: agent[key] for key in AGENT_KEYS if key in agent and not _sets(step, key)}
     return {**step, **inherited}
+
+
+def _sets(step: Mapping[str, Any], key: str) -> bool:
+    """Whether the step gives `key` itself: the key, or a server prompt standing for it
+    (`system_from:`)."""
+    return key in step or f"{key}_from" in step
 
 
 def written_at(step: Any, agents: Mapping[str, Any], here: JsonPath, key: str) -> JsonPath:

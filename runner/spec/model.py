@@ -208,6 +208,10 @@ class AgentStep(_StepCommon):
     model: ModelRef | None = None
     system: str | None = None
     prompt: str | None = None
+    system_from: Mapping[str, Any] | None = None
+    """`{server, name, arguments}`: the system prompt is that MCP server prompt's text."""
+    prompt_from: Mapping[str, Any] | None = None
+    """`{server, name, arguments}`: that MCP server prompt's messages open the conversation."""
     mcp: tuple[str, ...] = ()
     tools: tuple[str, ...] | ToolFilter | None = None
     output_schema: Mapping[str, Any] | None = None
@@ -219,8 +223,9 @@ class AgentStep(_StepCommon):
 
     @property
     def servers(self) -> tuple[str, ...]:
-        """The MCP servers the step uses."""
-        return self.mcp
+        """The MCP servers the step uses: for their tools, and for its prompts."""
+        prompts = (p["server"] for p in (self.system_from, self.prompt_from) if p is not None)
+        return tuple(dict.fromkeys((*self.mcp, *prompts)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -539,6 +544,8 @@ def _step(index: int, data: Mapping[str, Any], workflow: Path) -> Step:
         model=frozen(data.get("model")),
         system=data.get("system"),
         prompt=data.get("prompt"),
+        system_from=frozen(data["system_from"]) if "system_from" in data else None,
+        prompt_from=frozen(data["prompt_from"]) if "prompt_from" in data else None,
         mcp=tuple(data.get("mcp", ())),
         tools=_allow_list(data["tools"]) if "tools" in data else None,
         output_schema=frozen(schema) if schema is not None else None,

@@ -280,9 +280,9 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
 def _missing_key_hint(key: str, path: JsonPath) -> str | None:
     if key == "prompt":
         return (
-            "a step needs `prompt:` or `prompt_file:` (ask a model), `tool: server.tool` (call an "
-            "MCP tool), `run: [program, args...]` (run a command) or `workflow: path.yaml` "
-            "(run another workflow)"
+            "a step needs `prompt:`, `prompt_file:` or `prompt_from:` (ask a model), "
+            "`tool: server.tool` (call an MCP tool), `run: [program, args...]` (run a command) "
+            "or `workflow: path.yaml` (run another workflow)"
         )
     if key == "command":
         return "a server needs `command:` (started over stdio) or `url:` (streamable HTTP)"

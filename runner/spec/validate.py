@@ -24,6 +24,7 @@ from .plan import Plan, StepPlan, TemplateField, cycles, plan_data
 from .problems import Problem
 from .prompt_files import FILE_KEYS, read_text, with_file_texts
 from .schema import describe, did_you_mean, schema_problems
+from .side_effects import RULE, name_says_writing, shared_writers
 from .source import JsonPath, Position, SourceMap
 
 STEP_ATTRIBUTES = ("output", "status")
@@ -313,6 +314,7 @@ class _Checker:
                     )
         for i, step in enumerate(self.written):
             self._check_text_or_file(step, ("steps", i))
+            self._check_server_prompts(step, ("steps", i))
             named = step.get("agent")
             if isinstance(named, str) and named not in self.agents:
                 declared = list(self.agents)
@@ -332,6 +334,33 @@ class _Checker:
                     f"{self.where(here)} has both `{text_key}:` and `{file_key}:`",
                     "text-and-file",
                     f"keep one: the text inline in `{text_key}:`, or a file in `{file_key}:`",
+                )
+
+    def _check_server_prompts(self, step: dict[str, Any], here: JsonPath) -> None:
+        """`prompt_from:`/`system_from:` stand for a text: not next to it, and from a server
+        the workflow declares (whether the server has the prompt, `validate --servers` says)."""
+        for text_key in FILE_KEYS:
+            from_key = f"{text_key}_from"
+            spec = step.get(from_key)
+            if not isinstance(spec, dict):
+                continue
+            for other in (text_key, FILE_KEYS[text_key]):
+                if other in step:
+                    self.report(
+                        (*here, from_key),
+                        f"{self.where(here)} has both `{other}:` and `{from_key}:`",
+                        "text-and-server-prompt",
+                        f"keep one: the text in `{other}:`, or the server's prompt in "
+                        f"`{from_key}:`",
+                    )
+            server = spec.get("server")
+            if isinstance(server, str) and server not in self.servers:
+                self.report(
+                    (*here, from_key, "server"),
+                    f"{from_key} of {self.where(here)} names MCP server {server!r}, which is "
+                    "not declared",
+                    "unknown-server",
+                    self._server_hint(server),
                 )
 
     def _check_imported_server(self, name: str, spec: dict[str, Any]) -> None:
@@ -601,30 +630,20 @@ class _Checker:
 
     def _check_shared_servers(self) -> None:
         """Warn where two steps that may run at the same time use one server and one of
-        them may write through it: if one relies on the other's change, only `needs:`
-        orders them. Which tools write is known only at run time; the names tell."""
-        writes = {p.index: self._writes(self.steps[p.index]) for p in self.plan.steps}
-        if not any(writes.values()):
-            return
-        for a, b in self.plan.unordered_pairs():
-            shared = self._servers_of(self.steps[a.index]) & self._servers_of(self.steps[b.index])
-            for server in sorted(shared):
-                writer = (
-                    a if server in writes[a.index] else b if server in writes[b.index] else None
-                )
-                if writer is None or a.id is None or b.id is None:
-                    continue
-                tool = writes[writer.index][server]
-                self.report(
-                    ("steps", b.index),
-                    f"steps {a.id!r} and {b.id!r} may run at the same time and both use "
-                    f"server {server!r}; {writer.id!r} may write through it ({tool})",
-                    "unordered-side-effects",
-                    f"if {b.id!r} relies on what {a.id!r} does (or the other way round), add "
-                    f"`needs: [{a.id}]` to {b.id!r}; if the server must not be called "
-                    "concurrently, set `max_concurrent_calls: 1` on it",
-                    severity="warning",
-                )
+        them may write through it (spec/side_effects.py). Offline, which tools write is
+        what their names say."""
+        for shared in shared_writers(
+            self.plan,
+            lambda i: self._servers_of(self.steps[i]),
+            lambda i: self._writes(self.steps[i]),
+        ):
+            self.report(
+                ("steps", shared.second.index),
+                shared.message,
+                RULE,
+                shared.hint,
+                severity="warning",
+            )
 
     def _servers_of(self, step: dict[str, Any]) -> set[str]:
         servers = {s for s in _list(step.get("mcp")) if isinstance(s, str)}
@@ -637,12 +656,12 @@ class _Checker:
         """Server -> a tool of it the step may write through (by the tool's name)."""
         found: dict[str, str] = {}
         tool = _str(step.get("tool"))
-        if tool and "." in tool and _is_writing(tool.split(".", 1)[1]):
+        if tool and "." in tool and name_says_writing(tool.split(".", 1)[1]):
             found[tool.split(".", 1)[0]] = tool
         servers = [s for s in _list(step.get("mcp")) if isinstance(s, str)]
         for name in (t for t in _list(step.get("tools")) if isinstance(t, str)):
             server, _, bare = name.rpartition(".")
-            if _is_writing(bare):
+            if name_says_writing(bare):
                 for owner in [server] if server else servers:
                     found.setdefault(owner, name)
         return found
@@ -1088,16 +1107,6 @@ class _Checker:
 
 
 _JINJA_DICT_METHODS = ("items", "keys", "values", "get")
-WRITING_VERBS = frozenset(
-    {"write", "create", "delete", "remove", "move", "rename", "edit", "update", "set", "add"}
-    | {"insert", "put", "store", "save", "append", "patch", "commit", "push"}
-)
-
-
-def _is_writing(tool: str) -> bool:
-    """Whether a tool's name says it changes something (`write_file`, `createEntities`)."""
-    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", tool).lower()
-    return any(word in WRITING_VERBS for word in re.split(r"[^a-z0-9]+", words))
 
 
 def _find_word(text: str, needle: str) -> int:
