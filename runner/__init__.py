@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         check_inputs,
         list_models,
         load_workflow,
+        models_used,
         run_workflow,
         run_workflow_sync,
     )
@@ -48,6 +49,7 @@ __all__ = [
     "check_inputs",
     "list_models",
     "load_workflow",
+    "models_used",
     "run_workflow",
     "run_workflow_sync",
 ]

@@ -67,6 +67,8 @@ def thawed(value: Any) -> Any:
 @dataclass(frozen=True)
 class LMStudioSettings:
     base_url: str | None = None
+    hosts: tuple[str, ...] = ()
+    """The servers `lmflow batch` spreads rows over; empty: `base_url`'s one server."""
     token_env: str = DEFAULT_TOKEN_ENV
     timeout: float | None = None
 
@@ -586,6 +588,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
         description=data.get("description"),
         lmstudio=LMStudioSettings(
             base_url=lmstudio.get("base_url"),
+            hosts=tuple(lmstudio.get("hosts", ())),
             token_env=lmstudio.get("token_env", DEFAULT_TOKEN_ENV),
             timeout=lmstudio.get("timeout"),
         ),
