@@ -20,6 +20,7 @@ from .executor import RunResult, coerce_inputs
 from .executor import StepRecord as StepResult
 from .runtime import PreparedRun, RunOptions, begin, execute, parts_for
 from .runtime import one_off_workflow as agent_workflow
+from .shared_servers import SharedServers, open_servers
 from .spec.model import Workflow
 
 if TYPE_CHECKING:
@@ -27,12 +28,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunOptions",
+    "SharedServers",
     "StepResult",
     "WorkflowResult",
     "agent_workflow",
     "check_inputs",
     "list_models",
     "load_workflow",
+    "open_servers",
     "run_workflow",
     "run_workflow_sync",
 ]

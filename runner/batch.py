@@ -4,6 +4,7 @@ Rows are read twice as a stream: first every row is checked against the workflow
 (a bad row is written as `invalid` before anything runs), then the good rows run, at most
 `concurrency` at once, each on a free host slot (batch_hosts.py). Each finished row is one
 line of OUT and one entry in the journal (batch_journal.py) that `--resume` continues from.
+Where a row runs, in this process or on a Dask worker, is `Batch.where` (batch_where.py).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import IO, Any, Protocol
 import anyio
 import anyio.lowlevel
 
-from .api import RunOptions, check_inputs, run_workflow
+from .api import RunOptions, check_inputs
 from .batch_hosts import Hosts, NoHostLeft
 from .batch_journal import Journal, journal_path
 from .batch_rows import Row, file_digest, read_rows
-from .errors import ConfigurationError, LLMConnectionError, LmflowError
+from .batch_where import RowRun, Rows, Where, in_process
+from .errors import ConfigurationError, LmflowError
 from .spec.model import Workflow
 
 
@@ -42,6 +44,23 @@ class RowOutcome:
     host: str | None = None
     duration: float = 0.0
     usage: Mapping[str, int] | None = None
+    worker: str | None = None
+    """The Dask worker that ran the row (None: the batch's own process)."""
+
+    @classmethod
+    def of(cls, line: int, run: RowRun, host: str | None) -> RowOutcome:
+        return cls(
+            line=line,
+            inputs=run.inputs,
+            status=run.status,
+            outputs=run.outputs,
+            error=run.error,
+            run_id=run.run_id,
+            host=host,
+            duration=run.duration,
+            usage=run.usage,
+            worker=run.worker,
+        )
 
     def as_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, default=str)
@@ -71,6 +90,8 @@ class Batch:
     resume: bool = False
     options: RunOptions = field(default_factory=RunOptions)
     """For every row's run; its `base_url` is the host's."""
+    where: Where = in_process
+    """Where the rows run: this process, or a Dask cluster (batch_dask.on_dask)."""
 
 
 async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
@@ -83,6 +104,12 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
             hint="pass --resume to continue that batch, or delete it (and "
             f"{journal_file.name}) to start over",
         )
+    async with batch.where(batch.workflow) as rows:
+        return await _journaled(batch, rows, observer)
+
+
+async def _journaled(batch: Batch, rows: Rows, observer: Observer) -> Counter[str]:
+    journal_file = journal_path(batch.out)
     fresh = not journal_file.exists()
     journal = Journal(journal_file)
     try:
@@ -90,7 +117,7 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
         journal.forget_unfinished()
         _rewrite_out(batch.out, journal)
         with batch.out.open("a", encoding="utf-8") as out:
-            return await _Run(batch, journal, out, observer).all_rows()
+            return await _Run(batch, rows, journal, out, observer).all_rows()
     except ConfigurationError:
         # ROWS turned out unreadable: a batch that never started leaves nothing to resume.
         journal.close()
@@ -123,8 +150,11 @@ def _rewrite_out(out: Path, journal: Journal) -> None:
 
 
 class _Run:
-    def __init__(self, batch: Batch, journal: Journal, out: IO[str], observer: Observer) -> None:
+    def __init__(
+        self, batch: Batch, rows: Rows, journal: Journal, out: IO[str], observer: Observer
+    ) -> None:
         self.batch = batch
+        self.rows = rows
         self.journal = journal
         self.out = out
         self.observer = observer
@@ -181,36 +211,22 @@ class _Run:
         while True:
             async with self.hosts.slot() as host:
                 options = dataclasses.replace(self.batch.options, base_url=host)
-                try:
-                    result = await run_workflow(self.batch.workflow, row.inputs, options)
-                except LLMConnectionError as error:
-                    if await self.hosts.take_out(host, error.message):
-                        self.observer.host_down(host, error.message)
+                run = await self.rows.run(row.inputs, options)
+                if run.unreachable:
+                    reason = run.error or "cannot be reached"
+                    if await self.hosts.take_out(host, reason):
+                        self.observer.host_down(host, reason)
                     continue
-                except LmflowError as error:
-                    return RowOutcome(row.line, row.inputs, "error", error=error.message, host=host)
-                if not result.ok and not await self.hosts.answers(host):
+                if run.status == "error":  # the environment was not ready: no use elsewhere
+                    return RowOutcome.of(row.line, run, host)
+                if run.status != "succeeded" and not await self.hosts.answers(host):
                     # The host went away during the row (its model list was cached, so the
                     # run's own check did not notice): another host runs the row again.
                     reason = f"stopped answering during row {row.line}"
                     if await self.hosts.take_out(host, reason):
                         self.observer.host_down(host, reason)
                     continue
-            usage = result.usage
-            return RowOutcome(
-                line=row.line,
-                inputs=dict(result.inputs),
-                status=result.status,
-                outputs=dict(result.outputs),
-                error=result.error,
-                run_id=result.run_id,
-                host=host,
-                duration=round(result.duration, 3),
-                usage={
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                },
-            )
+            return RowOutcome.of(row.line, run, host)
 
     def _write(self, outcome: RowOutcome) -> None:
         """OUT first, then the journal: a crash in between leaves a line the journal lacks,

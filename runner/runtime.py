@@ -33,7 +33,7 @@ from .executor import (
     servers_in_use,
 )
 from .history import RUNS_DIR, find_run
-from .limits import limit_calls
+from .limits import LimitedTools, limit_calls
 from .resume import Reusable, load_reusable
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
 from .signals import stop_reason
@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 
     from .dryrun import DryStep
     from .lmstudio import LMStudioClient
-    from .mcp import McpSessions
+    from .mcp import McpSessions, ToolSource
+    from .shared_servers import SharedServers
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class RunOptions:
     stop_reason: Callable[[], str | None] | None = None
     """Asked when the run is cancelled: why, in the log's words, when the caller knows
     better than "interrupted" (`lmflow serve`: the MCP client cancelled the call)."""
+    servers: SharedServers | None = None
+    """MCP servers already started for many runs (`api.open_servers`): the run uses them
+    instead of starting its own."""
 
     def __post_init__(self) -> None:
         if self.record is not None and self.replay is not None:
@@ -162,6 +166,10 @@ async def live_parts(
     """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked). A
     run whose steps use no server gets no tool provider, and does not import the MCP SDK
     (half a second or more)."""
+    if options.servers is not None:
+        async with live_model(run, options) as chat, shared_tools(run, options.servers) as kept:
+            yield chat, kept
+        return
     servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
     async with contextlib.AsyncExitStack() as stack:
         started = await stack.enter_async_context(early_servers(servers))
@@ -193,6 +201,25 @@ async def early_servers(servers: Mapping[str, McpServer]) -> AsyncIterator[dict[
         with anyio.CancelScope(shield=True):
             for process in started.values():
                 await processes.stop_tree(process.pid, 0)
+
+
+@contextlib.asynccontextmanager
+async def shared_tools(run: PreparedRun, shared: SharedServers) -> AsyncIterator[LimitedTools]:
+    """Servers started before the run (`RunOptions.servers`), checked as its own would be;
+    left running when the run ends."""
+    shared.check_for(run.workflow)
+    check_allow_lists(run.workflow, shared.tools)
+    ensure_tool_steps(run.workflow, shared.tools.tools, run.context)
+    yield shared.tools
+
+
+def tools_for(
+    run: PreparedRun, options: RunOptions, chat: ChatModel
+) -> contextlib.AbstractAsyncContextManager[ToolSource]:
+    """The run's MCP servers: the shared ones it was handed, or its own, started now."""
+    if options.servers is not None:
+        return shared_tools(run, options.servers)
+    return live_tools(run, chat=chat)
 
 
 @contextlib.asynccontextmanager
@@ -313,7 +340,7 @@ async def _recording_parts(
     recorder = Recorder(run.workflow.name, run.log, run.context)
     async with live_model(run, options) as chat:
         recorded = recorder.chat(chat)  # the servers' sampling requests are recorded too
-        async with live_tools(run, chat=recorded) as sessions:
+        async with tools_for(run, options, recorded) as sessions:
             yield recorded, recorder.tools(sessions, servers_in_use(run.workflow))
     recorder.cassette().save(options.record)
 

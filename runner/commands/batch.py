@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import EXIT_OK, EXIT_STEP_FAILED
+from ..errors import EXIT_OK, EXIT_STEP_FAILED, ConfigurationError
 from ..spec import load_workflow
 from ._batch_progress import BatchProgress
 from ._options import no_log, quiet
+
+if TYPE_CHECKING:
+    from ..batch_where import Where
 
 
 @click.command("batch")
@@ -56,6 +62,13 @@ from ._options import no_log, quiet
     is_flag=True,
     help="Continue the batch in OUT: run only the rows missing or not succeeded.",
 )
+@click.option(
+    "--dask",
+    "dask_address",
+    metavar="ADDRESS",
+    help="Run the rows on the workers of this Dask scheduler (tcp://host:8786); needs "
+    "pip install 'lmflow-runner[dask]'.",
+)
 @no_log
 @quiet
 def command(
@@ -67,6 +80,7 @@ def command(
     mapping: tuple[str, ...],
     base_urls: tuple[str, ...],
     resume: bool,
+    dask_address: str | None,
     no_log: bool,
     quiet: bool,
 ) -> int:
@@ -85,7 +99,9 @@ def command(
     from ..api import RunOptions
     from ..batch import Batch, run_batch
     from ..batch_rows import parse_mapping
+    from ..batch_where import in_process
 
+    where = in_process if dask_address is None else on_dask_cluster(dask_address)
     workflow = load_workflow(workflow_file)
     hosts: tuple[str | None, ...] = base_urls or (None,)
     batch = Batch(
@@ -98,6 +114,7 @@ def command(
         concurrency=concurrency or slots * len(hosts),
         resume=resume,
         options=RunOptions(write_log=not no_log),
+        where=where,
     )
     progress = BatchProgress(rows_file, quiet)
     try:
@@ -110,3 +127,15 @@ def command(
         parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         click.echo(f"{total} rows: {parts or 'none'}; results in {out}", err=True)
     return EXIT_STEP_FAILED if not_ok else EXIT_OK
+
+
+def on_dask_cluster(address: str) -> Where:
+    """Rows on the Dask cluster at `address`; without Dask installed, a bad argument."""
+    if importlib.util.find_spec("distributed") is None:
+        raise ConfigurationError(
+            "--dask needs Dask's distributed package: pip install 'lmflow-runner[dask]'",
+            hint="install it where lmflow runs (and on every worker), then run this again",
+        )
+    from ..batch_dask import on_dask
+
+    return functools.partial(on_dask, address)
