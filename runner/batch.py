@@ -109,6 +109,7 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
 
 
 async def _journaled(batch: Batch, rows: Rows, observer: Observer) -> Counter[str]:
+    """The rows not done yet, run by `rows`, each written to OUT and the journal."""
     journal_file = journal_path(batch.out)
     fresh = not journal_file.exists()
     journal = Journal(journal_file)

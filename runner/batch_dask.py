@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from distributed import Client, WorkerPlugin, get_worker
 from distributed.scheduler import KilledWorker
@@ -60,7 +61,9 @@ async def on_dask(address: str, workflow: Workflow) -> AsyncIterator[Rows]:
         await client.register_plugin(RowWorker(), name=PLUGIN_NAME)
         yield _DaskRows(client, workflow)
     finally:
-        await client.close()
+        # Also on Ctrl-C: the scheduler forgets this batch's tasks that have not started.
+        with anyio.CancelScope(shield=True):
+            await client.close()
 
 
 class _DaskRows:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 from fakes.lmstudio import FakeLMStudio
 from mcp_support import FIXTURE_SERVER, TAG_VARIABLE, wait_until_gone
-from test_batch import WORKFLOW, read_out, write_rows
+from test_batch import WORKFLOW, read_out, stop_mid_batch, write_rows
 
 import lmflow_runner
 from lmflow_runner import RunOptions
@@ -96,8 +93,13 @@ def test_rows_of_a_batch_share_servers_started_once(
     assert wait_until_gone(process_tag) == []
 
 
-def test_ctrl_c_stops_the_shared_servers(
-    tmp_path: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], process_tag: str
+@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_batch_stops_the_shared_servers(
+    tmp_path: Path,
+    make_fake_lmstudio: Callable[..., FakeLMStudio],
+    process_tag: str,
+    stop: signal.Signals,
+    exit_code: int,
 ) -> None:
     starts = tmp_path / "starts.log"
     workflow = tool_workflow(tmp_path, counted_server(process_tag, starts))
@@ -106,15 +108,7 @@ def test_ctrl_c_stops_the_shared_servers(
     out = tmp_path / "out.jsonl"
     command = [sys.executable, "-m", "runner", "batch", str(workflow), str(rows), "-o", str(out),
                "--base-url", server.url, "--concurrency", "2", "-q", "--no-log"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while len(out.read_text().splitlines() if out.exists() else []) < 3:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert stop_mid_batch(command, out, stop) == exit_code
     assert starts_of(starts) == 1
     assert wait_until_gone(process_tag) == []
 
