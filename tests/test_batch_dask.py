@@ -18,6 +18,8 @@ from mcp_support import free_port, tagged_processes, wait_for_port, wait_until_g
 from test_batch import WORKFLOW, read_out, write_rows
 from test_batch_servers import counted_server, starts_of, tool_workflow
 
+import lmflow_runner
+
 distributed = pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,3 +151,29 @@ def test_dask_without_the_extra_is_a_bad_argument(
     assert outcome.exit_code == 2  # type: ignore[attr-defined]
     assert "pip install 'lmflow-runner[dask]'" in outcome.stderr  # type: ignore[attr-defined]
     assert not out.exists()
+
+
+def test_a_worker_refuses_a_workflow_that_is_not_the_coordinators(tmp_path: Path) -> None:
+    """The workflow reaches workers by path and content: a missing file or another content
+    at that path ends the row as `error`, saying which, before anything runs."""
+    from lmflow_runner.batch_dask import RowWorker
+    from lmflow_runner.batch_rows import file_digest
+
+    workflow = tmp_path / "greet.yaml"
+    workflow.write_text(WORKFLOW)
+    digest = file_digest(workflow)
+    workflow.write_text(WORKFLOW + "# changed on this worker\n")
+    rows = RowWorker()
+    rows.setup(worker=None)  # type: ignore[arg-type]
+    try:
+        options = lmflow_runner.RunOptions(write_log=False)
+        changed = rows.run(str(workflow), digest, {"name": "ann"}, options, "tcp://w:1")
+        missing = rows.run(str(tmp_path / "gone.yaml"), digest, {"name": "ann"}, options, "w")
+    finally:
+        rows.teardown(worker=None)  # type: ignore[arg-type]
+    assert changed.status == "error" and changed.worker == "tcp://w:1"
+    assert changed.error == f"{workflow} on worker tcp://w:1 differs from the coordinator's"
+    assert missing.status == "error"
+    assert (
+        missing.error == f"worker w cannot read {tmp_path / 'gone.yaml'}: No such file or directory"
+    )
