@@ -29,6 +29,7 @@ if __name__ != "lmflow_runner":
 if TYPE_CHECKING:
     from .api import (
         RunOptions,
+        SharedServers,
         StepResult,
         WorkflowResult,
         agent_workflow,
@@ -36,12 +37,14 @@ if TYPE_CHECKING:
         list_models,
         load_workflow,
         models_used,
+        open_servers,
         run_workflow,
         run_workflow_sync,
     )
 
 __all__ = [
     "RunOptions",
+    "SharedServers",
     "StepResult",
     "WorkflowResult",
     "__version__",
@@ -50,6 +53,7 @@ __all__ = [
     "list_models",
     "load_workflow",
     "models_used",
+    "open_servers",
     "run_workflow",
     "run_workflow_sync",
 ]

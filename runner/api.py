@@ -20,6 +20,7 @@ from .executor import RunResult, coerce_inputs
 from .executor import StepRecord as StepResult
 from .runtime import PreparedRun, RunOptions, begin, execute, parts_for
 from .runtime import one_off_workflow as agent_workflow
+from .shared_servers import SharedServers, open_servers
 from .spec.model import Workflow
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunOptions",
+    "SharedServers",
     "StepResult",
     "WorkflowResult",
     "agent_workflow",
@@ -35,6 +37,7 @@ __all__ = [
     "list_models",
     "load_workflow",
     "models_used",
+    "open_servers",
     "run_workflow",
     "run_workflow_sync",
 ]

@@ -4,7 +4,8 @@ Rows are read twice as a stream: first every row is checked against the workflow
 (a bad row is written as `invalid` before anything runs), then the good rows run, at most
 `concurrency` at once, each on a free host slot (batch_hosts.py), or each from its own
 cassette (`--replay DIR`). Each finished row is one line of OUT and one entry in the journal
-(batch_journal.py) that `--resume` continues from.
+(batch_journal.py) that `--resume` continues from. Where a row runs, in this process or on a
+Dask worker, is `Batch.where` (batch_where.py).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import IO, Any, Protocol
 import anyio
 import anyio.lowlevel
 
-from .api import RunOptions, WorkflowResult, check_inputs, run_workflow
+from .api import RunOptions, check_inputs
 from .batch_hosts import DEFAULT_SLOTS, Host, HostChoice, Hosts, NoHostLeft, survey
 from .batch_journal import Journal, journal_path
 from .batch_rows import Row, file_digest, read_rows
-from .errors import ConfigurationError, LLMConnectionError, LmflowError
+from .batch_where import RowRun, Rows, Where, in_process
+from .errors import ConfigurationError, LmflowError
 from .spec.model import Workflow
 
 
@@ -44,6 +46,23 @@ class RowOutcome:
     host: str | None = None
     duration: float = 0.0
     usage: Mapping[str, int] | None = None
+    worker: str | None = None
+    """The Dask worker that ran the row (None: the batch's own process)."""
+
+    @classmethod
+    def of(cls, line: int, run: RowRun, host: str | None) -> RowOutcome:
+        return cls(
+            line=line,
+            inputs=run.inputs,
+            status=run.status,
+            outputs=run.outputs,
+            error=run.error,
+            run_id=run.run_id,
+            host=host,
+            duration=run.duration,
+            usage=run.usage,
+            worker=run.worker,
+        )
 
     def as_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, default=str)
@@ -82,6 +101,8 @@ class Batch:
     """With `record`: a row's existing cassette is replaced."""
     replay: Path | None = None
     """A folder of such cassettes: each row answers from its own, and no host is asked."""
+    where: Where = in_process
+    """Where the rows run: this process, or a Dask cluster (batch_dask.on_dask)."""
 
 
 async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
@@ -94,6 +115,13 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
             hint="pass --resume to continue that batch, or delete it (and "
             f"{journal_file.name}) to start over",
         )
+    async with batch.where(batch.workflow) as rows:
+        return await _journaled(batch, rows, observer)
+
+
+async def _journaled(batch: Batch, rows: Rows, observer: Observer) -> Counter[str]:
+    """The rows not done yet, run by `rows`, each written to OUT and the journal."""
+    journal_file = journal_path(batch.out)
     fresh = not journal_file.exists()
     journal = Journal(journal_file)
     try:
@@ -101,7 +129,7 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
         journal.forget_unfinished()
         _rewrite_out(batch.out, journal)
         with batch.out.open("a", encoding="utf-8") as out:
-            return await _Run(batch, journal, out, observer).all_rows()
+            return await _Run(batch, rows, journal, out, observer).all_rows()
     except ConfigurationError:
         # ROWS turned out unreadable: a batch that never started leaves nothing to resume.
         journal.close()
@@ -134,8 +162,11 @@ def _rewrite_out(out: Path, journal: Journal) -> None:
 
 
 class _Run:
-    def __init__(self, batch: Batch, journal: Journal, out: IO[str], observer: Observer) -> None:
+    def __init__(
+        self, batch: Batch, rows: Rows, journal: Journal, out: IO[str], observer: Observer
+    ) -> None:
         self.batch = batch
+        self.rows = rows
         self.journal = journal
         self.out = out
         self.observer = observer
@@ -216,11 +247,7 @@ class _Run:
             )
             return RowOutcome(row.line, row.inputs, "error", error=error)
         options = dataclasses.replace(self.batch.options, replay=cassette)
-        try:
-            result = await run_workflow(self.batch.workflow, row.inputs, options)
-        except LmflowError as error:
-            return RowOutcome(row.line, row.inputs, "error", error=error.message)
-        return _outcome(row, result, host=None)
+        return RowOutcome.of(row.line, await self.rows.run(row.inputs, options), None)
 
     async def _on_some_host(self, row: Row) -> RowOutcome:
         """Run the row on a free host; a host that cannot be reached leaves the rotation and
@@ -231,18 +258,15 @@ class _Run:
             options = dataclasses.replace(options, record=cassette, rerecord=self.batch.rerecord)
         while True:
             async with self.hosts.slot() as host:
-                on_host = dataclasses.replace(options, base_url=host.choice.base_url)
-                try:
-                    result = await run_workflow(host.workflow, row.inputs, on_host)
-                except LLMConnectionError as error:
-                    if await self.hosts.take_out(host, error.message):
-                        self.observer.host_down(host.url, error.message)
+                run = await self.rows.run(row.inputs, host.choice.aim(options))
+                if run.unreachable:
+                    reason = run.error or "cannot be reached"
+                    if await self.hosts.take_out(host, reason):
+                        self.observer.host_down(host.url, reason)
                     continue
-                except LmflowError as error:
-                    return RowOutcome(
-                        row.line, row.inputs, "error", error=error.message, host=host.url
-                    )
-                if not result.ok and not await self.hosts.answers(host):
+                if run.status == "error":  # the environment was not ready: no use elsewhere
+                    return RowOutcome.of(row.line, run, host.url)
+                if run.status != "succeeded" and not await self.hosts.answers(host):
                     # The host went away during the row (its model list was cached, so the
                     # run's own check did not notice): another host runs the row again.
                     reason = f"stopped answering during row {row.line}"
@@ -250,7 +274,7 @@ class _Run:
                         self.observer.host_down(host.url, reason)
                     continue
                 self.hosts.served(host)
-            return _outcome(row, result, host=host.url)
+            return RowOutcome.of(row.line, run, host.url)
 
     def _write(self, outcome: RowOutcome) -> None:
         """OUT first, then the journal: a crash in between leaves a line the journal lacks,
@@ -260,24 +284,6 @@ class _Run:
         self.out.flush()
         self.journal.record(outcome.line, outcome.status, record)
         self.observer.finished(outcome)
-
-
-def _outcome(row: Row, result: WorkflowResult, host: str | None) -> RowOutcome:
-    usage = result.usage
-    return RowOutcome(
-        line=row.line,
-        inputs=dict(result.inputs),
-        status=result.status,
-        outputs=dict(result.outputs),
-        error=result.error,
-        run_id=result.run_id,
-        host=host,
-        duration=round(result.duration, 3),
-        usage={
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-        },
-    )
 
 
 def cassette_for(folder: Path, row: Row) -> Path:

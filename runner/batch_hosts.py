@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from .api import list_models, models_used
+from .api import RunOptions, list_models, models_used
 from .errors import EnvironmentNotReadyError, LmflowError
-from .spec.model import Workflow
+from .spec.model import LMStudioSettings, Workflow
 
 PROBE_TIMEOUT = 5.0
 """Seconds a host gets to answer the probe after a row failed on it."""
@@ -42,18 +42,18 @@ class HostChoice:
     """Listed in the workflow's `lmstudio.hosts`: it gets the token only where the trust rule
     lets a URL from the file have it (docs/lmstudio.md)."""
 
-    def workflow(self, workflow: Workflow) -> Workflow:
-        """The workflow as a run on this host sees it: a host from the file is its base_url,
-        so the run treats it as the file's choice (not the user's)."""
-        if not self.in_file:
-            return workflow
-        lmstudio = dataclasses.replace(workflow.lmstudio, base_url=self.url)
-        return dataclasses.replace(workflow, lmstudio=lmstudio)
+    def aim(self, options: RunOptions) -> RunOptions:
+        """A row's run options on this host: a host from the file stands in for the file's
+        `base_url` (so the run treats it as the file's choice, not the user's)."""
+        if self.in_file:
+            return dataclasses.replace(options, file_host=self.url)
+        return dataclasses.replace(options, base_url=self.url)
 
-    @property
-    def base_url(self) -> str | None:
-        """What the run gets as its `--base-url`: only a server the user named."""
-        return None if self.in_file else self.url
+    def settings(self, workflow: Workflow) -> LMStudioSettings:
+        """The workflow's `lmstudio:` as a run on this host reads it."""
+        if not self.in_file:
+            return workflow.lmstudio
+        return dataclasses.replace(workflow.lmstudio, base_url=self.url)
 
 
 def choose_hosts(
@@ -71,8 +71,6 @@ def choose_hosts(
 @dataclass
 class Host:
     choice: HostChoice
-    workflow: Workflow
-    """The workflow its rows run (`HostChoice.workflow`)."""
     capacity: int = DEFAULT_SLOTS
     capacity_from: str = "default"
     """Where `capacity` came from: `--slots`, `parallel` (the server said) or `default`."""
@@ -91,17 +89,20 @@ async def survey(
     choices: Sequence[HostChoice], workflow: Workflow, slots: int | None
 ) -> list[Host]:
     """Ask every host, at once, for its models: capacity, models loaded, or why it is down."""
-    hosts = [Host(choice, choice.workflow(workflow)) for choice in choices]
+    hosts = [Host(choice) for choice in choices]
 
     async def ask(host: Host) -> None:
+        choice = host.choice
         try:
             catalog = await list_models(
-                host.choice.base_url, refresh=True, settings=host.workflow.lmstudio
+                None if choice.in_file else choice.url,
+                refresh=True,
+                settings=choice.settings(workflow),
             )
         except LmflowError as error:
             host.down = error.message
             return
-        models = models_used(host.workflow, catalog)
+        models = models_used(workflow, catalog)
         host.loaded = bool(models) and all(model.ready for model in models)
         reported = [model.parallel for model in models if model.parallel]
         if slots is not None:

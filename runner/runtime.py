@@ -33,7 +33,7 @@ from .executor import (
     servers_in_use,
 )
 from .history import RUNS_DIR, find_run
-from .limits import limit_calls
+from .limits import LimitedTools, limit_calls
 from .resume import Reusable, load_reusable
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
 from .signals import stop_reason
@@ -43,6 +43,7 @@ from .spec.model import (
     AgentStep,
     HttpServer,
     Input,
+    LMStudioSettings,
     McpServer,
     StdioServer,
     Workflow,
@@ -57,8 +58,9 @@ if TYPE_CHECKING:
 
     from .dryrun import DryStep
     from .lmstudio import LMStudioClient
-    from .mcp import McpSessions
+    from .mcp import McpSessions, ToolSource
     from .replay import Replayer
+    from .shared_servers import SharedServers
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,19 @@ class RunOptions:
     stop_reason: Callable[[], str | None] | None = None
     """Asked when the run is cancelled: why, in the log's words, when the caller knows
     better than "interrupted" (`lmflow serve`: the MCP client cancelled the call)."""
+    servers: SharedServers | None = None
+    """MCP servers already started for many runs (`api.open_servers`): the run uses them
+    instead of starting its own."""
+    file_host: str | None = None
+    """A server from the workflow's own `lmstudio.hosts` (`lmflow batch`): it stands in for
+    `lmstudio.base_url`, so the token goes there only under the trust rule (docs/lmstudio.md)."""
+
+    def lmstudio(self, workflow: Workflow) -> LMStudioSettings:
+        """The workflow's `lmstudio:` as this run reads it (`file_host` in place of
+        `base_url`)."""
+        if self.file_host is None:
+            return workflow.lmstudio
+        return replace(workflow.lmstudio, base_url=self.file_host)
 
     def __post_init__(self) -> None:
         if self.record is not None and self.replay is not None:
@@ -148,7 +163,7 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
     # Secrets are known before the first event: the variables the templates name (only
     # those reach the templates) and any password in a server URL, valid or not.
     env = SecretEnv(sorted(workflow.plan.env_names), redactor)
-    for url, _ in base_url_candidates(options.base_url, workflow.lmstudio.base_url):
+    for url, _ in base_url_candidates(options.base_url, options.lmstudio(workflow).base_url):
         redactor.add_url_password(url)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, env, run_id, run_dir, started_at)
@@ -164,6 +179,10 @@ async def live_parts(
     """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked). A
     run whose steps use no server gets no tool provider, and does not import the MCP SDK
     (half a second or more)."""
+    if options.servers is not None:
+        async with live_model(run, options) as chat, shared_tools(run, options.servers) as kept:
+            yield chat, kept
+        return
     servers = run_servers(run.workflow, run.context)
     async with contextlib.AsyncExitStack() as stack:
         started = await stack.enter_async_context(early_servers(servers))
@@ -198,6 +217,24 @@ async def early_servers(servers: Mapping[str, McpServer]) -> AsyncIterator[dict[
 
 
 @contextlib.asynccontextmanager
+async def shared_tools(run: PreparedRun, shared: SharedServers) -> AsyncIterator[LimitedTools]:
+    """Servers started before the run (`RunOptions.servers`), checked as its own would be;
+    left running when the run ends."""
+    shared.check_for(run.workflow)
+    check_tools(run, shared.tools)
+    yield shared.tools
+
+
+def tools_for(
+    run: PreparedRun, options: RunOptions, chat: ChatModel
+) -> contextlib.AbstractAsyncContextManager[ToolSource]:
+    """The run's MCP servers: the shared ones it was handed, or its own, started now."""
+    if options.servers is not None:
+        return shared_tools(run, options.servers)
+    return live_tools(run, chat=chat)
+
+
+@contextlib.asynccontextmanager
 async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMStudioClient]:
     """The LM Studio client, once every model the workflow uses is checked."""
     from .catalog import model_cache_ttl
@@ -205,7 +242,7 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
     from .lmstudio_server import resolve_server
     from .preflight import verify_models
 
-    server = resolve_server(options.base_url, run.workflow.lmstudio)
+    server = resolve_server(options.base_url, options.lmstudio(run.workflow))
     run.log.redactor.add(server.token)
     if server.withheld is not None:
         where = run.workflow.source.position(("lmstudio", "base_url"))
@@ -307,8 +344,8 @@ async def started_servers(
 
 async def check_against_servers(run: PreparedRun, sessions: McpSessions) -> list[Problem]:
     """The allow-lists, the tool steps and the server prompts of the workflow and of every
-    workflow it includes, checked against what the servers offer (raises MCPServerError or ToolStepsInvalidError, exit 3); the warnings
-    their tool lists give (runner/writers.py)."""
+    workflow it includes, checked against what the servers offer (raises MCPServerError or
+    ToolStepsInvalidError, exit 3); the warnings their tool lists give (runner/writers.py)."""
     from .promptcheck import check_server_prompts, prompt_servers
     from .writers import shared_writer_warnings
 
@@ -350,7 +387,7 @@ async def _recording_parts(
     recorder = Recorder(run.workflow.name, run.log, run.context)
     async with live_model(run, options) as chat:
         recorded = recorder.chat(chat)  # the servers' sampling requests are recorded too
-        async with live_tools(run, chat=recorded) as sessions:
+        async with tools_for(run, options, recorded) as sessions:
             yield recorded, recorder.tools(sessions, list(run_servers(run.workflow, run.context)))
     recorder.cassette().save(options.record)
 
@@ -399,7 +436,7 @@ def sampling_model(workflow: Workflow, named: str | None, step_id: str | None) -
     return chosen or workflow.resolve_model(workflow.defaults.model)
 
 
-def check_tools(run: PreparedRun, tools: McpSessions | Replayer) -> None:
+def check_tools(run: PreparedRun, tools: McpSessions | Replayer | LimitedTools) -> None:
     """The allow-lists and tool steps of the workflow and of every workflow it includes,
     checked against the servers' tool lists before the first step."""
     for member, context in family_contexts(run.workflow, run.context):

@@ -295,6 +295,21 @@ def with_tool_step(tmp_path: Path, tag: str) -> Path:
     return path
 
 
+def stop_mid_batch(command: list[str], out: Path, stop: signal.Signals, after: int = 3) -> int:
+    """Start the batch `command` in the folder of `out`, send it `stop` once `after` rows
+    are in OUT, and return its exit code."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    process = subprocess.Popen(command, cwd=out.parent, env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(out.read_text().splitlines() if out.exists() else []) < after:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode is not None, stderr
+    return process.returncode
+
+
 def test_ctrl_c_mid_batch_keeps_finished_rows_and_resume_runs_each_row_once(
     tmp_path: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], process_tag: str
 ) -> None:
@@ -308,14 +323,7 @@ def test_ctrl_c_mid_batch_keeps_finished_rows_and_resume_runs_each_row_once(
     command = [sys.executable, "-m", "runner", "batch", str(workflow), str(rows), "-o", str(out),
                "--base-url", server.url, "--concurrency", "2", "-q"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while len(out.read_text().splitlines() if out.exists() else []) < 3:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert stop_mid_batch(command, out, signal.SIGINT) == 130
     assert wait_until_gone(process_tag) == []
     kept = {r["line"] for r in read_out(out)}
     assert 3 <= len(kept) < len(names)

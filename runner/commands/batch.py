@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import EXIT_OK, EXIT_STEP_FAILED
+from ..errors import EXIT_OK, EXIT_STEP_FAILED, ConfigurationError
 from ..spec import load_workflow
 from ._batch_progress import BatchProgress
 from ._options import no_log, quiet
+
+if TYPE_CHECKING:
+    from ..batch_where import Where
 
 
 @click.command("batch")
@@ -74,6 +80,13 @@ from ._options import no_log, quiet
     "is an error.",
 )
 @click.option("--rerecord", is_flag=True, help="Let --record replace a row's cassette.")
+@click.option(
+    "--dask",
+    "dask_address",
+    metavar="ADDRESS",
+    help="Run the rows on the workers of this Dask scheduler (tcp://host:8786); needs "
+    "pip install 'lmflow-runner[dask]'.",
+)
 @no_log
 @quiet
 def command(
@@ -88,6 +101,7 @@ def command(
     record: Path | None,
     replay: Path | None,
     rerecord: bool,
+    dask_address: str | None,
     no_log: bool,
     quiet: bool,
 ) -> int:
@@ -108,7 +122,6 @@ def command(
     from ..batch import Batch, run_batch
     from ..batch_hosts import choose_hosts
     from ..batch_rows import parse_mapping
-    from ..errors import ConfigurationError
     from ..lmstudio_server import BASE_URL_ENV
 
     if record is not None and replay is not None:
@@ -120,6 +133,9 @@ def command(
             "--base-url and --slots cannot be used with --replay",
             hint="a replay answers every row from its cassette and never asks LM Studio",
         )
+    from ..batch_where import in_process
+
+    where = in_process if dask_address is None else on_dask_cluster(dask_address)
     workflow = load_workflow(workflow_file)
     batch = Batch(
         workflow=workflow,
@@ -134,6 +150,7 @@ def command(
         record=record,
         rerecord=rerecord,
         replay=replay,
+        where=where,
     )
     progress = BatchProgress(rows_file, quiet)
     try:
@@ -146,3 +163,15 @@ def command(
         parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         click.echo(f"{total} rows: {parts or 'none'}; results in {out}", err=True)
     return EXIT_STEP_FAILED if not_ok else EXIT_OK
+
+
+def on_dask_cluster(address: str) -> Where:
+    """Rows on the Dask cluster at `address`; without Dask installed, a bad argument."""
+    if importlib.util.find_spec("distributed") is None:
+        raise ConfigurationError(
+            "--dask needs Dask's distributed package: pip install 'lmflow-runner[dask]'",
+            hint="install it where lmflow runs (and on every worker), then run this again",
+        )
+    from ..batch_dask import on_dask
+
+    return functools.partial(on_dask, address)
