@@ -256,6 +256,7 @@ async def live_tools(
     to the processes `started` for them, allow-lists checked. `chat` answers the servers
     that may sample."""
     from .mcp import McpSessions
+    from .mcp_oauth import OAuthRun
 
     if servers is None:
         servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
@@ -279,6 +280,7 @@ async def live_tools(
         chat=chat,
         model_for=partial(sampling_model, run.workflow),
         on_ready=ready,
+        oauth=OAuthRun(run.workflow.path, on_secret=run.log.redactor.add),
     ) as sessions:
         check_allow_lists(run.workflow, sessions)
         ensure_tool_steps(run.workflow, sessions.tools, run.context)
@@ -565,11 +567,15 @@ async def list_tools(
 ) -> dict[str, list[ToolInfo]]:
     """Start every declared server once and list its tools."""
     from .mcp import McpSessions
+    from .mcp_oauth import OAuthRun
 
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
     async with McpSessions(
-        servers, redact=run.log.redactor.text, workflow_dir=workflow.path.resolve().parent
+        servers,
+        redact=run.log.redactor.text,
+        workflow_dir=workflow.path.resolve().parent,
+        oauth=OAuthRun(workflow.path, on_secret=run.log.redactor.add),
     ) as sessions:
         return {
             name: [

@@ -65,6 +65,26 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _looks_like_token(value: str) -> bool:
+    """A value written where the name of a variable belongs that looks like the credential
+    itself: a known key format, or long and mixed like a generated token."""
+    return bool(
+        SECRET_VALUE.search(value)
+        or (
+            len(value) >= 24
+            and re.search(r"\d", value)
+            and re.search(r"[a-z]", value)
+            and re.search(r"[A-Z]", value)
+        )
+    )
+
+
+def _oauth_variable(server: str, key: str) -> str:
+    """A variable name to suggest for a server's `client_id_env`/`client_secret_env`."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", server).upper().strip("_")
+    return f"{stem}_{key.removesuffix('_env').upper()}"
+
+
 def _model_names(value: Any) -> list[tuple[int | None, str]]:
     """The names of a `model:` value, one or a fallback list, with their list index."""
     if isinstance(value, str):
@@ -284,6 +304,42 @@ class _Checker:
                 for key, value in _dict(spec.get(table)).items():
                     if isinstance(value, str):
                         self._check_secret(("mcp_servers", name, table, key), key, value, table)
+            self._check_oauth(name, spec.get("oauth"))
+
+    def _check_oauth(self, name: str, oauth: Any) -> None:
+        """Client credentials need both variables, a secret needs its id, and the settings
+        name variables: a value that looks like the credential itself is a leak."""
+        settings = _dict(oauth)
+        here = ("mcp_servers", name, "oauth")
+        for key in ("client_id_env", "client_secret_env"):
+            value = _str(settings.get(key))
+            if value and _looks_like_token(value):
+                self.report(
+                    (*here, key),
+                    f"oauth.{key} of server {name!r} looks like a credential, not the name of "
+                    "a variable",
+                    "literal-secret",
+                    f"write the variable's name ({key}: {_oauth_variable(name, key)}) and "
+                    "export the value in that variable",
+                )
+        needed = ["client_id_env", "client_secret_env"]
+        if settings.get("grant") != "client_credentials":
+            needed = ["client_id_env"] if "client_secret_env" in settings else []
+        missing = [key for key in needed if key not in settings]
+        if missing:
+            why = (
+                "the client credentials grant logs in with a client's id and secret"
+                if settings.get("grant") == "client_credentials"
+                else "a client secret belongs to a pre-registered client id"
+            )
+            self.report(
+                here,
+                f"oauth of server {name!r} has no {' or '.join(missing)}: {why}",
+                "incomplete-oauth-client",
+                "add "
+                + ", ".join(f"`{key}: {_oauth_variable(name, key)}`" for key in missing)
+                + " (names of environment variables)",
+            )
 
     def _check_agents(self) -> None:
         """Each agent's servers, once at the agent (the steps that name it are not told
@@ -363,15 +419,7 @@ class _Checker:
 
     def _check_token_env(self) -> None:
         token_env = _str(_dict(self.data.get("lmstudio")).get("token_env"))
-        if token_env and (
-            SECRET_VALUE.search(token_env)
-            or (
-                len(token_env) >= 24
-                and re.search(r"\d", token_env)
-                and re.search(r"[a-z]", token_env)
-                and re.search(r"[A-Z]", token_env)
-            )
-        ):
+        if token_env and _looks_like_token(token_env):
             self.report(
                 ("lmstudio", "token_env"),
                 "lmstudio.token_env looks like a token, not the name of a variable",
