@@ -63,7 +63,9 @@ def main() -> int:
 
 
 def lmflow(args: list[str]) -> int:
-    return subprocess.run([sys.executable, "-m", "runner", *args], stdin=subprocess.DEVNULL).returncode
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], stdin=subprocess.DEVNULL
+    ).returncode
 
 
 if __name__ == "__main__":
