@@ -154,11 +154,14 @@ def test_a_run_uses_the_stored_token_and_masks_it(
 ) -> None:
     log_in(tmp_path, oauth_server)
     (grant,) = oauth_server.grants()
-    done = lmflow(tmp_path, "run", str(workflow(tmp_path)), "-i", f"url={oauth_server.url}")
+    cassette = tmp_path / "cassette.yaml"
+    path = str(workflow(tmp_path))
+    done = lmflow(tmp_path, "run", path, "-i", f"url={oauth_server.url}", "--record", str(cassette))
     assert done.returncode == 0, done.stderr
     assert len(oauth_server.grants()) == 1  # no second login
-    written = everything_written(tmp_path)
-    assert f"you are {MASK}" in written  # the tool's answer, with the token masked
+    written = everything_written(tmp_path) + cassette.read_text()
+    assert f"you are {MASK}" in cassette.read_text()  # the tool's answer, token masked
+    assert f"you are {MASK}" in everything_written(tmp_path)
     assert grant["access_token"] not in written + done.stdout + done.stderr
 
 
