@@ -75,9 +75,10 @@ async def log_in(
     new token; a login that fails or times out raises `MCPServerError` (exit 3). Messages
     are masked by `redactor`, which learns every token."""
     from .mcp import McpSessions
-    from .mcp_oauth import LoopbackLogin, OAuthRun, token_path
+    from .mcp_oauth import LoopbackLogin, OAuthRun, TokenFile, token_path
 
     assert server.oauth is not None
+    TokenFile(server.url, on_secret=redactor.add).forget_tokens()  # a login, not a check
     async with LoopbackLogin(show, server.oauth.login_timeout) as login:
         oauth = OAuthRun(workflow, login=login, on_secret=redactor.add)
         sessions = McpSessions({server.name: server}, redact=redactor.text, oauth=oauth)

@@ -41,7 +41,11 @@ import httpx2
 from anyio.abc import SocketStream
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
-from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+from mcp.client.auth.extensions.client_credentials import (
+    ClientCredentialsOAuthProvider,
+    PrivateKeyJWTOAuthProvider,
+    SignedJWTParameters,
+)
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from mcp.shared.auth_utils import calculate_token_expiry
 from pydantic import ValidationError
@@ -199,20 +203,10 @@ def http_auth(name: str, server: HttpServer, run: OAuthRun) -> httpx2.Auth | Non
     settings = server.oauth
     if settings is None:
         return None
-    client = _client_from_environment(name, settings, run)
+    given = _credentials(settings, run)
     if settings.grant == "client_credentials":
-        assert client is not None and client.client_secret is not None
-        tokens = TokenFile(server.url, on_secret=run.on_secret)
-        with warnings.catch_warnings():  # no `issuer:`: the SDK's deprecation is ours to doc
-            warnings.simplefilter("ignore")
-            return ClientCredentialsOAuthProvider(
-                server.url,
-                tokens,
-                client.client_id,
-                client.client_secret,
-                scope=settings.scope,
-                issuer=settings.issuer,
-            )
+        return _client_credentials(server.url, settings, given, run)
+    client = _preregistered(settings, given)
     tokens = TokenFile(server.url, client=client, on_secret=run.on_secret)
     if run.login is None and not tokens.has_tokens():
         raise LoginRequired(
@@ -229,8 +223,6 @@ def http_auth(name: str, server: HttpServer, run: OAuthRun) -> httpx2.Auth | Non
         # Without a pre-registered client the authorization server chooses as it registers.
         token_endpoint_auth_method=client.token_endpoint_auth_method if client else None,  # type: ignore[arg-type]
     )
-    if login is not None:
-        tokens.forget_tokens()
     return _AuthorizationCode(
         tokens,
         server_url=server.url,
@@ -262,36 +254,80 @@ async def _no_callback() -> AuthorizationCodeResult:
     raise AssertionError("a run never waits for a login")  # the redirect handler raised
 
 
-def _client_from_environment(
-    name: str, settings: OAuth, run: OAuthRun
-) -> OAuthClientInformationFull | None:
-    """The pre-registered client the settings name, read from the environment."""
-    if settings.client_id_env is None:
-        return None
-    values: dict[str, str] = {}
-    for key, variable in (
-        ("client_id", settings.client_id_env),
-        ("client_secret", settings.client_secret_env),
-    ):
+_VARIABLES = {
+    "client_id": "client_id_env",
+    "client_secret": "client_secret_env",
+    "client_key": "client_key_env",
+}
+"""Each credential and the setting that names its environment variable."""
+
+
+def _credentials(settings: OAuth, run: OAuthRun) -> dict[str, str]:
+    """The client id, secret and key the settings name, read from the environment; the
+    secret and the key are told to `run.on_secret`."""
+    given: dict[str, str] = {}
+    for key, setting in _VARIABLES.items():
+        variable = getattr(settings, setting)
         if variable is None:
             continue
         value = os.environ.get(variable)
         if not value:
             raise LoginRequired(
                 f"its OAuth {key.replace('_', ' ')} is read from ${variable}, which is not set",
-                f"export {variable} (the server's `oauth: {{{key}_env: {variable}}}`)",
+                f"export {variable} (the server's `oauth: {{{setting}: {variable}}}`)",
             )
-        values[key] = value
-        if key == "client_secret":
+        given[key] = value
+        if key != "client_id":
             run.on_secret(value)
+    return given
+
+
+def _preregistered(settings: OAuth, given: dict[str, str]) -> OAuthClientInformationFull | None:
+    """The pre-registered client of an authorization code login, if the settings name one."""
+    if "client_id" not in given:
+        return None
     return OAuthClientInformationFull(
-        client_id=values["client_id"],
-        client_secret=values.get("client_secret"),
+        client_id=given["client_id"],
+        client_secret=given.get("client_secret"),
         redirect_uris=None,
         grant_types=[settings.grant, "refresh_token"],
-        token_endpoint_auth_method="client_secret_basic" if "client_secret" in values else "none",
+        token_endpoint_auth_method="client_secret_basic" if "client_secret" in given else "none",
         scope=settings.scope,
     )
+
+
+def _client_credentials(
+    url: str, settings: OAuth, given: dict[str, str], run: OAuthRun
+) -> OAuthClientProvider:
+    """The SDK's client credentials provider: the client authenticates with its secret
+    (HTTP basic), or with a JWT it signs with its private key (`private_key_jwt`)."""
+    tokens = TokenFile(url, on_secret=run.on_secret)
+    client_id = given["client_id"]
+    with warnings.catch_warnings():  # no `issuer:`: the SDK's deprecation is ours to doc
+        warnings.simplefilter("ignore")
+        if "client_key" in given:
+            signer = SignedJWTParameters(
+                issuer=client_id,
+                subject=client_id,
+                signing_key=given["client_key"],
+                signing_algorithm=settings.key_algorithm,
+            )
+            return PrivateKeyJWTOAuthProvider(
+                url,
+                tokens,
+                client_id,
+                signer.create_assertion_provider(),
+                scope=settings.scope,
+                issuer=settings.issuer,
+            )
+        return ClientCredentialsOAuthProvider(
+            url,
+            tokens,
+            client_id,
+            given["client_secret"],
+            scope=settings.scope,
+            issuer=settings.issuer,
+        )
 
 
 class LoopbackLogin:

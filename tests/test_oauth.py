@@ -191,6 +191,36 @@ def test_a_run_without_a_token_fails_at_once_with_the_fix(
     assert oauth_server.grants() == []
 
 
+def test_a_refused_refresh_fails_the_run_with_the_fix(
+    tmp_path: Path, oauth_server: OAuthServer
+) -> None:
+    tokens = log_in(tmp_path, oauth_server)
+    stored = json.loads(tokens.read_text())
+    revoked = {
+        "access_token": "revoked-access-0123456789",
+        "refresh_token": "revoked-refresh-01234",
+    }
+    tokens.write_text(json.dumps({**stored, "tokens": revoked, "expires_at": 1.0}))
+    path = workflow(tmp_path)
+    done = lmflow(tmp_path, "run", str(path), "-i", f"url={oauth_server.url}")
+    assert done.returncode == 3
+    assert "is no longer accepted and could not be refreshed" in done.stderr
+    assert f"run `lmflow auth remote {path}` once" in done.stderr
+    assert "revoked-" not in done.stderr  # the stored tokens are secrets too
+    assert len((tmp_path / "browser.log").read_text().splitlines()) == 1  # auth's, no other
+
+
+def test_auth_by_url_alone_serves_a_workflow_that_names_the_server(
+    tmp_path: Path, oauth_server: OAuthServer
+) -> None:
+    done = lmflow(tmp_path, "auth", oauth_server.url)
+    assert done.returncode == 0, done.stderr
+    assert str(token_path(oauth_server.url)) in done.stdout
+    ran = lmflow(tmp_path, "run", str(workflow(tmp_path)), "-i", f"url={oauth_server.url}")
+    assert ran.returncode == 0, ran.stderr
+    assert [grant["grant"] for grant in oauth_server.grants()] == ["authorization_code"]
+
+
 def test_client_credentials_come_from_the_environment(
     tmp_path: Path, oauth_server: OAuthServer
 ) -> None:
@@ -278,7 +308,16 @@ def validate(lmflow_cli: Callable[..., Any], tmp_path: Path, oauth: str) -> Any:
     return lmflow_cli("validate", str(workflow(tmp_path, oauth)))
 
 
-def test_validate_wants_both_variables_for_client_credentials(
+def test_validate_wants_a_key_only_with_client_credentials(
+    lmflow_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    done = validate(lmflow_cli, tmp_path, "{client_id_env: ID, client_key_env: KEY}")
+    assert done.exit_code == 2
+    assert "[incomplete-oauth-client]" in done.stdout + done.stderr
+    assert "add `grant: client_credentials`" in done.stdout + done.stderr
+
+
+def test_validate_wants_an_id_and_a_proof_for_client_credentials(
     lmflow_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
     done = validate(lmflow_cli, tmp_path, "{grant: client_credentials, client_id_env: CI_ID}")

@@ -7,7 +7,7 @@ their own. Everything is frozen: the executor and the engine read it and never w
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -139,6 +139,9 @@ class OAuth:
     client_id_env: str | None = None
     """A pre-registered client's id is in this variable; None: dynamic registration."""
     client_secret_env: str | None = None
+    client_key_env: str | None = None
+    """client_credentials: a PEM private key the client signs its JWT with, instead of a secret."""
+    key_algorithm: str = "RS256"
     scope: str | None = None
     """Space-separated scopes; None: those the server asks for."""
     issuer: str | None = None
@@ -482,13 +485,10 @@ def _oauth(value: bool | Mapping[str, Any]) -> OAuth | None:
         return OAuth()
     if not isinstance(value, Mapping):
         return None
-    settings = {
-        key: value[key]
-        for key in ("grant", "client_id_env", "client_secret_env", "scope", "issuer")
-        if key in value
-    }
-    if "login_timeout" in value:
-        settings["login_timeout"] = float(value["login_timeout"])
+    known = {setting.name for setting in fields(OAuth)}
+    settings = {key: item for key, item in value.items() if key in known}
+    if "login_timeout" in settings:
+        settings["login_timeout"] = float(settings["login_timeout"])
     return OAuth(**settings)
 
 

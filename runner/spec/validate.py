@@ -85,6 +85,57 @@ def _oauth_variable(server: str, key: str) -> str:
     return f"{stem}_{key.removesuffix('_env').upper()}"
 
 
+def _oauth_client_problems(server: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """What is missing from (or too much in) the client an `oauth:` mapping describes."""
+    proofs = [key for key in ("client_secret_env", "client_key_env") if key in settings]
+    has_id = "client_id_env" in settings
+    add_id = f"add `client_id_env: {_oauth_variable(server, 'client_id_env')}`"
+    if settings.get("grant") != "client_credentials":
+        if "client_key_env" in settings:
+            return [
+                (
+                    "has client_key_env, which only the client credentials grant uses",
+                    "add `grant: client_credentials`, or drop client_key_env",
+                )
+            ]
+        if proofs and not has_id:
+            return [
+                (
+                    "has a client secret but no client_id_env: it belongs to a pre-registered "
+                    "client",
+                    add_id,
+                )
+            ]
+        return []
+    problems = []
+    if not has_id:
+        problems.append(
+            (
+                "has no client_id_env: the client credentials grant logs in as a "
+                "pre-registered client",
+                add_id,
+            )
+        )
+    if not proofs:
+        secret = _oauth_variable(server, "client_secret_env")
+        problems.append(
+            (
+                "has no client_secret_env or client_key_env: the client must prove who it is",
+                f"add `client_secret_env: {secret}` (or `client_key_env:` "
+                "for a private key that signs a JWT)",
+            )
+        )
+    if len(proofs) == 2:
+        problems.append(
+            (
+                "has both client_secret_env and client_key_env: the client proves who "
+                "it is with one",
+                "keep one of them",
+            )
+        )
+    return problems
+
+
 def _model_names(value: Any) -> list[tuple[int | None, str]]:
     """The names of a `model:` value, one or a fallback list, with their list index."""
     if isinstance(value, str):
@@ -307,11 +358,11 @@ class _Checker:
             self._check_oauth(name, spec.get("oauth"))
 
     def _check_oauth(self, name: str, oauth: Any) -> None:
-        """Client credentials need both variables, a secret needs its id, and the settings
-        name variables: a value that looks like the credential itself is a leak."""
+        """The settings name variables (a value that looks like the credential itself is a
+        leak), and a whole client: an id with one way to prove it."""
         settings = _dict(oauth)
         here = ("mcp_servers", name, "oauth")
-        for key in ("client_id_env", "client_secret_env"):
+        for key in ("client_id_env", "client_secret_env", "client_key_env"):
             value = _str(settings.get(key))
             if value and _looks_like_token(value):
                 self.report(
@@ -322,23 +373,9 @@ class _Checker:
                     f"write the variable's name ({key}: {_oauth_variable(name, key)}) and "
                     "export the value in that variable",
                 )
-        needed = ["client_id_env", "client_secret_env"]
-        if settings.get("grant") != "client_credentials":
-            needed = ["client_id_env"] if "client_secret_env" in settings else []
-        missing = [key for key in needed if key not in settings]
-        if missing:
-            why = (
-                "the client credentials grant logs in with a client's id and secret"
-                if settings.get("grant") == "client_credentials"
-                else "a client secret belongs to a pre-registered client id"
-            )
+        for message, hint in _oauth_client_problems(name, settings):
             self.report(
-                here,
-                f"oauth of server {name!r} has no {' or '.join(missing)}: {why}",
-                "incomplete-oauth-client",
-                "add "
-                + ", ".join(f"`{key}: {_oauth_variable(name, key)}`" for key in missing)
-                + " (names of environment variables)",
+                here, f"oauth of server {name!r} {message}", "incomplete-oauth-client", hint
             )
 
     def _check_agents(self) -> None:

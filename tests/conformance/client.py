@@ -31,6 +31,7 @@ HANDSHAKE_ONLY = {"initialize"}
 AUTH_WORKFLOWS = {
     "auth/pre-registration": "auth-pre-registration",
     "auth/client-credentials-basic": "auth-client-credentials",
+    "auth/client-credentials-jwt": "auth-client-credentials-jwt",
 }
 """OAuth scenarios with a workflow of their own; the others use auth.yaml."""
 
@@ -52,10 +53,10 @@ def main() -> int:
         os.environ["XDG_CONFIG_HOME"] = config
         os.environ["LMFLOW_BROWSER"] = f"{sys.executable} {BROWSER}"
         context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
-        for key in ("client_id", "client_secret"):
+        for key in ("client_id", "client_secret", "private_key_pem"):
             if key in context:
                 os.environ[f"CONFORMANCE_{key.upper()}"] = context[key]
-        if name != "auth-client-credentials":
+        if not name.startswith("auth-client-credentials"):
             logged_in = lmflow(["auth", "server", *inputs])
             if logged_in != 0:
                 return logged_in
