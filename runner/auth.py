@@ -68,12 +68,12 @@ async def log_in(
     server: HttpServer,
     *,
     workflow: Path | None,
-    show: Callable[[str], None],
+    show: Callable[[str, bool], None],
     redactor: Redactor,
 ) -> LoggedIn:
-    """Log in afresh (`show` is given the URL to open) and list the server's tools with the
-    new token; a login that fails or times out raises `MCPServerError` (exit 3). Messages
-    are masked by `redactor`, which learns every token."""
+    """Log in afresh (`show` is given the URL to open, and whether a browser opens it)
+    and list the server's tools with the new token; a login that fails or times out raises
+    `MCPServerError` (exit 3). Messages are masked by `redactor`, which learns every token."""
     from .mcp import McpSessions
     from .mcp_oauth import LoopbackLogin, OAuthRun, TokenFile, token_path
 

@@ -57,12 +57,15 @@ BROWSER_VARIABLE = "LMFLOW_BROWSER"
 system's browser: for tests and for headless machines with a browser elsewhere."""
 CALLBACK_PATH = "/callback"
 _UNUSED_REDIRECT = "http://127.0.0.1/callback"
-"""The redirect URI a run declares: it never sends anyone to it (see `_refuse_login`)."""
+"""The redirect URI a run declares: it never sends anyone to it (see `_refusal`)."""
 _MAX_REQUEST_BYTES = 65536
+_BROWSER_GRACE = 5.0
+"""Seconds a finished login gives the `LMFLOW_BROWSER` command to exit."""
 
 
 class LoginRequired(Exception):
-    """A server wants a login and no stored token is usable; `fix` says what to run."""
+    """A server wants a login that a run cannot do: no usable token is stored, or a
+    variable the client's settings name is not set. `fix` says what to do."""
 
     def __init__(self, message: str, fix: str) -> None:
         super().__init__(message)
@@ -334,13 +337,14 @@ class LoopbackLogin:
     """The browser half of an authorization code login, on a 127.0.0.1 port of its own.
 
     `async with LoopbackLogin(show, timeout) as login:` binds the listener, so
-    `login.redirect_uri` is known before the client registers. `redirect` shows the
-    authorization URL (`show`) and opens a browser; `callback` waits up to `timeout`
+    `login.redirect_uri` is known before the client registers. `redirect` opens the
+    authorization URL in a browser and shows it (`show(url, opened)`, `opened` False when no
+    browser could be started); `callback` waits up to `timeout`
     seconds for a request to `/callback` that carries the `state` of that URL, answering
     any other request with an error and waiting on.
     """
 
-    def __init__(self, show: Callable[[str], None], timeout: float) -> None:
+    def __init__(self, show: Callable[[str, bool], None], timeout: float) -> None:
         self._show = show
         self._timeout = timeout
         self._state: str | None = None
@@ -361,23 +365,38 @@ class LoopbackLogin:
         traceback: TracebackType | None,
     ) -> None:
         await self._listener.aclose()
-        if self._opened is not None and self._opened.poll() is None:
-            self._opened.wait(timeout=5)
+        # Reap a browser command that came back (a real browser stays open: not ours).
+        with anyio.move_on_after(_BROWSER_GRACE):
+            while self._opened is not None and self._opened.poll() is None:
+                await anyio.sleep(0.05)
 
     async def redirect(self, url: str) -> None:
         states = parse_qs(urlsplit(url).query).get("state")
         self._state = states[0] if states else None
-        self._show(url)
+        self._show(url, self._open_browser(url))
+
+    def _open_browser(self, url: str) -> bool:
+        """Open `url` with `LMFLOW_BROWSER`'s command or the system's browser, without
+        waiting for it; False when there is none to open it with."""
         command = os.environ.get(BROWSER_VARIABLE)
         if command:
-            self._opened = subprocess.Popen(
-                [*shlex.split(command), url],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        else:  # a system browser may take its time to start: never hold up the listener
-            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+            try:
+                self._opened = subprocess.Popen(
+                    [*shlex.split(command), url],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            except (OSError, ValueError):
+                return False
+            return True
+        try:
+            webbrowser.get()
+        except webbrowser.Error:
+            return False  # a machine without a browser: the person opens the URL elsewhere
+        # A system browser may take its time to start: never hold up the listener.
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+        return True
 
     async def callback(self) -> AuthorizationCodeResult:
         send, receive = anyio.create_memory_object_stream[AuthorizationCodeResult | str](1)

@@ -255,6 +255,22 @@ def test_client_credentials_without_their_variable_say_which(
     assert "export CI_SECRET" in done.stderr
 
 
+def test_auth_without_a_browser_shows_the_url_and_gives_up_in_time(
+    tmp_path: Path, oauth_server: OAuthServer
+) -> None:
+    path = workflow(tmp_path, "{login_timeout: 1}")
+    no_browser = {BROWSER_VARIABLE: str(tmp_path / "no-such-browser")}
+    done = lmflow(
+        tmp_path, "auth", "remote", str(path), "-i", f"url={oauth_server.url}", env=no_browser
+    )
+    assert done.returncode == 3
+    assert "Open this URL in a browser on this machine to log in to remote:" in done.stderr
+    assert f"{oauth_server.url.removesuffix('/mcp')}/authorize?" in done.stderr
+    assert "no browser came back" in done.stderr and "login_timeout" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert oauth_server.grants() == []
+
+
 def test_auth_refuses_a_server_without_oauth_settings(tmp_path: Path) -> None:
     path = workflow(tmp_path, "false")
     done = lmflow(tmp_path, "auth", "remote", str(path), "-i", "url=http://127.0.0.1:9/mcp")
@@ -268,8 +284,8 @@ async def test_the_login_listener_waits_for_the_right_state(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(BROWSER_VARIABLE, "true")  # a browser that goes nowhere
-    shown: list[str] = []
-    async with LoopbackLogin(shown.append, timeout=60) as login:
+    shown: list[tuple[str, bool]] = []
+    async with LoopbackLogin(lambda url, opened: shown.append((url, opened)), 60) as login:
         await login.redirect("https://as.example/authorize?state=expected&client_id=x")
         results: list[Any] = []
 
@@ -281,7 +297,7 @@ async def test_the_login_listener_waits_for_the_right_state(
             wrong = await http.get(f"{login.redirect_uri}?code=stolen&state=forged")
             elsewhere = await http.get(login.redirect_uri.replace("/callback", "/favicon.ico"))
             right = await http.get(f"{login.redirect_uri}?code=good&state=expected")
-    assert shown == ["https://as.example/authorize?state=expected&client_id=x"]
+    assert shown == [("https://as.example/authorize?state=expected&client_id=x", True)]
     assert (wrong.status_code, elsewhere.status_code, right.status_code) == (400, 404, 200)
     assert login.redirect_uri.startswith("http://127.0.0.1:")
     (result,) = results
@@ -293,7 +309,7 @@ async def test_the_login_listener_gives_up_after_its_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(BROWSER_VARIABLE, "true")
-    async with LoopbackLogin(lambda url: None, timeout=0.2) as login:
+    async with LoopbackLogin(lambda url, opened: None, timeout=0.2) as login:
         await login.redirect("https://as.example/authorize?state=s")
         with pytest.raises(LoginFailed, match="no browser came back"):
             await login.callback()
@@ -304,33 +320,32 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def validate(lmflow_cli: Callable[..., Any], tmp_path: Path, oauth: str) -> Any:
-    return lmflow_cli("validate", str(workflow(tmp_path, oauth)))
-
-
-def test_validate_wants_a_key_only_with_client_credentials(
-    lmflow_cli: Callable[..., Any], tmp_path: Path
+@pytest.mark.parametrize(
+    ("oauth", "rule", "fix"),
+    [
+        (
+            "{grant: client_credentials, client_id_env: CI_ID}",
+            "incomplete-oauth-client",
+            "client_secret_env: REMOTE_CLIENT_SECRET",
+        ),
+        (
+            "{client_id_env: ID, client_key_env: KEY}",
+            "incomplete-oauth-client",
+            "add `grant: client_credentials`",
+        ),
+        (
+            "{client_id_env: Zq81kLm2Np4Rs6Tu8Vw0XyAbCd}",
+            "literal-secret",
+            "client_id_env: REMOTE_CLIENT_ID",
+        ),
+    ],
+)
+def test_validate_says_where_oauth_settings_are_wrong_and_how_to_fix_them(
+    lmflow_cli: Callable[..., Any], tmp_path: Path, oauth: str, rule: str, fix: str
 ) -> None:
-    done = validate(lmflow_cli, tmp_path, "{client_id_env: ID, client_key_env: KEY}")
+    done = lmflow_cli("validate", str(workflow(tmp_path, oauth)))
+    said = done.stdout + done.stderr
     assert done.exit_code == 2
-    assert "[incomplete-oauth-client]" in done.stdout + done.stderr
-    assert "add `grant: client_credentials`" in done.stdout + done.stderr
-
-
-def test_validate_wants_an_id_and_a_proof_for_client_credentials(
-    lmflow_cli: Callable[..., Any], tmp_path: Path
-) -> None:
-    done = validate(lmflow_cli, tmp_path, "{grant: client_credentials, client_id_env: CI_ID}")
-    assert done.exit_code == 2
-    assert "remote.yaml:6:" in done.stdout + done.stderr
-    assert "[incomplete-oauth-client]" in done.stdout + done.stderr
-    assert "client_secret_env: REMOTE_CLIENT_SECRET" in done.stdout + done.stderr
-
-
-def test_validate_refuses_a_credential_where_a_variable_name_belongs(
-    lmflow_cli: Callable[..., Any], tmp_path: Path
-) -> None:
-    done = validate(lmflow_cli, tmp_path, "{client_id_env: Zq81kLm2Np4Rs6Tu8Vw0XyAbCd}")
-    assert done.exit_code == 2
-    assert "[literal-secret]" in done.stdout + done.stderr
-    assert "client_id_env: REMOTE_CLIENT_ID" in done.stdout + done.stderr
+    assert "remote.yaml:6:" in said
+    assert f"[{rule}]" in said
+    assert fix in said

@@ -33,8 +33,13 @@ def command(
     workflow = load_workflow(workflow_file) if workflow_file is not None else None
     target, redactor = server_to_log_in(server, workflow, read_inputs(inputs_file, pairs))
 
-    def show(url: str) -> None:
-        click.echo(f"Open this URL to log in to {target.name} (opening a browser):", err=True)
+    def show(url: str, opened: bool) -> None:
+        if opened:
+            click.echo(f"Log in to {target.name} in the browser that opens, or open:", err=True)
+        else:
+            click.echo(
+                f"Open this URL in a browser on this machine to log in to {target.name}:", err=True
+            )
         click.echo(f"  {url}", err=True)
 
     done = signals.run(log_in(target, workflow=workflow_file, show=show, redactor=redactor))
