@@ -214,7 +214,7 @@ def http_auth(name: str, server: HttpServer, run: OAuthRun) -> httpx2.Auth | Non
     if run.login is None and not tokens.has_tokens():
         raise LoginRequired(
             f"it needs an OAuth login and no token is stored for {server.url} ({tokens.path})",
-            login_fix(name, run.workflow),
+            _login_command(name, run.workflow),
         )
     login = run.login
     metadata = OAuthClientMetadata(
@@ -235,7 +235,7 @@ def http_auth(name: str, server: HttpServer, run: OAuthRun) -> httpx2.Auth | Non
     )
 
 
-def login_fix(name: str, workflow: Path | None) -> str:
+def _login_command(name: str, workflow: Path | None) -> str:
     where = f" {shlex.quote(str(workflow))}" if workflow is not None else " WORKFLOW"
     return f"run `lmflow auth {shlex.quote(name)}{where}` once to log in (it opens a browser)"
 
@@ -247,7 +247,7 @@ def _refusal(name: str, server: HttpServer, run: OAuthRun) -> Callable[[str], An
     async def refuse(url: str) -> None:
         raise LoginRequired(
             f"its OAuth token for {server.url} is no longer accepted and could not be refreshed",
-            login_fix(name, run.workflow),
+            _login_command(name, run.workflow),
         )
 
     return refuse
