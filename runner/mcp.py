@@ -38,6 +38,7 @@ from .chat import ChatModel, ToolResult, ToolSpec
 from .errors import MCPServerError
 from .mcp_content import prompt_result, resource_result, tool_result
 from .mcp_handlers import EventSink, ServerHandlers
+from .mcp_oauth import LoginFailed, LoginRequired, OAuthRun, http_auth
 from .mcp_sampling import ModelFor
 from .results import capped
 from .server_prompts import PROMPT_GETTER
@@ -119,6 +120,8 @@ class McpSessions:
     answered by runner/mcp_handlers.py; its events go to `emit` (the run log's). A server's
     `roots` are relative to `workflow_dir`. A server with `sampling` settings is answered by
     `chat`, with the model `model_for` gives for the calling step (runner/mcp_sampling.py).
+    HTTP servers with `oauth:` settings log in as `oauth` says (runner/mcp_oauth.py): in a
+    run, with stored tokens only.
     """
 
     def __init__(
@@ -133,8 +136,10 @@ class McpSessions:
         workflow_dir: Path | None = None,
         chat: ChatModel | None = None,
         model_for: ModelFor | None = None,
+        oauth: OAuthRun | None = None,
     ) -> None:
         self._servers = dict(servers)
+        self._oauth = oauth or OAuthRun()
         self._on_ready = on_ready  # told each server's name once its handshake is done
         self._chat = chat
         self._model_for = model_for
@@ -158,6 +163,7 @@ class McpSessions:
             owners = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(self._closing.set)
             failures: dict[str, str] = {}
+            fixes: dict[str, str] = {}
             async with anyio.create_task_group() as starters:
                 for name, server in self._servers.items():
                     stderr = stderr_dir / f"mcp-{name}.stderr.log"
@@ -167,11 +173,12 @@ class McpSessions:
                     if connection.stderr_path is not None:
                         connection.stderr_path.write_text("")  # appended to from here on
                     self._connections[name] = connection
-                    starters.start_soon(self._start, owners, connection, failures)
+                    starters.start_soon(self._start, owners, connection, failures, fixes)
             if failures:
                 # In declaration order, not in the order the starts happened to fail.
                 failed = [failures[n] for n in self._servers if n in failures]
-                raise MCPServerError("\n".join(failed), hint=_start_hint(failed))
+                hint = "; ".join(fixes[n] for n in self._servers if n in fixes)
+                raise MCPServerError("\n".join(failed), hint=hint or _start_hint(failed))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -302,15 +309,25 @@ class McpSessions:
             raise MCPServerError(f"MCP server {server!r} was not started for this run") from None
 
     async def _start(
-        self, owners: TaskGroup, connection: _Connection, failures: dict[str, str]
+        self,
+        owners: TaskGroup,
+        connection: _Connection,
+        failures: dict[str, str],
+        fixes: dict[str, str],
     ) -> None:
-        """Start one server in its own task, within its start-up timeout; record a failure."""
+        """Start one server in its own task, within its start-up timeout; record a failure
+        (and its fix, for a server that needs a login)."""
         timeout = connection.server.startup_timeout
+        if self._oauth.login is not None:
+            timeout += _login_timeout(connection.server)
         try:
             with anyio.move_on_after(timeout) as deadline:
                 await owners.start(self._serve, connection)
         except Exception as exc:
             failures[connection.name] = self._describe_failure(connection, _reason(exc))
+            fix = _login_fix(exc)
+            if fix is not None:
+                fixes[connection.name] = fix
             return
         if deadline.cancelled_caught:
             reason = (
@@ -385,8 +402,9 @@ class McpSessions:
         assert connection.handlers is not None
         options = connection.handlers.client_options()
         if isinstance(server, HttpServer):
+            auth = http_auth(connection.name, server, self._oauth)
             http = await stack.enter_async_context(
-                create_mcp_http_client(headers=dict(server.headers))
+                create_mcp_http_client(headers=dict(server.headers), auth=auth)
             )
             transport = streamable_http_client(
                 server.url, http_client=http, max_sse_event_size=server.max_message_bytes
@@ -634,12 +652,33 @@ def _reason(exc: BaseException) -> str:
         return f"working directory not found: {exc.filename} (check cwd in its settings)"
     if isinstance(exc, FileNotFoundError):
         return f"{_COMMAND_NOT_FOUND}{exc.filename or exc}"
+    if isinstance(exc, (LoginRequired, LoginFailed)):
+        return str(exc)
     if isinstance(exc, MCPError) and _connection_gone(exc):
         return "the server closed the connection (did it exit?)"
     if isinstance(exc, MCPError):
         return f"{exc.message} (MCP error {exc.code})"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _login_fix(exc: BaseException) -> str | None:
+    """The fix a `LoginRequired` anywhere in an exception (group) carries."""
+    if isinstance(exc, LoginRequired):
+        return exc.fix
+    for inner in getattr(exc, "exceptions", ()):
+        fix = _login_fix(inner)
+        if fix is not None:
+            return fix
+    cause = exc.__cause__ or exc.__context__
+    return _login_fix(cause) if cause is not None else None
+
+
+def _login_timeout(server: McpServer) -> float:
+    """The time a person has to log in, on top of the handshake's."""
+    if isinstance(server, HttpServer) and server.oauth is not None:
+        return server.oauth.login_timeout
+    return 0.0
 
 
 def _connection_gone(exc: MCPError) -> bool:

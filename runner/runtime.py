@@ -315,6 +315,7 @@ async def started_servers(
 ) -> AsyncIterator[McpSessions]:
     """The sessions of `live_tools`, before any check."""
     from .mcp import McpSessions
+    from .mcp_oauth import OAuthRun
 
     if servers is None:
         servers = run_servers(run.workflow, run.context)
@@ -338,6 +339,7 @@ async def started_servers(
         chat=chat,
         model_for=partial(sampling_model, run.workflow),
         on_ready=ready,
+        oauth=OAuthRun(run.workflow.path, on_secret=run.log.redactor.add),
     ) as sessions:
         yield sessions
 
@@ -651,11 +653,15 @@ async def list_tools(
 ) -> dict[str, list[ToolInfo]]:
     """Start every declared server once and list its tools."""
     from .mcp import McpSessions
+    from .mcp_oauth import OAuthRun
 
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
     async with McpSessions(
-        servers, redact=run.log.redactor.text, workflow_dir=workflow.path.resolve().parent
+        servers,
+        redact=run.log.redactor.text,
+        workflow_dir=workflow.path.resolve().parent,
+        oauth=OAuthRun(workflow.path, on_secret=run.log.redactor.add),
     ) as sessions:
         return {
             name: [

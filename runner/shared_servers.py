@@ -6,8 +6,9 @@ starts them, `RunOptions(servers=...)` hands them to each run, and their
 `max_concurrent_calls` limits hold across all the runs that share them.
 
 Servers cannot be shared when a run would start different ones: settings that read the
-run's inputs or the run itself (`{{ inputs.x }}`, `{{ run.dir }}`), or a server that may
-sample (it is answered by the run's own model and LM Studio host). `unshareable` tells why,
+run's inputs or the run itself (`{{ inputs.x }}`, `{{ run.dir }}`), a server that may
+sample (it is answered by the run's own model and LM Studio host), one that logs in with
+OAuth (a run masks the tokens it reads itself), or a workflow with sub-workflows. `unshareable` tells why,
 from the workflow's plan; such runs start their own servers.
 """
 
@@ -44,6 +45,11 @@ def unshareable(workflow: Workflow) -> list[str]:
         f"mcp_servers.{name} may sample (the run's own model answers it)"
         for name in used
         if workflow.mcp_servers[name].sampling is not None
+    ]
+    reasons += [
+        f"mcp_servers.{name} logs in with OAuth (each run masks the tokens it sees)"
+        for name in used
+        if getattr(workflow.mcp_servers[name], "oauth", None) is not None
     ]
     reasons += [
         f"it runs {member.path.name} as a sub-workflow, whose servers start with each run"

@@ -7,7 +7,7 @@ their own. Everything is frozen: the executor and the engine read it and never w
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -129,6 +129,30 @@ class Sampling:
     """Tokens (prompt and completion) its requests may use in one run."""
 
 
+DEFAULT_LOGIN_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class OAuth:
+    """How lmflow logs in to an HTTP server that wants an OAuth token. Secrets are never
+    written here: `client_id_env`/`client_secret_env` name environment variables."""
+
+    grant: Literal["authorization_code", "client_credentials"] = "authorization_code"
+    """authorization_code: a person logs in once (`lmflow auth`); client_credentials: CI."""
+    client_id_env: str | None = None
+    """A pre-registered client's id is in this variable; None: dynamic registration."""
+    client_secret_env: str | None = None
+    client_key_env: str | None = None
+    """client_credentials: a PEM private key the client signs its JWT with, instead of a secret."""
+    key_algorithm: str = "RS256"
+    scope: str | None = None
+    """Space-separated scopes; None: those the server asks for."""
+    issuer: str | None = None
+    """client_credentials: the only authorization server the credentials are sent to."""
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
+    """Seconds `lmflow auth` waits for the browser to come back."""
+
+
 @dataclass(frozen=True)
 class StdioServer:
     name: str
@@ -168,6 +192,8 @@ class HttpServer:
     elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     sampling: Sampling | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    oauth: OAuth | None = None
+    """None: no login (a token, if any, goes in `headers:`)."""
 
 
 McpServer = StdioServer | HttpServer
@@ -445,6 +471,7 @@ def _server(name: str, data: Mapping[str, Any], workflow: Path) -> McpServer:
             max_concurrent_calls=data.get("max_concurrent_calls"),
             **client,
             max_message_bytes=data.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+            oauth=_oauth(data.get("oauth", False)),
         )
     return StdioServer(
         name,
@@ -483,6 +510,18 @@ def _sampling(value: bool | Mapping[str, Any]) -> Sampling | None:
         value.get("max_requests", DEFAULT_SAMPLING_REQUESTS),
         value.get("max_tokens", DEFAULT_SAMPLING_TOKENS),
     )
+
+
+def _oauth(value: bool | Mapping[str, Any]) -> OAuth | None:
+    if value is True:
+        return OAuth()
+    if not isinstance(value, Mapping):
+        return None
+    known = {setting.name for setting in fields(OAuth)}
+    settings = {key: item for key, item in value.items() if key in known}
+    if "login_timeout" in settings:
+        settings["login_timeout"] = float(settings["login_timeout"])
+    return OAuth(**settings)
 
 
 def _allow_list(value: Sequence[str] | Mapping[str, Any]) -> tuple[str, ...] | ToolFilter:

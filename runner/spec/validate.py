@@ -71,6 +71,77 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _looks_like_token(value: str) -> bool:
+    """A value written where the name of a variable belongs that looks like the credential
+    itself: a known key format, or long and mixed like a generated token."""
+    return bool(
+        SECRET_VALUE.search(value)
+        or (
+            len(value) >= 24
+            and re.search(r"\d", value)
+            and re.search(r"[a-z]", value)
+            and re.search(r"[A-Z]", value)
+        )
+    )
+
+
+def _oauth_variable(server: str, key: str) -> str:
+    """A variable name to suggest for a server's `client_id_env`/`client_secret_env`."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", server).upper().strip("_")
+    return f"{stem}_{key.removesuffix('_env').upper()}"
+
+
+def _oauth_client_problems(server: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """What is missing from (or too much in) the client an `oauth:` mapping describes."""
+    proofs = [key for key in ("client_secret_env", "client_key_env") if key in settings]
+    has_id = "client_id_env" in settings
+    add_id = f"add `client_id_env: {_oauth_variable(server, 'client_id_env')}`"
+    if settings.get("grant") != "client_credentials":
+        if "client_key_env" in settings:
+            return [
+                (
+                    "has client_key_env, which only the client credentials grant uses",
+                    "add `grant: client_credentials`, or drop client_key_env",
+                )
+            ]
+        if proofs and not has_id:
+            return [
+                (
+                    "has a client secret but no client_id_env: it belongs to a pre-registered "
+                    "client",
+                    add_id,
+                )
+            ]
+        return []
+    problems = []
+    if not has_id:
+        problems.append(
+            (
+                "has no client_id_env: the client credentials grant logs in as a "
+                "pre-registered client",
+                add_id,
+            )
+        )
+    if not proofs:
+        secret = _oauth_variable(server, "client_secret_env")
+        problems.append(
+            (
+                "has no client_secret_env or client_key_env: the client must prove who it is",
+                f"add `client_secret_env: {secret}` (or `client_key_env:` "
+                "for a private key that signs a JWT)",
+            )
+        )
+    if len(proofs) == 2:
+        problems.append(
+            (
+                "has both client_secret_env and client_key_env: the client proves who "
+                "it is with one",
+                "keep one of them",
+            )
+        )
+    return problems
+
+
 def _model_names(value: Any) -> list[tuple[int | None, str]]:
     """The names of a `model:` value, one or a fallback list, with their list index."""
     if isinstance(value, str):
@@ -298,6 +369,28 @@ class _Checker:
                 for key, value in _dict(spec.get(table)).items():
                     if isinstance(value, str):
                         self._check_secret(("mcp_servers", name, table, key), key, value, table)
+            self._check_oauth(name, spec.get("oauth"))
+
+    def _check_oauth(self, name: str, oauth: Any) -> None:
+        """The settings name variables (a value that looks like the credential itself is a
+        leak), and a whole client: an id with one way to prove it."""
+        settings = _dict(oauth)
+        here = ("mcp_servers", name, "oauth")
+        for key in ("client_id_env", "client_secret_env", "client_key_env"):
+            value = _str(settings.get(key))
+            if value and _looks_like_token(value):
+                self.report(
+                    (*here, key),
+                    f"oauth.{key} of server {name!r} looks like a credential, not the name of "
+                    "a variable",
+                    "literal-secret",
+                    f"write the variable's name ({key}: {_oauth_variable(name, key)}) and "
+                    "export the value in that variable",
+                )
+        for message, hint in _oauth_client_problems(name, settings):
+            self.report(
+                here, f"oauth of server {name!r} {message}", "incomplete-oauth-client", hint
+            )
 
     def _check_agents(self) -> None:
         """Each agent's servers, once at the agent (the steps that name it are not told
@@ -405,15 +498,7 @@ class _Checker:
 
     def _check_token_env(self) -> None:
         token_env = _str(_dict(self.data.get("lmstudio")).get("token_env"))
-        if token_env and (
-            SECRET_VALUE.search(token_env)
-            or (
-                len(token_env) >= 24
-                and re.search(r"\d", token_env)
-                and re.search(r"[a-z]", token_env)
-                and re.search(r"[A-Z]", token_env)
-            )
-        ):
+        if token_env and _looks_like_token(token_env):
             self.report(
                 ("lmstudio", "token_env"),
                 "lmstudio.token_env looks like a token, not the name of a variable",
