@@ -8,8 +8,8 @@ starts them, `RunOptions(servers=...)` hands them to each run, and their
 Servers cannot be shared when a run would start different ones: settings that read the
 run's inputs or the run itself (`{{ inputs.x }}`, `{{ run.dir }}`), a server that may
 sample (it is answered by the run's own model and LM Studio host), one that logs in with
-OAuth (a run masks the tokens it reads itself), or a workflow with sub-workflows. `unshareable` tells why,
-from the workflow's plan; such runs start their own servers.
+OAuth (a run masks the tokens it reads itself), or a workflow with sub-workflows.
+`unshareable` tells why, from the workflow's plan; such runs start their own servers.
 """
 
 from __future__ import annotations
