@@ -184,3 +184,22 @@ def test_open_servers_refuses_servers_that_depend_on_the_run(tmp_path: Path) -> 
 
     with pytest.raises(ConfigurationError, match=r"mcp_servers\.fx reads run\.dir"):
         anyio.run(open_them)
+
+
+def test_servers_that_log_in_or_belong_to_sub_workflows_are_not_shared(tmp_path: Path) -> None:
+    """A run masks the OAuth tokens it reads itself, and a sub-workflow's servers start with
+    each run: neither is shared by the rows of a batch."""
+    remote = tmp_path / "remote.yaml"
+    remote.write_text(
+        "version: 1\nname: remote\n"
+        "mcp_servers:\n  notes: {url: 'https://notes.example.com/mcp', oauth: true}\n"
+        "steps:\n  - {id: read, tool: notes.read, with: {}}\n"
+    )
+    assert unshareable(lmflow_runner.load_workflow(remote)) == [
+        "mcp_servers.notes logs in with OAuth (each run masks the tokens it sees)"
+    ]
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("version: 1\nname: parent\nsteps:\n  - {id: inner, workflow: remote.yaml}\n")
+    assert unshareable(lmflow_runner.load_workflow(parent)) == [
+        "it runs remote.yaml as a sub-workflow, whose servers start with each run"
+    ]
