@@ -29,18 +29,22 @@ if __name__ != "lmflow_runner":
 if TYPE_CHECKING:
     from .api import (
         RunOptions,
+        SharedServers,
         StepResult,
         WorkflowResult,
         agent_workflow,
         check_inputs,
         list_models,
         load_workflow,
+        models_used,
+        open_servers,
         run_workflow,
         run_workflow_sync,
     )
 
 __all__ = [
     "RunOptions",
+    "SharedServers",
     "StepResult",
     "WorkflowResult",
     "__version__",
@@ -48,6 +52,8 @@ __all__ = [
     "check_inputs",
     "list_models",
     "load_workflow",
+    "models_used",
+    "open_servers",
     "run_workflow",
     "run_workflow_sync",
 ]

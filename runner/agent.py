@@ -62,6 +62,8 @@ class AgentTask:
     max_tokens: int | None = None
     tool_choice: str | None = None
     output_schema: Mapping[str, Any] | None = None
+    history: tuple[Message, ...] = ()
+    """Messages before the prompt (after the system prompt), e.g. a server prompt's turns."""
 
 
 @dataclass
@@ -185,6 +187,7 @@ class _Run:
         self.messages: list[Message] = []
         if task.system is not None:
             self.messages.append({"role": "system", "content": task.system})
+        self.messages.extend(task.history)
         self.messages.append({"role": "user", "content": self._first_prompt()})
         self.sent = 0
         self.round = 0

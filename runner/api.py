@@ -20,19 +20,24 @@ from .executor import RunResult, coerce_inputs
 from .executor import StepRecord as StepResult
 from .runtime import PreparedRun, RunOptions, begin, execute, parts_for
 from .runtime import one_off_workflow as agent_workflow
+from .shared_servers import SharedServers, open_servers
 from .spec.model import Workflow
 
 if TYPE_CHECKING:
-    from .catalog import Catalog
+    from .catalog import Catalog, ModelInfo
+    from .spec.model import LMStudioSettings
 
 __all__ = [
     "RunOptions",
+    "SharedServers",
     "StepResult",
     "WorkflowResult",
     "agent_workflow",
     "check_inputs",
     "list_models",
     "load_workflow",
+    "models_used",
+    "open_servers",
     "run_workflow",
     "run_workflow_sync",
 ]
@@ -122,11 +127,26 @@ def run_workflow_sync(
     return asyncio.run(run_workflow(workflow, inputs, options))
 
 
-async def list_models(base_url: str | None = None, *, refresh: bool = False) -> Catalog:
+async def list_models(
+    base_url: str | None = None,
+    *,
+    refresh: bool = False,
+    settings: LMStudioSettings | None = None,
+) -> Catalog:
     """What the LM Studio server has, loaded or not, with tool-use capability (the model list
-    `lmflow models` prints; cached like it)."""
+    `lmflow models` prints; cached like it). `settings` (a workflow's `lmstudio:`) names the
+    token and, without `base_url`, the server, under the same trust rule as a run."""
     from .catalog import model_cache_ttl
     from .lmstudio_server import resolve_server
     from .preflight import fetch_catalog
 
-    return await fetch_catalog(resolve_server(base_url), ttl=model_cache_ttl(None), refresh=refresh)
+    server = resolve_server(base_url, settings)
+    return await fetch_catalog(server, ttl=model_cache_ttl(None), refresh=refresh)
+
+
+def models_used(workflow: Workflow, catalog: Catalog) -> list[ModelInfo]:
+    """The models of `catalog` a run of `workflow` would ask first (of a fallback list, the
+    first the server has); a model the server lacks is left out."""
+    from .preflight import models_to_run
+
+    return models_to_run(workflow, catalog.models)

@@ -2,13 +2,16 @@
 
 Rows are read twice as a stream: first every row is checked against the workflow's inputs
 (a bad row is written as `invalid` before anything runs), then the good rows run, at most
-`concurrency` at once, each on a free host slot (batch_hosts.py). Each finished row is one
-line of OUT and one entry in the journal (batch_journal.py) that `--resume` continues from.
+`concurrency` at once, each on a free host slot (batch_hosts.py), or each from its own
+cassette (`--replay DIR`). Each finished row is one line of OUT and one entry in the journal
+(batch_journal.py) that `--resume` continues from. Where a row runs, in this process or on a
+Dask worker, is `Batch.where` (batch_where.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections import Counter
@@ -20,11 +23,12 @@ from typing import IO, Any, Protocol
 import anyio
 import anyio.lowlevel
 
-from .api import RunOptions, check_inputs, run_workflow
-from .batch_hosts import Hosts, NoHostLeft
+from .api import RunOptions, check_inputs
+from .batch_hosts import DEFAULT_SLOTS, Host, HostChoice, Hosts, NoHostLeft, survey
 from .batch_journal import Journal, journal_path
 from .batch_rows import Row, file_digest, read_rows
-from .errors import ConfigurationError, LLMConnectionError, LmflowError
+from .batch_where import RowRun, Rows, Where, in_process
+from .errors import ConfigurationError, LmflowError
 from .spec.model import Workflow
 
 
@@ -42,6 +46,23 @@ class RowOutcome:
     host: str | None = None
     duration: float = 0.0
     usage: Mapping[str, int] | None = None
+    worker: str | None = None
+    """The Dask worker that ran the row (None: the batch's own process)."""
+
+    @classmethod
+    def of(cls, line: int, run: RowRun, host: str | None) -> RowOutcome:
+        return cls(
+            line=line,
+            inputs=run.inputs,
+            status=run.status,
+            outputs=run.outputs,
+            error=run.error,
+            run_id=run.run_id,
+            host=host,
+            duration=run.duration,
+            usage=run.usage,
+            worker=run.worker,
+        )
 
     def as_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, default=str)
@@ -56,6 +77,8 @@ class Observer(Protocol):
 
     def host_down(self, host: str | None, reason: str) -> None: ...
 
+    def host_ready(self, host: Host) -> None: ...
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -63,14 +86,23 @@ class Batch:
     rows: Path
     out: Path
     mapping: Mapping[str, str] = field(default_factory=dict)
-    hosts: Sequence[str | None] = (None,)
-    slots: int = 4
-    """Rows each host runs at once."""
-    concurrency: int = 8
-    """Rows running at once over all hosts."""
+    hosts: Sequence[HostChoice] = (HostChoice(None),)
+    slots: int | None = None
+    """Rows each host runs at once; None: what the host reports, else 4."""
+    concurrency: int | None = None
+    """Rows running at once over all hosts; None: every host's slots."""
     resume: bool = False
     options: RunOptions = field(default_factory=RunOptions)
-    """For every row's run; its `base_url` is the host's."""
+    """For every row's run; its `base_url` is the host's, its `record` or `replay` the row's
+    cassette."""
+    record: Path | None = None
+    """A folder: each row's exchanges go to a cassette of its own there (`cassette_for`)."""
+    rerecord: bool = False
+    """With `record`: a row's existing cassette is replaced."""
+    replay: Path | None = None
+    """A folder of such cassettes: each row answers from its own, and no host is asked."""
+    where: Where = in_process
+    """Where the rows run: this process, or a Dask cluster (batch_dask.on_dask)."""
 
 
 async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
@@ -83,6 +115,13 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
             hint="pass --resume to continue that batch, or delete it (and "
             f"{journal_file.name}) to start over",
         )
+    async with batch.where(batch.workflow) as rows:
+        return await _journaled(batch, rows, observer)
+
+
+async def _journaled(batch: Batch, rows: Rows, observer: Observer) -> Counter[str]:
+    """The rows not done yet, run by `rows`, each written to OUT and the journal."""
+    journal_file = journal_path(batch.out)
     fresh = not journal_file.exists()
     journal = Journal(journal_file)
     try:
@@ -90,7 +129,7 @@ async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
         journal.forget_unfinished()
         _rewrite_out(batch.out, journal)
         with batch.out.open("a", encoding="utf-8") as out:
-            return await _Run(batch, journal, out, observer).all_rows()
+            return await _Run(batch, rows, journal, out, observer).all_rows()
     except ConfigurationError:
         # ROWS turned out unreadable: a batch that never started leaves nothing to resume.
         journal.close()
@@ -123,18 +162,25 @@ def _rewrite_out(out: Path, journal: Journal) -> None:
 
 
 class _Run:
-    def __init__(self, batch: Batch, journal: Journal, out: IO[str], observer: Observer) -> None:
+    def __init__(
+        self, batch: Batch, rows: Rows, journal: Journal, out: IO[str], observer: Observer
+    ) -> None:
         self.batch = batch
+        self.rows = rows
         self.journal = journal
         self.out = out
         self.observer = observer
-        self.hosts = Hosts(batch.hosts, batch.slots)
+        self.hosts = Hosts(())
         self.stopped_by: NoHostLeft | None = None
 
     async def all_rows(self) -> Counter[str]:
         done = self.journal.done_lines()
         invalid = await self._check_all(done)
-        running = anyio.Semaphore(self.batch.concurrency)
+        concurrency = self.batch.concurrency
+        if self.batch.replay is None:
+            await self._survey()
+            concurrency = concurrency or self.hosts.capacity
+        running = anyio.Semaphore(concurrency or self.batch.slots or DEFAULT_SLOTS)
         async with anyio.create_task_group() as group:
             for row in self._rows():
                 if row.line in done or row.line in invalid:
@@ -144,6 +190,18 @@ class _Run:
         if self.stopped_by is not None:
             raise self.stopped_by
         return self.journal.statuses()
+
+    async def _survey(self) -> None:
+        """Ask the hosts what they have before the first row; none left is exit 3."""
+        hosts = await survey(self.batch.hosts, self.batch.workflow, self.batch.slots)
+        self.hosts = Hosts(hosts)
+        for host in hosts:
+            if host.down is None:
+                self.observer.host_ready(host)
+            else:
+                self.observer.host_down(host.url, host.down)
+        if self.hosts.capacity == 0:
+            raise self.hosts.none_left()
 
     def _rows(self) -> Iterator[Row]:
         workflow = self.batch.workflow
@@ -168,49 +226,55 @@ class _Run:
 
     async def _run_row(self, row: Row, running: anyio.Semaphore, group: anyio.CancelScope) -> None:
         try:
-            self._write(await self._on_some_host(row))
+            if self.batch.replay is not None:
+                outcome = await self._replayed(row, cassette_for(self.batch.replay, row))
+            else:
+                outcome = await self._on_some_host(row)
+            self._write(outcome)
         except NoHostLeft as error:
             self.stopped_by = self.stopped_by or error
             group.cancel()
         finally:
             running.release()
 
+    async def _replayed(self, row: Row, cassette: Path) -> RowOutcome:
+        """The row answered from its own cassette; a row without one is an error that says
+        how to record it."""
+        if not cassette.is_file():
+            error = (
+                f"no cassette for this row: {cassette} (record it with `lmflow batch ... "
+                f"--record {cassette.parent}` against LM Studio)"
+            )
+            return RowOutcome(row.line, row.inputs, "error", error=error)
+        options = dataclasses.replace(self.batch.options, replay=cassette)
+        return RowOutcome.of(row.line, await self.rows.run(row.inputs, options), None)
+
     async def _on_some_host(self, row: Row) -> RowOutcome:
         """Run the row on a free host; a host that cannot be reached leaves the rotation and
         the row goes to another."""
+        options = self.batch.options
+        if self.batch.record is not None:
+            cassette = cassette_for(self.batch.record, row)
+            options = dataclasses.replace(options, record=cassette, rerecord=self.batch.rerecord)
         while True:
             async with self.hosts.slot() as host:
-                options = dataclasses.replace(self.batch.options, base_url=host)
-                try:
-                    result = await run_workflow(self.batch.workflow, row.inputs, options)
-                except LLMConnectionError as error:
-                    if await self.hosts.take_out(host, error.message):
-                        self.observer.host_down(host, error.message)
+                run = await self.rows.run(row.inputs, host.choice.aim(options))
+                if run.unreachable:
+                    reason = run.error or "cannot be reached"
+                    if await self.hosts.take_out(host, reason):
+                        self.observer.host_down(host.url, reason)
                     continue
-                except LmflowError as error:
-                    return RowOutcome(row.line, row.inputs, "error", error=error.message, host=host)
-                if not result.ok and not await self.hosts.answers(host):
+                if run.status == "error":  # the environment was not ready: no use elsewhere
+                    return RowOutcome.of(row.line, run, host.url)
+                if run.status != "succeeded" and not await self.hosts.answers(host):
                     # The host went away during the row (its model list was cached, so the
                     # run's own check did not notice): another host runs the row again.
                     reason = f"stopped answering during row {row.line}"
                     if await self.hosts.take_out(host, reason):
-                        self.observer.host_down(host, reason)
+                        self.observer.host_down(host.url, reason)
                     continue
-            usage = result.usage
-            return RowOutcome(
-                line=row.line,
-                inputs=dict(result.inputs),
-                status=result.status,
-                outputs=dict(result.outputs),
-                error=result.error,
-                run_id=result.run_id,
-                host=host,
-                duration=round(result.duration, 3),
-                usage={
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                },
-            )
+                self.hosts.served(host)
+            return RowOutcome.of(row.line, run, host.url)
 
     def _write(self, outcome: RowOutcome) -> None:
         """OUT first, then the journal: a crash in between leaves a line the journal lacks,
@@ -220,6 +284,13 @@ class _Run:
         self.out.flush()
         self.journal.record(outcome.line, outcome.status, record)
         self.observer.finished(outcome)
+
+
+def cassette_for(folder: Path, row: Row) -> Path:
+    """A row's own cassette in `folder`, named by the row's inputs (not its line): rows added,
+    moved or removed leave the other rows' cassettes valid."""
+    canonical = json.dumps(row.inputs, sort_keys=True, ensure_ascii=False, default=str)
+    return folder / f"row-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}.yaml"
 
 
 def _problem(workflow: Workflow, row: Row) -> str | None:

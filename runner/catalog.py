@@ -58,6 +58,9 @@ class ModelInfo:
     instances: tuple[str, ...] = ()
     activity: str | None = None
     """What `lms ps` says a loaded model is doing: idle, generating, processingprompt, queued."""
+    parallel: int | None = None
+    """Requests its loaded instances serve at once (their `config.parallel` summed), when the
+    server says (LM Studio 0.4+): how many rows `lmflow batch` sends it at a time."""
 
     @property
     def ready(self) -> bool:
@@ -81,6 +84,7 @@ class ModelInfo:
             "quantization": self.quantization,
             "instances": list(self.instances),
             "activity": self.activity,
+            "parallel": self.parallel,
         }
 
     @classmethod
@@ -96,6 +100,7 @@ class ModelInfo:
             quantization=data.get("quantization"),
             instances=tuple(data.get("instances", ())),
             activity=data.get("activity"),
+            parallel=data.get("parallel"),
         )
 
 

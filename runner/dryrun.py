@@ -17,7 +17,8 @@ from typing import Any
 from . import templating
 from .command_step import command_line
 from .errors import StepFailedError
-from .spec.model import CommandStep, LoopStep, Step, ToolStep, Workflow, thawed
+from .server_prompts import described
+from .spec.model import CommandStep, LoopStep, Step, ToolStep, Workflow, WorkflowStep, thawed
 
 
 class Placeholder:
@@ -127,12 +128,14 @@ def _step(
     elif isinstance(step, LoopStep):
         until = step.loop.until
         return DryStep(step.id, f"loop  (max: {step.loop.max}, until: {until})", condition, None)
+    elif isinstance(step, WorkflowStep):
+        title = f"workflow {step.workflow}"
     else:
         title = f"model {workflow.step_model(step)}"
         title += f"  (mcp: {', '.join(step.mcp)})" if step.mcp else ""
     shown = DryStep(step.id, title, condition, for_each)
     try:
-        if isinstance(step, ToolStep):
+        if isinstance(step, (ToolStep, WorkflowStep)):  # a tool's arguments; a workflow's inputs
             arguments = templating.render_value(thawed(step.with_), context)
             text = json.dumps(arguments, ensure_ascii=False, default=str)
             return replace(shown, arguments=redact(text))
@@ -140,6 +143,10 @@ def _step(
             return replace(shown, arguments=redact(shlex.join(command_line(step, context))))
         system = templating.render_text(step.system, context) if step.system else None
         prompt = templating.render_text(step.prompt or "", context)
+        if step.system_from is not None:
+            system = described(step.system_from, context)
+        if step.prompt_from is not None:
+            prompt = described(step.prompt_from, context)
         return replace(
             shown, system=redact(system) if system is not None else None, prompt=redact(prompt)
         )

@@ -192,7 +192,8 @@ class ToolStepsInvalidError(MCPServerError):
 
     def __init__(self, problems: Sequence[object], workflow_path: str) -> None:
         super().__init__(
-            f"{len(problems)} problem(s) with tool steps against their MCP servers' tools; "
+            f"{len(problems)} problem(s) with tool steps or server prompts against what their "
+            "MCP servers offer; "
             "no step was run",
             hint=f"`lmflow tools {shlex.quote(workflow_path)}` lists each tool with its arguments",
         )

@@ -35,9 +35,10 @@ from .errors import (
 )
 from .limits import holding
 from .results import capped, full_result_fields
-from .resume import Reusable, scoped_fingerprint, step_fingerprint
+from .resume import Reusable, step_fingerprint
 from .resume import item_fingerprint as fingerprint_of_item
 from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
+from .server_prompts import step_prompts
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import (
     AgentStep,
@@ -50,6 +51,7 @@ from .spec.model import (
     Step,
     ToolStep,
     Workflow,
+    WorkflowStep,
     thawed,
 )
 
@@ -269,6 +271,17 @@ def base_context(
     }
 
 
+def nested_context(
+    workflow: Workflow, inputs: Mapping[str, Any], including: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the templates of an included workflow read before its first step: its own
+    inputs and `workflow`, the run's `env` and `run`."""
+    return {
+        **base_context(workflow, inputs, including["env"], "", None, ""),
+        "run": including["run"],
+    }
+
+
 def servers_in_use(workflow: Workflow) -> list[str]:
     """Declared servers that some step lists or calls, in declaration order."""
     used = {name for step in workflow.steps for name in step.servers}
@@ -391,11 +404,13 @@ class Executor:
         context: dict[str, Any],
         reuse: Reusable | None = None,
         scope: str = "",
+        slots: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.workflow = workflow
-        self.scope = scope
-        """Where these steps run inside another step (`LOOP[N]`), or "" at the top."""
         self.reuse = reuse
+        self.scope = scope
+        """Where these steps run inside another step: `PARENT` for a sub-workflow's steps,
+        `LOOP[N]` for an iteration's, composed (`a/b[2]`); "" at the top."""
         self.inputs = dict(inputs)
         self.chat = chat
         self.tools = tools
@@ -404,10 +419,36 @@ class Executor:
         self.steps = {step.id: step for step in workflow.steps}
         self.waits = workflow.plan.dependencies()
         self.order = {step_id: rank for rank, step_id in enumerate(workflow.plan.order())}
-        self.slots = anyio.CapacityLimiter(workflow.defaults.concurrency)
+        self.slots = slots or anyio.CapacityLimiter(workflow.defaults.concurrency)
+        """The run's one concurrency limit, shared with nested executors."""
         self.result = RunResult(log.run_id, workflow.name, "succeeded", self.inputs)
         self.failed_step: str | None = None
         """The failed step the run's error names: the first in run order, not in time."""
+
+    # --- nesting: the one place where a step's id gets its scope ---------------------------
+
+    def _scoped(self, step_id: str) -> str:
+        """A step's id as everything outside the executor sees it (events, StepRecords in the
+        log, cassette scopes): `SCOPE/ID` for nested steps, so `a/b` is step b of
+        sub-workflow a and `fix[2]/b` step b in loop fix's second iteration."""
+        return f"{self.scope}/{step_id}" if self.scope else step_id
+
+    def _nested(
+        self, step: Step, scope: str, inputs: Mapping[str, Any], context: dict[str, Any]
+    ) -> Executor:
+        """An executor for a step's nested steps (`workflow.bodies`), under `scope`, sharing
+        the run's model, tools, log, resume and concurrency slots."""
+        return Executor(
+            self.workflow.bodies[step.id],
+            inputs,
+            chat=self.chat,
+            tools=self.tools,
+            log=self.log,
+            context=context,
+            reuse=self.reuse,
+            scope=scope,
+            slots=self.slots,
+        )
 
     async def run(self) -> RunResult:
         """Run every step; `self.result` holds what finished so far, also when interrupted.
@@ -506,8 +547,11 @@ class Executor:
             return StepRecord(step.id, "failed", error=f"if: {error}", model=model)
         if reason is not None:
             return StepRecord(step.id, "skipped", reason=reason, model=model)
-        fingerprint = self._fingerprint(step, context)
-        if step.for_each is None and (reused := self._reused(step.id, fingerprint)):
+        fingerprint = step_fingerprint(self.workflow, step, context, scope=self.scope)
+        # a for_each's items and a sub-workflow's steps are reused one by one instead, so a
+        # resumed run logs their fingerprints again for the run that resumes it
+        whole = step.for_each is None and not isinstance(step, WorkflowStep)
+        if whole and (reused := self._reused(step.id, fingerprint)):
             return reused
         self.log.emit(
             "step_started",
@@ -516,13 +560,13 @@ class Executor:
             model=model,
             kind=step.kind,
             tool=step.tool if isinstance(step, ToolStep) else None,
-            **_nested_order(self.workflow, step),
+            **self._nested_order(step),
         )
         started = time.monotonic()
         try:
             if step.for_each is not None:
                 record = await self._for_each(step, context, fingerprint)
-            elif isinstance(step, LoopStep):  # its nested steps take the slots
+            elif isinstance(step, WorkflowStep | LoopStep):  # their nested steps take slots
                 record = await self._attempt(step, context, None)
             else:
                 async with holding(self.slots):
@@ -561,6 +605,8 @@ class Executor:
                 return await self._tool_step(step, context, item)
             if isinstance(step, CommandStep):
                 return await self._command_step(step, context, item)
+            if isinstance(step, WorkflowStep):
+                return await self._workflow_step(step, context)
             if isinstance(step, LoopStep):
                 return await self._loop_step(step, context)
             return await self._agent_step(step, context, item)
@@ -676,81 +722,6 @@ class Executor:
             **_hint(record),
         )
 
-    # --- nesting: the one place where a step's id and fingerprint get their scope ---------
-
-    def _scoped(self, step_id: str) -> str:
-        """A step's id as the log, cassettes and fingerprints know it: `LOOP[N]/INNER` in an
-        iteration of a loop (nesting composes: `a[1]/b[2]/c`), the id itself at the top."""
-        return f"{self.scope}/{step_id}" if self.scope else step_id
-
-    def _fingerprint(self, step: Step, context: Mapping[str, Any]) -> str:
-        """A nested step's fingerprint also holds where it runs and what its loop gave it
-        (`loop.index`, `loop.previous`): each iteration is a step of its own to `--resume`."""
-        own = step_fingerprint(self.workflow, step, context)
-        return scoped_fingerprint(self.scope, own, context.get("loop")) if self.scope else own
-
-    async def _loop_step(self, step: LoopStep, context: Mapping[str, Any]) -> StepRecord:
-        """The nested steps again and again, each iteration a run of the same Executor
-        over them, until `until:` holds or `max:` iterations ran."""
-        loop = step.loop
-        body = self.workflow.bodies[step.id]
-        tally = StepRecord(step.id, "succeeded")
-        previous: dict[str, Any] = {}
-        with anyio.move_on_after(step.timeout if step.timeout is not None else math.inf) as timer:
-            for index in range(1, loop.max + 1):
-                inner = Executor(
-                    body,
-                    self.inputs,
-                    chat=self.chat,
-                    tools=self.tools,
-                    log=self.log,
-                    context={
-                        **context,
-                        "steps": dict(context["steps"]),
-                        "loop": {"index": index, "previous": previous},
-                    },
-                    reuse=self.reuse,
-                    scope=f"{self._scoped(step.id)}[{index}]",
-                )
-                inner.slots = self.slots  # one concurrency limit for the whole run
-                result = await inner.run()
-                tally.rounds += sum(r.rounds for r in result.steps)
-                tally.tool_calls += sum(r.tool_calls for r in result.steps)
-                tally.usage = sum((r.usage for r in result.steps), tally.usage)
-                tally.output = {
-                    **{r.id: r.output for r in result.steps},
-                    LOOP_ITERATIONS: index,
-                }
-                try:
-                    done = result.status == "failed" or templating.evaluate(
-                        loop.until, inner.context
-                    )
-                except templating.TemplateError as error:
-                    raise StepFailedError(f"until: {error}") from None
-                self.log.emit(
-                    "iteration_finished",
-                    self._scoped(step.id),
-                    iteration=index,
-                    status=result.status,
-                    until=bool(done) if result.status != "failed" else None,
-                )
-                if result.status == "failed":
-                    tally.status, tally.error = "failed", f"iteration {index}: {result.error}"
-                    tally.hint = next((r.hint for r in result.steps if r.hint), None)
-                    return tally
-                if done:
-                    return tally
-                previous = {r.id: {"output": r.output, "status": r.status} for r in result.steps}
-        if timer.cancelled_caught:
-            raise StepFailedError(f"loop did not finish within {step.timeout} s")
-        if loop.on_max == "fail":
-            tally.status = "failed"
-            tally.error = f"reached max: {loop.max} iterations and until: is still false"
-            tally.hint = (
-                "raise `max:`, or say `on_max: succeed` to keep the last iteration's outputs"
-            )
-        return tally
-
     def _result_limits(self, step: AgentStep) -> dict[str, int]:
         """Result characters the model gets, per server: the step's setting overrides each
         server's own."""
@@ -817,6 +788,106 @@ class Executor:
         status: StepStatus = "failed" if error else "succeeded"
         return StepRecord(step.id, status, output=output, error=error)
 
+    async def _loop_step(self, step: LoopStep, context: Mapping[str, Any]) -> StepRecord:
+        """The nested steps again and again, each iteration a run of a nested Executor over
+        them (scope `LOOP[N]`), until `until:` holds or `max:` iterations ran."""
+        loop = step.loop
+        tally = StepRecord(step.id, "succeeded")
+        previous: dict[str, Any] = {}
+        with anyio.move_on_after(step.timeout if step.timeout is not None else math.inf) as timer:
+            for index in range(1, loop.max + 1):
+                inner = self._nested(
+                    step,
+                    f"{self._scoped(step.id)}[{index}]",
+                    self.inputs,
+                    {
+                        **context,
+                        "steps": dict(context["steps"]),
+                        "loop": {"index": index, "previous": previous},
+                    },
+                )
+                result = await inner.run()
+                tally.rounds += sum(r.rounds for r in result.steps)
+                tally.tool_calls += sum(r.tool_calls for r in result.steps)
+                tally.usage = sum((r.usage for r in result.steps), tally.usage)
+                tally.output = {
+                    **{r.id: r.output for r in result.steps},
+                    LOOP_ITERATIONS: index,
+                }
+                try:
+                    done = result.status == "failed" or templating.evaluate(
+                        loop.until, inner.context
+                    )
+                except templating.TemplateError as error:
+                    raise StepFailedError(f"until: {error}") from None
+                self.log.emit(
+                    "iteration_finished",
+                    self._scoped(step.id),
+                    iteration=index,
+                    status=result.status,
+                    until=bool(done) if result.status != "failed" else None,
+                )
+                if result.status == "failed":
+                    tally.status, tally.error = "failed", f"iteration {index}: {result.error}"
+                    tally.hint = next((r.hint for r in result.steps if r.hint), None)
+                    return tally
+                if done:
+                    return tally
+                previous = {r.id: {"output": r.output, "status": r.status} for r in result.steps}
+        if timer.cancelled_caught:
+            raise StepFailedError(f"loop did not finish within {step.timeout} s")
+        if loop.on_max == "fail":
+            tally.status = "failed"
+            tally.error = f"reached max: {loop.max} iterations and until: is still false"
+            tally.hint = (
+                "raise `max:`, or say `on_max: succeed` to keep the last iteration's outputs"
+            )
+        return tally
+
+    def _nested_order(self, step: Step) -> dict[str, Any]:
+        """The `step_started` fields of a step with nested steps: `steps`, those steps in
+        run order (so the snapshot view, cassettes and report order their events as they
+        order the run's), and for a `workflow:` step the file it runs."""
+        if step.id not in self.workflow.bodies:
+            return {}
+        steps = {"steps": self.workflow.bodies[step.id].plan.order()}
+        return {"workflow": step.workflow, **steps} if isinstance(step, WorkflowStep) else steps
+
+    async def _workflow_step(self, step: WorkflowStep, context: Mapping[str, Any]) -> StepRecord:
+        """The included workflow's steps, run by an executor of their own under this step's
+        scope, sharing the run's model, tools, log, slots and resume; its outputs are the
+        step's output, and the first of its steps that failed is the step's reason."""
+        child = step.child
+        try:
+            inputs = coerce_inputs(child, templating.render_value(thawed(step.with_), context))
+        except InputError as error:
+            raise InputError(
+                f"with: {error.message}",
+                hint=f"give {step.workflow}'s inputs in the step's `with:`",
+            ) from None
+        nested = self._nested(
+            step, self._scoped(step.id), inputs, nested_context(child, inputs, context)
+        )
+        try:  # only the step's own `timeout:`: the file's steps have their own defaults
+            with anyio.fail_after(step.timeout):
+                result = await nested.run()
+        except TimeoutError:
+            raise StepFailedError(
+                f"workflow {step.workflow} did not finish within {step.timeout} s",
+                hint="raise the step's `timeout:`",
+            ) from None
+        failed = next((r for r in result.steps if r.status == "failed"), None)
+        return StepRecord(
+            step.id,
+            "succeeded" if result.status == "succeeded" else "failed",
+            output=result.outputs,
+            error=result.error,
+            hint=failed.hint if failed is not None and result.error else None,
+            rounds=sum(r.rounds for r in result.steps),
+            tool_calls=sum(r.tool_calls for r in result.steps),
+            usage=result.usage,
+        )
+
     async def _agent_step(
         self, step: AgentStep, context: Mapping[str, Any], item: int | None
     ) -> StepRecord:
@@ -826,10 +897,12 @@ class Executor:
         toolbox = None
         if step.mcp and self.tools is not None:
             toolbox = self.tools.toolbox(step.mcp, step.tools, self._result_limits(step))
+        system, history, prompt = await step_prompts(step, self.tools, context)
         task = AgentTask(
             model=model,
-            system=templating.render_text(step.system, context) if step.system else None,
-            prompt=templating.render_text(step.prompt or "", context),
+            system=system,
+            prompt=prompt,
+            history=history,
             temperature=step.temperature if step.temperature is not None else defaults.temperature,
             max_tokens=step.max_tokens if step.max_tokens is not None else defaults.max_tokens,
             # the default applies to steps that offer tools; a step without any has no choice
@@ -864,14 +937,6 @@ class Executor:
             tool_calls=outcome.tool_calls,
             usage=outcome.usage,
         )
-
-
-def _nested_order(workflow: Workflow, step: Step) -> dict[str, Any]:
-    """The `steps` field of a loop step's `step_started`: its nested steps in run order, so
-    the snapshot view and cassettes order their events as they order the run's."""
-    if not isinstance(step, LoopStep):
-        return {}
-    return {"steps": workflow.bodies[step.id].plan.order()}
 
 
 def _reused_from(record: StepRecord) -> dict[str, Any]:

@@ -62,11 +62,17 @@ class LimitedTools(ToolboxFromSource):
 def limit_calls(workflow: Workflow, tools: ToolProvider) -> ToolProvider:
     """`tools` with the workflow's `max_concurrent_calls` applied (as is when none is set).
     Every tool provider of a run is also a tool source (it lists each server's tools)."""
-    limits = {
-        name: server.max_concurrent_calls
-        for name, server in workflow.mcp_servers.items()
-        if server.max_concurrent_calls is not None
-    }
+    limits = call_limits(workflow)
     if not limits:
         return tools
     return LimitedTools(cast("ToolSource", tools), limits)
+
+
+def call_limits(workflow: Workflow) -> dict[str, int]:
+    """Each server's `max_concurrent_calls`, where one is set."""
+    return {
+        name: server.max_concurrent_calls
+        for member in workflow.family()  # and the servers of the workflows it includes
+        for name, server in member.mcp_servers.items()
+        if server.max_concurrent_calls is not None
+    }

@@ -127,7 +127,11 @@ def models_native_v1(body: Any) -> tuple[ModelInfo, ...] | None:
         quantization = entry.get("quantization")
         if isinstance(quantization, Mapping):
             quantization = quantization.get("name")
-        contexts = [int_or_none((i.get("config") or {}).get("context_length")) for i in instances]
+        configs: list[Mapping[str, Any]] = [
+            config for i in instances if isinstance(config := i.get("config"), Mapping)
+        ]
+        contexts = [int_or_none(config.get("context_length")) for config in configs]
+        slots = [int_or_none(config.get("parallel")) for config in configs]
         tool_use = capabilities.get("trained_for_tool_use")
         models.append(
             ModelInfo(
@@ -140,6 +144,7 @@ def models_native_v1(body: Any) -> tuple[ModelInfo, ...] | None:
                 variants=_variant_names(entry.get("variants")),
                 quantization=quantization if isinstance(quantization, str) else None,
                 instances=tuple(str(i["id"]) for i in instances if "id" in i),
+                parallel=sum(n for n in slots if n and n > 0) or None,
             )
         )
     return tuple(models)

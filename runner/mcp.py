@@ -32,14 +32,16 @@ from anyio.abc import Process, TaskGroup, TaskStatus
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.types import CONNECTION_CLOSED, Tool
+from mcp.types import CONNECTION_CLOSED, Prompt, Tool
 
 from .chat import ChatModel, ToolResult, ToolSpec
 from .errors import MCPServerError
-from .mcp_content import resource_result, tool_result
+from .mcp_content import prompt_result, resource_result, tool_result
 from .mcp_handlers import EventSink, ServerHandlers
+from .mcp_oauth import LoginFailed, LoginRequired, OAuthRun, http_auth
 from .mcp_sampling import ModelFor
 from .results import capped
+from .server_prompts import PROMPT_GETTER
 from .spec.model import (
     DEFAULT_MAX_RESULT_CHARS,
     AllowList,
@@ -56,7 +58,7 @@ from .stdio_server import stdio_transport
 PROTOCOL_MODE = "legacy"
 STDERR_TAIL_LINES = 20
 _STDERR_TAIL_BYTES = 8192
-_MAX_TOOL_PAGES = 1000
+_MAX_LIST_PAGES = 1000
 READ_RESOURCE = "read_resource"
 RESOURCE_READER = Tool(
     name=READ_RESOURCE,
@@ -118,6 +120,8 @@ class McpSessions:
     answered by runner/mcp_handlers.py; its events go to `emit` (the run log's). A server's
     `roots` are relative to `workflow_dir`. A server with `sampling` settings is answered by
     `chat`, with the model `model_for` gives for the calling step (runner/mcp_sampling.py).
+    HTTP servers with `oauth:` settings log in as `oauth` says (runner/mcp_oauth.py): in a
+    run, with stored tokens only.
     """
 
     def __init__(
@@ -132,8 +136,10 @@ class McpSessions:
         workflow_dir: Path | None = None,
         chat: ChatModel | None = None,
         model_for: ModelFor | None = None,
+        oauth: OAuthRun | None = None,
     ) -> None:
         self._servers = dict(servers)
+        self._oauth = oauth or OAuthRun()
         self._on_ready = on_ready  # told each server's name once its handshake is done
         self._chat = chat
         self._model_for = model_for
@@ -157,6 +163,7 @@ class McpSessions:
             owners = await self._stack.enter_async_context(anyio.create_task_group())
             self._stack.callback(self._closing.set)
             failures: dict[str, str] = {}
+            fixes: dict[str, str] = {}
             async with anyio.create_task_group() as starters:
                 for name, server in self._servers.items():
                     stderr = stderr_dir / f"mcp-{name}.stderr.log"
@@ -166,11 +173,12 @@ class McpSessions:
                     if connection.stderr_path is not None:
                         connection.stderr_path.write_text("")  # appended to from here on
                     self._connections[name] = connection
-                    starters.start_soon(self._start, owners, connection, failures)
+                    starters.start_soon(self._start, owners, connection, failures, fixes)
             if failures:
                 # In declaration order, not in the order the starts happened to fail.
                 failed = [failures[n] for n in self._servers if n in failures]
-                raise MCPServerError("\n".join(failed), hint=_start_hint(failed))
+                hint = "; ".join(fixes[n] for n in self._servers if n in fixes)
+                raise MCPServerError("\n".join(failed), hint=hint or _start_hint(failed))
         except BaseException:
             await self._stack.aclose()
             raise
@@ -206,9 +214,32 @@ class McpSessions:
         """
         return build_toolbox(self, servers, allow, limits)
 
+    async def prompts(self, server: str) -> list[Prompt]:
+        """Every prompt the server offers (all pages; none when it has no prompts)."""
+        client = self._connection(server).client
+        if client is None or client.server_capabilities.prompts is None:
+            return []
+        prompts: list[Prompt] = []
+        cursor: str | None = None
+        for _ in range(_MAX_LIST_PAGES):
+            try:
+                page = await client.list_prompts(cursor=cursor)
+            except MCPError as exc:
+                raise MCPServerError(
+                    self._redact(f"MCP server {server!r} did not list its prompts: {_reason(exc)}")
+                ) from exc
+            prompts.extend(page.prompts)
+            cursor = page.next_cursor
+            if not cursor:
+                return prompts
+        raise MCPServerError(
+            f"the prompt list of {server!r} did not end after {_MAX_LIST_PAGES} pages"
+        )
+
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
-        """Call one tool. Errors of the call come back as an `is_error` result; a server
-        that is gone raises `MCPServerError`."""
+        """Call one tool (or fetch a prompt: `PROMPT_GETTER`, runner/server_prompts.py).
+        Errors of the call come back as an `is_error` result; a server that is gone raises
+        `MCPServerError`."""
         connection = self._connection(server)
         if not connection.alive or connection.client is None:
             raise self._stopped(connection)
@@ -225,7 +256,7 @@ class McpSessions:
             except MCPError as exc:
                 if _connection_gone(exc) or not connection.alive:
                     raise self._stopped(connection, exc) from exc
-                text = f"tool {tool!r} of MCP server {server!r} failed: {exc.message}"
+                text = f"{_called(tool, arguments)} of MCP server {server!r} failed: {exc.message}"
                 return ToolResult(self._redact(f"{text} (MCP error {exc.code})"), is_error=True)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
                 raise self._stopped(connection, exc) from exc
@@ -234,10 +265,13 @@ class McpSessions:
                 # a client that closed under the call.
                 if not connection.alive:
                     raise self._stopped(connection, exc) from exc
-                text = f"tool {tool!r} of MCP server {server!r}: {exc}"
+                text = f"{_called(tool, arguments)} of MCP server {server!r}: {exc}"
                 return ToolResult(self._redact(text), is_error=True)
         if result is None:  # the deadline passed
-            text = f"tool {tool!r} of MCP server {server!r} did not answer within {timeout:g}s"
+            text = (
+                f"{_called(tool, arguments)} of MCP server {server!r} did not answer within "
+                f"{timeout:g}s"
+            )
             return ToolResult(self._redact(text), is_error=True)
         return result
 
@@ -248,9 +282,15 @@ class McpSessions:
         arguments: Mapping[str, Any],
         extend: anyio.CancelScope | None,
     ) -> ToolResult:
-        """One tool call, or a read of a resource through lmflow's own `read_resource`."""
+        """One tool call, a read of a resource through lmflow's own `read_resource`, or a
+        prompt fetch."""
         assert connection.client is not None and connection.handlers is not None
         content_dir = self._log_dir / "mcp-content" if self._log_dir is not None else None
+        if tool == PROMPT_GETTER:
+            prompt = await connection.client.get_prompt(
+                str(arguments["name"]), dict(arguments.get("arguments") or {}) or None
+            )
+            return prompt_result(prompt, content_dir)
         if tool == READ_RESOURCE and connection.reads_resources:
             uri = arguments.get("uri")
             if not isinstance(uri, str) or not uri:
@@ -269,15 +309,25 @@ class McpSessions:
             raise MCPServerError(f"MCP server {server!r} was not started for this run") from None
 
     async def _start(
-        self, owners: TaskGroup, connection: _Connection, failures: dict[str, str]
+        self,
+        owners: TaskGroup,
+        connection: _Connection,
+        failures: dict[str, str],
+        fixes: dict[str, str],
     ) -> None:
-        """Start one server in its own task, within its start-up timeout; record a failure."""
+        """Start one server in its own task, within its start-up timeout; record a failure
+        (and its fix, for a server that needs a login)."""
         timeout = connection.server.startup_timeout
+        if self._oauth.login is not None:
+            timeout += _login_timeout(connection.server)
         try:
             with anyio.move_on_after(timeout) as deadline:
                 await owners.start(self._serve, connection)
         except Exception as exc:
             failures[connection.name] = self._describe_failure(connection, _reason(exc))
+            fix = _login_fix(exc)
+            if fix is not None:
+                fixes[connection.name] = fix
             return
         if deadline.cancelled_caught:
             reason = (
@@ -352,8 +402,9 @@ class McpSessions:
         assert connection.handlers is not None
         options = connection.handlers.client_options()
         if isinstance(server, HttpServer):
+            auth = http_auth(connection.name, server, self._oauth)
             http = await stack.enter_async_context(
-                create_mcp_http_client(headers=dict(server.headers))
+                create_mcp_http_client(headers=dict(server.headers), auth=auth)
             )
             transport = streamable_http_client(
                 server.url, http_client=http, max_sse_event_size=server.max_message_bytes
@@ -451,6 +502,10 @@ class McpToolbox:
     def specs(self) -> Sequence[ToolSpec]:
         return self._specs
 
+    def offered(self) -> list[tuple[str, Tool]]:
+        """Each tool on offer with its server, as the server describes it."""
+        return list(self._routes.values())
+
     async def call(self, name: str, arguments: Mapping[str, Any]) -> ToolResult:
         found = self._routes.get(name)
         if found is None:
@@ -537,13 +592,13 @@ async def _list_callable_tools(client: Client) -> list[Tool]:
     that can only be called as tasks: lmflow does not call tasks, so it must not offer them."""
     tools: list[Tool] = []
     cursor: str | None = None
-    for _ in range(_MAX_TOOL_PAGES):
+    for _ in range(_MAX_LIST_PAGES):
         page = await client.list_tools(cursor=cursor)
         tools.extend(tool for tool in page.tools if not _task_only(tool))
         cursor = page.next_cursor
         if not cursor:
             return tools
-    raise RuntimeError(f"the tool list did not end after {_MAX_TOOL_PAGES} pages")
+    raise RuntimeError(f"the tool list did not end after {_MAX_LIST_PAGES} pages")
 
 
 async def _offers_resources(client: Client) -> bool:
@@ -562,6 +617,11 @@ async def _offers_resources(client: Client) -> bool:
 
 def _task_only(tool: Tool) -> bool:
     return tool.execution is not None and tool.execution.task_support == "required"
+
+
+def _called(tool: str, arguments: Mapping[str, Any]) -> str:
+    """What a call asked for, in a message: a tool, or a prompt."""
+    return f"prompt {arguments.get('name')!r}" if tool == PROMPT_GETTER else f"tool {tool!r}"
 
 
 def _unchanged(text: str) -> str:
@@ -592,12 +652,33 @@ def _reason(exc: BaseException) -> str:
         return f"working directory not found: {exc.filename} (check cwd in its settings)"
     if isinstance(exc, FileNotFoundError):
         return f"{_COMMAND_NOT_FOUND}{exc.filename or exc}"
+    if isinstance(exc, (LoginRequired, LoginFailed)):
+        return str(exc)
     if isinstance(exc, MCPError) and _connection_gone(exc):
         return "the server closed the connection (did it exit?)"
     if isinstance(exc, MCPError):
         return f"{exc.message} (MCP error {exc.code})"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _login_fix(exc: BaseException) -> str | None:
+    """The fix a `LoginRequired` anywhere in an exception (group) carries."""
+    if isinstance(exc, LoginRequired):
+        return exc.fix
+    for inner in getattr(exc, "exceptions", ()):
+        fix = _login_fix(inner)
+        if fix is not None:
+            return fix
+    cause = exc.__cause__ or exc.__context__
+    return _login_fix(cause) if cause is not None else None
+
+
+def _login_timeout(server: McpServer) -> float:
+    """The time a person has to log in, on top of the handshake's."""
+    if isinstance(server, HttpServer) and server.oauth is not None:
+        return server.oauth.login_timeout
+    return 0.0
 
 
 def _connection_gone(exc: MCPError) -> bool:

@@ -1,4 +1,5 @@
-"""A tool result as the text a model reads, with its binary content saved as files.
+"""A tool result (or a server prompt's messages) as the text a model reads, with its binary
+content saved as files.
 
 A model reads text. Text blocks and embedded text resources are joined; a resource link is
 named by its URI; images, audio and binary resources are written to `content_dir` (the run
@@ -20,7 +21,9 @@ from mcp.types import (
     AudioContent,
     BlobResourceContents,
     CallToolResult,
+    ContentBlock,
     EmbeddedResource,
+    GetPromptResult,
     ImageContent,
     ReadResourceResult,
     ResourceLink,
@@ -33,22 +36,34 @@ from .chat import ToolResult
 
 def tool_result(result: CallToolResult, content_dir: Path | None = None) -> ToolResult:
     """Text for the model: text blocks joined, other content named (and saved, see above)."""
-    parts: list[str] = []
-    for block in result.content:
-        if isinstance(block, TextContent):
-            parts.append(block.text)
-        elif isinstance(block, ResourceLink):
-            parts.append(f"[resource link: {block.uri}]")
-        elif isinstance(block, EmbeddedResource):
-            parts.append(_resource_text(block.resource, content_dir))
-        elif isinstance(block, ImageContent | AudioContent):
-            parts.append(_binary(f"{block.type} content", block.data, block.mime_type, content_dir))
-        else:  # a kind of content newer than this code
-            parts.append(f"[{block.type} content]")
+    parts = [_block_text(block, content_dir) for block in result.content]
     structured = result.structured_content
     if not parts and structured is not None:
         parts.append(json.dumps(structured, ensure_ascii=False))
     return ToolResult("\n".join(parts), is_error=bool(result.is_error), structured=structured)
+
+
+def prompt_result(result: GetPromptResult, content_dir: Path | None = None) -> ToolResult:
+    """A server prompt's messages, each as `{role, content}` with its content as text (see
+    runner/server_prompts.py), in `structured`; the text shows them one after the other."""
+    messages = [
+        {"role": message.role, "content": _block_text(message.content, content_dir)}
+        for message in result.messages
+    ]
+    text = "\n\n".join(f"[{m['role']}] {m['content']}" for m in messages)
+    return ToolResult(text, structured={"messages": messages})
+
+
+def _block_text(block: ContentBlock, content_dir: Path | None) -> str:
+    if isinstance(block, TextContent):
+        return block.text
+    if isinstance(block, ResourceLink):
+        return f"[resource link: {block.uri}]"
+    if isinstance(block, EmbeddedResource):
+        return _resource_text(block.resource, content_dir)
+    if isinstance(block, ImageContent | AudioContent):
+        return _binary(f"{block.type} content", block.data, block.mime_type, content_dir)
+    return f"[{block.type} content]"  # a kind of content newer than this code
 
 
 def resource_result(result: ReadResourceResult, content_dir: Path | None = None) -> ToolResult:

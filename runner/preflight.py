@@ -441,8 +441,9 @@ async def verify_models(
     """The model check of `lmflow run`: raises for the first error, returns the warnings.
     Pass the run's client so the check reuses its connection pool; its requests then carry
     the server's own id of each model the check matched (`model_routes`)."""
+    family = list(workflow.family())  # the workflows it includes use models of the run too
     catalog = await _catalog_for(
-        [workflow],
+        family,
         server,
         ttl=ttl,
         refresh=refresh,
@@ -450,11 +451,16 @@ async def verify_models(
         require_loaded=require_loaded,
         client=client,
     )
-    warnings = ensure_models(
-        workflow, catalog.models, require_loaded=require_loaded, server=catalog.server
-    )
+    warnings = [
+        warning
+        for member in family
+        for warning in ensure_models(
+            member, catalog.models, require_loaded=require_loaded, server=catalog.server
+        )
+    ]
     if client is not None:
-        client.routes.update(model_routes(workflow, catalog.models))
+        for member in family:
+            client.routes.update(model_routes(member, catalog.models))
     return warnings
 
 
@@ -520,8 +526,10 @@ def check_workflows_online(
                 if server.withheld is not None:
                     problems.append(_withheld_problem(workflow, server.withheld))
                 problems.extend(
-                    check_models(
-                        workflow,
+                    problem
+                    for member in workflow.family()  # an included file's, at its own path
+                    for problem in check_models(
+                        member,
                         catalog.models,
                         require_loaded=require_loaded,
                         server=catalog.server,

@@ -74,6 +74,11 @@ class Step:
     turns: list[Round] = field(default_factory=list)
 
     @property
+    def depth(self) -> int:
+        """How deep the step is nested: 1 for a sub-workflow's step (`PARENT/INNER`)."""
+        return self.id.count("/")
+
+    @property
     def ttft(self) -> float | None:
         """The first answer's time to first token, when the server reported it."""
         return next((turn.ttft for turn in self.turns if turn.ttft is not None), None)

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .runlog import MASK, read_events
-from .spec.model import Loop, Step, Workflow, thawed
+from .spec.model import Loop, Step, Workflow, WorkflowStep, thawed
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,20 @@ def load_reusable(run_dir: Path) -> Reusable:
     return Reusable(run_dir.name, outputs)
 
 
-def step_fingerprint(workflow: Workflow, step: Step, context: Mapping[str, Any]) -> str:
-    """What a step's result depends on, hashed. `context` is the step's template context."""
+def step_fingerprint(
+    workflow: Workflow, step: Step, context: Mapping[str, Any], *, scope: str = ""
+) -> str:
+    """What a step's result depends on, hashed. `context` is the step's template context;
+    `scope` says where the step is nested (`PARENT` for a sub-workflow's steps, `LOOP[N]`
+    for an iteration's). A nested step's hash also holds its place and what its loop gave
+    it (`loop.index`, `loop.previous`), so the same step in another iteration, or after an
+    earlier iteration answered differently, is another step to `--resume`."""
     definition, reads = _definition(workflow, step)
     inputs = context["inputs"]
     steps = context["steps"]
     return _digest(
         {
+            **({"scope": scope, "loop": context.get("loop")} if scope else {}),
             "definition": definition,
             "inputs": {k: v for k, v in inputs.items() if reads is None or k in reads},
             "waits_for": {
@@ -95,7 +102,7 @@ def _definition(workflow: Workflow, step: Step) -> tuple[str, frozenset[str] | N
         )
         digest = _digest(
             {
-                "step": _fields(step),
+                "step": _step_fields(step),
                 "model": workflow.step_model(step),
                 "defaults": _fields(workflow.defaults),
                 "servers": {
@@ -107,13 +114,6 @@ def _definition(workflow: Workflow, step: Step) -> tuple[str, frozenset[str] | N
         )
         found = known[step.index] = (digest, None if dynamic else reads)
     return found
-
-
-def scoped_fingerprint(scope: str, fingerprint: str, loop: Any) -> str:
-    """A nested step (`scope` is where it runs, e.g. `fix[2]`): its own fingerprint, its
-    place, and what its loop gave it, so the same step in another iteration, or after an
-    earlier iteration answered differently, is another step."""
-    return _digest({"scope": scope, "step": fingerprint, "loop": loop})
 
 
 def item_fingerprint(parent: str, index: int, value: Any) -> str:
@@ -131,6 +131,20 @@ but not what it answers: resuming with a lower concurrency or a longer timeout (
 cure for a run that failed on them) still reuses what succeeded."""
 
 
+def _step_fields(step: Step) -> dict[str, Any]:
+    """A step's definition; a `workflow:` step's included workflow by what its steps, inputs
+    and outputs are, so an edited file (or one of its prompt files) is a changed step."""
+    fields = _fields(step)
+    if isinstance(step, WorkflowStep):
+        child = step.child
+        fields["child"] = {
+            "steps": [_definition(child, inner)[0] for inner in child.steps],
+            "inputs": {name: _fields(spec) for name, spec in child.inputs.items()},
+            "outputs": thawed(child.outputs),
+        }
+    return fields
+
+
 def _fields(value: Any) -> dict[str, Any]:
     """A frozen dataclass as plain data, without its scheduling-only settings
     (`dataclasses.asdict` cannot copy its read-only mappings); nested steps too."""
@@ -144,7 +158,7 @@ def _fields(value: Any) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     """A setting as plain data; a loop's nested steps as their own fields."""
     if isinstance(value, Loop):
-        return {**_fields(value), "steps": [_fields(step) for step in value.steps]}
+        return {**_fields(value), "steps": [_step_fields(step) for step in value.steps]}
     return thawed(value)
 
 

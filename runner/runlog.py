@@ -337,8 +337,9 @@ def snapshot_view(
 
 
 class RunOrder:
-    """Where a step id goes in the run order, nested ones (`LOOP[N]/INNER`) included: after
-    their parent's start, iteration by iteration, each iteration in its own steps' order.
+    """Where a step id goes in the run order, nested ones included: a sub-workflow's steps
+    (`PARENT/INNER`) and a loop's (`LOOP[N]/INNER`, iteration by iteration) after their
+    parent's start, in the order of their own steps, at any depth (`a/b[2]/c`).
     It learns the orders from the events that list them (`steps` of `run_started`, and of
     the `step_started` of a step with nested steps), so views that sort by it are the same
     whatever the timing of a concurrent run."""
@@ -352,8 +353,9 @@ class RunOrder:
             self._ranks[step or ""] = {name: i for i, name in enumerate(steps)}
 
     def key(self, step: str) -> tuple[float, ...]:
-        """(rank, iteration, rank, ..., rank) along the id's scopes; an id the orders do not
-        name goes after those they do."""
+        """(rank, iteration, rank, ..., rank) along the id's scopes (iteration 0 for a
+        sub-workflow's scope, which has none; the parent's own `step_started`, placed at
+        -1, comes first); an id the orders do not name goes after those they do."""
         key: list[float] = []
         segments = step.split("/")
         parent = ""
@@ -362,7 +364,7 @@ class RunOrder:
             ranks = self._ranks.get(parent, {})
             key.append(ranks.get(name, len(ranks)))
             if depth < len(segments) - 1:
-                key.append(int(iteration.rstrip("]")) if iteration[:-1].isdigit() else -1)
+                key.append(int(iteration.rstrip("]")) if iteration[:-1].isdigit() else 0)
             parent = "/".join([*segments[:depth], name])
         return tuple(key)
 
@@ -379,7 +381,7 @@ def _in_run_order(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         seq, event = numbered
         step, kind = event.get("step"), event.get("type")
         if step is None:  # the run's own events: its start and notices first, its end last
-            return (2 if kind == "run_finished" else 0, 0, 0, seq)
+            return (2 if kind == "run_finished" else 0, seq)
         item = event.get("item")
         within: tuple[float, ...]
         if kind == "step_finished":

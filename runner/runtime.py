@@ -33,7 +33,7 @@ from .executor import (
     servers_in_use,
 )
 from .history import RUNS_DIR, find_run
-from .limits import limit_calls
+from .limits import LimitedTools, limit_calls
 from .resume import Reusable, load_reusable
 from .runlog import JsonlWriter, Redactor, RunLog, SecretEnv, Sink, new_run_id, write_json
 from .signals import stop_reason
@@ -43,6 +43,7 @@ from .spec.model import (
     AgentStep,
     HttpServer,
     Input,
+    LMStudioSettings,
     McpServer,
     StdioServer,
     Workflow,
@@ -51,6 +52,7 @@ from .spec.model import (
     walk_steps,
 )
 from .spec.problems import Problem
+from .subworkflow import family_contexts, run_servers
 from .toolcheck import CheckedToolSteps, ensure_tool_steps
 
 if TYPE_CHECKING:
@@ -58,7 +60,9 @@ if TYPE_CHECKING:
 
     from .dryrun import DryStep
     from .lmstudio import LMStudioClient
-    from .mcp import McpSessions
+    from .mcp import McpSessions, ToolSource
+    from .replay import Replayer
+    from .shared_servers import SharedServers
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,19 @@ class RunOptions:
     stop_reason: Callable[[], str | None] | None = None
     """Asked when the run is cancelled: why, in the log's words, when the caller knows
     better than "interrupted" (`lmflow serve`: the MCP client cancelled the call)."""
+    servers: SharedServers | None = None
+    """MCP servers already started for many runs (`api.open_servers`): the run uses them
+    instead of starting its own."""
+    file_host: str | None = None
+    """A server from the workflow's own `lmstudio.hosts` (`lmflow batch`): it stands in for
+    `lmstudio.base_url`, so the token goes there only under the trust rule (docs/lmstudio.md)."""
+
+    def lmstudio(self, workflow: Workflow) -> LMStudioSettings:
+        """The workflow's `lmstudio:` as this run reads it (`file_host` in place of
+        `base_url`)."""
+        if self.file_host is None:
+            return workflow.lmstudio
+        return replace(workflow.lmstudio, base_url=self.file_host)
 
     def __post_init__(self) -> None:
         if self.record is not None and self.replay is not None:
@@ -148,7 +165,7 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
     # Secrets are known before the first event: the variables the templates name (only
     # those reach the templates) and any password in a server URL, valid or not.
     env = SecretEnv(sorted(workflow.plan.env_names), redactor)
-    for url, _ in base_url_candidates(options.base_url, workflow.lmstudio.base_url):
+    for url, _ in base_url_candidates(options.base_url, options.lmstudio(workflow).base_url):
         redactor.add_url_password(url)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, env, run_id, run_dir, started_at)
@@ -164,7 +181,11 @@ async def live_parts(
     """LM Studio (models checked) and the workflow's MCP servers (allow-lists checked). A
     run whose steps use no server gets no tool provider, and does not import the MCP SDK
     (half a second or more)."""
-    servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
+    if options.servers is not None:
+        async with live_model(run, options) as chat, shared_tools(run, options.servers) as kept:
+            yield chat, kept
+        return
+    servers = run_servers(run.workflow, run.context)
     async with contextlib.AsyncExitStack() as stack:
         started = await stack.enter_async_context(early_servers(servers))
         chat = await stack.enter_async_context(live_model(run, options))
@@ -198,6 +219,24 @@ async def early_servers(servers: Mapping[str, McpServer]) -> AsyncIterator[dict[
 
 
 @contextlib.asynccontextmanager
+async def shared_tools(run: PreparedRun, shared: SharedServers) -> AsyncIterator[LimitedTools]:
+    """Servers started before the run (`RunOptions.servers`), checked as its own would be;
+    left running when the run ends."""
+    shared.check_for(run.workflow)
+    check_tools(run, shared.tools)
+    yield shared.tools
+
+
+def tools_for(
+    run: PreparedRun, options: RunOptions, chat: ChatModel
+) -> contextlib.AbstractAsyncContextManager[ToolSource]:
+    """The run's MCP servers: the shared ones it was handed, or its own, started now."""
+    if options.servers is not None:
+        return shared_tools(run, options.servers)
+    return live_tools(run, chat=chat)
+
+
+@contextlib.asynccontextmanager
 async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMStudioClient]:
     """The LM Studio client, once every model the workflow uses is checked."""
     from .catalog import model_cache_ttl
@@ -205,7 +244,7 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
     from .lmstudio_server import resolve_server
     from .preflight import verify_models
 
-    server = resolve_server(options.base_url, run.workflow.lmstudio)
+    server = resolve_server(options.base_url, options.lmstudio(run.workflow))
     run.log.redactor.add(server.token)
     if server.withheld is not None:
         where = run.workflow.source.position(("lmstudio", "base_url"))
@@ -255,12 +294,33 @@ async def live_tools(
     chat: ChatModel | None = None,
 ) -> AsyncIterator[McpSessions]:
     """The MCP servers the steps use (rendered now unless given), started once or attached
-    to the processes `started` for them, allow-lists checked. `chat` answers the servers
-    that may sample."""
+    to the processes `started` for them, checked against the workflow (`check_against_servers`;
+    its warnings are notices). `chat` answers the servers that may sample."""
+    async with started_servers(run, servers, started, chat) as sessions:
+        for warning in await check_against_servers(run, sessions):
+            run.log.emit(
+                "notice",
+                rule=warning.rule,
+                message=warning.message,
+                hint=warning.hint,
+                line=warning.line,
+            )
+        yield sessions
+
+
+@contextlib.asynccontextmanager
+async def started_servers(
+    run: PreparedRun,
+    servers: Mapping[str, McpServer] | None = None,
+    started: Mapping[str, Process] | None = None,
+    chat: ChatModel | None = None,
+) -> AsyncIterator[McpSessions]:
+    """The sessions of `live_tools`, before any check."""
     from .mcp import McpSessions
+    from .mcp_oauth import OAuthRun
 
     if servers is None:
-        servers = render_servers(run.workflow, servers_in_use(run.workflow), run.context)
+        servers = run_servers(run.workflow, run.context)
     # With --no-log nothing lands in the run directory; stderr goes to a temporary one.
     log_dir = run.run_dir if run.writer is not None else None
     # The redactor knows every `env` value the servers hold: SecretEnv told it (prepare).
@@ -281,10 +341,26 @@ async def live_tools(
         chat=chat,
         model_for=partial(sampling_model, run.workflow),
         on_ready=ready,
+        oauth=OAuthRun(run.workflow.path, on_secret=run.log.redactor.add),
     ) as sessions:
-        check_allow_lists(run.workflow, sessions)
-        ensure_tool_steps(run.workflow, sessions.tools, run.context)
         yield sessions
+
+
+async def check_against_servers(run: PreparedRun, sessions: McpSessions) -> list[Problem]:
+    """The allow-lists, the tool steps and the server prompts of the workflow and of every
+    workflow it includes, checked against what the servers offer (raises MCPServerError or
+    ToolStepsInvalidError, exit 3); the warnings their tool lists give (runner/writers.py)."""
+    from .promptcheck import check_server_prompts, prompt_servers
+    from .writers import shared_writer_warnings
+
+    warnings: list[Problem] = []
+    for member, context in family_contexts(run.workflow, run.context):
+        check_allow_lists(member, sessions)
+        warnings += shared_writer_warnings(member, sessions)
+        prompts = {name: await sessions.prompts(name) for name in prompt_servers(member)}
+        prompt_problems = check_server_prompts(member, prompts.__getitem__)
+        ensure_tool_steps(member, sessions.tools, context, more=prompt_problems)
+    return warnings
 
 
 def _since(started: float) -> float:
@@ -315,8 +391,8 @@ async def _recording_parts(
     recorder = Recorder(run.workflow.name, run.log, run.context, run.workflow.plan.order())
     async with live_model(run, options) as chat:
         recorded = recorder.chat(chat)  # the servers' sampling requests are recorded too
-        async with live_tools(run, chat=recorded) as sessions:
-            yield recorded, recorder.tools(sessions, servers_in_use(run.workflow))
+        async with tools_for(run, options, recorded) as sessions:
+            yield recorded, recorder.tools(sessions, list(run_servers(run.workflow, run.context)))
     recorder.cassette().save(options.record)
 
 
@@ -333,8 +409,7 @@ async def _replay_parts(
         async with live_tools(run, chat=replayer) as sessions:
             yield replayer, sessions
     else:
-        check_allow_lists(run.workflow, replayer)
-        ensure_tool_steps(run.workflow, replayer.tools, run.context)
+        check_tools(run, replayer)
         yield replayer, replayer
     # A miss inside a step failed that step; the run as a whole says the environment (the
     # cassette) was not ready for it: exit code 3.
@@ -343,9 +418,16 @@ async def _replay_parts(
 
 
 def asks_models(workflow: Workflow) -> bool:
-    """Whether a run may ask a model anything: a model step, or a server that may sample."""
-    return any(isinstance(step, AgentStep) for _, step in walk_steps(workflow.steps)) or any(
-        workflow.mcp_servers[name].sampling is not None for name in servers_in_use(workflow)
+    """Whether a run may ask a model anything: a model step (loop bodies included), or a
+    server that may sample, in the workflow or one it includes."""
+    return any(
+        isinstance(step, AgentStep)
+        for member in workflow.family()
+        for _, step in walk_steps(member.steps)
+    ) or any(
+        member.mcp_servers[name].sampling is not None
+        for member in workflow.family()
+        for name in servers_in_use(member)
     )
 
 
@@ -355,9 +437,19 @@ def sampling_model(workflow: Workflow, named: str | None, step_id: str | None) -
     `tool:` step)."""
     if named is not None:
         return workflow.resolve_model(named)
-    step = step_at(workflow, step_id) if step_id is not None else None
-    chosen = workflow.step_model(step) if step is not None else None
-    return chosen or workflow.resolve_model(workflow.defaults.model)
+    found = step_at(workflow, step_id) if step_id is not None else None
+    if found is None:
+        return workflow.resolve_model(workflow.defaults.model)
+    owner, step = found  # a nested step's own file says which model it means
+    return owner.step_model(step) or owner.resolve_model(owner.defaults.model)
+
+
+def check_tools(run: PreparedRun, tools: McpSessions | Replayer | LimitedTools) -> None:
+    """The allow-lists and tool steps of the workflow and of every workflow it includes,
+    checked against the servers' tool lists before the first step."""
+    for member, context in family_contexts(run.workflow, run.context):
+        check_allow_lists(member, tools)
+        ensure_tool_steps(member, tools.tools, context)
 
 
 def check_allow_lists(workflow: Workflow, tools: ToolProvider) -> None:
@@ -567,11 +659,15 @@ async def list_tools(
 ) -> dict[str, list[ToolInfo]]:
     """Start every declared server once and list its tools."""
     from .mcp import McpSessions
+    from .mcp_oauth import OAuthRun
 
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     servers = render_servers(workflow, list(workflow.mcp_servers), run.context)
     async with McpSessions(
-        servers, redact=run.log.redactor.text, workflow_dir=workflow.path.resolve().parent
+        servers,
+        redact=run.log.redactor.text,
+        workflow_dir=workflow.path.resolve().parent,
+        oauth=OAuthRun(workflow.path, on_secret=run.log.redactor.add),
     ) as sessions:
         return {
             name: [
@@ -588,8 +684,8 @@ async def check_servers(workflow: Workflow, raw_inputs: Mapping[str, Any]) -> li
     that will not start or an allow-list entry no server offers raises (exit 3)."""
     run = prepare(workflow, raw_inputs, RunOptions(write_log=False))
     try:
-        async with live_tools(run):
-            return []
+        async with started_servers(run) as sessions:
+            return await check_against_servers(run, sessions)
     except ToolStepsInvalidError as error:
         return [problem for problem in error.problems if isinstance(problem, Problem)]
 

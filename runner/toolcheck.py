@@ -64,9 +64,13 @@ def ensure_tool_steps(
     workflow: Workflow,
     tools_of: Callable[[str], Sequence[DescribedTool]],
     context: Mapping[str, Any] | None = None,
+    more: Sequence[Problem] = (),
 ) -> None:
-    """Raise ToolStepsInvalidError (exit 3) listing every problem, if there is one."""
-    problems = check_tool_steps(workflow, tools_of, context)
+    """Raise ToolStepsInvalidError (exit 3) listing every problem, if there is one; `more`
+    are problems found against the same servers elsewhere (their prompts)."""
+    problems = sorted(
+        [*check_tool_steps(workflow, tools_of, context), *more], key=lambda p: (p.line, p.col)
+    )
     if problems:
         raise ToolStepsInvalidError(problems, str(workflow.path))
 

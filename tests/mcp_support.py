@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,22 @@ def fixture_server_entry(tag: str) -> str:
     """The SDK fixture server as a workflow's `mcp_servers:` entry (JSON is YAML)."""
     server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)], "env": {TAG_VARIABLE: tag}}
     return json.dumps(server)
+
+
+def counted_fixture_entry(tag: str, starts: Path, *args: str) -> dict[str, Any]:
+    """The fixture server as a workflow's server entry, behind a shell wrapper that appends
+    a line to `starts` each time it is started: how a test counts the starts."""
+    return {
+        "command": "sh",
+        "args": [
+            "-c",
+            'echo started >> "$START_LOG"; exec "$0" "$@"',
+            sys.executable,
+            str(FIXTURE_SERVER),
+            *args,
+        ],
+        "env": {TAG_VARIABLE: tag, "START_LOG": str(starts)},
+    }
 
 
 @pytest.fixture

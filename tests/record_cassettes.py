@@ -421,7 +421,55 @@ CODE_REVIEW_LOOP = Example(
     setup=meeting_planner_setup,  # from the project root, no extra arguments
 )
 
-EXAMPLES = {e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY, CODE_REVIEW_LOOP)}
+
+# --- analyze-repo: sub-workflows sharing the npm filesystem server -------------------------
+
+MODULES = ["tinyq/queue.py", "tinyq/storage.py", "tinyq/worker.py"]
+ERROR_FINDINGS = [
+    {"path": "tinyq/queue.py", "problem": "`except Exception: pass` hides a failed save."},
+    {"path": "tinyq/worker.py", "problem": "A job that raises stops the worker loop."},
+]
+UNTESTED = ["tinyq/storage.py", "tinyq/worker.py"]
+
+
+def analyzer_turn(request: Request) -> Any:
+    """The model of each analyzer, told apart by its agent's system prompt (the analyzers
+    after the first run at the same time), and its round by whether tools have answered."""
+    system = next((m["content"] for m in request["messages"] if m["role"] == "system"), "")
+    answered = any(m["role"] == "tool" for m in request["messages"])
+    if system.startswith("You analyze source code"):
+        return answer({"modules": MODULES}) if answered else [("directory_tree", {"path": "."})]
+    if system.startswith("You review error handling"):
+        if answered:
+            return answer({"findings": ERROR_FINDINGS})
+        return [("read_text_file", {"path": path}) for path in MODULES]
+    if system.startswith("You check test coverage"):
+        if answered:
+            return answer({"untested": UNTESTED})
+        return [("read_text_file", {"path": "tests/test_queue.py"})]
+    return (
+        "# tinyq\n\n"
+        "1. **tinyq/queue.py** swallows failed saves: log and re-raise instead.\n"
+        "2. **tinyq/worker.py** stops on the first failing job and has no tests: catch per "
+        "job and add a test.\n"
+        "3. **tinyq/storage.py** has no tests: add a round-trip test."
+    )
+
+
+def analyze_repo_setup(scratch: Path) -> tuple[Path, list[str]]:
+    return ROOT, ["-i", f"path={SAMPLE_PROJECT}"]
+
+
+ANALYZE_REPO = Example(
+    name="analyze-repo",
+    models=["qwen/qwen3-coder-30b"],
+    script=[analyzer_turn] * 7,  # three analyzers of two rounds, then the report
+    setup=analyze_repo_setup,
+)
+
+EXAMPLES = {
+    e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY, CODE_REVIEW_LOOP, ANALYZE_REPO)
+}
 
 
 # --- recording ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.lmstudio import FakeLMStudio, down_url
+from fakes.lmstudio import FakeLMStudio, FakeModel, down_url
 from mcp_support import fixture_server_entry, wait_until_gone
 
 MODEL = "qwen/qwen3-coder-30b"  # loaded on the fake by default
@@ -294,6 +295,21 @@ def with_tool_step(tmp_path: Path, tag: str) -> Path:
     return path
 
 
+def stop_mid_batch(command: list[str], out: Path, stop: signal.Signals, after: int = 3) -> int:
+    """Start the batch `command` in the folder of `out`, send it `stop` once `after` rows
+    are in OUT, and return its exit code."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    process = subprocess.Popen(command, cwd=out.parent, env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(out.read_text().splitlines() if out.exists() else []) < after:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode is not None, stderr
+    return process.returncode
+
+
 def test_ctrl_c_mid_batch_keeps_finished_rows_and_resume_runs_each_row_once(
     tmp_path: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], process_tag: str
 ) -> None:
@@ -307,14 +323,7 @@ def test_ctrl_c_mid_batch_keeps_finished_rows_and_resume_runs_each_row_once(
     command = [sys.executable, "-m", "runner", "batch", str(workflow), str(rows), "-o", str(out),
                "--base-url", server.url, "--concurrency", "2", "-q"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while len(out.read_text().splitlines() if out.exists() else []) < 3:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
+    assert stop_mid_batch(command, out, signal.SIGINT) == 130
     assert wait_until_gone(process_tag) == []
     kept = {r["line"] for r in read_out(out)}
     assert 3 <= len(kept) < len(names)
@@ -347,3 +356,117 @@ def test_check_inputs_types_raw_values_and_names_every_problem(workflow: Path) -
     assert "'name' is required" in caught.value.message
     assert "'x' is not an integer" in caught.value.message
     assert "unknown input 'extra'" in caught.value.message
+
+
+def test_a_host_runs_as_many_rows_at_once_as_its_parallel_slots(
+    tmp_path: Path, workflow: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], lmflow_cli
+) -> None:
+    """No --slots: each host's capacity is what LM Studio reports for its loaded instance."""
+    narrow = make_fake_lmstudio(chat_delay=0.2, models=[FakeModel(MODEL, loaded=True, parallel=1)])
+    wide = make_fake_lmstudio(chat_delay=0.2, models=[FakeModel(MODEL, loaded=True, parallel=3)])
+    rows = write_rows(tmp_path / "rows.jsonl", [{"name": f"n{i}"} for i in range(12)])
+    out = tmp_path / "out.jsonl"
+    outcome = lmflow_cli(
+        "batch", str(workflow), str(rows), "-o", str(out), "--no-log",
+        "--base-url", narrow.url, "--base-url", wide.url,
+    )  # fmt: skip
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"host {narrow.url}: 1 slots (as the host reports), models loaded" in outcome.stderr
+    assert f"host {wide.url}: 3 slots (as the host reports), models loaded" in outcome.stderr
+    assert narrow.peak_in_flight == 1
+    assert wide.peak_in_flight == 3
+    assert greeted(narrow) + greeted(wide) == Counter(f"n{i}" for i in range(12))
+
+
+def test_rows_go_first_to_the_hosts_that_have_the_model_loaded(
+    tmp_path: Path, workflow: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], lmflow_cli
+) -> None:
+    cold = make_fake_lmstudio(chat_delay=0.2, models=[FakeModel(MODEL, loaded=False)])
+    warm = make_fake_lmstudio(chat_delay=0.2, models=[FakeModel(MODEL, loaded=True, parallel=2)])
+    rows = write_rows(tmp_path / "rows.jsonl", [{"name": f"n{i}"} for i in range(4)])
+    out = tmp_path / "out.jsonl"
+    outcome = lmflow_cli(
+        "batch", str(workflow), str(rows), "-o", str(out), "--no-log", "--concurrency", "2",
+        "--base-url", cold.url, "--base-url", warm.url,
+    )  # fmt: skip
+    assert outcome.exit_code == 0, outcome.stderr
+    assert f"host {cold.url}: 4 slots (default), models not loaded yet" in outcome.stderr
+    assert cold.chat_requests == []
+    assert greeted(warm) == Counter(f"n{i}" for i in range(4))
+
+
+def test_hosts_listed_in_the_workflow_share_the_rows_and_get_no_token_from_the_file(
+    tmp_path: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], lmflow_cli, monkeypatch
+) -> None:
+    """`lmstudio.hosts` spreads rows like repeated --base-url, but those URLs come from the
+    file: the token goes to them only under the trust rule (`127.1` stands for a host that
+    is not this machine), as with `base_url`."""
+    first, second = make_fake_lmstudio(chat_delay=0.1), make_fake_lmstudio(chat_delay=0.1)
+    far = [fake.url.replace("127.0.0.1", "127.1") for fake in (first, second)]
+    workflow = tmp_path / "greet.yaml"
+    workflow.write_text(
+        WORKFLOW.replace(
+            "defaults:", f"lmstudio: {{hosts: [{far[0]}, {far[1]}], token_env: CI_KEY}}\ndefaults:"
+        )
+    )
+    monkeypatch.setenv("CI_KEY", "sekrit-deploy-key")
+    monkeypatch.delenv("LMFLOW_BASE_URL", raising=False)
+    rows = write_rows(tmp_path / "rows.jsonl", [{"name": f"n{i}"} for i in range(8)])
+    args = ("batch", str(workflow), str(rows), "--no-log", "--slots", "1")
+    outcome = lmflow_cli(*args, "-o", str(tmp_path / "out.jsonl"))
+    assert outcome.exit_code == 0, outcome.stderr
+    assert greeted(first) + greeted(second) == Counter(f"n{i}" for i in range(8))
+    assert greeted(first) and greeted(second)
+    sent = {r.headers.get("Authorization") for fake in (first, second) for r in fake.requests}
+    assert sent == {None}
+    hosts = {r["host"] for r in read_out(tmp_path / "out.jsonl")}
+    assert hosts == set(far)
+
+    # Named on the command line, the same hosts are the user's choice: they get the token.
+    first.requests.clear()
+    again = lmflow_cli(*args, "-o", str(tmp_path / "again.jsonl"), "--base-url", far[0])
+    assert again.exit_code == 0, again.stderr
+    assert {r.headers.get("Authorization") for r in first.requests} == {"Bearer sekrit-deploy-key"}
+
+
+def test_rows_recorded_to_cassettes_replay_without_lm_studio(
+    tmp_path: Path, workflow: Path, make_fake_lmstudio: Callable[..., FakeLMStudio], lmflow_cli
+) -> None:
+    fake = make_fake_lmstudio()
+    rows = write_rows(tmp_path / "rows.jsonl", [{"name": "ann"}, {"name": "bob", "times": 2}])
+    cassettes = tmp_path / "cassettes"
+    batch = ("batch", str(workflow), str(rows), "--no-log")
+    recorded = lmflow_cli(*batch, "-o", str(tmp_path / "live.jsonl"),
+                          "--base-url", fake.url, "--record", str(cassettes))  # fmt: skip
+    assert recorded.exit_code == 0, recorded.stderr
+    assert len(list(cassettes.glob("row-*.yaml"))) == 2
+    fake.stop()
+
+    # A row added in the middle: the others keep their cassettes (named by inputs, not line).
+    write_rows(rows, [{"name": "ann"}, {"name": "cid"}, {"name": "bob", "times": 2}])
+    replayed = lmflow_cli(*batch, "-o", str(tmp_path / "ci.jsonl"), "--replay", str(cassettes))
+    assert replayed.exit_code == 1
+    by_line = {r["line"]: r for r in read_out(tmp_path / "ci.jsonl")}
+    assert by_line[1]["status"] == by_line[3]["status"] == "succeeded"
+    assert by_line[1]["outputs"] == {"said": "echo: Greet ann 1 times"}
+    assert by_line[3]["outputs"] == {"said": "echo: Greet bob 2 times"}
+    assert by_line[2]["status"] == "error"
+    assert "no cassette for this row" in by_line[2]["error"]
+    assert f"--record {cassettes}" in by_line[2]["error"]
+
+    elsewhere = ("--base-url", "http://127.0.0.1:9")
+    refused = lmflow_cli(
+        *batch, "-o", str(tmp_path / "x.jsonl"), "--replay", str(cassettes), *elsewhere
+    )
+    assert refused.exit_code == 2 and "cannot be used with --replay" in refused.stderr
+
+
+def test_progress_lines_show_tokens_per_second(
+    tmp_path: Path, workflow: Path, fake_lmstudio: FakeLMStudio, lmflow_cli
+) -> None:
+    rows = write_rows(tmp_path / "rows.jsonl", [{"name": f"n{i}"} for i in range(3)])
+    outcome = lmflow_cli("batch", str(workflow), str(rows), "-o", str(tmp_path / "out.jsonl"),
+                         "--no-log", "--base-url", fake_lmstudio.url)  # fmt: skip
+    assert outcome.exit_code == 0, outcome.stderr
+    (last,) = [line for line in outcome.stderr.splitlines() if line.startswith("rows 3/3 done")]
+    assert re.fullmatch(r"rows 3/3 done, 0 failed, [\d.]+ rows/s, [1-9]\d* tokens/s", last), last

@@ -32,7 +32,10 @@ def test_every_example_has_a_cassette() -> None:
 
 
 # The inputs each cassette was recorded with (tests/record_cassettes.py).
-RECORDED_INPUTS = {"repo-survey": {"path": "workflows/sample-project", "remember": True}}
+RECORDED_INPUTS = {
+    "repo-survey": {"path": "workflows/sample-project", "remember": True},
+    "analyze-repo": {"path": "workflows/sample-project"},
+}
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -54,6 +57,19 @@ def test_meeting_planner_outputs_come_from_the_cassette(lmflow_run) -> None:
     assert result.outputs["everyone_fits"] is False
     assert [p["name"] for p in result.outputs["schedule"]] == ["Ana", "Kenji", "Priya"]
     assert "Quarterly roadmap review" in result.outputs["invitation"]
+
+
+def test_analyze_repo_runs_its_analyzers_as_sub_workflows(lmflow_run) -> None:
+    result = lmflow_run("workflows/analyze-repo.yaml", inputs=RECORDED_INPUTS["analyze-repo"])
+    assert list(result.steps) == ["structure", "errors", "tests", "report"]
+    assert result.steps["tests"].output == {"untested": ["tinyq/storage.py", "tinyq/worker.py"]}
+    assert result.outputs["modules"] == ["tinyq/queue.py", "tinyq/storage.py", "tinyq/worker.py"]
+    assert [f["path"] for f in result.outputs["error_handling"]] == [
+        "tinyq/queue.py",
+        "tinyq/worker.py",
+    ]
+    nested = {e["step"] for e in result.events if "/" in e.get("step", "")}
+    assert nested == {"structure/modules", "errors/review", "tests/coverage"}
 
 
 def test_the_result_reads_by_attribute_all_the_way(lmflow_run) -> None:

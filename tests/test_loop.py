@@ -505,8 +505,11 @@ def test_step_at_finds_a_nested_step_by_its_scoped_id(tmp_path: Path) -> None:
     path.write_text(worker_reviewer())
     flow = load_workflow(path)
     found = step_at(flow, "fix[2]/review")
-    assert found is not None and found.id == "review" and found.kind == "agent"
-    assert step_at(flow, "fix") is flow.steps[1]
+    assert found is not None
+    body, step = found
+    assert step.id == "review" and step.kind == "agent"
+    assert body is flow.bodies["fix"]  # the iteration's steps, with the file's settings
+    assert step_at(flow, "fix") == (flow, flow.steps[1])
     assert step_at(flow, "review") is None
 
 

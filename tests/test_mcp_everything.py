@@ -17,6 +17,7 @@ from test_mcp_client import Events
 
 from runner.mcp import McpSessions
 from runner.runlog import Scope, current_scope
+from runner.server_prompts import PROMPT_GETTER
 from runner.spec.model import HttpServer, StdioServer
 
 pytestmark = pytest.mark.anyio
@@ -101,3 +102,33 @@ async def test_a_result_over_one_mib_over_streamable_http(
         process.wait()
     assert not echoed.is_error, echoed.text[:300]
     assert echoed.text == f"Echo: {message}"
+
+
+async def test_its_prompts_with_arguments_are_listed_and_fetched(
+    everything_server_js: Path, tag: str
+) -> None:
+    async with McpSessions({"everything": everything(everything_server_js, tag)}) as sessions:
+        listed = {prompt.name: prompt for prompt in await sessions.prompts("everything")}
+        weather = await sessions.call_tool(
+            "everything",
+            PROMPT_GETTER,
+            {"name": "args-prompt", "arguments": {"city": "Oslo", "state": "Viken"}},
+        )
+        embedded = await sessions.call_tool(
+            "everything",
+            PROMPT_GETTER,
+            {"name": "resource-prompt", "arguments": {"resourceType": "Text", "resourceId": "2"}},
+        )
+        refused = await sessions.call_tool(
+            "everything", PROMPT_GETTER, {"name": "args-prompt", "arguments": {}}
+        )
+    arguments = [(a.name, bool(a.required)) for a in listed["args-prompt"].arguments or ()]
+    assert arguments == [("city", True), ("state", False)]
+    assert weather.structured == {
+        "messages": [{"role": "user", "content": "What's weather in Oslo, Viken?"}]
+    }
+    assert embedded.structured is not None
+    intro, resource = embedded.structured["messages"]
+    assert "Text resource with id: 2" in intro["content"]
+    assert resource["content"].startswith("Resource 2: This is a plaintext resource")
+    assert refused.is_error and refused.text.startswith("prompt 'args-prompt' of MCP server")

@@ -55,6 +55,7 @@ def test_models_json(capsys, make_fake_lmstudio) -> None:
         "quantization": "Q4_K_M",
         "instances": [],
         "activity": None,
+        "parallel": None,
     }
 
 

@@ -27,6 +27,7 @@ from hostile import ALIAS_BOMB, ALIAS_LOOP, nested_list
 from mcp_support import (
     FIXTURE_SERVER,
     TAG_VARIABLE,
+    counted_fixture_entry,
     http_fixture,
     new_tag,
     tagged_processes,
@@ -411,17 +412,7 @@ def test_a_server_shared_by_ten_steps_is_started_once(
     tmp_path: Path, make_fake_lmstudio: Make, tag: str
 ) -> None:
     starts = tmp_path / "starts.txt"
-    # A shell wrapper appends a line for every start of the server, then becomes the server.
-    server = {
-        "command": "sh",
-        "args": [
-            "-c",
-            'echo started >> "$START_LOG"; exec "$0" "$@"',
-            sys.executable,
-            str(FIXTURE_SERVER),
-        ],
-        "env": {TAG_VARIABLE: tag, "START_LOG": str(starts)},
-    }
+    server = counted_fixture_entry(tag, starts)
     steps = []
     script: list[Any] = []
     for i in range(5):  # one after the other, as the script answers in order
@@ -859,7 +850,7 @@ def test_an_invalid_workflow_is_explained_line_by_line(tmp_path: Path) -> None:
     run = lmflow(tmp_path, "run", file)
     assert run.code == 2
     assert f"{file}:6:5: error: unknown key 'promt' in step 'a' [unknown-key]" in run.stderr
-    assert "did you mean 'prompt' or 'prompt_file'?" in run.stderr
+    assert "did you mean 'prompt' or 'prompt_from' or 'prompt_file'?" in run.stderr
     assert_clean(run)
 
 

@@ -96,7 +96,7 @@ def test_text_format_lists_every_problem_in_file_order(tmp_path, lmflow_cli) -> 
     assert [line.split(": ", 1)[0] for line in problem_lines] == [f"{path}:5:5", f"{path}:7:5"]
     assert problem_lines[0].endswith("[missing-key]")
     assert problem_lines[1].endswith("[unknown-key]")
-    assert "    hint: did you mean 'prompt' or 'prompt_file'?" in outcome.stdout
+    assert "    hint: did you mean 'prompt' or 'prompt_from' or 'prompt_file'?" in outcome.stdout
 
 
 def test_github_format_prints_annotations(tmp_path, lmflow_cli) -> None:

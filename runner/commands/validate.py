@@ -13,6 +13,7 @@ import click
 
 from ..errors import EXIT_ENVIRONMENT, EXIT_INVALID, EXIT_OK, EnvironmentNotReadyError
 from ..spec import Problem, Workflow, check_file
+from ..spec.side_effects import RULE as SHARED_WRITER_RULE
 from . import _options as options
 
 WORKFLOW_SUFFIXES = (".yaml", ".yml")
@@ -110,8 +111,8 @@ def render_github(problem: Problem) -> str:
     "--servers",
     "check_servers",
     is_flag=True,
-    help="Also start the MCP servers, check tool steps and allow-lists against their tools, "
-    "and stop them.",
+    help="Also start the MCP servers, check tool steps, allow-lists and server prompts against "
+    "what they offer, and stop them.",
 )
 @click.option(
     "--exclude",
@@ -143,7 +144,8 @@ def command(
 
     Checks YAML syntax, the schema, every reference and template, and, unless --offline,
     every model against the LM Studio server. With --servers, also starts each workflow's MCP
-    servers (with the -i/--inputs values) and checks every `tool:` step's tool and arguments.
+    servers (with the -i/--inputs values) and checks every `tool:` step's tool and arguments
+    and every server prompt (`prompt_from:`, `system_from:`).
     Exit code 0 when all files are valid, 2 when any is not, 3 when the server is unreachable,
     a model is missing or a tool step does not fit its tool.
     """
@@ -185,9 +187,11 @@ def command(
             raise
         environment_failed |= _add_findings(results, findings)
     if check_servers and not invalid:
-        environment_failed |= _add_findings(
-            results, _server_findings(workflows, inputs_file, pairs)
-        )
+        findings = _server_findings(workflows, inputs_file, pairs)
+        results = [
+            (path, _by_tool_lists(problems, findings.get(str(path)))) for path, problems in results
+        ]
+        environment_failed |= _add_findings(results, findings)
     _print(results, skipped, output_format)
     if invalid:
         return EXIT_INVALID
@@ -205,6 +209,14 @@ def _add_findings(
         problems.extend(extra)
         failed |= any(p.is_error for p in extra)
     return failed
+
+
+def _by_tool_lists(problems: list[Problem], found: list[Problem] | None) -> list[Problem]:
+    """A file's offline problems without the warnings about unordered writers when the
+    check against its servers judged those again, by the tools they listed."""
+    if found is None or any(problem.is_error for problem in found):
+        return problems
+    return [problem for problem in problems if problem.rule != SHARED_WRITER_RULE]
 
 
 def _server_findings(

@@ -31,7 +31,7 @@ AGENT_KEYS = (
 def agent_of(step: Any, agents: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The agent a model step names, or None (no `agent:`, an unknown name, or a step of
     another kind: the validator reports those)."""
-    if not isinstance(step, Mapping) or "tool" in step or "run" in step:
+    if not isinstance(step, Mapping) or any(k in step for k in ("tool", "run", "workflow")):
         return None
     name = step.get("agent")
     agent = agents.get(name) if isinstance(name, str) else None
@@ -43,8 +43,14 @@ def with_agent(step: Any, agents: Mapping[str, Any]) -> Any:
     agent = agent_of(step, agents)
     if agent is None:
         return step
-    inherited = {key: agent[key] for key in AGENT_KEYS if key in agent and key not in step}
+    inherited = {key: agent[key] for key in AGENT_KEYS if key in agent and not _sets(step, key)}
     return {**step, **inherited}
+
+
+def _sets(step: Mapping[str, Any], key: str) -> bool:
+    """Whether the step gives `key` itself: the key, or a server prompt standing for it
+    (`system_from:`)."""
+    return key in step or f"{key}_from" in step
 
 
 def written_at(step: Any, agents: Mapping[str, Any], here: JsonPath, key: str) -> JsonPath:

@@ -7,13 +7,14 @@ their own. Everything is frozen: the executor and the engine read it and never w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .agents import with_agent
+from .load import read_document
 from .prompt_files import read_text, with_file_texts
 from .source import JsonPath, Position, SourceMap
 
@@ -66,6 +67,8 @@ def thawed(value: Any) -> Any:
 @dataclass(frozen=True)
 class LMStudioSettings:
     base_url: str | None = None
+    hosts: tuple[str, ...] = ()
+    """The servers `lmflow batch` spreads rows over; empty: `base_url`'s one server."""
     token_env: str = DEFAULT_TOKEN_ENV
     timeout: float | None = None
 
@@ -126,6 +129,30 @@ class Sampling:
     """Tokens (prompt and completion) its requests may use in one run."""
 
 
+DEFAULT_LOGIN_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class OAuth:
+    """How lmflow logs in to an HTTP server that wants an OAuth token. Secrets are never
+    written here: `client_id_env`/`client_secret_env` name environment variables."""
+
+    grant: Literal["authorization_code", "client_credentials"] = "authorization_code"
+    """authorization_code: a person logs in once (`lmflow auth`); client_credentials: CI."""
+    client_id_env: str | None = None
+    """A pre-registered client's id is in this variable; None: dynamic registration."""
+    client_secret_env: str | None = None
+    client_key_env: str | None = None
+    """client_credentials: a PEM private key the client signs its JWT with, instead of a secret."""
+    key_algorithm: str = "RS256"
+    scope: str | None = None
+    """Space-separated scopes; None: those the server asks for."""
+    issuer: str | None = None
+    """client_credentials: the only authorization server the credentials are sent to."""
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
+    """Seconds `lmflow auth` waits for the browser to come back."""
+
+
 @dataclass(frozen=True)
 class StdioServer:
     name: str
@@ -165,6 +192,8 @@ class HttpServer:
     elicitation_answers: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     sampling: Sampling | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    oauth: OAuth | None = None
+    """None: no login (a token, if any, goes in `headers:`)."""
 
 
 McpServer = StdioServer | HttpServer
@@ -207,6 +236,10 @@ class AgentStep(_StepCommon):
     model: ModelRef | None = None
     system: str | None = None
     prompt: str | None = None
+    system_from: Mapping[str, Any] | None = None
+    """`{server, name, arguments}`: the system prompt is that MCP server prompt's text."""
+    prompt_from: Mapping[str, Any] | None = None
+    """`{server, name, arguments}`: that MCP server prompt's messages open the conversation."""
     mcp: tuple[str, ...] = ()
     tools: tuple[str, ...] | ToolFilter | None = None
     output_schema: Mapping[str, Any] | None = None
@@ -218,8 +251,9 @@ class AgentStep(_StepCommon):
 
     @property
     def servers(self) -> tuple[str, ...]:
-        """The MCP servers the step uses."""
-        return self.mcp
+        """The MCP servers the step uses: for their tools, and for its prompts."""
+        prompts = (p["server"] for p in (self.system_from, self.prompt_from) if p is not None)
+        return tuple(dict.fromkeys((*self.mcp, *prompts)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,21 +324,41 @@ class LoopStep(_StepCommon):
         return tuple(dict.fromkeys(name for step in self.loop.steps for name in step.servers))
 
 
-Step = AgentStep | ToolStep | CommandStep | LoopStep
+@dataclass(frozen=True, kw_only=True)
+class WorkflowStep(_StepCommon):
+    """A step that runs another workflow file (`workflow: PATH`) with `with:` as its inputs;
+    its output is the child's `outputs`. The child's steps run nested, as `ID/INNER`."""
+
+    kind: Literal["workflow"] = "workflow"
+    workflow: str
+    """The path as written: relative to the including file's directory, or absolute."""
+    with_: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    child: Workflow
+    """The included workflow, loaded and validated with the including one."""
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ()
+
+
+Step = AgentStep | ToolStep | CommandStep | LoopStep | WorkflowStep
 """The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
-def step_at(workflow: Workflow, step_id: str) -> Step | None:
-    """The step a (scoped) id as the log writes it names: `fix[2]/review` is the `review`
-    step inside loop step `fix`."""
-    steps: Sequence[Step] = workflow.steps
-    found: Step | None = None
+def step_at(workflow: Workflow, step_id: str) -> tuple[Workflow, Step] | None:
+    """The step a (scoped) id as the log writes it names, with the workflow it belongs to
+    (whose models and servers it uses): `fix[2]/review` is the `review` step inside loop
+    step `fix`, `suite/lint` the `lint` step of the file `workflow:` step `suite` runs."""
+    owner: Workflow | None = workflow
+    found: tuple[Workflow, Step] | None = None
     for segment in step_id.split("/"):
+        if found is not None:
+            owner = found[0].bodies.get(found[1].id)
         name = segment.partition("[")[0]
-        found = next((s for s in steps if s.id == name), None)
-        if found is None:
+        step = next((s for s in owner.steps if s.id == name), None) if owner else None
+        if owner is None or step is None:
             return None
-        steps = found.loop.steps if isinstance(found, LoopStep) else ()
+        found = (owner, step)
     return found
 
 
@@ -339,15 +393,17 @@ class Workflow:
 
     @cached_property
     def bodies(self) -> Mapping[str, Workflow]:
-        """Each loop step's nested steps as a Workflow of their own (the same settings, no
-        outputs), by the loop step's id: what the executor runs for one iteration."""
-        return MappingProxyType(
-            {
-                step.id: replace(self, steps=step.loop.steps, outputs=EMPTY)
-                for step in self.steps
-                if isinstance(step, LoopStep)
-            }
-        )
+        """The nested steps of each step that has some, as the Workflow they run as, by the
+        step's id: a loop's nested steps with this file's settings (no outputs), what one
+        iteration runs; a `workflow:` step's included file. The one map nesting goes
+        through (the executor, `step_at`, the nested order `step_started` announces)."""
+        nested: dict[str, Workflow] = {}
+        for step in self.steps:
+            if isinstance(step, LoopStep):
+                nested[step.id] = replace(self, steps=step.loop.steps, outputs=EMPTY)
+            elif isinstance(step, WorkflowStep):
+                nested[step.id] = step.child
+        return MappingProxyType(nested)
 
     @cached_property
     def plan(self) -> Plan:
@@ -355,6 +411,14 @@ class Workflow:
         from .plan import plan_workflow  # plan.py builds on this module
 
         return plan_workflow(self)
+
+    def family(self) -> Iterator[Workflow]:
+        """This workflow, then every workflow its `workflow:` steps include, at any depth
+        (also those inside loop bodies)."""
+        yield self
+        for _, step in walk_steps(self.steps):
+            if isinstance(step, WorkflowStep):
+                yield from step.child.family()
 
     def model_reference(self, step: AgentStep) -> tuple[ModelRef | None, tuple[str | int, ...]]:
         """The model a step asks for (before alias resolution) and where it was written."""
@@ -479,6 +543,7 @@ def _server(name: str, data: Mapping[str, Any], workflow: Path) -> McpServer:
             max_concurrent_calls=data.get("max_concurrent_calls"),
             **client,
             max_message_bytes=data.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+            oauth=_oauth(data.get("oauth", False)),
         )
     return StdioServer(
         name,
@@ -519,6 +584,18 @@ def _sampling(value: bool | Mapping[str, Any]) -> Sampling | None:
     )
 
 
+def _oauth(value: bool | Mapping[str, Any]) -> OAuth | None:
+    if value is True:
+        return OAuth()
+    if not isinstance(value, Mapping):
+        return None
+    known = {setting.name for setting in fields(OAuth)}
+    settings = {key: item for key, item in value.items() if key in known}
+    if "login_timeout" in settings:
+        settings["login_timeout"] = float(settings["login_timeout"])
+    return OAuth(**settings)
+
+
 def _allow_list(value: Sequence[str] | Mapping[str, Any]) -> tuple[str, ...] | ToolFilter:
     if isinstance(value, Mapping):
         return ToolFilter(read_only=bool(value.get("read_only", False)))
@@ -544,7 +621,7 @@ StepData = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 """A step's data as written -> with its prompt files read and its agent merged in."""
 
 
-def _step(index: int, data: Mapping[str, Any], prepare: StepData) -> Step:
+def _step(index: int, data: Mapping[str, Any], prepare: StepData, workflow: Path) -> Step:
     needs = data.get("needs", ())
     for_each = data.get("for_each")
     common: dict[str, Any] = dict(
@@ -567,9 +644,18 @@ def _step(index: int, data: Mapping[str, Any], prepare: StepData) -> Step:
             loop=Loop(
                 max=loop["max"],
                 until=loop["until"],
-                steps=tuple(_step(i, prepare(s), prepare) for i, s in enumerate(loop["steps"])),
+                steps=tuple(
+                    _step(i, prepare(s), prepare, workflow) for i, s in enumerate(loop["steps"])
+                ),
                 on_max=loop.get("on_max", "fail"),
             ),
+        )
+    if "workflow" in data:
+        return WorkflowStep(
+            **common,
+            workflow=data["workflow"],
+            with_=frozen(data.get("with", {})),
+            child=_child(workflow, data["workflow"]),
         )
     if "run" in data:
         run = data["run"]
@@ -588,6 +674,8 @@ def _step(index: int, data: Mapping[str, Any], prepare: StepData) -> Step:
         model=frozen(data.get("model")),
         system=data.get("system"),
         prompt=data.get("prompt"),
+        system_from=frozen(data["system_from"]) if "system_from" in data else None,
+        prompt_from=frozen(data["prompt_from"]) if "prompt_from" in data else None,
         mcp=tuple(data.get("mcp", ())),
         tools=_allow_list(data["tools"]) if "tools" in data else None,
         output_schema=frozen(schema) if schema is not None else None,
@@ -597,6 +685,19 @@ def _step(index: int, data: Mapping[str, Any], prepare: StepData) -> Step:
         tool_choice=data.get("tool_choice"),
         max_result_chars=data.get("max_result_chars"),
     )
+
+
+def included_path(name: str, workflow: Path) -> Path:
+    """Where a `workflow:` step's file is: relative to the including file's directory."""
+    return workflow.parent / name
+
+
+def _child(workflow: Path, name: str) -> Workflow:
+    """The workflow a `workflow:` step includes. The including file's validation already
+    validated it (recursively, cycles refused), so it is read and built without checks."""
+    path = included_path(name, workflow)
+    doc = read_document(path)
+    return build_workflow(path, doc.data, doc.source)
 
 
 def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Workflow:
@@ -619,6 +720,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
         description=data.get("description"),
         lmstudio=LMStudioSettings(
             base_url=lmstudio.get("base_url"),
+            hosts=tuple(lmstudio.get("hosts", ())),
             token_env=lmstudio.get("token_env", DEFAULT_TOKEN_ENV),
             timeout=lmstudio.get("timeout"),
         ),
@@ -640,7 +742,7 @@ def build_workflow(path: Path, data: Mapping[str, Any], source: SourceMap) -> Wo
             {name: _server(name, spec, path) for name, spec in _named(data, "mcp_servers").items()}
         ),
         agents=frozen(agents),
-        steps=tuple(_step(i, prepare(s), prepare) for i, s in enumerate(data["steps"])),
+        steps=tuple(_step(i, prepare(s), prepare, path) for i, s in enumerate(data["steps"])),
         outputs=frozen(_named(data, "outputs")),
         source=source,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keyword
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ Locator = Callable[[str], JsonPath]
 
 TEXT_KEYS = ("name", "system", "prompt")
 """Step fields that are one template each (rendered to text)."""
-VALUE_KEYS = ("for_each", "with", "run", "cwd", "env")
+VALUE_KEYS = ("for_each", "with", "run", "cwd", "env", "system_from", "prompt_from")
 """Step fields whose every string is a template (a lone `{{ expr }}` keeps its type)."""
 CONDITION_KEY = "if"
 SERVER_KEYS = ("command", "cwd", "url")
@@ -130,6 +130,8 @@ class Plan:
     steps: tuple[StepPlan, ...]
     server_fields: tuple[TemplateField, ...]
     output_fields: tuple[TemplateField, ...]
+    included_env_names: frozenset[str] = frozenset()
+    """The env names the workflows that `workflow:` steps include read: one run's secrets."""
 
     @cached_property
     def fields(self) -> tuple[TemplateField, ...]:
@@ -153,7 +155,7 @@ class Plan:
     def env_names(self) -> frozenset[str]:
         """The environment variables the templates read (`env.NAME`): their values are
         secrets from the first event on, before any template has read them."""
-        return frozenset(
+        return self.included_env_names | frozenset(
             str(ref.path[0])
             for f in self.fields
             for ref in f.refs
@@ -352,11 +354,17 @@ def plan_data(
 
 def plan_workflow(workflow: Workflow) -> Plan:
     """The plan of a typed Workflow (the executor's view)."""
-    return _build(
-        (
-            (_attribute_get(s), partial(_key_path, ("steps", i)))
-            for i, s in enumerate(workflow.steps)
+    included = frozenset(
+        name for child in list(workflow.family())[1:] for name in child.plan.env_names
+    )
+    return replace(
+        _build(
+            (
+                (_attribute_get(s), partial(_key_path, ("steps", i)))
+                for i, s in enumerate(workflow.steps)
+            ),
+            {name: _attribute_get(spec) for name, spec in workflow.mcp_servers.items()},
+            workflow.outputs,
         ),
-        {name: _attribute_get(spec) for name, spec in workflow.mcp_servers.items()},
-        workflow.outputs,
+        included_env_names=included,
     )

@@ -251,7 +251,20 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
             "step inside the loop, or loop over the items in a step before it"
         )
     if is_step and key == "with" and "tool" not in obj:
-        return "`with:` holds the arguments of a `tool:` step; add `tool: server.tool`"
+        return (
+            "`with:` holds the arguments of a `tool:` step or the inputs of a `workflow:` "
+            "step; add `tool: server.tool` or `workflow: path.yaml`"
+        )
+    if is_step and "workflow" in obj and key in ("for_each", "concurrency"):
+        return (
+            "a `workflow:` step runs its file once; for one run per item, put the `for_each:` "
+            "on a step inside that file"
+        )
+    if is_step and "workflow" in obj and key != "with":
+        return (
+            f"a `workflow:` step runs another workflow file, which sets its own {key!r}; "
+            "remove it here, or change it in that file"
+        )
     if is_step and "tool" in obj and key in ("prompt", "system", "model", "mcp", "tools"):
         return (
             f"a `tool:` step calls the tool directly, without a model; remove {key!r}, "
@@ -278,9 +291,9 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
 def _missing_key_hint(key: str, path: JsonPath) -> str | None:
     if key == "prompt":
         return (
-            "a step needs `prompt:` or `prompt_file:` (ask a model), `tool: server.tool` (call an "
-            "MCP tool) or "
-            "`run: [program, args...]` (run a command)"
+            "a step needs `prompt:`, `prompt_file:` or `prompt_from:` (ask a model), "
+            "`tool: server.tool` (call an MCP tool), `run: [program, args...]` (run a command) "
+            "or `workflow: path.yaml` (run another workflow)"
         )
     if key == "max":
         return "a loop needs `max:`, the most iterations it may run (1 to 100), e.g. max: 3"

@@ -18,12 +18,13 @@ from jsonschema.exceptions import SchemaError
 
 from .. import templating
 from .agents import with_agent, written_at
-from .load import Document
-from .model import is_note
+from .load import Document, read_document
+from .model import included_path, is_note
 from .plan import Plan, StepPlan, TemplateField, cycles, plan_data
 from .problems import Problem
 from .prompt_files import FILE_KEYS, read_text, with_file_texts
 from .schema import describe, did_you_mean, schema_problems
+from .side_effects import RULE, name_says_writing, shared_writers
 from .source import JsonPath, Position, SourceMap
 
 STEP_ATTRIBUTES = ("output", "status")
@@ -61,12 +62,88 @@ def _entries(value: Any) -> dict[str, Any]:
     return {k: v for k, v in _dict(value).items() if not is_note(k)}
 
 
+def _without_notes(value: Any) -> Any:
+    """Settings without the user's `x-` notes, which never change what a server is."""
+    return {k: v for k, v in value.items() if not is_note(k)} if isinstance(value, dict) else value
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _looks_like_token(value: str) -> bool:
+    """A value written where the name of a variable belongs that looks like the credential
+    itself: a known key format, or long and mixed like a generated token."""
+    return bool(
+        SECRET_VALUE.search(value)
+        or (
+            len(value) >= 24
+            and re.search(r"\d", value)
+            and re.search(r"[a-z]", value)
+            and re.search(r"[A-Z]", value)
+        )
+    )
+
+
+def _oauth_variable(server: str, key: str) -> str:
+    """A variable name to suggest for a server's `client_id_env`/`client_secret_env`."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", server).upper().strip("_")
+    return f"{stem}_{key.removesuffix('_env').upper()}"
+
+
+def _oauth_client_problems(server: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """What is missing from (or too much in) the client an `oauth:` mapping describes."""
+    proofs = [key for key in ("client_secret_env", "client_key_env") if key in settings]
+    has_id = "client_id_env" in settings
+    add_id = f"add `client_id_env: {_oauth_variable(server, 'client_id_env')}`"
+    if settings.get("grant") != "client_credentials":
+        if "client_key_env" in settings:
+            return [
+                (
+                    "has client_key_env, which only the client credentials grant uses",
+                    "add `grant: client_credentials`, or drop client_key_env",
+                )
+            ]
+        if proofs and not has_id:
+            return [
+                (
+                    "has a client secret but no client_id_env: it belongs to a pre-registered "
+                    "client",
+                    add_id,
+                )
+            ]
+        return []
+    problems = []
+    if not has_id:
+        problems.append(
+            (
+                "has no client_id_env: the client credentials grant logs in as a "
+                "pre-registered client",
+                add_id,
+            )
+        )
+    if not proofs:
+        secret = _oauth_variable(server, "client_secret_env")
+        problems.append(
+            (
+                "has no client_secret_env or client_key_env: the client must prove who it is",
+                f"add `client_secret_env: {secret}` (or `client_key_env:` "
+                "for a private key that signs a JWT)",
+            )
+        )
+    if len(proofs) == 2:
+        problems.append(
+            (
+                "has both client_secret_env and client_key_env: the client proves who "
+                "it is with one",
+                "keep one of them",
+            )
+        )
+    return problems
 
 
 def _model_names(value: Any) -> list[tuple[int | None, str]]:
@@ -78,13 +155,15 @@ def _model_names(value: Any) -> list[tuple[int | None, str]]:
     return []
 
 
-def validate_document(doc: Document) -> list[Problem]:
-    """All problems of a loaded document (its load problems included), sorted by position."""
+def validate_document(doc: Document, *, including: tuple[Path, ...] = ()) -> list[Problem]:
+    """All problems of a loaded document (its load problems included), sorted by position;
+    with those of the workflows its `workflow:` steps include, each in its own file.
+    `including`: the files that include this one, outermost first (to refuse cycles)."""
     problems = list(doc.problems)
     if doc.data is not None:
         problems.extend(schema_problems(doc.data, doc.source))
         if isinstance(doc.data, dict):
-            problems.extend(_Checker(doc.data, doc.source).run())
+            problems.extend(_Checker(doc.data, doc.source, including).run())
     return sorted(set(problems), key=lambda p: (p.line, p.col, p.rule, p.message))
 
 
@@ -95,17 +174,22 @@ class _Checker:
         self,
         data: dict[str, Any],
         source: SourceMap,
+        including: tuple[Path, ...] = (),
         *,
         outer: _Checker | None = None,
         loop: StepPlan | None = None,
     ) -> None:
-        """The checker of a file's steps, or (`outer`, `loop`) of the nested steps of one of
-        its loop steps: those share the file's problems, prompt files and agents."""
+        """The checker of a file's steps (`including`: the files that include it), or
+        (`outer`, `loop`) of the nested steps of one of its loop steps: those share the
+        file's problems, prompt files and agents."""
         self.data = data
         self.source = source
         self.outer = outer
         self.loop = loop
         self.workflow_path = Path(source.path)
+        self.including = (*including, self.workflow_path.resolve())
+        self.children: dict[int, dict[str, Any]] = {}
+        """The data of each `workflow:` step's file that could be read, by step index."""
         if outer is None or loop is None:
             self.at: JsonPath = ("steps",)
             self.problems: list[Problem] = []
@@ -120,6 +204,7 @@ class _Checker:
             self.written = _written(raw_steps)  # before merging: its problems are placed by it
             merged = [self._merged(s, ("steps", i)) for i, s in enumerate(raw_steps)]
         else:
+            self.including = outer.including
             self.at = (*outer.at, loop.index, "loop", "steps")
             self.problems = outer.problems
             self.prompt_files = outer.prompt_files
@@ -164,6 +249,7 @@ class _Checker:
             self._check_servers()
             self._check_agents()
         self._check_step_agents()
+        self._check_included()
         self._check_steps()
         self._check_cycles()
         self._check_shared_servers()
@@ -327,6 +413,28 @@ class _Checker:
                 for key, value in _dict(spec.get(table)).items():
                     if isinstance(value, str):
                         self._check_secret(("mcp_servers", name, table, key), key, value, table)
+            self._check_oauth(name, spec.get("oauth"))
+
+    def _check_oauth(self, name: str, oauth: Any) -> None:
+        """The settings name variables (a value that looks like the credential itself is a
+        leak), and a whole client: an id with one way to prove it."""
+        settings = _dict(oauth)
+        here = ("mcp_servers", name, "oauth")
+        for key in ("client_id_env", "client_secret_env", "client_key_env"):
+            value = _str(settings.get(key))
+            if value and _looks_like_token(value):
+                self.report(
+                    (*here, key),
+                    f"oauth.{key} of server {name!r} looks like a credential, not the name of "
+                    "a variable",
+                    "literal-secret",
+                    f"write the variable's name ({key}: {_oauth_variable(name, key)}) and "
+                    "export the value in that variable",
+                )
+        for message, hint in _oauth_client_problems(name, settings):
+            self.report(
+                here, f"oauth of server {name!r} {message}", "incomplete-oauth-client", hint
+            )
 
     def _check_agents(self) -> None:
         """Each agent's servers, once at the agent (the steps that name it are not told
@@ -345,6 +453,7 @@ class _Checker:
     def _check_step_agents(self) -> None:
         for i, step in enumerate(self.written):
             self._check_text_or_file(step, (*self.at, i))
+            self._check_server_prompts(step, (*self.at, i))
             named = step.get("agent")
             if isinstance(named, str) and named not in self.agents:
                 declared = list(self.agents)
@@ -364,6 +473,33 @@ class _Checker:
                     f"{self.where(here)} has both `{text_key}:` and `{file_key}:`",
                     "text-and-file",
                     f"keep one: the text inline in `{text_key}:`, or a file in `{file_key}:`",
+                )
+
+    def _check_server_prompts(self, step: dict[str, Any], here: JsonPath) -> None:
+        """`prompt_from:`/`system_from:` stand for a text: not next to it, and from a server
+        the workflow declares (whether the server has the prompt, `validate --servers` says)."""
+        for text_key in FILE_KEYS:
+            from_key = f"{text_key}_from"
+            spec = step.get(from_key)
+            if not isinstance(spec, dict):
+                continue
+            for other in (text_key, FILE_KEYS[text_key]):
+                if other in step:
+                    self.report(
+                        (*here, from_key),
+                        f"{self.where(here)} has both `{other}:` and `{from_key}:`",
+                        "text-and-server-prompt",
+                        f"keep one: the text in `{other}:`, or the server's prompt in "
+                        f"`{from_key}:`",
+                    )
+            server = spec.get("server")
+            if isinstance(server, str) and server not in self.servers:
+                self.report(
+                    (*here, from_key, "server"),
+                    f"{from_key} of {self.where(here)} names MCP server {server!r}, which is "
+                    "not declared",
+                    "unknown-server",
+                    self._server_hint(server),
                 )
 
     def _check_imported_server(self, name: str, spec: dict[str, Any]) -> None:
@@ -408,15 +544,7 @@ class _Checker:
 
     def _check_token_env(self) -> None:
         token_env = _str(_dict(self.data.get("lmstudio")).get("token_env"))
-        if token_env and (
-            SECRET_VALUE.search(token_env)
-            or (
-                len(token_env) >= 24
-                and re.search(r"\d", token_env)
-                and re.search(r"[a-z]", token_env)
-                and re.search(r"[A-Z]", token_env)
-            )
-        ):
+        if token_env and _looks_like_token(token_env):
             self.report(
                 ("lmstudio", "token_env"),
                 "lmstudio.token_env looks like a token, not the name of a variable",
@@ -443,7 +571,7 @@ class _Checker:
                 self._check_command(planned, step)
             elif "loop" in step:
                 self._check_loop(planned)
-            elif "tool" not in step:
+            elif "tool" not in step and "workflow" not in step:
                 self._check_step_model(i, step, defaults)
         if self.loop is not None and self.loop.body is not None:
             for template in self.loop.body.output_fields:  # `until:`, read after the steps
@@ -479,9 +607,14 @@ class _Checker:
     def _visible_step(self, step_id: str) -> dict[str, Any] | None:
         """The data of the step an id names here: a step of these steps, or of the steps
         around the loop these are nested in."""
+        found = self._owner(step_id)
+        return found[0].steps[found[1]] if found is not None else None
+
+    def _owner(self, step_id: str) -> tuple[_Checker, int] | None:
+        """The checker whose steps hold the step an id names here, and its index there."""
         if step_id in self.step_index:
-            return self.steps[self.step_index[step_id]]
-        return self.outer._visible_step(step_id) if self.outer is not None else None
+            return self, self.step_index[step_id]
+        return self.outer._owner(step_id) if self.outer is not None else None
 
     def _visible_ids(self) -> list[str]:
         outside = self.outer._visible_ids() if self.outer is not None else []
@@ -493,6 +626,110 @@ class _Checker:
             if planned.body is not None and _plan_holds(planned.body, step_id):
                 return planned.id
         return None
+
+    def _check_included(self) -> None:
+        """Each `workflow:` step: its file validated (recursively, its problems in its own
+        file), no file including itself, and `with:` against the inputs it declares."""
+        for i, step in enumerate(self.steps):
+            name = _str(step.get("workflow"))
+            if name is None or i in self.malformed_steps:
+                continue
+            here = (*self.at, i, "workflow")
+            path = included_path(name, self.workflow_path)
+            if path.resolve() in self.including:
+                chain = [*self.including[self.including.index(path.resolve()) :], path.resolve()]
+                self.report(
+                    here,
+                    f"{self.where((*self.at, i))} includes a workflow that includes it: "
+                    + " -> ".join(p.name for p in chain),
+                    "workflow-cycle",
+                    "a workflow cannot run itself, directly or through another; move the shared "
+                    "steps into a file that both include",
+                )
+                continue
+            doc = read_document(path)
+            if doc.data is None and any(
+                p.rule in ("unreadable", "file-too-large") for p in doc.problems
+            ):
+                reason = doc.problems[0].message
+                self.report(
+                    here,
+                    f"{self.where((*self.at, i))} runs {path}, which cannot be read: {reason}",
+                    "unreadable-workflow",
+                    "the path is relative to this workflow file's directory "
+                    f"({self.workflow_path.parent}); write the path of a workflow file",
+                )
+                continue
+            self.problems.extend(validate_document(doc, including=self.including))
+            if isinstance(doc.data, dict):
+                self.children[i] = doc.data
+                self._check_with_inputs(i, step, doc.data, path)
+                self._check_included_servers(i, doc.data, path)
+
+    def _check_with_inputs(
+        self, i: int, step: dict[str, Any], child: dict[str, Any], path: Path
+    ) -> None:
+        """`with:` of a `workflow:` step gives the inputs its file declares: no unknown name,
+        every required one, and literal values of the declared type."""
+        here = (*self.at, i)
+        declared = {k: _dict(v) for k, v in _entries(child.get("inputs")).items()}
+        given = _dict(step.get("with"))
+        for name, value in given.items():
+            if is_note(name):
+                continue
+            spec = declared.get(name)
+            if spec is None:
+                self.report(
+                    (*here, "with", name),
+                    f"{self.where(here)} gives input {name!r}, which {path.name} does not declare",
+                    "unknown-input",
+                    did_you_mean(name, list(declared))
+                    or ("declared inputs: " + ", ".join(declared) if declared else None)
+                    or f"{path.name} declares no inputs",
+                    key=True,
+                )
+            elif not (isinstance(value, str) and templating.is_template(value)):
+                self._check_literal_input(here, name, value, spec, path)
+        for name, spec in declared.items():
+            required = spec.get("required", "default" not in spec)
+            if required is True and name not in given:
+                self.report(
+                    (*here, "with") if "with" in step else (*here, "workflow"),
+                    f"{self.where(here)} does not give input {name!r}, which {path.name} requires",
+                    "missing-input",
+                    f"add it: with: {{{name}: ...}}",
+                    key="with" in step,
+                )
+
+    def _check_literal_input(
+        self, here: JsonPath, name: str, value: Any, spec: dict[str, Any], path: Path
+    ) -> None:
+        schema = {k: spec[k] for k in ("type", "enum", "minimum", "maximum") if k in spec}
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError:
+            return  # the child's own validation reported the declaration
+        for error in Draft202012Validator(schema).iter_errors(value):
+            self.report(
+                (*here, "with", name),
+                f"input {name!r} of {path.name}: {error.message}",
+                "bad-input-type",
+                f"{path.name} declares {name!r} as {spec.get('type')!r}",
+            )
+
+    def _check_included_servers(self, i: int, child: dict[str, Any], path: Path) -> None:
+        """A server both files declare is one server of the run: it must be declared the same
+        way in both (one that differs would need its own name)."""
+        for name, spec in _entries(child.get("mcp_servers")).items():
+            mine = self.servers.get(name)
+            if mine is not None and _without_notes(mine) != _without_notes(spec):
+                self.report(
+                    (*self.at, i, "workflow"),
+                    f"{path.name} declares MCP server {name!r} differently from this file; "
+                    "the run starts each server once, by name",
+                    "conflicting-server",
+                    f"declare {name!r} the same way in both files, or rename one of them",
+                )
 
     def _check_command(self, planned: StepPlan, step: dict[str, Any]) -> None:
         """A command is a list of arguments, or one string for a shell: never a mix-up that
@@ -579,30 +816,20 @@ class _Checker:
 
     def _check_shared_servers(self) -> None:
         """Warn where two steps that may run at the same time use one server and one of
-        them may write through it: if one relies on the other's change, only `needs:`
-        orders them. Which tools write is known only at run time; the names tell."""
-        writes = {p.index: self._writes(self.steps[p.index]) for p in self.plan.steps}
-        if not any(writes.values()):
-            return
-        for a, b in self.plan.unordered_pairs():
-            shared = self._servers_of(self.steps[a.index]) & self._servers_of(self.steps[b.index])
-            for server in sorted(shared):
-                writer = (
-                    a if server in writes[a.index] else b if server in writes[b.index] else None
-                )
-                if writer is None or a.id is None or b.id is None:
-                    continue
-                tool = writes[writer.index][server]
-                self.report(
-                    (*self.at, b.index),
-                    f"steps {a.id!r} and {b.id!r} may run at the same time and both use "
-                    f"server {server!r}; {writer.id!r} may write through it ({tool})",
-                    "unordered-side-effects",
-                    f"if {b.id!r} relies on what {a.id!r} does (or the other way round), add "
-                    f"`needs: [{a.id}]` to {b.id!r}; if the server must not be called "
-                    "concurrently, set `max_concurrent_calls: 1` on it",
-                    severity="warning",
-                )
+        them may write through it (spec/side_effects.py). Offline, which tools write is
+        what their names say."""
+        for shared in shared_writers(
+            self.plan,
+            lambda i: self._servers_of(self.steps[i]),
+            lambda i: self._writes(self.steps[i]),
+        ):
+            self.report(
+                (*self.at, shared.second.index),
+                shared.message,
+                RULE,
+                shared.hint,
+                severity="warning",
+            )
 
     def _servers_of(self, step: dict[str, Any]) -> set[str]:
         servers = {s for s in _list(step.get("mcp")) if isinstance(s, str)}
@@ -615,12 +842,12 @@ class _Checker:
         """Server -> a tool of it the step may write through (by the tool's name)."""
         found: dict[str, str] = {}
         tool = _str(step.get("tool"))
-        if tool and "." in tool and _is_writing(tool.split(".", 1)[1]):
+        if tool and "." in tool and name_says_writing(tool.split(".", 1)[1]):
             found[tool.split(".", 1)[0]] = tool
         servers = [s for s in _list(step.get("mcp")) if isinstance(s, str)]
         for name in (t for t in _list(step.get("tools")) if isinstance(t, str)):
             server, _, bare = name.rpartition(".")
-            if _is_writing(bare):
+            if name_says_writing(bare):
                 for owner in [server] if server else servers:
                     found.setdefault(owner, name)
         return found
@@ -1056,11 +1283,15 @@ class _Checker:
         step_id: str,
         field_name: str | int,
     ) -> None:
-        step = self._visible_step(step_id) or {}
+        owner, index = self._owner(step_id) or (self, -1)
+        step = owner.steps[index] if index >= 0 else {}
+        child = owner.children.get(index)
         loop = _dict(step.get("loop"))
         if loop:  # a loop's output: its nested steps' outputs and the iteration count
             inner = [_str(_dict(s).get("id")) for s in _list(loop.get("steps"))]
             properties = dict.fromkeys([*(i for i in inner if i), LOOP_ITERATIONS])
+        elif child is not None:  # a `workflow:` step's output is its file's outputs
+            properties = _entries(child.get("outputs"))
         else:
             properties = _dict(_dict(step.get("output_schema")).get("properties"))
         if not properties or not isinstance(field_name, str) or field_name in properties:
@@ -1075,6 +1306,8 @@ class _Checker:
             + (
                 f"loop {step_id!r} has no step"
                 if loop
+                else f"the workflow of {step_id!r} declares no output"
+                if child is not None
                 else f"the output_schema of {step_id!r} declares no"
             )
             + f" {field_name!r}",
@@ -1133,16 +1366,6 @@ class _Checker:
 
 
 _JINJA_DICT_METHODS = ("items", "keys", "values", "get")
-WRITING_VERBS = frozenset(
-    {"write", "create", "delete", "remove", "move", "rename", "edit", "update", "set", "add"}
-    | {"insert", "put", "store", "save", "append", "patch", "commit", "push"}
-)
-
-
-def _is_writing(tool: str) -> bool:
-    """Whether a tool's name says it changes something (`write_file`, `createEntities`)."""
-    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", tool).lower()
-    return any(word in WRITING_VERBS for word in re.split(r"[^a-z0-9]+", words))
 
 
 def _find_word(text: str, needle: str) -> int:

@@ -5,32 +5,40 @@ Run: python tests/bench/bench_batch.py [--rows N] [--memory-rows N] [--latency S
 
 Prints figures and ratios (targets from issue 12 in brackets), never asserts:
 
-1. 200 rows x 1 model step over two fake hosts answering after 0.2 s, 4 slots each
-   (--concurrency 8): rows/s and the ratio to the ideal 8 / 0.2 s = 40 rows/s [>= 0.8];
+1. 200 rows x 1 model step over two fake hosts answering after 0.2 s, 4 slots each (as
+   the hosts report them: `parallel` 4): rows/s and the ratio to the ideal
+   8 / 0.2 s = 40 rows/s [>= 0.8];
 2. peak memory (ru_maxrss of a fresh process) of a 10,000-row batch at zero latency
    against a 100-row one [grows by <= 50 MB: ROWS and OUT are streamed];
-3. the time per row of a batch run one row at a time against one `run_workflow` call.
+3. the time per row of a batch run one row at a time against one `run_workflow` call;
+4. rows with an MCP tool step (the fixture server over stdio) and a model step at zero
+   latency, 4 at a time: rows/s with the server started per row (its settings read the
+   row) against started once and shared by the rows, and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `fakes`
 
-from bench_engine import median_seconds
-from fakes.lmstudio import FakeLMStudio
+from bench_engine import interleaved_medians, median_seconds
+from fakes.lmstudio import FakeLMStudio, FakeModel
+from mcp_support import FIXTURE_SERVER
 
 from runner.api import RunOptions, load_workflow, run_workflow
 from runner.batch import Batch, RowOutcome, run_batch
+from runner.batch_hosts import Host, HostChoice
 
 MODEL = "qwen/qwen3-coder-30b"  # loaded on the fake by default
 WORKFLOW = f"""version: 1
@@ -60,9 +68,12 @@ class Quiet:
     def host_down(self, host: str | None, reason: str) -> None:
         pass
 
+    def host_ready(self, host: Host) -> None:
+        pass
+
 
 def scratch_batch(
-    scratch: Path, rows: int, hosts: list[str], slots: int, concurrency: int
+    scratch: Path, rows: int, hosts: list[str], slots: int | None, concurrency: int | None
 ) -> Batch:
     workflow_path = scratch / "wf.yaml"
     workflow_path.write_text(WORKFLOW)
@@ -75,7 +86,7 @@ def scratch_batch(
         workflow=load_workflow(workflow_path),
         rows=rows_path,
         out=out,
-        hosts=hosts,
+        hosts=[HostChoice(url) for url in hosts],
         slots=slots,
         concurrency=concurrency,
         options=RunOptions(write_log=False, runs_dir=scratch / "runs"),
@@ -85,10 +96,10 @@ def scratch_batch(
 def throughput(rows: int, latency: float) -> None:
     with (
         tempfile.TemporaryDirectory() as folder,
-        FakeLMStudio(chat_delay=latency) as one,
-        FakeLMStudio(chat_delay=latency) as two,
+        FakeLMStudio(chat_delay=latency, models=[FakeModel(MODEL, loaded=True, parallel=4)]) as one,
+        FakeLMStudio(chat_delay=latency, models=[FakeModel(MODEL, loaded=True, parallel=4)]) as two,
     ):
-        batch = scratch_batch(Path(folder), rows, [one.url, two.url], 4, 8)
+        batch = scratch_batch(Path(folder), rows, [one.url, two.url], None, None)
         observer = Quiet()
         started = time.perf_counter()
         asyncio.run(run_batch(batch, observer))
@@ -160,6 +171,43 @@ def per_row_cost(rows: int = 50) -> None:
     )
 
 
+def shared_servers(rows: int = 40, repeat: int = 5) -> None:
+    """Per-row servers against shared ones: the same workflow but for one setting of the
+    server that reads the row, which makes it start per row (docs/batch.md#mcp-servers)."""
+    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)]}
+    per_row = {**server, "env": {"ROW": "{{ inputs.text }}"}}
+    with tempfile.TemporaryDirectory() as folder, FakeLMStudio() as fake:
+        scratch = Path(folder)
+
+        def batch_of(name: str, entry: dict[str, object]) -> Callable[[], None]:
+            path = scratch / f"{name}.yaml"
+            path.write_text(
+                WORKFLOW.replace(
+                    "steps:\n", f"mcp_servers:\n  fx: {json.dumps(entry)}\nsteps:\n"
+                ).replace(
+                    "{id: answer,", "{id: echo, tool: fx.echo, with: {text: x}}\n  - {id: answer,"
+                )
+            )
+            workflow = load_workflow(path)
+
+            def run() -> None:
+                batch = scratch_batch(scratch, rows, [fake.url], 4, 4)
+                asyncio.run(run_batch(dataclasses.replace(batch, workflow=workflow), Quiet()))
+
+            return run
+
+        medians = interleaved_medians(
+            {"per row": batch_of("per-row", per_row), "shared": batch_of("shared", server)},
+            repeat,
+        )
+    per_row_rate, shared_rate = (rows / medians[name][0] for name in ("per row", "shared"))
+    print(
+        f"4. {rows} rows with an MCP tool step, 4 at a time: servers per row "
+        f"{per_row_rate:.1f} rows/s, shared {shared_rate:.1f} rows/s: "
+        f"{shared_rate / per_row_rate:.1f}x (medians of {repeat})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200)
@@ -173,6 +221,7 @@ def main() -> None:
     throughput(args.rows, args.latency)
     memory(args.memory_rows)
     per_row_cost()
+    shared_servers()
 
 
 if __name__ == "__main__":

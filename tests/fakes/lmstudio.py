@@ -106,6 +106,8 @@ class FakeModel:
     context_length: int = 4096
     quantization: str = "Q4_K_M"
     variants: tuple[str, ...] = ()
+    parallel: int | None = None
+    """Slots of its loaded instance, as LM Studio 0.4 reports them (`config.parallel`)."""
 
     @property
     def publisher(self) -> str:
@@ -120,11 +122,7 @@ class FakeModel:
             "quantization": {"name": self.quantization, "bits_per_weight": 4},
             "size_bytes": 1_000_000,
             "params_string": "7B",
-            "loaded_instances": (
-                [{"id": self.key, "config": {"context_length": self.context_length}}]
-                if self.loaded
-                else []
-            ),
+            "loaded_instances": [self._instance()] if self.loaded else [],
             "max_context_length": self.max_context_length,
             "format": "gguf",
         }
@@ -135,6 +133,12 @@ class FakeModel:
         if self.variants:
             entry["variants"] = list(self.variants)
         return entry
+
+    def _instance(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"context_length": self.context_length}
+        if self.parallel is not None:
+            config["parallel"] = self.parallel
+        return {"id": self.key, "config": config}
 
     def native_v0(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
