@@ -17,7 +17,7 @@ from typing import Any
 from . import templating
 from .command_step import command_line
 from .errors import StepFailedError
-from .spec.model import CommandStep, Step, ToolStep, Workflow, thawed
+from .spec.model import AskStep, CommandStep, Step, ToolStep, Workflow, thawed
 
 
 class Placeholder:
@@ -102,6 +102,8 @@ def _step(
         title = f"tool {step.tool}"
     elif isinstance(step, CommandStep):
         title = "command" + (f"  (cwd: {step.cwd})" if step.cwd else "")
+    elif isinstance(step, AskStep):
+        title = f"ask ({step.type}" + (f": {', '.join(step.choices)})" if step.choices else ")")
     else:
         title = f"model {workflow.step_model(step)}"
         title += f"  (mcp: {', '.join(step.mcp)})" if step.mcp else ""
@@ -113,6 +115,8 @@ def _step(
             return replace(shown, arguments=redact(text))
         if isinstance(step, CommandStep):
             return replace(shown, arguments=redact(shlex.join(command_line(step, context))))
+        if isinstance(step, AskStep):  # the question shows where a model step's prompt does
+            return replace(shown, prompt=redact(templating.render_text(step.ask, context)))
         system = templating.render_text(step.system, context) if step.system else None
         prompt = templating.render_text(step.prompt or "", context)
         return replace(

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from . import command_step, templating
+from . import ask_step, command_step, templating
 from .agent import AgentLimits, AgentTally, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
 from .errors import (
@@ -42,6 +42,7 @@ from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import (
     AgentStep,
     AllowList,
+    AskStep,
     CommandStep,
     HttpServer,
     McpServer,
@@ -387,9 +388,12 @@ class Executor:
         log: RunLog,
         context: dict[str, Any],
         reuse: Reusable | None = None,
+        answers: ask_step.Answers | None = None,
     ) -> None:
         self.workflow = workflow
         self.reuse = reuse
+        self.answers = answers or ask_step.Answers()
+        """Where `ask:` steps get their answers (none given: each step's default)."""
         self.inputs = dict(inputs)
         self.chat = chat
         self.tools = tools
@@ -552,6 +556,8 @@ class Executor:
                 return await self._tool_step(step, context, item)
             if isinstance(step, CommandStep):
                 return await self._command_step(step, context, item)
+            if isinstance(step, AskStep):
+                return await self._ask_step(step, context, item)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
             return StepRecord(step.id, "failed", error=error.message, model=model, hint=error.hint)
@@ -730,6 +736,13 @@ class Executor:
         )
         status: StepStatus = "failed" if error else "succeeded"
         return StepRecord(step.id, status, output=output, error=error)
+
+    async def _ask_step(
+        self, step: AskStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
+        emit = self.log.for_step(step.id, item)
+        output = await ask_step.run_step(step, context, answers=self.answers, item=item, emit=emit)
+        return StepRecord(step.id, "succeeded", output=output)
 
     async def _agent_step(
         self, step: AgentStep, context: Mapping[str, Any], item: int | None
