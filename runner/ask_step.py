@@ -80,7 +80,7 @@ class Question:
 
     def json_schema(self) -> dict[str, Any]:
         """The answer as a JSON Schema property (an MCP elicitation's form field)."""
-        schema: dict[str, Any] = {"title": self.step, "description": self.text}
+        schema: dict[str, Any] = {"title": self.step}
         if self.type == "boolean":
             schema["type"] = "boolean"
         else:
@@ -127,7 +127,14 @@ class Answers:
             if value is not NOT_RECORDED:
                 return value, "cassette"
         elif self.asker is not None:
-            return question.check(await self.asker(question)), "asked"
+            given = await self.asker(question)
+            try:
+                return question.check(given), "asked"
+            except ValueError as error:
+                raise StepFailedError(
+                    f"the answer to step {question.step!r} is wrong: {error}",
+                    hint=f"answer {question.allowed}",
+                ) from None
         if question.has_default:
             return question.default, "default"
         raise StepFailedError(

@@ -548,3 +548,116 @@ def test_conflicting_options_are_a_command_line_error(lmflow_cli: Any, tmp_path:
     )
     assert outcome.exit_code == 2
     assert "--base-url cannot be used with --replay" in outcome.stderr
+
+
+# --- ask: steps as elicitation ----------------------------------------------------------------
+
+ASK = """\
+version: 1
+name: deploy
+steps:
+  - id: go
+    ask: Deploy to staging?
+    type: boolean
+  - id: level
+    ask: How loud?
+    type: enum
+    choices: [quiet, loud]
+    default: quiet
+outputs:
+  go: "{{ steps.go.output }}"
+  level: "{{ steps.level.output }}"
+"""
+
+
+def test_an_ask_step_is_an_elicitation_to_the_client(tmp_path: Path) -> None:
+    from mcp.types import ElicitRequestFormParams, ElicitResult
+
+    directory = project(tmp_path, **{"deploy.yaml": ASK})
+    asked: list[ElicitRequestFormParams] = []
+    answers = iter([{"answer": True}, {"answer": "loud"}])
+
+    async def answer(context: Any, params: Any) -> ElicitResult:
+        asked.append(params)
+        return ElicitResult(action="accept", content=next(answers))
+
+    async def session() -> None:
+        parameters = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "lmflow_runner", "serve", str(directory)],
+            env=dict(os.environ),
+            cwd=str(directory),
+        )
+        async with Client(
+            parameters, read_timeout_seconds=60, elicitation_callback=answer, mode="legacy"
+        ) as c:
+            done = await c.call_tool("deploy", {})
+            assert not done.is_error, done.content
+            assert done.structured_content == {"go": True, "level": "loud"}
+
+    asyncio.run(session())
+    assert [params.message for params in asked] == ["Deploy to staging?", "How loud?"]
+    assert asked[0].requested_schema == {
+        "type": "object",
+        "properties": {"answer": {"title": "go", "type": "boolean"}},
+        "required": ["answer"],
+    }
+    assert asked[1].requested_schema["properties"]["answer"]["enum"] == ["quiet", "loud"]
+    assert asked[1].requested_schema["properties"]["answer"]["default"] == "quiet"
+    (record,) = runs(directory)
+    answered = [
+        json.loads(line)
+        for line in (directory / ".lmflow/runs" / record["run_id"] / "events.jsonl")
+        .read_text()
+        .splitlines()
+        if '"ask_answered"' in line
+    ]
+    assert [(event["answer"], event["by"]) for event in answered] == [
+        (True, "asked"),
+        ("loud", "asked"),
+    ]
+
+
+def test_a_declined_question_fails_the_step_and_no_elicitation_uses_defaults(
+    tmp_path: Path,
+) -> None:
+    from mcp.types import ElicitResult
+
+    directory = project(
+        tmp_path,
+        **{
+            "deploy.yaml": ASK,
+            "quiet.yaml": ASK.replace("name: deploy", "name: quiet").replace(
+                "    type: boolean\n", "    type: boolean\n    default: false\n"
+            ),
+        },
+    )
+
+    async def decline(context: Any, params: Any) -> ElicitResult:
+        return ElicitResult(action="decline")
+
+    async def session() -> None:
+        parameters = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "lmflow_runner", "serve", str(directory)],
+            env=dict(os.environ),
+            cwd=str(directory),
+        )
+        async with Client(
+            parameters, read_timeout_seconds=60, elicitation_callback=decline, mode="legacy"
+        ) as c:
+            declined = await c.call_tool("deploy", {})
+            assert declined.is_error
+            text = declined.content[0].text  # type: ignore[union-attr]
+            assert "the MCP client declined the question of step 'go'" in text
+        async with Client(parameters, read_timeout_seconds=60) as plain:  # no elicitation
+            refused = await plain.call_tool("deploy", {})
+            assert refused.is_error
+            text = refused.content[0].text  # type: ignore[union-attr]
+            assert "step 'go' asks a question, and this MCP client cannot be asked" in text
+            defaults = await plain.call_tool("quiet", {})
+            assert not defaults.is_error, defaults.content
+            assert defaults.structured_content == {"go": False, "level": "quiet"}
+
+    asyncio.run(session())
+    assert len(runs(directory)) == 2  # the refused call started no run
