@@ -201,19 +201,6 @@ def parse_answers(workflow: Workflow, raw: Mapping[str, Any]) -> dict[str, Any]:
     return answers
 
 
-def read_answer_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    """`--answer STEP=VALUE` pairs by step id (the value is typed later, by its step)."""
-    answers: dict[str, str] = {}
-    for pair in pairs:
-        step, sep, value = pair.partition("=")
-        if not sep or not step.strip():
-            raise ConfigurationError(
-                f"--answer {pair!r} is not STEP=VALUE", hint="e.g. --answer approve=yes"
-            )
-        answers[step.strip()] = value
-    return answers
-
-
 async def run_step(
     step: AskStep,
     context: Mapping[str, Any],

@@ -517,12 +517,18 @@ def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any
     values: dict[str, Any] = {}
     if inputs_file is not None:
         values.update(_inputs_file(inputs_file))
+    values.update(key_values(pairs, "input", "key=value", "write -i name=value, e.g. -i path=src"))
+    return values
+
+
+def key_values(pairs: Iterable[str], option: str, form: str, hint: str) -> dict[str, str]:
+    """Command-line `KEY=VALUE` pairs by key (the last one wins); a pair without `=` or
+    without a key is exit 2, `hint` saying how to write one."""
+    values: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigurationError(
-                f"input {pair!r} is not key=value", hint="write -i name=value, e.g. -i path=src"
-            )
+            raise ConfigurationError(f"{option} {pair!r} is not {form}", hint=hint)
         values[key.strip()] = value
     return values
 

@@ -114,8 +114,7 @@ def command(
     """
     from .. import signals
     from ..api import RunOptions, run_workflow
-    from ..ask_step import read_answer_pairs
-    from ..runtime import dry_run_workflow, read_inputs
+    from ..runtime import dry_run_workflow, key_values, read_inputs
     from ._ask import terminal_asker
 
     workflow = load_workflow(workflow_file)
@@ -141,7 +140,8 @@ def command(
             rerecord=rerecord,
             live_tools=live_tools,
             resume=resume,
-            answers=read_answer_pairs(answer_pairs),
+            # typed later, by each step's type
+            answers=key_values(answer_pairs, "--answer", "STEP=VALUE", "e.g. --answer go=yes"),
             asker=terminal_asker(progress),
         )
         raw_inputs = read_inputs(inputs_file, pairs)
