@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -298,6 +299,51 @@ def test_run_asks_on_a_terminal_until_the_answer_fits(tmp_path: Path) -> None:
         "level": "quiet",
         "said": "deploying (quiet)",
     }
+
+
+def test_ctrl_c_at_the_question_ends_the_run_as_interrupted(tmp_path: Path) -> None:
+    leader, follower = pty.openpty()
+    log = tmp_path / "events.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(write(tmp_path)), "--log", str(log)],
+        cwd=tmp_path,
+        stdin=follower,
+        stderr=follower,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "TERM": "xterm"},
+    )
+    os.close(follower)
+    try:
+        _read_until(leader, "answer (y/n): ", bytearray())
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130  # not left reading the terminal
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        os.close(leader)
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["type"], last["status"]) == ("run_finished", "interrupted")
+
+
+def test_each_item_of_a_for_each_question_is_asked(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+version: 1
+steps:
+  - id: keep
+    for_each: [a.txt, b.txt]
+    ask: "Keep {{ item }}?"
+    type: boolean
+outputs:
+  kept: "{{ steps.keep.output }}"
+""",
+    )
+    asker = Scripted(True, False)
+    result = asyncio.run(run_workflow(path, {}, options(tmp_path, asker=asker)))
+    assert sorted((q.item, q.text) for q in asker.asked) == [(0, "Keep a.txt?"), (1, "Keep b.txt?")]
+    assert len(result.outputs["kept"]) == 2 and sorted(result.outputs["kept"]) == [False, True]
 
 
 # --- cassettes and --resume ------------------------------------------------------------------
