@@ -64,6 +64,7 @@ class DryStep:
     prompt: str | None = None
     arguments: str | None = None
     error: str | None = None
+    question: str | None = None
 
 
 def dry_run(
@@ -115,8 +116,8 @@ def _step(
             return replace(shown, arguments=redact(text))
         if isinstance(step, CommandStep):
             return replace(shown, arguments=redact(shlex.join(command_line(step, context))))
-        if isinstance(step, AskStep):  # the question shows where a model step's prompt does
-            return replace(shown, prompt=redact(templating.render_text(step.ask, context)))
+        if isinstance(step, AskStep):
+            return replace(shown, question=redact(templating.render_text(step.ask, context)))
         system = templating.render_text(step.system, context) if step.system else None
         prompt = templating.render_text(step.prompt or "", context)
         return replace(

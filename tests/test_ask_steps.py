@@ -243,6 +243,13 @@ def test_run_without_a_terminal_or_answer_is_exit_2_with_the_fix(tmp_path: Path)
     assert "Traceback" not in done.stderr
 
 
+def test_a_dry_run_shows_the_question_and_asks_nothing(lmflow_cli: Any, tmp_path: Path) -> None:
+    done = lmflow_cli("run", str(write(tmp_path)), "--dry-run")
+    assert done.exit_code == 0
+    assert "▶ go  ask (boolean)\n    question:\n      Deploy to staging?\n" in done.stdout
+    assert "▶ level  ask (enum: quiet, loud)" in done.stdout
+
+
 def test_did_you_mean_for_an_unknown_ask_step(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as refused:
         asyncio.run(run_workflow(write(tmp_path), {}, options(tmp_path, answers={"lvel": "x"})))

@@ -172,7 +172,8 @@ def print_dry_run(steps: Sequence[DryStep]) -> None:
             click.secho(f"    {step.error}", fg="yellow")
         if step.arguments is not None:
             click.echo(f"    with: {step.arguments}")
-        for label, text in (("system", step.system), ("prompt", step.prompt)):
+        texts = (("system", step.system), ("prompt", step.prompt), ("question", step.question))
+        for label, text in texts:
             if text is not None:
                 click.echo(f"    {label}:")
                 click.echo("\n".join(f"      {line}" for line in text.splitlines() or [""]))
