@@ -56,6 +56,16 @@ def test_meeting_planner_outputs_come_from_the_cassette(lmflow_run) -> None:
     assert "Quarterly roadmap review" in result.outputs["invitation"]
 
 
+def test_the_commit_message_is_committed_only_when_approved(lmflow_run) -> None:
+    approved = lmflow_run("workflows/commit-message.yaml")  # the cassette's answer: yes
+    assert approved.steps["approve"].output is True
+    assert approved.outputs["committed"] is True
+    refused = lmflow_run("workflows/commit-message.yaml", answers={"approve": "no"})
+    assert refused.steps["commit"].status == "skipped"
+    assert refused.outputs["result"] == "not committed"
+    assert refused.outputs["message"].startswith("Skip blank lines when reading CSV files")
+
+
 def test_the_result_reads_by_attribute_all_the_way(lmflow_run) -> None:
     result = lmflow_run("workflows/meeting-planner.yaml")
     check = result.steps["check"]
