@@ -504,7 +504,9 @@ def begin(
         # Before the run starts: a cassette that cannot be written is a command-line mistake.
         ensure_recordable(options.record, options.rerecord)
     answers = Answers(parse_answers(workflow, options.answers), options.asker)
-    if options.replay is None:  # a replay's cassette answers (or its step fails)
+    if options.replay is None and options.resume is None:
+        # A replay's cassette answers, a resumed run's earlier answers may be reused: a
+        # question left over fails its step instead.
         answers.check_answerable(workflow)
     reuse = None
     if options.resume is not None:  # before this run's own directory exists: `last` is earlier

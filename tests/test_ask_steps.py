@@ -400,6 +400,21 @@ def test_resume_reuses_an_answer_only_to_the_same_question(tmp_path: Path) -> No
     assert other.steps["go"].output is False and other.outputs["level"] == "loud"
 
 
+def test_resume_needs_no_one_to_ask_for_answers_it_reuses(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    given = options(tmp_path, answers={"go": "yes"})
+    first = asyncio.run(run_workflow(path, {}, given))
+    resumed = asyncio.run(run_workflow(path, {}, options(tmp_path, resume=first.run_id)))
+    assert resumed.status == "succeeded", resumed.error
+    assert resumed.steps["go"].reused_from == first.run_id
+    elsewhere = asyncio.run(
+        run_workflow(path, {"target": "prod"}, options(tmp_path, resume=first.run_id))
+    )
+    assert elsewhere.steps["go"].status == "failed"  # a new question, nobody to ask it
+    assert elsewhere.steps["go"].hint is not None
+    assert "--answer go=VALUE" in elsewhere.steps["go"].hint
+
+
 def test_a_recorded_answer_goes_into_the_cassette(tmp_path: Path, fake_lmstudio: Any) -> None:
     path = write(
         tmp_path,
