@@ -18,7 +18,7 @@ from . import templating
 from .command_step import command_line
 from .errors import StepFailedError
 from .server_prompts import described
-from .spec.model import CommandStep, Step, ToolStep, Workflow, WorkflowStep, thawed
+from .spec.model import AskStep, CommandStep, Step, ToolStep, Workflow, WorkflowStep, thawed
 
 
 class Placeholder:
@@ -65,6 +65,7 @@ class DryStep:
     prompt: str | None = None
     arguments: str | None = None
     error: str | None = None
+    question: str | None = None
 
 
 def dry_run(
@@ -105,6 +106,8 @@ def _step(
         title = "command" + (f"  (cwd: {step.cwd})" if step.cwd else "")
     elif isinstance(step, WorkflowStep):
         title = f"workflow {step.workflow}"
+    elif isinstance(step, AskStep):
+        title = f"ask ({step.type}" + (f": {', '.join(step.choices)})" if step.choices else ")")
     else:
         title = f"model {workflow.step_model(step)}"
         title += f"  (mcp: {', '.join(step.mcp)})" if step.mcp else ""
@@ -116,6 +119,8 @@ def _step(
             return replace(shown, arguments=redact(text))
         if isinstance(step, CommandStep):
             return replace(shown, arguments=redact(shlex.join(command_line(step, context))))
+        if isinstance(step, AskStep):
+            return replace(shown, question=redact(templating.render_text(step.ask, context)))
         system = templating.render_text(step.system, context) if step.system else None
         prompt = templating.render_text(step.prompt or "", context)
         if step.system_from is not None:

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from . import command_step, templating
+from . import ask_step, command_step, templating
 from .agent import AgentLimits, AgentTally, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
 from .errors import (
@@ -43,6 +43,7 @@ from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import (
     AgentStep,
     AllowList,
+    AskStep,
     CommandStep,
     HttpServer,
     McpServer,
@@ -402,11 +403,14 @@ class Executor:
         reuse: Reusable | None = None,
         scope: str = "",
         slots: anyio.CapacityLimiter | None = None,
+        answers: ask_step.Answers | None = None,
     ) -> None:
         self.workflow = workflow
         self.reuse = reuse
         self.scope = scope
         """Where these steps run inside the run (`PARENT` for a sub-workflow's); "" at the top."""
+        self.answers = answers or ask_step.Answers()
+        """Where `ask:` steps get their answers (none given: each step's default)."""
         self.inputs = dict(inputs)
         self.chat = chat
         self.tools = tools
@@ -583,6 +587,8 @@ class Executor:
                 return await self._command_step(step, context, item)
             if isinstance(step, WorkflowStep):
                 return await self._workflow_step(step, context)
+            if isinstance(step, AskStep):
+                return await self._ask_step(step, context, item)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
             return StepRecord(step.id, "failed", error=error.message, model=model, hint=error.hint)
@@ -784,6 +790,7 @@ class Executor:
             reuse=self.reuse,
             scope=self._outside(step.id),
             slots=self.slots,
+            answers=self.answers,
         )
         try:  # only the step's own `timeout:`: the file's steps have their own defaults
             with anyio.fail_after(step.timeout):
@@ -804,6 +811,13 @@ class Executor:
             tool_calls=sum(r.tool_calls for r in result.steps),
             usage=result.usage,
         )
+
+    async def _ask_step(
+        self, step: AskStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
+        emit = self.log.for_step(step.id, item)
+        output = await ask_step.run_step(step, context, answers=self.answers, item=item, emit=emit)
+        return StepRecord(step.id, "succeeded", output=output)
 
     async def _agent_step(
         self, step: AgentStep, context: Mapping[str, Any], item: int | None

@@ -60,6 +60,7 @@ from .toolboxes import ToolboxFromSource
 if TYPE_CHECKING:
     from mcp.types import Tool
 
+    from .ask_step import Question
     from .mcp import ToolSource
 
 CASSETTE_VERSION = 1
@@ -107,6 +108,23 @@ class ToolExchange:
 
 
 Exchange = LlmExchange | ToolExchange
+
+
+@dataclass
+class RecordedAnswer:
+    """A person's answer to an `ask:` step's question: a replay gives it again, asking
+    nobody."""
+
+    step: str
+    question: str
+    answer: Any
+    item: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        item = {} if self.item is None else {"item": self.item}
+        return {"step": self.step, **item, "question": self.question, "answer": self.answer}
+
+
 _Key = tuple[str | None, int | None, str]
 """Step, item and request: what a replayed answer is found by."""
 
@@ -121,6 +139,7 @@ class Cassette:
     exchanges: list[Exchange] = field(default_factory=list)
     outcome: str | None = None
     path: Path | None = None
+    answers: list[RecordedAnswer] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> Cassette:
@@ -148,6 +167,10 @@ class Cassette:
         servers = {name: list(tools) for name, tools in (data.get("servers") or {}).items()}
         _check_tool_specs(servers, source, path)
         cassette = cls(data.get("workflow") or "", servers, outcome=data.get("outcome"), path=path)
+        cassette.answers = [
+            RecordedAnswer(a["step"], a["question"], a["answer"], a.get("item"))
+            for a in data.get("answers") or ()
+        ]
         llm_messages: dict[int, list[Any]] = {}
         for index, item in enumerate(data["exchanges"]):
             answer = "response" if item["kind"] == "llm" else "result"
@@ -251,6 +274,8 @@ class Cassette:
             "servers": self.servers,
             "exchanges": exchanges,
         }
+        if self.answers:  # absent without `ask:` steps: older cassettes keep their format
+            document["answers"] = [answer.as_dict() for answer in self.answers]
         return HEADER + to_yaml(document)
 
     def save(self, path: Path) -> None:
@@ -527,6 +552,18 @@ _SCHEMA: dict[str, Any] = {
                 ],
             },
         },
+        "answers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["step", "question", "answer"],
+                "properties": {
+                    "step": {"type": "string"},
+                    "item": {"type": ["integer", "null"]},
+                    "question": {"type": "string"},
+                },
+            },
+        },
     },
 }
 _VALIDATOR = Draft202012Validator(_SCHEMA)
@@ -674,8 +711,10 @@ class _Position:
 
     def rank(self, exchange: Exchange) -> tuple[int, int]:
         """Where an exchange goes in the file: by step (in run order), then item."""
-        step = self.order.get(exchange.step or "", -1)
-        return step, -1 if exchange.item is None else exchange.item
+        return self.rank_of(exchange.step, exchange.item)
+
+    def rank_of(self, step: str | None, item: int | None) -> tuple[int, int]:
+        return self.order.get(step or "", -1), -1 if item is None else item
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -692,6 +731,16 @@ class Recorder:
         # follows the order of the calls, not the order in which they happened to finish.
         self._slots: list[Exchange | None] = []
         self._servers: dict[str, list[Tool]] = {}
+        self._answers: list[RecordedAnswer] = []
+        log.subscribe(self._keep_answer)
+
+    def _keep_answer(self, event: Event) -> None:
+        """A person's answer (`ask_answered`, secrets already masked) goes into the
+        cassette, so its replay asks nobody."""
+        if event.type == "ask_answered" and event.step is not None:
+            question = self._normalize(event.data["question"])
+            answer = self._normalize(event.data["answer"])
+            self._answers.append(RecordedAnswer(event.step, question, answer, event.item))
 
     def chat(self, model: ChatModel) -> ChatModel:
         return _RecordingChat(model, self)
@@ -738,6 +787,7 @@ class Recorder:
                 name: self._normalize([_tool_spec(t) for t in tools])
                 for name, tools in self._servers.items()
             },
+            answers=sorted(self._answers, key=lambda a: self._position.rank_of(a.step, a.item)),
         )
         recorded = [slot for slot in self._slots if slot is not None]
         for exchange in sorted(recorded, key=self._position.rank):
@@ -836,6 +886,21 @@ class Replayer(ToolboxFromSource):
                 self._tool.setdefault((exchange.step, exchange.item, request), deque()).append(
                     exchange
                 )
+
+    def recorded_answer(self, question: Question) -> Any:
+        """The answer recorded for this step, item and question (`NOT_RECORDED` when the
+        question changed or was never asked while recording)."""
+        from .ask_step import NOT_RECORDED  # anyio: not for the snapshot writer's imports
+
+        text = self._normalize(question.text)
+        for recorded in self.cassette.answers:
+            if (recorded.step, recorded.item, recorded.question) == (
+                question.step,
+                question.item,
+                text,
+            ):
+                return self._normalize.restore(recorded.answer)
+        return NOT_RECORDED
 
     def _queue(self, queues: dict[_Key, deque[Answer]], request: str) -> deque[Answer] | None:
         """The recorded answers to this request in the current step and item; outside any

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .ask_step import Answers, Asker, parse_answers
 from .chat import ChatModel, Usage
 from .errors import ConfigurationError, LmflowError, ToolStepsInvalidError
 from .executor import (
@@ -99,6 +100,13 @@ class RunOptions:
             return workflow.lmstudio
         return replace(workflow.lmstudio, base_url=self.file_host)
 
+    answers: Mapping[str, Any] = field(default_factory=dict)
+    """Answers to `ask:` steps by step id (`--answer STEP=VALUE`): text typed by the step,
+    or typed values."""
+    asker: Asker | None = None
+    """Who asks a person the `ask:` steps no answer was given for (the terminal, an MCP
+    client); None: the steps' defaults, else the run is refused (exit 2)."""
+
     def __post_init__(self) -> None:
         if self.record is not None and self.replay is not None:
             raise ConfigurationError("--record and --replay exclude each other")
@@ -143,9 +151,16 @@ class PreparedRun:
     """The cassette the run answers from (`--replay`), kept in result.json for `runs list`."""
     stop_reason: Callable[[], str | None] | None = None
     """`RunOptions.stop_reason`."""
+    answers: Answers = field(default_factory=Answers)
+    """Where the `ask:` steps' answers come from (a replay adds its cassette's)."""
 
 
-def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions) -> PreparedRun:
+def prepare(
+    workflow: Workflow,
+    raw_inputs: Mapping[str, Any],
+    options: RunOptions,
+    answers: Answers | None = None,
+) -> PreparedRun:
     """Check the inputs (exit 2 on a bad one) and open the run log."""
     from .lmstudio_server import base_url_candidates
 
@@ -168,7 +183,16 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, env, run_id, run_dir, started_at)
     return PreparedRun(
-        workflow, inputs, run_id, run_dir, log, context, writer, options.replay, options.stop_reason
+        workflow,
+        inputs,
+        run_id,
+        run_dir,
+        log,
+        context,
+        writer,
+        options.replay,
+        options.stop_reason,
+        answers or Answers(),
     )
 
 
@@ -403,6 +427,7 @@ async def _replay_parts(
     from .replay import Cassette, Replayer
 
     replayer = Replayer(Cassette.load(cassette_path), run.log, run.context)
+    run.answers.recorded = replayer  # a replay asks nobody: the cassette answers
     if use_live_tools:
         async with live_tools(run, chat=replayer) as sessions:
             yield replayer, sessions
@@ -485,6 +510,7 @@ async def execute(
                 log=run.log,
                 context=run.context,
                 reuse=reuse,
+                answers=run.answers,
             )
             await executor.run()
     except LmflowError as error:
@@ -566,10 +592,15 @@ def begin(
 
         # Before the run starts: a cassette that cannot be written is a command-line mistake.
         ensure_recordable(options.record, options.rerecord)
+    answers = Answers(parse_answers(workflow, options.answers), options.asker)
+    if options.replay is None and options.resume is None:
+        # A replay's cassette answers, a resumed run's earlier answers may be reused: a
+        # question left over fails its step instead.
+        answers.check_answerable(workflow)
     reuse = None
     if options.resume is not None:  # before this run's own directory exists: `last` is earlier
         reuse = load_reusable(find_run(options.runs_dir, options.resume))
-    return prepare(workflow, raw_inputs, options), reuse
+    return prepare(workflow, raw_inputs, options, answers), reuse
 
 
 def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any]:
@@ -577,12 +608,18 @@ def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any
     values: dict[str, Any] = {}
     if inputs_file is not None:
         values.update(_inputs_file(inputs_file))
+    values.update(key_values(pairs, "input", "key=value", "write -i name=value, e.g. -i path=src"))
+    return values
+
+
+def key_values(pairs: Iterable[str], option: str, form: str, hint: str) -> dict[str, str]:
+    """Command-line `KEY=VALUE` pairs by key (the last one wins); a pair without `=` or
+    without a key is exit 2, `hint` saying how to write one."""
+    values: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigurationError(
-                f"input {pair!r} is not key=value", hint="write -i name=value, e.g. -i path=src"
-            )
+            raise ConfigurationError(f"{option} {pair!r} is not {form}", hint=hint)
         values[key.strip()] = value
     return values
 

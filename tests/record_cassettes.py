@@ -425,7 +425,37 @@ ANALYZE_REPO = Example(
     setup=analyze_repo_setup,
 )
 
-EXAMPLES = {e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY, ANALYZE_REPO)}
+
+# --- commit-message: mcp-server-git on staged changes, approved with --answer ------------------
+
+COMMIT_MESSAGE_TEXT = """\
+Skip blank lines when reading CSV files
+
+Files saved by spreadsheet programs often end with empty lines, which the
+reader turned into rows without fields. Leave them out."""
+
+
+def commit_message_setup(scratch: Path) -> tuple[Path, list[str]]:
+    repo = scratch / "csvq"
+    make_repository(repo)
+    (repo / "csvq/reader.py").write_text(
+        "def read(path):\n    return [line for line in open(path) if line.strip()]\n"
+    )
+    subprocess.run(["git", "add", "csvq/reader.py"], cwd=repo, check=True)
+    # The question cannot be asked here (no terminal): the answer is given, as in CI.
+    return repo, ["--answer", "approve=yes"]
+
+
+COMMIT_MESSAGE = Example(
+    name="commit-message",
+    models=["qwen/qwen3-coder-30b"],
+    script=[COMMIT_MESSAGE_TEXT],
+    setup=commit_message_setup,
+)
+
+EXAMPLES = {
+    e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY, ANALYZE_REPO, COMMIT_MESSAGE)
+}
 
 
 # --- recording ----------------------------------------------------------------------------

@@ -313,7 +313,31 @@ class WorkflowStep(_StepCommon):
         return ()
 
 
-Step = AgentStep | ToolStep | CommandStep | WorkflowStep
+AskType = Literal["boolean", "string", "enum"]
+"""What an `ask:` step's answer is: true/false, any text, or one of its `choices`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AskStep(_StepCommon):
+    """A step that asks a person (`ask:`): on the terminal, by `--answer`, or as an MCP
+    elicitation under `lmflow serve`. Its output is the answer, typed."""
+
+    kind: Literal["ask"] = "ask"
+    ask: str
+    """The question (a template)."""
+    type: AskType = "string"
+    choices: tuple[str, ...] = ()
+    """The allowed answers of an `enum` question."""
+    default: Any = None
+    has_default: bool = False
+    """Whether `default:` was given (a default may be false or the empty string)."""
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ()
+
+
+Step = AgentStep | ToolStep | CommandStep | WorkflowStep | AskStep
 """The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
@@ -567,6 +591,15 @@ def _step(index: int, data: Mapping[str, Any], workflow: Path) -> Step:
             workflow=data["workflow"],
             with_=frozen(data.get("with", {})),
             child=_child(workflow, data["workflow"]),
+        )
+    if "ask" in data:
+        return AskStep(
+            **common,
+            ask=data["ask"],
+            type=data.get("type", "string"),
+            choices=tuple(data.get("choices", ())),
+            default=data.get("default"),
+            has_default="default" in data,
         )
     if "run" in data:
         run = data["run"]

@@ -27,7 +27,7 @@ Getter = Callable[[str], Any]
 Locator = Callable[[str], JsonPath]
 """Where the file spells one key of a step: the step itself, or the agent it came from."""
 
-TEXT_KEYS = ("name", "system", "prompt")
+TEXT_KEYS = ("name", "system", "prompt", "ask")
 """Step fields that are one template each (rendered to text)."""
 VALUE_KEYS = ("for_each", "with", "run", "cwd", "env", "system_from", "prompt_from")
 """Step fields whose every string is a template (a lone `{{ expr }}` keeps its type)."""

@@ -523,6 +523,8 @@ class _Checker:
             self._check_step_tools(i, step)
             if "run" in step:
                 self._check_command(planned, step)
+            elif "ask" in step:
+                self._check_ask(planned, step)
             elif "tool" not in step and "workflow" not in step:
                 self._check_step_model(i, step, defaults)
 
@@ -650,6 +652,52 @@ class _Checker:
                 "command-list-with-shell",
                 "with a shell, `run:` is one command line (a string); without one, drop "
                 "`shell: true` and keep the list",
+            )
+
+    def _check_ask(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """An `ask:` step's `type`, `choices` and `default` agree, so a run never finds out
+        half-way that its default is not an answer the question takes."""
+        here = ("steps", planned.index)
+        kind, choices = step.get("type", "string"), step.get("choices")
+        if kind == "enum" and not isinstance(choices, list):
+            self.report(
+                (*here, "type"),
+                f"{self.where(here)} is an enum question without `choices:`",
+                "ask-choices",
+                "list the answers it takes, e.g. choices: [major, minor, patch]",
+            )
+        elif kind in ("boolean", "string") and choices is not None:
+            self.report(
+                (*here, "choices"),
+                f"{self.where(here)} has `choices:` but its type is {kind}",
+                "ask-choices",
+                "say `type: enum` to take only those answers, or remove `choices:`",
+            )
+        if "default" not in step or kind not in ("boolean", "string", "enum"):
+            return
+        default = step["default"]
+        if kind == "boolean" and not isinstance(default, bool):
+            self.report(
+                (*here, "default"),
+                f"the default of {self.where(here)} is {default!r}, not true or false",
+                "ask-default",
+                "a boolean question's default is true or false, without quotes",
+            )
+        elif kind != "boolean" and isinstance(default, bool):
+            self.report(
+                (*here, "default"),
+                f"the default of {self.where(here)} is {str(default).lower()}, but the "
+                f"question is of type {kind}",
+                "ask-default",
+                f'quote it ("{str(default).lower()}") or say `type: boolean`',
+            )
+        elif kind == "enum" and isinstance(choices, list) and default not in choices:
+            self.report(
+                (*here, "default"),
+                f"the default of {self.where(here)} is {default!r}, not one of its choices",
+                "ask-default",
+                did_you_mean(str(default), [str(c) for c in choices])
+                or "choose one of: " + ", ".join(map(str, choices)),
             )
 
     def _check_needs(self, planned: StepPlan, step: dict[str, Any]) -> None:
