@@ -16,8 +16,9 @@ from typing import Any
 
 from . import templating
 from .command_step import command_line
+from .embed_step import texts_of
 from .errors import StepFailedError
-from .spec.model import CommandStep, Step, ToolStep, Workflow, thawed
+from .spec.model import CommandStep, EmbedStep, Step, ToolStep, Workflow, thawed
 
 
 class Placeholder:
@@ -102,6 +103,8 @@ def _step(
         title = f"tool {step.tool}"
     elif isinstance(step, CommandStep):
         title = "command" + (f"  (cwd: {step.cwd})" if step.cwd else "")
+    elif isinstance(step, EmbedStep):
+        title = f"embed with {workflow.step_model(step)}"
     else:
         title = f"model {workflow.step_model(step)}"
         title += f"  (mcp: {', '.join(step.mcp)})" if step.mcp else ""
@@ -113,6 +116,9 @@ def _step(
             return replace(shown, arguments=redact(text))
         if isinstance(step, CommandStep):
             return replace(shown, arguments=redact(shlex.join(command_line(step, context))))
+        if isinstance(step, EmbedStep):
+            text = json.dumps(texts_of(step, context), ensure_ascii=False, default=str)
+            return replace(shown, arguments=redact(text))
         system = templating.render_text(step.system, context) if step.system else None
         prompt = templating.render_text(step.prompt or "", context)
         return replace(

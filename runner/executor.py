@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from . import command_step, templating
+from . import command_step, embed_step, templating
 from .agent import AgentLimits, AgentTally, AgentTask, run_agent
 from .chat import ChatModel, Toolbox, ToolResult, Usage
 from .errors import (
@@ -43,6 +43,7 @@ from .spec.model import (
     AgentStep,
     AllowList,
     CommandStep,
+    EmbedStep,
     HttpServer,
     McpServer,
     StdioServer,
@@ -552,6 +553,8 @@ class Executor:
                 return await self._tool_step(step, context, item)
             if isinstance(step, CommandStep):
                 return await self._command_step(step, context, item)
+            if isinstance(step, EmbedStep):
+                return await self._embed_step(step, context, item)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
             return StepRecord(step.id, "failed", error=error.message, model=model, hint=error.hint)
@@ -730,6 +733,23 @@ class Executor:
         )
         status: StepStatus = "failed" if error else "succeeded"
         return StepRecord(step.id, status, output=output, error=error)
+
+    async def _embed_step(
+        self, step: EmbedStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
+        model = self.workflow.step_model(step)
+        assert model is not None  # `model:` is required on embed steps
+        outcome = await embed_step.run_step(
+            step,
+            context,
+            model=self.chat,
+            model_id=model,
+            concurrency=self.workflow.defaults.concurrency,
+            emit=self.log.for_step(step.id, item),
+        )
+        return StepRecord(
+            step.id, "succeeded", output=outcome.output, model=model, usage=outcome.usage
+        )
 
     async def _agent_step(
         self, step: AgentStep, context: Mapping[str, Any], item: int | None

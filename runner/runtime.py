@@ -41,6 +41,7 @@ from .spec.load import read_document
 from .spec.model import (
     EMPTY,
     AgentStep,
+    EmbedStep,
     HttpServer,
     Input,
     McpServer,
@@ -342,7 +343,7 @@ async def _replay_parts(
 
 def asks_models(workflow: Workflow) -> bool:
     """Whether a run may ask a model anything: a model step, or a server that may sample."""
-    return any(isinstance(step, AgentStep) for step in workflow.steps) or any(
+    return any(isinstance(step, (AgentStep, EmbedStep)) for step in workflow.steps) or any(
         workflow.mcp_servers[name].sampling is not None for name in servers_in_use(workflow)
     )
 

@@ -44,7 +44,7 @@ class Example:
     """How to record one example: where to run it, with which inputs, and the model's turns."""
 
     name: str
-    models: Sequence[str]
+    models: Sequence[str | FakeModel]
     script: Sequence[Any]
     setup: Callable[[Path], tuple[Path, list[str]]]  # scratch dir -> (cwd, extra arguments)
 
@@ -379,7 +379,35 @@ REPO_SURVEY = Example(
     setup=repo_survey_setup,
 )
 
-EXAMPLES = {e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY)}
+# --- ask-the-code: embeddings pick the files the model reads ------------------------------------
+
+
+def code_answer(request: Request) -> str:
+    """An answer from the files the prompt holds (the nearest ones), naming them."""
+    files = re.findall(r"^File: (\S+)$", prompt(request), re.MULTILINE)
+    return (
+        "The jobs are pickled to `jobs.pkl` in the working directory by `storage.save`, which "
+        "`enqueue` calls after each new job. When saving fails, `enqueue` swallows the error "
+        "(a bare `except Exception: pass`, marked TODO), so the job stays only in memory and "
+        f"is lost when the process ends. Based on: {', '.join(files)}."
+    )
+
+
+def ask_the_code_setup(scratch: Path) -> tuple[Path, list[str]]:
+    return ROOT, []
+
+
+ASK_THE_CODE = Example(
+    name="ask-the-code",
+    models=[
+        "qwen/qwen3-coder-30b",
+        FakeModel("text-embedding-nomic-embed-text-v1.5", type="embedding", loaded=True),
+    ],
+    script=[code_answer],
+    setup=ask_the_code_setup,
+)
+
+EXAMPLES = {e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY, ASK_THE_CODE)}
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -395,7 +423,7 @@ def lmflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def record(example: Example) -> None:
     workflow = WORKFLOWS / f"{example.name}.yaml"
     cassette = CASSETTES / f"{example.name}.yaml"
-    models = [FakeModel(key, loaded=True) for key in example.models]
+    models = [m if isinstance(m, FakeModel) else FakeModel(m, loaded=True) for m in example.models]
     with (
         tempfile.TemporaryDirectory() as scratch,
         FakeLMStudio(models=models, script=example.script) as lm,

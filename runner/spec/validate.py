@@ -396,6 +396,9 @@ class _Checker:
             self._check_step_tools(i, step)
             if "run" in step:
                 self._check_command(planned, step)
+            elif "embed" in step:
+                if "model" in step:  # required by the schema; defaults.model is for chat
+                    self._check_step_model(i, step, {})
             elif "tool" not in step:
                 self._check_step_model(i, step, defaults)
 
