@@ -22,6 +22,7 @@ from runner.commands._console import ConsoleView
 from runner.errors import LLMResponseError
 from runner.lmstudio import LMStudioClient, RetryPolicy
 from runner.preflight import check_models, model_routes
+from runner.report import render_report
 from runner.runlog import Event, snapshot_view
 from runner.spec import check_file
 from runner.spec.model import AgentStep, EmbedStep
@@ -386,3 +387,24 @@ def test_the_fake_serves_embeddings_only_for_embedding_models() -> None:
     assert ok.json()["data"][0]["embedding"] == fake_embedding("x y")
     assert ok.json()["usage"]["prompt_tokens"] == 2
     assert refused.status_code == 400
+
+
+def test_the_report_summarises_vectors_too(tmp_path: Path) -> None:
+    with FakeLMStudio() as lm:
+        run = lmflow(tmp_path, "run", workflow(tmp_path, BODY), "--base-url", lm.url)
+    assert run.code == 0, run.stderr
+    page = render_report(run.run_dir)
+    assert "&lt;3 vectors of 128&gt;" in page and "&lt;vector of 128&gt;" in page
+    # the numbers appear once: in the workflow's own `docs` output, not in the step's
+    assert page.count(str(max(fake_embedding(DOCS[0])))) == 1
+
+
+def test_a_resumed_run_reuses_the_vectors(tmp_path: Path) -> None:
+    name = workflow(tmp_path, BODY)
+    with FakeLMStudio() as lm:
+        first = lmflow(tmp_path, "run", name, "--base-url", lm.url, "--json")
+        asked = len(lm.embed_requests)
+        again = lmflow(tmp_path, "run", name, "--base-url", lm.url, "--json", "--resume", "last")
+    assert (first.code, again.code) == (0, 0), again.stderr
+    assert len(lm.embed_requests) == asked  # nothing embedded again
+    assert json.loads(again.stdout)["outputs"] == json.loads(first.stdout)["outputs"]
