@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from . import command_step, embed_step, templating
 from .agent import AgentLimits, AgentTally, AgentTask, run_agent
-from .chat import ChatModel, Toolbox, ToolResult, Usage
+from .chat import ChatModel, Message, Toolbox, ToolResult, Usage
 from .errors import (
     ConfigurationError,
     InputError,
@@ -188,6 +188,8 @@ class StepRecord:
     """The id of the run whose result this is, when it was reused (`--resume`)."""
     hint: str | None = None
     """How to fix what failed the step, when the error says (shown with the failure)."""
+    conversation: tuple[Message, ...] | None = None
+    """A model step's whole conversation, kept while a later step may `continue:` it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -403,6 +405,14 @@ class Executor:
         self.result = RunResult(log.run_id, workflow.name, "succeeded", self.inputs)
         self.failed_step: str | None = None
         """The failed step the run's error names: the first in run order, not in time."""
+        self.continued = frozenset(
+            step.continue_
+            for step in workflow.steps
+            if isinstance(step, AgentStep) and step.continue_ is not None
+        )
+        """The steps whose conversation a later step continues: theirs are kept."""
+        self.conversations: dict[str, tuple[Message, ...]] = {}
+        """Those conversations, by step id, once the step succeeded (written in `_record`)."""
 
     async def run(self) -> RunResult:
         """Run every step; `self.result` holds what finished so far, also when interrupted.
@@ -461,6 +471,8 @@ class Executor:
         """Keep a finished step's record (the scheduler's task, one step at a time)."""
         self.context["steps"][step.id] = {"output": record.output, "status": record.status}
         self.result.steps.append(record)
+        if record.status == "succeeded" and record.conversation is not None:
+            self.conversations[step.id] = record.conversation
         if record.status != "failed" or step.continue_on_error:
             return
         self.result.status = "failed"
@@ -511,6 +523,7 @@ class Executor:
             model=model,
             kind=step.kind,
             tool=step.tool if isinstance(step, ToolStep) else None,
+            **_continues(step),
         )
         started = time.monotonic()
         try:
@@ -536,12 +549,16 @@ class Executor:
         """The earlier run's result with this fingerprint, when resuming and it has one."""
         if self.reuse is None or fingerprint not in self.reuse.outputs:
             return None
+        conversation = self.reuse.conversations.get(fingerprint)
+        if step in self.continued and conversation is None:
+            return None  # a later step continues it: run it again for its conversation
         return StepRecord(
             step,
             "succeeded",
             output=self.reuse.outputs[fingerprint],
             fingerprint=fingerprint,
             reused_from=self.reuse.run_id,
+            conversation=conversation,
         )
 
     async def _attempt(self, step: Step, context: dict[str, Any], item: int | None) -> StepRecord:
@@ -666,7 +683,15 @@ class Executor:
             fingerprint=record.fingerprint,
             **_reused_from(record),
             **_hint(record),
+            **self._conversation(step, record),
         )
+
+    def _conversation(self, step: Step, record: StepRecord) -> dict[str, Any]:
+        """The `conversation` field of a continued step's `step_finished`: what `--resume`
+        hands the step that continues it when this one is reused (absent otherwise)."""
+        if step.id not in self.continued or record.conversation is None:
+            return {}
+        return {"conversation": [dict(message) for message in record.conversation]}
 
     def _result_limits(self, step: AgentStep) -> dict[str, int]:
         """Result characters the model gets, per server: the step's setting overrides each
@@ -769,6 +794,7 @@ class Executor:
             # the default applies to steps that offer tools; a step without any has no choice
             tool_choice=step.tool_choice or (defaults.tool_choice if step.mcp else None),
             output_schema=thawed(step.output_schema) if step.output_schema else None,
+            history=self._history(step),
         )
         limits = AgentLimits(
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)
@@ -797,7 +823,29 @@ class Executor:
             rounds=outcome.rounds,
             tool_calls=outcome.tool_calls,
             usage=outcome.usage,
+            conversation=outcome.messages if step.id in self.continued else None,
         )
+
+    def _history(self, step: AgentStep) -> tuple[Message, ...]:
+        """The conversation a `continue:` step goes on with (none for any other step)."""
+        if step.continue_ is None:
+            return ()
+        history = self.conversations.get(step.continue_)
+        if history is None:
+            raise StepFailedError(
+                f"step {step.continue_!r} did not succeed, so there is no conversation to continue",
+                hint=f"a step with `continue: {step.continue_}` and an `if:` runs even when "
+                f"{step.continue_!r} did not; check `steps.{step.continue_}.status` in the "
+                "condition",
+            )
+        return history
+
+
+def _continues(step: Step) -> dict[str, Any]:
+    """The `continues` field of a `continue:` step's `step_started` (absent otherwise)."""
+    if isinstance(step, AgentStep) and step.continue_ is not None:
+        return {"continues": step.continue_}
+    return {}
 
 
 def _reused_from(record: StepRecord) -> dict[str, Any]:

@@ -252,7 +252,10 @@ VOLATILE_KEYS = frozenset(
 KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
 """Fields a log line never holds (the event's `full_result` file does), left out of the view
 so a snapshot is the same whether it was taken from a file or from memory."""
-_NOT_IN_VIEW = VOLATILE_KEYS | KEPT_ELSEWHERE
+TOLD_ELSEWHERE = frozenset({"conversation"})
+"""`conversation` (the `step_finished` of a step a later one continues): the step's own
+`llm_request` and `llm_response` events already tell it, message by message."""
+_NOT_IN_VIEW = VOLATILE_KEYS | KEPT_ELSEWHERE | TOLD_ELSEWHERE
 MACHINE_EVENTS = frozenset(
     {"notice", "phase_started", "phase_finished"}
     | {"mcp_progress", "mcp_log", "mcp_elicitation", "mcp_sampling"}

@@ -218,6 +218,9 @@ class AgentStep(_StepCommon):
     max_tokens: int | None = None
     tool_choice: str | None = None
     max_result_chars: int | None = None
+    continue_: str | None = None
+    """`continue: STEP_ID`: the conversation of that earlier model step goes on with this
+    step's prompt (its system prompt, messages, tool calls and answer come first)."""
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -544,6 +547,7 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
         max_tokens=data.get("max_tokens"),
         tool_choice=data.get("tool_choice"),
         max_result_chars=data.get("max_result_chars"),
+        continue_=data.get("continue"),
     )
 
 

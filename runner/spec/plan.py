@@ -108,6 +108,7 @@ class StepPlan:
     id: str | None
     fields: tuple[TemplateField, ...]
     needs: tuple[str, ...]
+    """`needs:` and the step a `continue:` names: what it waits for besides what it reads."""
     has_for_each: bool
 
     @cached_property
@@ -279,7 +280,7 @@ def _build(
                 index=i,
                 id=step_id if isinstance(step_id, str) else None,
                 fields=tuple(step_fields(get, at)),
-                needs=_needs(get("needs")),
+                needs=_needs(get("needs")) + _needs(get("continue")),
                 has_for_each=get("for_each") is not None,
             )
         )

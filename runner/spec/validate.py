@@ -401,6 +401,7 @@ class _Checker:
                     self._check_step_model(i, step, {})
             elif "tool" not in step:
                 self._check_step_model(i, step, defaults)
+                self._check_continue(planned, step)
 
     def _check_command(self, planned: StepPlan, step: dict[str, Any]) -> None:
         """A command is a list of arguments, or one string for a shell: never a mix-up that
@@ -422,6 +423,60 @@ class _Checker:
                 "command-list-with-shell",
                 "with a shell, `run:` is one command line (a string); without one, drop "
                 "`shell: true` and keep the list",
+            )
+
+    def _check_continue(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """`continue: ID` names an earlier model step with one conversation (no `for_each`),
+        and the step that continues it keeps that conversation's system prompt."""
+        target = step.get("continue")
+        if not isinstance(target, str):
+            return  # absent, or the schema's to report
+        here = ("steps", planned.index)
+        at = (*here, "continue")
+        index = self.step_index.get(target)
+        if index is None:
+            self.report(
+                at,
+                f"{self.where(here)} continues unknown step {target!r}",
+                "unknown-step",
+                did_you_mean(target, list(self.step_index)),
+            )
+            return
+        other = self.steps[index]
+        if index >= planned.index:
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which "
+                + ("is itself" if index == planned.index else "comes later"),
+                "continue-order",
+                f"a step continues the conversation of a model step before it: move {target!r} "
+                "above this step",
+            )
+        elif any(key in other for key in ("tool", "run", "embed")):
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which is not a model step: it "
+                "has no conversation",
+                "continue-not-model",
+                "name a step with a `prompt:` (a model step)",
+            )
+        elif other.get("for_each") is not None:
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which runs once per item "
+                "(`for_each`): it has no one conversation to continue",
+                "continue-for-each",
+                "continue a step without `for_each`, or give each item its own follow-up "
+                "inside that step's prompt",
+            )
+        if "system" in step or "system_file" in step:
+            key = "system" if "system" in step else "system_file"
+            self.report(
+                (*here, key),
+                f"{self.where(here)} continues step {target!r} but sets a system prompt",
+                "continue-with-system",
+                f"a continued conversation keeps the system prompt of {target!r}: drop "
+                f"`{key}:` here (say what is new in the prompt)",
             )
 
     def _check_needs(self, planned: StepPlan, step: dict[str, Any]) -> None:
