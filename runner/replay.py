@@ -27,6 +27,7 @@ import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -950,15 +951,26 @@ class Replayer(ToolboxFromSource):
             return next((q for (_, _, r), q in queues.items() if r == request), None)
         return queues.get((scope.step, scope.item, request)) or queues.get((None, None, request))
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        record = self._normalize(request_record(request))
-        queue = self._queue(self._llm, _llm_key(record))
+    def _model_answer(
+        self,
+        queues: dict[_Key, deque[Answer]],
+        request: str,
+        miss: Callable[[], ReplayMissError],
+    ) -> Answer:
+        """The recorded exchange that answers a model request (chat or embeddings); its
+        recorded error, raised again; or the miss."""
+        queue = self._queue(queues, request)
         if queue is None:
-            raise self._llm_miss(record)
+            raise miss()
         exchange = _take(queue)
         if exchange.error is not None:
             error = self._normalize.restore(exchange.error)
             raise _recorded_error(error, LLMClientError, LLMResponseError)
+        return exchange
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        record = self._normalize(request_record(request))
+        exchange = self._model_answer(self._llm, _llm_key(record), partial(self._llm_miss, record))
         response = self._normalize.restore(exchange.response)
         return ChatResponse(
             content=response.get("content"),
@@ -973,13 +985,8 @@ class Replayer(ToolboxFromSource):
 
     async def embed(self, request: EmbedRequest) -> EmbedResponse:
         record = self._normalize(embed_request_record(request))
-        queue = self._queue(self._embed, _match_key(record))
-        if queue is None:
-            raise self._embed_miss(record)
-        exchange = _take(queue)
-        if exchange.error is not None:
-            error = self._normalize.restore(exchange.error)
-            raise _recorded_error(error, LLMClientError, LLMResponseError)
+        miss = partial(self._embed_miss, record)
+        exchange = self._model_answer(self._embed, _match_key(record), miss)
         assert exchange.response is not None
         return EmbedResponse(
             vectors=tuple(tuple(v) for v in exchange.response["vectors"]),

@@ -148,7 +148,8 @@ def invitation(request: Request) -> str:
     )
 
 
-def meeting_planner_setup(scratch: Path) -> tuple[Path, list[str]]:
+def at_root(scratch: Path) -> tuple[Path, list[str]]:
+    """Run from the project root, with the workflow's default inputs."""
     return ROOT, []
 
 
@@ -162,7 +163,7 @@ MEETING_PLANNER = Example(
         alternatives_answer,
         invitation,
     ],
-    setup=meeting_planner_setup,
+    setup=at_root,
 )
 
 
@@ -393,10 +394,6 @@ def code_answer(request: Request) -> str:
     )
 
 
-def ask_the_code_setup(scratch: Path) -> tuple[Path, list[str]]:
-    return ROOT, []
-
-
 ASK_THE_CODE = Example(
     name="ask-the-code",
     models=[
@@ -404,7 +401,7 @@ ASK_THE_CODE = Example(
         FakeModel("text-embedding-nomic-embed-text-v1.5", type="embedding", loaded=True),
     ],
     script=[code_answer],
-    setup=ask_the_code_setup,
+    setup=at_root,
 )
 
 EXAMPLES = {e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY, ASK_THE_CODE)}

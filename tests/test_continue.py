@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakes.lmstudio import FakeLMStudio, Refusal, down_url
+from fakes.lmstudio import FakeLMStudio, Refusal
+from test_embed_step import replay_without_server
 from test_run_cli import Make, fixture, lmflow, workflow
 from test_run_cli import tag as tag  # the fixture
 
@@ -246,15 +247,7 @@ def test_a_continued_conversation_records_compactly_and_replays(tmp_path: Path) 
     # each later request lists only what it adds to the earlier step's conversation
     assert [e["request"].get("continues") for e in exchanges] == [None, 1, 2]
     assert [len(e["request"]["messages"]) for e in exchanges] == [2, 2, 2]
-    replayed = lmflow(
-        tmp_path,
-        "run",
-        name,
-        "--replay",
-        "c.yaml",
-        "--json",
-        env={"LMFLOW_BASE_URL": down_url()},
-    )
+    replayed = replay_without_server(tmp_path, name)
     assert replayed.code == 0, replayed.stderr
     assert json.loads(replayed.stdout)["outputs"] == {"final": "haiku trois"}
 

@@ -14,7 +14,7 @@ import yaml
 from fakes.lmstudio import EMBED_DIMENSIONS, FakeLMStudio, FakeModel, down_url, fake_embedding
 from test_preflight import CATALOG, rules
 from test_preflight import workflow as model_workflow
-from test_run_cli import lmflow, workflow
+from test_run_cli import Run, lmflow, workflow
 
 from runner import templating
 from runner.chat import EmbedRequest
@@ -266,18 +266,15 @@ def test_a_recorded_run_replays_its_vectors_without_a_server(tmp_path: Path) -> 
     assert first["response"]["vectors"] == [fake_embedding("where does the queue store jobs?")]
     # one line per vector, however long
     assert sum(line.startswith("    - [") for line in text.splitlines()) == 4
-    replayed = lmflow(
-        tmp_path,
-        "run",
-        name,
-        "--replay",
-        "c.yaml",
-        "--json",
-        "--no-log",
-        env={"LMFLOW_BASE_URL": down_url()},
-    )
+    replayed = replay_without_server(tmp_path, name)
     assert replayed.code == 0, replayed.stderr
     assert json.loads(replayed.stdout)["outputs"] == json.loads(recorded.stdout)["outputs"]
+
+
+def replay_without_server(tmp_path: Path, name: str) -> Run:
+    """`lmflow run NAME --replay c.yaml --json` where no LM Studio listens."""
+    env = {"LMFLOW_BASE_URL": down_url()}
+    return lmflow(tmp_path, "run", name, "--replay", "c.yaml", "--json", env=env)
 
 
 def test_a_replay_of_other_texts_is_a_miss_naming_the_closest(tmp_path: Path) -> None:
