@@ -58,16 +58,24 @@ async def run_step(
     model: Any,
     model_id: str,
     concurrency: int,
+    timeout: float | None,
     emit: StepEmit,
 ) -> EmbedOutcome:
     """Embed the step's texts with `model` (an `EmbeddingModel`): a vector for a text, a list
-    of vectors for a list. Raises an `LmflowError` when the model fails or answers
-    something other than one vector per text."""
+    of vectors for a list. Raises an `LmflowError` when the model fails, answers something
+    other than one vector per text, or all of it takes longer than `timeout` seconds."""
     embedder = _embedder(model)
     texts = texts_of(step, context)
     batch = [texts] if isinstance(texts, str) else texts
     batches = [batch[i : i + step.batch_size] for i in range(0, len(batch), step.batch_size)]
-    answers = await _embed_batches(embedder, model_id, batches, concurrency, emit)
+    try:
+        with anyio.fail_after(timeout):
+            answers = await _embed_batches(embedder, model_id, batches, concurrency, emit)
+    except TimeoutError:
+        raise StepFailedError(
+            f"no vectors for the {len(batch)} text(s) within the timeout of {timeout:g} s",
+            hint="raise the step's `timeout:`, or lower `batch_size` if one request is slow",
+        ) from None
     vectors = [list(vector) for answer in answers for vector in answer.vectors]
     usage = sum((answer.usage for answer in answers), Usage())
     return EmbedOutcome(vectors[0] if isinstance(texts, str) else vectors, usage)

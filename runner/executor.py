@@ -770,6 +770,7 @@ class Executor:
             model=self.chat,
             model_id=model,
             concurrency=self.workflow.defaults.concurrency,
+            timeout=self._timeout(step),
             emit=self.log.for_step(step.id, item),
         )
         return StepRecord(

@@ -405,3 +405,19 @@ def test_a_resumed_run_reuses_the_vectors(tmp_path: Path) -> None:
     assert (first.code, again.code) == (0, 0), again.stderr
     assert len(lm.embed_requests) == asked  # nothing embedded again
     assert json.loads(again.stdout)["outputs"] == json.loads(first.stdout)["outputs"]
+
+
+def test_an_embed_step_that_outlasts_its_timeout_fails_saying_so(tmp_path: Path) -> None:
+    body = f"""
+        steps:
+          - id: slow
+            model: {EMBEDDER}
+            embed: [a, b, c]
+            timeout: 0.3
+        """
+    with FakeLMStudio(embed_delay=3) as lm:
+        run = lmflow(tmp_path, "run", workflow(tmp_path, body), "--base-url", lm.url)
+    assert run.code == 1
+    (step,) = run.result()["steps"]
+    assert step["error"] == "no vectors for the 3 text(s) within the timeout of 0.3 s"
+    assert "Traceback" not in run.stderr
