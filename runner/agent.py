@@ -63,7 +63,12 @@ class AgentTask:
     tool_choice: str | None = None
     output_schema: Mapping[str, Any] | None = None
     history: tuple[Message, ...] = ()
-    """Messages before the prompt (after the system prompt), e.g. a server prompt's turns."""
+    """An earlier conversation (system prompt, messages, tool calls, answer) that this task
+    continues: the prompt comes after it. It keeps its own system prompt, so `system` must
+    be None then."""
+    opening: tuple[Message, ...] = ()
+    """Messages this task opens with, after the system prompt and before the prompt: a
+    server prompt's turns (`prompt_from:`)."""
 
 
 @dataclass
@@ -86,6 +91,8 @@ class AgentResult:
     tool_calls: int
     usage: Usage
     messages: tuple[Message, ...]
+    """The whole conversation, the task's `history` and the final answer included: what a
+    later task continues."""
 
 
 async def run_agent(
@@ -184,12 +191,17 @@ class _Run:
         self.validator = _validator(self.schema)
         # With tools on offer the schema is enforced only once the model has stopped calling them.
         self.structured = self.schema is not None and not self.tools
-        self.messages: list[Message] = []
+        if task.system is not None and task.history:
+            raise ConfigurationError(
+                "a continued conversation keeps its own system prompt",
+                hint="drop `system:` from the step that continues it",
+            )
+        self.messages: list[Message] = list(task.history)
         if task.system is not None:
             self.messages.append({"role": "system", "content": task.system})
-        self.messages.extend(task.history)
+        self.messages.extend(task.opening)
         self.messages.append({"role": "user", "content": self._first_prompt()})
-        self.sent = 0
+        self.sent = len(task.history)  # the log tells only what this task adds
         self.round = 0
         self.repairs = 0
         self.calls = 0

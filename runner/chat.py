@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 Message = Mapping[str, Any]
 """One OpenAI-format chat message (`role`, `content`, `tool_calls`, `tool_call_id`)."""
@@ -147,3 +147,27 @@ class Toolbox(Protocol):
     def specs(self) -> Sequence[ToolSpec]: ...
 
     async def call(self, name: str, arguments: Mapping[str, Any]) -> ToolResult: ...
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """One request to `/v1/embeddings`: texts in, one vector per text out."""
+
+    model: str
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EmbedResponse:
+    """The vectors of an `EmbedRequest`, in the order of its texts."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+
+
+@runtime_checkable
+class EmbeddingModel(Protocol):
+    """Anything that computes embeddings: the LM Studio client, a recorder, a cassette."""
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse: ...

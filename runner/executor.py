@@ -22,9 +22,9 @@ from typing import Any, Literal, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from . import ask_step, command_step, templating
+from . import ask_step, command_step, embed_step, templating
 from .agent import AgentLimits, AgentTally, AgentTask, run_agent
-from .chat import ChatModel, Toolbox, ToolResult, Usage
+from .chat import ChatModel, Message, Toolbox, ToolResult, Usage
 from .errors import (
     ConfigurationError,
     InputError,
@@ -45,6 +45,7 @@ from .spec.model import (
     AllowList,
     AskStep,
     CommandStep,
+    EmbedStep,
     HttpServer,
     McpServer,
     StdioServer,
@@ -190,6 +191,8 @@ class StepRecord:
     """The id of the run whose result this is, when it was reused (`--resume`)."""
     hint: str | None = None
     """How to fix what failed the step, when the error says (shown with the failure)."""
+    conversation: tuple[Message, ...] | None = None
+    """A model step's whole conversation, kept while a later step may `continue:` it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -424,6 +427,14 @@ class Executor:
         self.result = RunResult(log.run_id, workflow.name, "succeeded", self.inputs)
         self.failed_step: str | None = None
         """The failed step the run's error names: the first in run order, not in time."""
+        self.continued = frozenset(
+            step.continue_
+            for step in workflow.steps
+            if isinstance(step, AgentStep) and step.continue_ is not None
+        )
+        """The steps whose conversation a later step continues: theirs are kept."""
+        self.conversations: dict[str, tuple[Message, ...]] = {}
+        """Those conversations, by step id, once the step succeeded (written in `_record`)."""
 
     def _outside(self, step_id: str) -> str:
         """A step's id as everything outside the executor sees it (events, cassette scopes,
@@ -487,6 +498,8 @@ class Executor:
         """Keep a finished step's record (the scheduler's task, one step at a time)."""
         self.context["steps"][step.id] = {"output": record.output, "status": record.status}
         self.result.steps.append(record)
+        if record.status == "succeeded" and record.conversation is not None:
+            self.conversations[step.id] = record.conversation
         if record.status != "failed" or step.continue_on_error:
             return
         self.result.status = "failed"
@@ -541,6 +554,7 @@ class Executor:
             kind=step.kind,
             tool=step.tool if isinstance(step, ToolStep) else None,
             **_included(step),
+            **_continues(step),
         )
         started = time.monotonic()
         try:
@@ -568,12 +582,16 @@ class Executor:
         """The earlier run's result with this fingerprint, when resuming and it has one."""
         if self.reuse is None or fingerprint not in self.reuse.outputs:
             return None
+        conversation = self.reuse.conversations.get(fingerprint)
+        if step in self.continued and conversation is None:
+            return None  # a later step continues it: run it again for its conversation
         return StepRecord(
             step,
             "succeeded",
             output=self.reuse.outputs[fingerprint],
             fingerprint=fingerprint,
             reused_from=self.reuse.run_id,
+            conversation=conversation,
         )
 
     async def _attempt(self, step: Step, context: dict[str, Any], item: int | None) -> StepRecord:
@@ -589,6 +607,8 @@ class Executor:
                 return await self._workflow_step(step, context)
             if isinstance(step, AskStep):
                 return await self._ask_step(step, context, item)
+            if isinstance(step, EmbedStep):
+                return await self._embed_step(step, context, item)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
             return StepRecord(step.id, "failed", error=error.message, model=model, hint=error.hint)
@@ -700,7 +720,15 @@ class Executor:
             fingerprint=record.fingerprint,
             **_reused_from(record),
             **_hint(record),
+            **self._conversation(step, record),
         )
+
+    def _conversation(self, step: Step, record: StepRecord) -> dict[str, Any]:
+        """The `conversation` field of a continued step's `step_finished`: what `--resume`
+        hands the step that continues it when this one is reused (absent otherwise)."""
+        if step.id not in self.continued or record.conversation is None:
+            return {}
+        return {"conversation": [dict(message) for message in record.conversation]}
 
     def _result_limits(self, step: AgentStep) -> dict[str, int]:
         """Result characters the model gets, per server: the step's setting overrides each
@@ -815,9 +843,27 @@ class Executor:
     async def _ask_step(
         self, step: AskStep, context: Mapping[str, Any], item: int | None
     ) -> StepRecord:
-        emit = self.log.for_step(step.id, item)
+        emit = self.log.for_step(self._outside(step.id), item)
         output = await ask_step.run_step(step, context, answers=self.answers, item=item, emit=emit)
         return StepRecord(step.id, "succeeded", output=output)
+
+    async def _embed_step(
+        self, step: EmbedStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
+        model = self.workflow.step_model(step)
+        assert model is not None  # `model:` is required on embed steps
+        outcome = await embed_step.run_step(
+            step,
+            context,
+            model=self.chat,
+            model_id=model,
+            concurrency=self.workflow.defaults.concurrency,
+            timeout=self._timeout(step),
+            emit=self.log.for_step(self._outside(step.id), item),
+        )
+        return StepRecord(
+            step.id, "succeeded", output=outcome.output, model=model, usage=outcome.usage
+        )
 
     async def _agent_step(
         self, step: AgentStep, context: Mapping[str, Any], item: int | None
@@ -828,17 +874,18 @@ class Executor:
         toolbox = None
         if step.mcp and self.tools is not None:
             toolbox = self.tools.toolbox(step.mcp, step.tools, self._result_limits(step))
-        system, history, prompt = await step_prompts(step, self.tools, context)
+        system, opening, prompt = await step_prompts(step, self.tools, context)
         task = AgentTask(
             model=model,
             system=system,
             prompt=prompt,
-            history=history,
+            opening=opening,
             temperature=step.temperature if step.temperature is not None else defaults.temperature,
             max_tokens=step.max_tokens if step.max_tokens is not None else defaults.max_tokens,
             # the default applies to steps that offer tools; a step without any has no choice
             tool_choice=step.tool_choice or (defaults.tool_choice if step.mcp else None),
             output_schema=thawed(step.output_schema) if step.output_schema else None,
+            history=self._history(step),
         )
         limits = AgentLimits(
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)
@@ -867,7 +914,29 @@ class Executor:
             rounds=outcome.rounds,
             tool_calls=outcome.tool_calls,
             usage=outcome.usage,
+            conversation=outcome.messages if step.id in self.continued else None,
         )
+
+    def _history(self, step: AgentStep) -> tuple[Message, ...]:
+        """The conversation a `continue:` step goes on with (none for any other step)."""
+        if step.continue_ is None:
+            return ()
+        history = self.conversations.get(step.continue_)
+        if history is None:
+            raise StepFailedError(
+                f"step {step.continue_!r} did not succeed, so there is no conversation to continue",
+                hint=f"a step with `continue: {step.continue_}` and an `if:` runs even when "
+                f"{step.continue_!r} did not; check `steps.{step.continue_}.status` in the "
+                "condition",
+            )
+        return history
+
+
+def _continues(step: Step) -> dict[str, Any]:
+    """The `continues` field of a `continue:` step's `step_started` (absent otherwise)."""
+    if isinstance(step, AgentStep) and step.continue_ is not None:
+        return {"continues": step.continue_}
+    return {}
 
 
 def _included(step: Step) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from .errors import (
     ModelValidationError,
     SourceLocation,
 )
-from .spec.model import AgentStep, Step, Workflow
+from .spec.model import AgentStep, EmbedStep, Step, Workflow
 from .spec.problems import Problem, Severity
 from .spec.source import Position
 
@@ -166,13 +166,15 @@ def _findings(
 
     ids = [m.id for m in models]
     chat_ids = [m.id for m in models if m.type != "embedding"]
+    embedding_ids = [m.id for m in models if m.type == "embedding"]
+    embedding = _embedding_references(workflow)
     resolved: dict[str, ModelInfo] = {}
     singles: dict[str, Position] = {}
     for candidates, at in workflow.model_references():
         if len(candidates) == 1:
             singles.setdefault(candidates[0], at)
             continue
-        picked = _first_usable(candidates, models)
+        picked = _first_usable(candidates, models, embedding=candidates[0] in embedding)
         if picked is None:
             listed = ", ".join(map(repr, candidates))
             hint = f"available: {_listing(ids)}" if ids else "the server lists no models"
@@ -214,13 +216,25 @@ def _findings(
             )
             message = f"model {name!r} is not on {server}{guess}"
             add(at, name, "model-not-found", message, hint, closest=closest)
-        elif model.type == "embedding":
+        elif model.type == "embedding" and name not in embedding:
             add(
                 at,
                 name,
                 "embedding-model",
-                f"model {name!r} is an embedding model; steps need a chat model",
+                f"model {name!r} is an embedding model; steps need a chat model (only "
+                "`embed:` steps take embedding models)",
                 f"chat models on {server}: {_listing(chat_ids)}" if chat_ids else None,
+            )
+        elif model.type != "embedding" and name in embedding:
+            add(
+                embedding[name],
+                name,
+                "not-embedding-model",
+                f"model {name!r} is not an embedding model; `embed:` steps need one",
+                f"embedding models on {server}: {_listing(embedding_ids)}"
+                if embedding_ids
+                else f"{server} lists no embedding model: download one in LM Studio or with "
+                "`lms get nomic-embed-text-v1.5`",
             )
         else:
             resolved[name] = model
@@ -254,21 +268,43 @@ def _findings(
     return sorted(found, key=lambda f: (f.problem.line, f.problem.col))
 
 
+def _embedding_references(workflow: Workflow) -> dict[str, Position]:
+    """The model ids `embed:` steps name, each with where the first of them names it: a
+    model a chat step uses too is blamed there, where an embedding model is wanted."""
+    found: dict[str, Position] = {}
+    for step in workflow.steps:
+        if isinstance(step, EmbedStep):
+            reference, path = workflow.model_reference(step)
+            for model in workflow.model_candidates(reference):
+                found.setdefault(model, workflow.source.position(path))
+    return found
+
+
 def _first_usable(
-    candidates: Sequence[str], models: Sequence[ModelInfo]
+    candidates: Sequence[str], models: Sequence[ModelInfo], *, embedding: bool = False
 ) -> tuple[str, ModelInfo] | None:
-    """The first of a fallback list that names one chat model of the server."""
+    """The first of a fallback list that names one chat model of the server (one embedding
+    model, for a list of `embed:` steps)."""
     for name in candidates:
         model = match_model(name, models).model
-        if model is not None and model.type != "embedding":
+        if model is not None and _fits(model, embedding):
             return name, model
     return None
 
 
+def _fits(model: ModelInfo, embedding: bool) -> bool:
+    """Whether `model` is the kind a reference wants: an embedding model or a chat model."""
+    return (model.type == "embedding") == embedding
+
+
 def models_to_run(workflow: Workflow, models: Sequence[ModelInfo]) -> list[ModelInfo]:
-    """The chat model each reference of the workflow will use first: of a fallback list, the
+    """The model each reference of the workflow will use first: of a fallback list, the
     first the server has."""
-    chosen = (_first_usable(c, models) for c, _ in workflow.model_references())
+    embedding = _embedding_references(workflow)
+    chosen = (
+        _first_usable(c, models, embedding=c[0] in embedding)
+        for c, _ in workflow.model_references()
+    )
     return list({found[1].id: found[1] for found in chosen if found is not None}.values())
 
 
@@ -467,11 +503,12 @@ def model_routes(workflow: Workflow, models: Sequence[ModelInfo]) -> dict[str, t
     ids to send instead, in order: `qwen3-coder-30b` goes out as `qwen/qwen3-coder-30b`, and
     a fallback list's models the server does not have are left out."""
     routes: dict[str, tuple[str, ...]] = {}
+    embedding = _embedding_references(workflow)
     for candidates, _ in workflow.model_references():
         served = list(routes.get(candidates[0], ()))
         for name in candidates:
             model = match_model(name, models).model
-            if model is not None and model.type != "embedding":
+            if model is not None and _fits(model, candidates[0] in embedding):
                 served_id = _served_id(name, model)
                 if served_id not in served:
                     served.append(served_id)

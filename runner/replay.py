@@ -1,11 +1,12 @@
 """Record and replay a run's model and tool exchanges: cassettes.
 
 `lmflow run --record` wraps the live parts of a run (the LM Studio client and the MCP
-sessions) so every model request with its answer and every tool call with its result lands
-in a cassette, a YAML file reviewed in pull requests like code. `lmflow run --replay` gives
-the executor a `Replayer` that answers from the cassette instead: no LM Studio, and, unless
-`--live-tools`, no MCP server. A call that failed (an LM Studio error, an MCP server that
-died) is recorded with its error and fails the same way when replayed.
+sessions) so every model request with its answer, every embedding request with its vectors
+and every tool call with its result lands in a cassette, a YAML file reviewed in pull
+requests like code. `lmflow run --replay` gives the executor a `Replayer` that answers from
+the cassette instead: no LM Studio, and, unless `--live-tools`, no MCP server. A call that
+failed (an LM Studio error, an MCP server that died) is recorded with its error and fails
+the same way when replayed.
 
 Requests are matched on their meaning (model, messages, tool names, parameters). What
 changes from run to run is normalized on both sides: secrets are masked, this run's workflow
@@ -26,6 +27,7 @@ import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +35,17 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from . import errors
-from .chat import ChatModel, ChatRequest, ChatResponse, ToolCall, ToolResult, Usage
+from .chat import (
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingModel,
+    EmbedRequest,
+    EmbedResponse,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
 from .errors import (
     CassetteError,
     ConfigurationError,
@@ -107,7 +119,20 @@ class ToolExchange:
     item: int | None = None
 
 
-Exchange = LlmExchange | ToolExchange
+@dataclass
+class EmbedExchange:
+    """One embedding request (`request`: model and texts) and its vectors, each vector on
+    one line of the file (or the error LM Studio gave instead)."""
+
+    n: int
+    step: str | None
+    request: dict[str, Any]
+    response: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    item: int | None = None
+
+
+Exchange = LlmExchange | ToolExchange | EmbedExchange
 
 
 @dataclass
@@ -173,7 +198,7 @@ class Cassette:
         ]
         llm_messages: dict[int, list[Any]] = {}
         for index, item in enumerate(data["exchanges"]):
-            answer = "response" if item["kind"] == "llm" else "result"
+            answer = "result" if item["kind"] == "tool" else "response"
             if (answer in item) == ("error" in item):
                 raise CassetteError(
                     f"{path}:{_line_of(source, ['exchanges', index])}: not a valid cassette: "
@@ -190,6 +215,18 @@ class Cassette:
                         item["tool"],
                         item.get("arguments") or {},
                         None if result is None else {"text": "", "is_error": False, **result},
+                        item.get("error"),
+                        item.get("item"),
+                    )
+                )
+                continue
+            if item["kind"] == "embed":
+                cassette.exchanges.append(
+                    EmbedExchange(
+                        item["n"],
+                        item.get("step"),
+                        dict(item["request"]),
+                        item.get("response"),
                         item.get("error"),
                         item.get("item"),
                     )
@@ -243,6 +280,14 @@ class Cassette:
                         for k, v in exchange.result.items()
                         if k != "structured" or v is not None
                     }
+                exchanges.append(_with_error(item, exchange.error))
+                continue
+            if isinstance(exchange, EmbedExchange):
+                item = {"n": exchange.n, "kind": "embed", "step": exchange.step}
+                item.update(_item_of(exchange))
+                item["request"] = exchange.request
+                if exchange.response is not None:
+                    item["response"] = exchange.response
                 exchanges.append(_with_error(item, exchange.error))
                 continue
             messages = exchange.request["messages"]
@@ -355,10 +400,15 @@ def _represent_dict(dumper: yaml.SafeDumper, value: Mapping[str, Any]) -> yaml.N
     )
 
 
+def _is_vector(values: Sequence[Any]) -> bool:
+    """A list of numbers only (an embedding vector): one line however long, not one line
+    per number."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 def _represent_list(dumper: yaml.SafeDumper, value: Sequence[Any]) -> yaml.Node:
-    return dumper.represent_sequence(
-        "tag:yaml.org,2002:seq", value, flow_style=bool(value) and _is_flat(value)
-    )
+    flow = bool(value) and (_is_flat(value) or _is_vector(value))
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
 
 
 _Dumper.add_representer(str, _represent_str)
@@ -476,7 +526,7 @@ _SCHEMA: dict[str, Any] = {
                 "required": ["n", "kind"],
                 "properties": {
                     "n": {"type": "integer"},
-                    "kind": {"enum": ["llm", "tool"]},
+                    "kind": {"enum": ["llm", "tool", "embed"]},
                     "step": _TEXT,
                     "item": {"type": ["integer", "null"]},
                     "error": _ERROR,
@@ -526,6 +576,36 @@ _SCHEMA: dict[str, Any] = {
                                                 "completion_tokens": {"type": "integer"},
                                             },
                                         },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    {
+                        "if": {"properties": {"kind": {"const": "embed"}}},
+                        "then": {
+                            "required": ["request"],
+                            "properties": {
+                                "request": {
+                                    "type": "object",
+                                    "required": ["model", "texts"],
+                                    "properties": {
+                                        "model": {"type": "string"},
+                                        "texts": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                },
+                                "response": {
+                                    "type": "object",
+                                    "required": ["vectors"],
+                                    "properties": {
+                                        "vectors": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "array",
+                                                "items": {"type": "number"},
+                                            },
+                                        },
+                                        "usage": {"type": "object"},
                                     },
                                 },
                             },
@@ -635,6 +715,14 @@ def response_record(response: ChatResponse) -> dict[str, Any]:
     record["finish_reason"] = response.finish_reason
     record["usage"] = response.usage.as_dict()
     return record
+
+
+def embed_request_record(request: EmbedRequest) -> dict[str, Any]:
+    return {"model": request.model, "texts": list(request.texts)}
+
+
+def embed_response_record(response: EmbedResponse) -> dict[str, Any]:
+    return {"vectors": [list(v) for v in response.vectors], "usage": response.usage.as_dict()}
 
 
 def result_record(result: ToolResult) -> dict[str, Any]:
@@ -771,7 +859,7 @@ class Recorder:
             )
             raise
         recorded = record(answer)
-        if isinstance(exchange, LlmExchange):
+        if isinstance(exchange, (LlmExchange, EmbedExchange)):
             self._slots[slot] = replace(exchange, response=recorded)
         else:
             self._slots[slot] = replace(exchange, result=recorded)
@@ -801,6 +889,9 @@ class Recorder:
                 if response is not None:  # its tool-call ids: in the same numbering
                     response = renumber_ids([self._normalize(response)], ids)[0]
                 normalized = replace(exchange, n=n, request=request, response=response, error=error)
+            elif isinstance(exchange, EmbedExchange):
+                request = self._normalize(exchange.request)
+                normalized = replace(exchange, n=n, request=request, error=error)
             else:
                 normalized = replace(
                     exchange,
@@ -827,6 +918,17 @@ class _RecordingChat:
             ),
             self._model.chat(request),
             response_record,
+            LLMClientError,
+        )
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        if not isinstance(self._model, EmbeddingModel):
+            raise ConfigurationError("the recorded model client cannot compute embeddings")
+        scope = self._recorder._position.scope or Scope("")
+        return await self._recorder._record(
+            EmbedExchange(0, scope.step or None, embed_request_record(request), item=scope.item),
+            self._model.embed(request),
+            embed_response_record,
             LLMClientError,
         )
 
@@ -877,8 +979,12 @@ class Replayer(ToolboxFromSource):
         # whatever order they ask in.
         self._llm: dict[_Key, deque[LlmExchange]] = {}
         self._tool: dict[_Key, deque[ToolExchange]] = {}
+        self._embed: dict[_Key, deque[EmbedExchange]] = {}
         for exchange in cassette.exchanges:
-            if isinstance(exchange, LlmExchange):
+            if isinstance(exchange, EmbedExchange):
+                key = (exchange.step, exchange.item, _match_key(exchange.request))
+                self._embed.setdefault(key, deque()).append(exchange)
+            elif isinstance(exchange, LlmExchange):
                 key = (exchange.step, exchange.item, _llm_key(exchange.request))
                 self._llm.setdefault(key, deque()).append(exchange)
             else:
@@ -910,15 +1016,26 @@ class Replayer(ToolboxFromSource):
             return next((q for (_, _, r), q in queues.items() if r == request), None)
         return queues.get((scope.step, scope.item, request)) or queues.get((None, None, request))
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        record = self._normalize(request_record(request))
-        queue = self._queue(self._llm, _llm_key(record))
+    def _model_answer(
+        self,
+        queues: dict[_Key, deque[Answer]],
+        request: str,
+        miss: Callable[[], ReplayMissError],
+    ) -> Answer:
+        """The recorded exchange that answers a model request (chat or embeddings); its
+        recorded error, raised again; or the miss."""
+        queue = self._queue(queues, request)
         if queue is None:
-            raise self._llm_miss(record)
+            raise miss()
         exchange = _take(queue)
         if exchange.error is not None:
             error = self._normalize.restore(exchange.error)
             raise _recorded_error(error, LLMClientError, LLMResponseError)
+        return exchange
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        record = self._normalize(request_record(request))
+        exchange = self._model_answer(self._llm, _llm_key(record), partial(self._llm_miss, record))
         response = self._normalize.restore(exchange.response)
         return ChatResponse(
             content=response.get("content"),
@@ -928,6 +1045,17 @@ class Replayer(ToolboxFromSource):
             finish_reason=response.get("finish_reason"),
             reasoning=response.get("reasoning"),
             usage=Usage.from_dict(response.get("usage") or {}),
+            model=request.model,
+        )
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        record = self._normalize(embed_request_record(request))
+        miss = partial(self._embed_miss, record)
+        exchange = self._model_answer(self._embed, _match_key(record), miss)
+        assert exchange.response is not None
+        return EmbedResponse(
+            vectors=tuple(tuple(v) for v in exchange.response["vectors"]),
+            usage=Usage.from_dict(exchange.response.get("usage") or {}),
             model=request.model,
         )
 
@@ -1005,6 +1133,14 @@ class Replayer(ToolboxFromSource):
             f"closest recorded request: exchange {best.n} ({where}); "
             f"it differs in {', '.join(differing)}:\n{diff}"
         )
+
+    def _embed_miss(self, record: dict[str, Any]) -> ReplayMissError:
+        recorded = [e.request for e in self.cassette.exchanges if isinstance(e, EmbedExchange)]
+        text = f"the cassette holds no vectors of these {len(record['texts'])} text(s)"
+        if not recorded:
+            return self._miss(f"{text}; it holds no embedding requests at all")
+        closest = max(recorded, key=lambda r: _similarity(r, record))
+        return self._miss(f"{text}.\nclosest recorded request:\n{_diff(closest, record, 'embed')}")
 
     def _tool_miss(self, server: str, tool: str, arguments: Any) -> ReplayMissError:
         call = {"server": server, "tool": tool, "arguments": arguments}

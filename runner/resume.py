@@ -31,6 +31,9 @@ class Reusable:
 
     run_id: str
     outputs: Mapping[str, Any]
+    conversations: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """The conversations of steps a later step continues (`conversation` of their
+    `step_finished`), by fingerprint: a reused step hands its conversation on."""
 
 
 def load_reusable(run_dir: Path) -> Reusable:
@@ -43,6 +46,7 @@ def load_reusable(run_dir: Path) -> Reusable:
             hint="a run with --no-log or --log elsewhere cannot be resumed",
         )
     outputs: dict[str, Any] = {}
+    conversations: dict[str, Any] = {}
     for event in read_events(path).events:
         fingerprint = event.get("fingerprint")
         if (
@@ -52,7 +56,10 @@ def load_reusable(run_dir: Path) -> Reusable:
             and MASK not in json.dumps(event.get("output"), ensure_ascii=False)
         ):
             outputs[fingerprint] = event.get("output")
-    return Reusable(run_dir.name, outputs)
+            conversation = event.get("conversation")
+            if isinstance(conversation, list) and MASK not in json.dumps(conversation):
+                conversations[fingerprint] = tuple(conversation)
+    return Reusable(run_dir.name, outputs, conversations)
 
 
 def step_fingerprint(

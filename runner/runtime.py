@@ -42,6 +42,7 @@ from .spec.load import read_document
 from .spec.model import (
     EMPTY,
     AgentStep,
+    EmbedStep,
     HttpServer,
     Input,
     LMStudioSettings,
@@ -441,10 +442,12 @@ async def _replay_parts(
 
 
 def asks_models(workflow: Workflow) -> bool:
-    """Whether a run may ask a model anything: a model step, or a server that may sample,
-    in the workflow or one it includes."""
+    """Whether a run may ask a model anything: a model or embed step, or a server that may
+    sample, in the workflow or one it includes."""
     return any(
-        isinstance(step, AgentStep) for member in workflow.family() for step in member.steps
+        isinstance(step, (AgentStep, EmbedStep))
+        for member in workflow.family()
+        for step in member.steps
     ) or any(
         member.mcp_servers[name].sampling is not None
         for member in workflow.family()

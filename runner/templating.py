@@ -26,6 +26,8 @@ from jinja2.exceptions import (
 from jinja2.lexer import TOKEN_OPERATOR
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import vectors
+
 ROOTS = ("inputs", "steps", "env", "workflow", "run")
 ITEM_NAMES = ("item", "loop")
 """What a `for_each:` step adds to its own templates: the current item and its position."""
@@ -80,6 +82,7 @@ def environment() -> ImmutableSandboxedEnvironment:
         finalize=_finalize,
     )
     env.filters["tojson"] = _tojson
+    env.filters.update(vectors.FILTERS)
     return env
 
 

@@ -41,6 +41,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 (1 MiB) would fail any larger tool result, while stdio results have no cap at all."""
 DEFAULT_CONCURRENCY = 4
 """Steps or items at once: LM Studio serves 4 requests in parallel by default."""
+DEFAULT_EMBED_BATCH = 64
+"""Texts per `/v1/embeddings` request: large enough that a few hundred documents take a few
+requests, small enough that one request stays well inside a server's body and time limits."""
 
 # A frozen empty mapping, the default for optional maps.
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -248,6 +251,9 @@ class AgentStep(_StepCommon):
     max_tokens: int | None = None
     tool_choice: str | None = None
     max_result_chars: int | None = None
+    continue_: str | None = None
+    """`continue: STEP_ID`: the conversation of that earlier model step goes on with this
+    step's prompt (its system prompt, messages, tool calls and answer come first)."""
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -313,6 +319,22 @@ class WorkflowStep(_StepCommon):
         return ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class EmbedStep(_StepCommon):
+    """A step that turns a text, or a list of texts, into embedding vectors (`embed:`), with
+    an embedding model. Its output is one vector, or a list of vectors in input order."""
+
+    kind: Literal["embed"] = "embed"
+    embed: str | tuple[Any, ...]
+    """A template giving a text or a list of texts, or a list of templates."""
+    model: ModelRef
+    batch_size: int = DEFAULT_EMBED_BATCH
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ()
+
+
 AskType = Literal["boolean", "string", "enum"]
 """What an `ask:` step's answer is: true/false, any text, or one of its `choices`."""
 
@@ -337,7 +359,7 @@ class AskStep(_StepCommon):
         return ()
 
 
-Step = AgentStep | ToolStep | CommandStep | WorkflowStep | AskStep
+Step = AgentStep | ToolStep | CommandStep | WorkflowStep | AskStep | EmbedStep
 """The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
@@ -372,7 +394,9 @@ class Workflow:
             if isinstance(step, WorkflowStep):
                 yield from step.child.family()
 
-    def model_reference(self, step: AgentStep) -> tuple[ModelRef | None, tuple[str | int, ...]]:
+    def model_reference(
+        self, step: AgentStep | EmbedStep
+    ) -> tuple[ModelRef | None, tuple[str | int, ...]]:
         """The model a step asks for (before alias resolution) and where it was written."""
         if step.model is not None:
             return step.model, ("steps", step.index, "model")
@@ -396,7 +420,7 @@ class Workflow:
 
     def step_model(self, step: Step) -> str | None:
         """The model id a step talks to, or None for a `tool:` step or when none is set."""
-        if not isinstance(step, AgentStep):
+        if not isinstance(step, (AgentStep, EmbedStep)):
             return None
         return self.resolve_model(self.model_reference(step)[0])
 
@@ -419,7 +443,7 @@ class Workflow:
         for name, agent in self.agents.items():
             add(agent.get("model"), ("agents", name, "model"))
         for step in self.steps:
-            if isinstance(step, AgentStep) and step.model is not None:
+            if isinstance(step, (AgentStep, EmbedStep)) and step.model is not None:
                 add(*self.model_reference(step))
         return references
 
@@ -601,6 +625,14 @@ def _step(index: int, data: Mapping[str, Any], workflow: Path) -> Step:
             default=data.get("default"),
             has_default="default" in data,
         )
+    if "embed" in data:
+        text = data["embed"]
+        return EmbedStep(
+            **common,
+            embed=text if isinstance(text, str) else frozen(text),
+            model=frozen(data["model"]),
+            batch_size=data.get("batch_size", DEFAULT_EMBED_BATCH),
+        )
     if "run" in data:
         run = data["run"]
         return CommandStep(
@@ -628,6 +660,7 @@ def _step(index: int, data: Mapping[str, Any], workflow: Path) -> Step:
         max_tokens=data.get("max_tokens"),
         tool_choice=data.get("tool_choice"),
         max_result_chars=data.get("max_result_chars"),
+        continue_=data.get("continue"),
     )
 
 

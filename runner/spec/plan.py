@@ -29,7 +29,7 @@ Locator = Callable[[str], JsonPath]
 
 TEXT_KEYS = ("name", "system", "prompt", "ask")
 """Step fields that are one template each (rendered to text)."""
-VALUE_KEYS = ("for_each", "with", "run", "cwd", "env", "system_from", "prompt_from")
+VALUE_KEYS = ("for_each", "with", "run", "cwd", "env", "system_from", "prompt_from", "embed")
 """Step fields whose every string is a template (a lone `{{ expr }}` keeps its type)."""
 CONDITION_KEY = "if"
 SERVER_KEYS = ("command", "cwd", "url")
@@ -108,6 +108,7 @@ class StepPlan:
     id: str | None
     fields: tuple[TemplateField, ...]
     needs: tuple[str, ...]
+    """`needs:` and the step a `continue:` names: what it waits for besides what it reads."""
     has_for_each: bool
 
     @cached_property
@@ -281,7 +282,7 @@ def _build(
                 index=i,
                 id=step_id if isinstance(step_id, str) else None,
                 fields=tuple(step_fields(get, at)),
-                needs=_needs(get("needs")),
+                needs=_needs(get("needs")) + _needs(get("continue")),
                 has_for_each=get("for_each") is not None,
             )
         )

@@ -525,8 +525,12 @@ class _Checker:
                 self._check_command(planned, step)
             elif "ask" in step:
                 self._check_ask(planned, step)
+            elif "embed" in step:
+                if "model" in step:  # required by the schema; defaults.model is for chat
+                    self._check_step_model(i, step, {})
             elif "tool" not in step and "workflow" not in step:
                 self._check_step_model(i, step, defaults)
+                self._check_continue(planned, step)
 
     def _check_included(self) -> None:
         """Each `workflow:` step: its file validated (recursively, its problems in its own
@@ -698,6 +702,59 @@ class _Checker:
                 "ask-default",
                 did_you_mean(str(default), [str(c) for c in choices])
                 or "choose one of: " + ", ".join(map(str, choices)),
+            )
+
+    def _check_continue(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """`continue: ID` names an earlier model step with one conversation (no `for_each`),
+        and the step that continues it keeps that conversation's system prompt."""
+        target = step.get("continue")
+        if not isinstance(target, str):
+            return  # absent, or the schema's to report
+        here = ("steps", planned.index)
+        at = (*here, "continue")
+        index = self.step_index.get(target)
+        if index is None:
+            self.report(
+                at,
+                f"{self.where(here)} continues unknown step {target!r}",
+                "unknown-step",
+                did_you_mean(target, list(self.step_index)),
+            )
+            return
+        other = self.steps[index]
+        if index >= planned.index:
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which "
+                + ("is itself" if index == planned.index else "comes later"),
+                "continue-order",
+                f"a step continues the conversation of a model step before it: move {target!r} "
+                "above this step",
+            )
+        elif any(key in other for key in ("tool", "run", "embed", "workflow", "ask")):
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which is not a model step: it "
+                "has no conversation",
+                "continue-not-model",
+                "name a step with a `prompt:` (a model step)",
+            )
+        elif other.get("for_each") is not None:
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which runs once per item "
+                "(`for_each`): it has no one conversation to continue",
+                "continue-for-each",
+                "continue a step without `for_each`, or give each item its own follow-up "
+                "inside that step's prompt",
+            )
+        if key := next((k for k in ("system", "system_file", "system_from") if k in step), None):
+            self.report(
+                (*here, key),
+                f"{self.where(here)} continues step {target!r} but sets a system prompt",
+                "continue-with-system",
+                f"a continued conversation keeps the system prompt of {target!r}: drop "
+                f"`{key}:` here (say what is new in the prompt)",
             )
 
     def _check_needs(self, planned: StepPlan, step: dict[str, Any]) -> None:
