@@ -20,7 +20,18 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 from referencing.exceptions import Unresolvable
 
-from .chat import ChatModel, ChatRequest, ChatResponse, Message, Toolbox, ToolCall, Usage
+from .chat import (
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    Image,
+    Message,
+    Toolbox,
+    ToolCall,
+    Usage,
+    described_messages,
+    user_message,
+)
 from .errors import ConfigurationError, StepFailedError
 from .results import full_result_fields
 from .tool_text import recover_calls, repair_arguments
@@ -62,6 +73,11 @@ class AgentTask:
     max_tokens: int | None = None
     tool_choice: str | None = None
     output_schema: Mapping[str, Any] | None = None
+    images: tuple[Image | str, ...] = ()
+    """Images sent with the prompt: an `Image`, or a URL the server is given as it is."""
+    vision: bool = False
+    """Whether the model sees images: then the images tool calls return are shown to it too
+    (in a user turn after the tool results: servers take images only in user messages)."""
 
 
 @dataclass
@@ -135,6 +151,7 @@ class _Reply:
     content: str
     is_error: bool
     full_text: str | None = None
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,7 +202,7 @@ class _Run:
         self.messages: list[Message] = []
         if task.system is not None:
             self.messages.append({"role": "system", "content": task.system})
-        self.messages.append({"role": "user", "content": self._first_prompt()})
+        self.messages.append(user_message(self._first_prompt(), task.images))
         self.sent = 0
         self.round = 0
         self.repairs = 0
@@ -329,7 +346,7 @@ class _Run:
             {
                 "round": self.round,
                 "model": request.model,
-                "messages": [dict(m) for m in self.messages[self.sent :]],
+                "messages": described_messages(self.messages[self.sent :]),
                 "tools": [t["function"]["name"] for t in request.tools],
                 "params": params,
             },
@@ -369,11 +386,23 @@ class _Run:
                     "is_error": reply.is_error,
                     "content": reply.content,
                     **full_result_fields(reply.full_text),
+                    **({"images": [i.reference() for i in reply.images]} if reply.images else {}),
                 },
             )
             self.messages.append(
                 {"role": "tool", "tool_call_id": call.id, "content": reply.content}
             )
+        self._show_images(calls, replies)
+
+    def _show_images(self, calls: Sequence[ToolCall], replies: Sequence[_Reply]) -> None:
+        """A vision model sees the images the turn's tools returned, in one user turn after
+        the tool results; another model reads only the text that names them."""
+        shown = [(c, r.images) for c, r in zip(calls, replies, strict=True) if r.images]
+        if not self.task.vision or not shown:
+            return
+        names = ", ".join(f"{call.name} ({len(images)})" for call, images in shown)
+        text = f"The images the tool calls returned, in order: {names}."
+        self.messages.append(user_message(text, [i for _, images in shown for i in images]))
 
     def _prepare(self, call: ToolCall) -> Awaitable[_Reply]:
         """Record the call and check it, in call order; what is returned runs the tool, or
@@ -435,7 +464,7 @@ class _Run:
     async def _call(self, toolbox: Toolbox, name: str, arguments: dict[str, Any]) -> _Reply:
         result = await toolbox.call(name, arguments)
         text = f"error: {result.text}" if result.is_error else result.text
-        return _Reply(text, result.is_error, result.full_text)
+        return _Reply(text, result.is_error, result.full_text, result.images)
 
     @staticmethod
     def _check(validator: Validator, text: str) -> tuple[Any, list[str]]:

@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from . import command_step, templating
 from .agent import AgentLimits, AgentTally, AgentTask, run_agent
-from .chat import ChatModel, Toolbox, ToolResult, Usage
+from .chat import ChatModel, Toolbox, ToolResult, Usage, sees_images
 from .errors import (
     ConfigurationError,
     InputError,
@@ -51,6 +51,7 @@ from .spec.model import (
     Workflow,
     thawed,
 )
+from .step_images import step_images
 
 StepStatus = Literal["succeeded", "failed", "skipped", "interrupted"]
 STOPPED = "the run was stopped while it ran"
@@ -749,6 +750,8 @@ class Executor:
             # the default applies to steps that offer tools; a step without any has no choice
             tool_choice=step.tool_choice or (defaults.tool_choice if step.mcp else None),
             output_schema=thawed(step.output_schema) if step.output_schema else None,
+            images=step_images(step.images, context, self.workflow.path, self.log.redactor.text),
+            vision=sees_images(self.chat, model),
         )
         limits = AgentLimits(
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)

@@ -207,6 +207,8 @@ class AgentStep(_StepCommon):
     model: ModelRef | None = None
     system: str | None = None
     prompt: str | None = None
+    images: tuple[str, ...] = ()
+    """Templates giving the images sent with the prompt: file paths, URLs, data: URIs."""
     mcp: tuple[str, ...] = ()
     tools: tuple[str, ...] | ToolFilter | None = None
     output_schema: Mapping[str, Any] | None = None
@@ -507,6 +509,7 @@ def _step(index: int, data: Mapping[str, Any]) -> Step:
         model=frozen(data.get("model")),
         system=data.get("system"),
         prompt=data.get("prompt"),
+        images=tuple(data.get("images", ())),
         mcp=tuple(data.get("mcp", ())),
         tools=_allow_list(data["tools"]) if "tools" in data else None,
         output_schema=frozen(schema) if schema is not None else None,
