@@ -33,7 +33,7 @@ from .chat import (
     user_message,
 )
 from .errors import ConfigurationError, StepFailedError
-from .results import full_result_fields
+from .results import full_result_fields, image_fields
 from .tool_text import recover_calls, repair_arguments
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -274,7 +274,7 @@ class _Run:
             f"round {self.round} is the last (max_rounds {self.limits.max_rounds}): "
             "no tools are offered, the model must answer",
         )
-        if self.messages[-1].get("role") == "tool":
+        if self._had_tool_results():
             self._say(
                 "This is your last turn and no more tools can be called. "
                 "Answer now with what you have."
@@ -386,7 +386,7 @@ class _Run:
                     "is_error": reply.is_error,
                     "content": reply.content,
                     **full_result_fields(reply.full_text),
-                    **({"images": [i.reference() for i in reply.images]} if reply.images else {}),
+                    **image_fields(reply.images),
                 },
             )
             self.messages.append(
@@ -503,8 +503,25 @@ class _Run:
             f"{json.dumps(self.schema)}"
         )
 
+    def _had_tool_results(self) -> bool:
+        """Whether the model's last turn was answered with tool results (and the images they
+        returned, for a vision model)."""
+        last = self.messages[-1]
+        return last.get("role") == "tool" or (
+            last.get("role") == "user" and self.messages[-2].get("role") == "tool"
+        )
+
     def _say(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
+        """A user turn; joined to a user turn that is already last (the images of the tool
+        results), as chat templates may insist that roles alternate."""
+        last = self.messages[-1]
+        if last.get("role") == "user" and isinstance(last.get("content"), list):
+            self.messages[-1] = {
+                **last,
+                "content": [*last["content"], {"type": "text", "text": text}],
+            }
+        else:
+            self.messages.append({"role": "user", "content": text})
 
     def _notice(self, kind: str, detail: str) -> None:
         self.emit("agent_notice", {"round": self.round, "kind": kind, "detail": detail})

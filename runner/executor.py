@@ -34,7 +34,7 @@ from .errors import (
     ToolExecutionError,
 )
 from .limits import holding
-from .results import capped, full_result_fields
+from .results import capped, full_result_fields, image_fields
 from .resume import Reusable, step_fingerprint
 from .resume import item_fingerprint as fingerprint_of_item
 from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
@@ -713,6 +713,7 @@ class Executor:
             is_error=outcome.is_error,
             content=shown.text,
             **full_result_fields(shown.full_text),
+            **image_fields(outcome.images),
         )
         if outcome.is_error:
             raise ToolExecutionError(f"tool {step.tool} failed: {outcome.text}")

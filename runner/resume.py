@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LmflowError
 from .runlog import MASK, read_events
-from .spec.model import Step, Workflow, thawed
+from .spec.model import AgentStep, Step, Workflow, thawed
+from .step_images import step_images
+from .templating import TemplateError
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,25 @@ def step_fingerprint(workflow: Workflow, step: Step, context: Mapping[str, Any])
             "waits_for": {
                 dep: steps.get(dep) for dep in sorted(workflow.plan.steps[step.index].waits_for)
             },
+            **_images(workflow, step, context),
         }
     )
+
+
+def _images(workflow: Workflow, step: Step, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The content of the images a step sends (a file may change under the same name): their
+    hashes, or why they cannot be read (the step then fails, and is not reused)."""
+    if not isinstance(step, AgentStep) or not step.images:
+        return {}
+    try:
+        images = step_images(step.images, context, workflow.path, _unchanged)
+    except (LmflowError, TemplateError) as error:
+        return {"images": str(error)}
+    return {"images": [i if isinstance(i, str) else i.digest for i in images]}
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 _definitions: dict[int, dict[int, tuple[str, frozenset[str] | None]]] = {}

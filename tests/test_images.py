@@ -8,6 +8,7 @@ the SDK fixture server as a real process (its `picture` tool returns a 1x1 PNG).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sys
@@ -20,7 +21,8 @@ from fakes.lmstudio import FakeLMStudio, image_summary
 from mcp_support import FIXTURE_SERVER, TAG_VARIABLE
 from png import solid
 
-from runner.chat import Image
+from runner.agent import AgentLimits, AgentTask, run_agent
+from runner.chat import ChatRequest, ChatResponse, Image, ToolCall, ToolResult, ToolSpec
 from runner.errors import StepFailedError
 from runner.runlog import Redactor
 from runner.spec.image_files import MAX_IMAGE_BYTES
@@ -288,18 +290,24 @@ def describe_what_arrived(request: dict[str, Any]) -> str:
     return "saw " + (" ".join(seen) or "no image")
 
 
+def picture_run(
+    folder: Path, make: Callable[..., FakeLMStudio], cli: Callable[..., Any], model: str, tag: str
+) -> FakeLMStudio:
+    """A run whose model calls the fixture server's `picture` tool, then says what it saw."""
+    lm = make(script=[[("picture", {})], describe_what_arrived])
+    outcome = cli("run", str(picture_workflow(folder, model, tag)), "--base-url", lm.url, "-q")
+    assert outcome.exit_code == 0, outcome.stderr
+    return lm
+
+
 def test_a_vision_model_is_shown_the_images_a_tool_returned(
     folder: Path,
     make_fake_lmstudio: Callable[..., FakeLMStudio],
     lmflow_cli: Callable[..., Any],
     process_tag: str,
 ) -> None:
-    lm = make_fake_lmstudio(script=[[("picture", {})], describe_what_arrived])
-    path = picture_workflow(folder, VISION, process_tag)
-    outcome = lmflow_cli("run", str(path), "--base-url", lm.url, "--json", "-q")
-    assert outcome.exit_code == 0, outcome.stderr
+    lm = picture_run(folder, make_fake_lmstudio, lmflow_cli, VISION, process_tag)
     saved = run_dir(folder) / "mcp-content" / f"{PIXEL_DIGEST}.png"
-    assert saved.is_file()
     assert Image("image/png", saved.read_bytes()).digest == PIXEL_DIGEST
     second = lm.chat_requests[1]["messages"]
     assert [m["role"] for m in second[-3:]] == ["assistant", "tool", "user"]
@@ -319,11 +327,7 @@ def test_a_model_without_vision_gets_the_saved_file_named_in_text_only(
     lmflow_cli: Callable[..., Any],
     process_tag: str,
 ) -> None:
-    lm = make_fake_lmstudio(script=[[("picture", {})], describe_what_arrived])
-    outcome = lmflow_cli(
-        "run", str(picture_workflow(folder, TEXT_ONLY, process_tag)), "--base-url", lm.url
-    )
-    assert outcome.exit_code == 0, outcome.stderr
+    lm = picture_run(folder, make_fake_lmstudio, lmflow_cli, TEXT_ONLY, process_tag)
     second = lm.chat_requests[1]
     assert image_parts(second) == []
     assert second["messages"][-1]["role"] == "tool"
@@ -363,3 +367,68 @@ def test_a_later_step_takes_a_tool_image_by_reference_also_in_a_replay(
     replayed = lmflow_cli("run", str(path), "--replay", str(cassette), "--json")
     assert replayed.exit_code == 0, replayed.stderr
     assert json.loads(replayed.stdout)["outputs"] == json.loads(recorded.stdout)["outputs"]
+
+
+# --- the engine: tool images in the conversation ---------------------------------------------
+
+
+class _Model:
+    """Calls `picture` once, then answers; keeps the requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[ChatRequest] = []
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        self.requests.append(request)
+        if len(self.requests) == 1:
+            return ChatResponse(None, (ToolCall("c1", "picture", "{}"),), "tool_calls")
+        return ChatResponse("a red square", finish_reason="stop")
+
+
+class _Pictures:
+    def specs(self) -> list[ToolSpec]:
+        return [ToolSpec("picture", "take a picture", {"type": "object"})]
+
+    async def call(self, name: str, arguments: Any) -> ToolResult:
+        return ToolResult("[image content: image/png]", images=(Image("image/png", RED),))
+
+
+@pytest.mark.parametrize("max_rounds", [2, 5])
+def test_tool_images_follow_the_tool_results_in_one_user_turn(max_rounds: int) -> None:
+    """The images come after the tool messages (servers take images only in user turns); in
+    the last round the note to answer joins that turn, so no two user turns follow."""
+    model = _Model()
+    task = AgentTask(model=VISION, prompt="look", vision=True)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    limits = AgentLimits(max_rounds=max_rounds)
+    result = asyncio.run(
+        run_agent(model, task, _Pictures(), limits, lambda *event: seen.append(event))
+    )
+    assert result.output == "a red square"
+    roles = [m["role"] for m in model.requests[1].messages]
+    assert roles == ["user", "assistant", "tool", "user"]
+    turn = model.requests[1].messages[-1]["content"]
+    assert turn[1] == Image("image/png", RED)
+    notes = [p["text"] for p in turn if isinstance(p, dict) and "last turn" in p.get("text", "")]
+    assert len(notes) == (1 if max_rounds == 2 else 0)
+    request = [fields for kind, fields in seen if kind == "llm_request"][1]
+    assert request["messages"][-1]["content"][1]["sha256"] == RED_DIGEST
+
+
+def test_a_model_without_vision_gets_no_image_turn() -> None:
+    model = _Model()
+    task = AgentTask(model=TEXT_ONLY, prompt="look")
+    asyncio.run(run_agent(model, task, _Pictures(), AgentLimits(), lambda *_: None))
+    assert [m["role"] for m in model.requests[1].messages] == ["user", "assistant", "tool"]
+
+
+def test_resume_runs_a_step_again_when_its_image_file_changed(
+    folder: Path, fake_lmstudio: FakeLMStudio, lmflow_cli: Callable[..., Any]
+) -> None:
+    path = workflow(folder, "[red.png]")
+    assert lmflow_cli("run", str(path), "--base-url", fake_lmstudio.url).exit_code == 0
+    again = lmflow_cli("run", str(path), "--base-url", fake_lmstudio.url, "--resume", "last")
+    assert again.exit_code == 0 and len(fake_lmstudio.chat_requests) == 1  # reused
+    (folder / "red.png").write_bytes(solid(4, 3, (0, 0, 255)))  # same name, other picture
+    changed = lmflow_cli("run", str(path), "--base-url", fake_lmstudio.url, "--resume", "last")
+    assert changed.exit_code == 0 and len(fake_lmstudio.chat_requests) == 2
