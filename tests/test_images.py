@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fakes.lmstudio import FakeLMStudio, image_summary
 from mcp_support import FIXTURE_SERVER, TAG_VARIABLE
@@ -432,3 +433,19 @@ def test_resume_runs_a_step_again_when_its_image_file_changed(
     (folder / "red.png").write_bytes(solid(4, 3, (0, 0, 255)))  # same name, other picture
     changed = lmflow_cli("run", str(path), "--base-url", fake_lmstudio.url, "--resume", "last")
     assert changed.exit_code == 0 and len(fake_lmstudio.chat_requests) == 2
+
+
+def test_the_fake_refuses_images_for_a_model_without_vision(fake_lmstudio: FakeLMStudio) -> None:
+    part = {"type": "image_url", "image_url": {"url": "https://example.org/a.png"}}
+    message = {"role": "user", "content": [{"type": "text", "text": "look"}, part]}
+    for model, status in ((TEXT_ONLY, 400), (VISION, 200)):
+        answer = httpx.post(
+            f"{fake_lmstudio.url}/v1/chat/completions",
+            json={"model": model, "messages": [message]},
+        )
+        assert answer.status_code == status, answer.text
+        if status == 400:
+            assert "Model does not support images" in answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == (
+        "echo: look [image url https://example.org/a.png]"
+    )
