@@ -35,7 +35,7 @@ from .errors import (
 )
 from .limits import holding
 from .results import capped, full_result_fields, image_fields
-from .resume import Reusable, step_fingerprint
+from .resume import Reusable, image_digests, step_fingerprint
 from .resume import item_fingerprint as fingerprint_of_item
 from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
 from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
@@ -586,12 +586,13 @@ class Executor:
                 "last": index == len(items) - 1,
                 "length": len(items),
             }
-            item_fingerprint = fingerprint_of_item(fingerprint, index, value)
+            item_context = {**context, "item": value, "loop": loop}
+            images = image_digests(self.workflow, step, item_context)
+            item_fingerprint = fingerprint_of_item(fingerprint, index, value, images)
             record = self._reused(step.id, item_fingerprint)
             if record is None:
                 async with holding(limit), holding(self.slots):
                     self.log.emit("item_started", step.id, item=index, value=value)
-                    item_context = {**context, "item": value, "loop": loop}
                     try:
                         record = await self._attempt(step, item_context, index)
                     except anyio.get_cancelled_exc_class():

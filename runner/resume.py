@@ -69,14 +69,16 @@ def step_fingerprint(workflow: Workflow, step: Step, context: Mapping[str, Any])
             "waits_for": {
                 dep: steps.get(dep) for dep in sorted(workflow.plan.steps[step.index].waits_for)
             },
-            **_images(workflow, step, context),
+            **image_digests(workflow, step, context),
         }
     )
 
 
-def _images(workflow: Workflow, step: Step, context: Mapping[str, Any]) -> dict[str, Any]:
-    """The content of the images a step sends (a file may change under the same name): their
-    hashes, or why they cannot be read (the step then fails, and is not reused)."""
+def image_digests(workflow: Workflow, step: Step, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The content of the images a step (or item, with its context) sends, as a fingerprint
+    part (a file may change under the same name): their hashes, or why they cannot be read
+    (the step then fails, and is not reused). Empty for a step without images, so the
+    fingerprints of other steps stay as they were."""
     if not isinstance(step, AgentStep) or not step.images:
         return {}
     try:
@@ -128,10 +130,12 @@ def _definition(workflow: Workflow, step: Step) -> tuple[str, frozenset[str] | N
     return found
 
 
-def item_fingerprint(parent: str, index: int, value: Any) -> str:
+def item_fingerprint(
+    parent: str, index: int, value: Any, images: Mapping[str, Any] | None = None
+) -> str:
     """One item of a `for_each` step: its step's fingerprint (`parent`), the item and its
-    place."""
-    return _digest({"step": parent, "index": index, "item": value})
+    place, and the content of the images it sends (`image_digests`)."""
+    return _digest({"step": parent, "index": index, "item": value, **(images or {})})
 
 
 SCHEDULING_ONLY = frozenset(

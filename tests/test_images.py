@@ -449,3 +449,22 @@ def test_the_fake_refuses_images_for_a_model_without_vision(fake_lmstudio: FakeL
     assert answer.json()["choices"][0]["message"]["content"] == (
         "echo: look [image url https://example.org/a.png]"
     )
+
+
+def test_resume_runs_again_only_the_item_whose_image_changed(
+    folder: Path, fake_lmstudio: FakeLMStudio, lmflow_cli: Callable[..., Any]
+) -> None:
+    (folder / "blue.png").write_bytes(solid(4, 3, (0, 0, 255)))
+    path = folder / "items.yaml"
+    path.write_text(
+        f"version: 1\nname: items\ndefaults: {{model: {VISION}}}\nsteps:\n"
+        "  - id: look\n    for_each: [red.png, blue.png]\n"
+        "    prompt: What colour is it?\n    images: ['{{ item }}']\n"
+    )
+    assert lmflow_cli("run", str(path), "--base-url", fake_lmstudio.url).exit_code == 0
+    assert len(fake_lmstudio.chat_requests) == 2
+    (folder / "blue.png").write_bytes(solid(4, 3, (0, 255, 0)))  # same name, other picture
+    again = lmflow_cli("run", str(path), "--base-url", fake_lmstudio.url, "--resume", "last")
+    assert again.exit_code == 0 and len(fake_lmstudio.chat_requests) == 3
+    green = Image("image/png", solid(4, 3, (0, 255, 0))).digest
+    assert f"sha256:{green}" in image_summary(image_parts(fake_lmstudio.chat_requests[2])[0])
