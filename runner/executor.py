@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from . import ask_step, command_step, embed_step, templating
 from .agent import AgentLimits, AgentTally, AgentTask, run_agent
-from .chat import ChatModel, Message, Toolbox, ToolResult, Usage
+from .chat import ChatModel, Message, Toolbox, ToolResult, Usage, sees_images
 from .errors import (
     ConfigurationError,
     InputError,
@@ -34,8 +34,8 @@ from .errors import (
     ToolExecutionError,
 )
 from .limits import holding
-from .results import capped, full_result_fields
-from .resume import Reusable, step_fingerprint
+from .results import capped, full_result_fields, image_fields
+from .resume import Reusable, image_digests, step_fingerprint
 from .resume import item_fingerprint as fingerprint_of_item
 from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
 from .server_prompts import step_prompts
@@ -55,6 +55,7 @@ from .spec.model import (
     WorkflowStep,
     thawed,
 )
+from .step_images import step_images
 
 StepStatus = Literal["succeeded", "failed", "skipped", "interrupted"]
 STOPPED = "the run was stopped while it ran"
@@ -642,12 +643,13 @@ class Executor:
                 "last": index == len(items) - 1,
                 "length": len(items),
             }
-            item_fingerprint = fingerprint_of_item(fingerprint, index, value)
+            item_context = {**context, "item": value, "loop": loop}
+            images = image_digests(self.workflow, step, item_context)
+            item_fingerprint = fingerprint_of_item(fingerprint, index, value, images)
             record = self._reused(step.id, item_fingerprint)
             if record is None:
                 async with holding(limit), holding(self.slots):
                     self.log.emit("item_started", self._outside(step.id), item=index, value=value)
-                    item_context = {**context, "item": value, "loop": loop}
                     try:
                         record = await self._attempt(step, item_context, index)
                     except anyio.get_cancelled_exc_class():
@@ -777,6 +779,7 @@ class Executor:
             is_error=outcome.is_error,
             content=shown.text,
             **full_result_fields(shown.full_text),
+            **image_fields(outcome.images),
         )
         if outcome.is_error:
             raise ToolExecutionError(f"tool {step.tool} failed: {outcome.text}")
@@ -886,6 +889,8 @@ class Executor:
             tool_choice=step.tool_choice or (defaults.tool_choice if step.mcp else None),
             output_schema=thawed(step.output_schema) if step.output_schema else None,
             history=self._history(step),
+            images=step_images(step.images, context, self.workflow.path, self.log.redactor.text),
+            vision=sees_images(self.chat, model),
         )
         limits = AgentLimits(
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)

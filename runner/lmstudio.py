@@ -174,6 +174,8 @@ class LMStudioClient:
         self.stream = stream
         self.routes: dict[str, tuple[str, ...]] = {}
         """Requested model name -> the server's ids to try, in order (the model check's)."""
+        self.vision_models: set[str] = set()
+        """Requested model names the model check found to see images (`chat.sees_images`)."""
         self.loaded: dict[str, float] = {}
         """Models this client loaded (`load_model`), with LM Studio's load time in seconds."""
         self._modes: dict[str, StructuredMode] | None = None

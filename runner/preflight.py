@@ -265,6 +265,8 @@ def _findings(
                 "models have tool use",
                 "warning",
             )
+    for model_id, at, message, hint, severity in _without_vision(workflow, models, server):
+        add(at, model_id, "model-without-vision", message, hint, severity)
     return sorted(found, key=lambda f: (f.problem.line, f.problem.col))
 
 
@@ -278,6 +280,50 @@ def _embedding_references(workflow: Workflow) -> dict[str, Position]:
             for model in workflow.model_candidates(reference):
                 found.setdefault(model, workflow.source.position(path))
     return found
+
+
+def _without_vision(
+    workflow: Workflow, models: Sequence[ModelInfo], server: str
+) -> list[tuple[str, Position, str, str, Severity]]:
+    """The steps with `images:` whose model does not see images: an error naming the vision
+    models the server has; a warning when the server does not say (a plain OpenAI-compatible
+    one lists no model types)."""
+    vision = [m.id for m in models if m.type == "vlm"]
+    found: list[tuple[str, Position, str, str, Severity]] = []
+    for step in workflow.steps:
+        if not isinstance(step, AgentStep) or not step.images:
+            continue
+        chosen = _first_usable(workflow.model_candidates(workflow.model_reference(step)[0]), models)
+        if chosen is None or chosen[1].type == "vlm":
+            continue
+        model = chosen[1]
+        at = workflow.source.position(("steps", step.index, "images"))
+        if model.state == "unknown":
+            message = (
+                f"step {step.id!r} sends images, but {server} does not say whether model "
+                f"{model.id!r} sees images"
+            )
+            hint = "if it is not a vision model, the server will refuse the request"
+            found.append((model.id, at, message, hint, "warning"))
+            continue
+        message = f"step {step.id!r} sends images, but model {model.id!r} has no vision"
+        hint = (
+            f"vision models on {server}: {_listing(vision)}"
+            if vision
+            else f"{server} has no vision model: download one (e.g. `lms get qwen2.5-vl-7b`)"
+        )
+        found.append((model.id, at, message, hint, "error"))
+    return found
+
+
+def vision_models(workflow: Workflow, models: Sequence[ModelInfo]) -> set[str]:
+    """The model names the workflow's requests carry whose model sees images: those steps
+    are also shown the images their tools return."""
+    return {
+        candidates[0]
+        for candidates, _ in workflow.model_references()
+        if (chosen := _first_usable(candidates, models)) is not None and chosen[1].type == "vlm"
+    }
 
 
 def _first_usable(
@@ -495,6 +541,7 @@ async def verify_models(
     if client is not None:
         for member in family:
             client.routes.update(model_routes(member, catalog.models))
+            client.vision_models.update(vision_models(member, catalog.models))
     return warnings
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import shlex
 import tempfile
 from collections import deque
@@ -42,10 +43,14 @@ from .chat import (
     EmbeddingModel,
     EmbedRequest,
     EmbedResponse,
+    Image,
     ToolCall,
     ToolResult,
     Usage,
+    described_messages,
+    images_in,
 )
+from .content_files import content_name, extension, saved
 from .errors import (
     CassetteError,
     ConfigurationError,
@@ -83,6 +88,8 @@ HEADER = """\
 # Placeholders: <workflow.dir>, <run.dir>, <run.id>, <run.started_at>; *** is a masked secret.
 """
 MAX_DIFF_LINES = 40
+_CONTENT_NAME = re.compile(r"[0-9a-f]{16}\.\w+")
+"""The name of an image file in a cassette's folder (content_files.content_name)."""
 PARAMS = ("tool_choice", "temperature", "max_tokens", "response_format")
 REQUEST_FIELDS = ("model", "tools", "params", "messages")
 Answer = TypeVar("Answer")
@@ -165,6 +172,11 @@ class Cassette:
     outcome: str | None = None
     path: Path | None = None
     answers: list[RecordedAnswer] = field(default_factory=list)
+    vision: list[str] = field(default_factory=list)
+    """The model names the recorded run's model check found to see images."""
+    images: dict[str, Image] = field(default_factory=dict)
+    """The images the exchanges carry, by digest: files in `<name>.images/` beside the YAML,
+    which names each only by its reference (hash, type, size)."""
 
     @classmethod
     def load(cls, path: Path) -> Cassette:
@@ -191,7 +203,13 @@ class Cassette:
             )
         servers = {name: list(tools) for name, tools in (data.get("servers") or {}).items()}
         _check_tool_specs(servers, source, path)
-        cassette = cls(data.get("workflow") or "", servers, outcome=data.get("outcome"), path=path)
+        cassette = cls(
+            data.get("workflow") or "",
+            servers,
+            outcome=data.get("outcome"),
+            path=path,
+            vision=list(data.get("vision") or ()),
+        )
         cassette.answers = [
             RecordedAnswer(a["step"], a["question"], a["answer"], a.get("item"))
             for a in data.get("answers") or ()
@@ -207,6 +225,10 @@ class Cassette:
                 )
             if item["kind"] == "tool":
                 result = item.get("result")
+                for at, reference in enumerate((result or {}).get("images") or ()):
+                    line = _line_of(source, ["exchanges", index, "result", "images", at])
+                    image = _stored_image(reference, path, line)
+                    cassette.images[image.digest] = image
                 cassette.exchanges.append(
                     ToolExchange(
                         item["n"],
@@ -316,6 +338,7 @@ class Cassette:
             "version": CASSETTE_VERSION,
             "workflow": self.workflow,
             "outcome": self.outcome,
+            **({"vision": sorted(self.vision)} if self.vision else {}),
             "servers": self.servers,
             "exchanges": exchanges,
         }
@@ -327,10 +350,58 @@ class Cassette:
         """Write atomically: an interrupted save leaves the old cassette, never half a file."""
         try:
             write_atomic(path, self.dump())
+            _store_images(images_dir(path), self.images.values())
         except OSError as error:
             raise CassetteError(
                 f"cannot write the cassette {path}: {error.strerror or error}"
             ) from None
+
+
+def images_dir(cassette: Path) -> Path:
+    """Where a cassette keeps its images: `<name>.images/` beside it."""
+    return cassette.with_name(f"{cassette.stem}.images")
+
+
+def _store_images(directory: Path, images: Iterable[Image]) -> None:
+    """Each image as a file named by its content; files of images the cassette no longer
+    holds are removed (a re-recording leaves no stale ones)."""
+    wanted = {content_name(image.data, image.media_type): image for image in images}
+    if directory.is_dir():
+        for stale in directory.iterdir():
+            if stale.name not in wanted and _CONTENT_NAME.fullmatch(stale.name):
+                stale.unlink()
+    for image in wanted.values():
+        saved(directory, image.data, image.media_type)
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
+def _stored_image(reference: Any, cassette: Path, line: int) -> Image:
+    """The image a tool result of the cassette names, read from its file and checked."""
+    if not isinstance(reference, Mapping) or not all(
+        isinstance(reference.get(key), str) for key in ("sha256", "media_type")
+    ):
+        raise CassetteError(
+            f"{cassette}:{line}: not a valid cassette: an image is named by "
+            "{type: image, sha256, media_type, bytes}",
+            hint=FIX_HINT,
+        )
+    file = images_dir(cassette) / (reference["sha256"] + extension(reference["media_type"]))
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise CassetteError(
+            f"{cassette}:{line}: the image {file} the cassette names cannot be read: "
+            f"{error.strerror or error}",
+            hint="commit the cassette's .images folder with it, or re-record it",
+        ) from None
+    image = Image(reference["media_type"], data)
+    if image.digest != reference["sha256"]:
+        raise CassetteError(
+            f"{cassette}:{line}: the image {file} does not have the content its name says",
+            hint="re-record the cassette",
+        )
+    return image
 
 
 def _item_of(exchange: Exchange) -> dict[str, int]:
@@ -502,6 +573,7 @@ _SCHEMA: dict[str, Any] = {
         "version": {"const": CASSETTE_VERSION},
         "workflow": _TEXT,
         "outcome": _TEXT,
+        "vision": {"type": "array", "items": {"type": "string"}},
         "servers": {
             "type": ["object", "null"],
             "additionalProperties": {
@@ -624,6 +696,7 @@ _SCHEMA: dict[str, Any] = {
                                     "properties": {
                                         "text": {"type": "string"},
                                         "is_error": {"type": "boolean"},
+                                        "images": {"type": "array"},
                                     },
                                 },
                             },
@@ -700,7 +773,7 @@ def request_record(request: ChatRequest) -> dict[str, Any]:
         "model": request.model,
         "tools": [tool["function"]["name"] for tool in request.tools],
         "params": {k: v for k, v in params.items() if v is not None},
-        "messages": [dict(m) for m in request.messages],
+        "messages": described_messages(request.messages),
     }
 
 
@@ -726,7 +799,14 @@ def embed_response_record(response: EmbedResponse) -> dict[str, Any]:
 
 
 def result_record(result: ToolResult) -> dict[str, Any]:
-    return {"text": result.text, "is_error": result.is_error, "structured": result.structured}
+    record: dict[str, Any] = {
+        "text": result.text,
+        "is_error": result.is_error,
+        "structured": result.structured,
+    }
+    if result.images:
+        record["images"] = [image.reference() for image in result.images]
+    return record
 
 
 def _match_key(value: Any) -> str:
@@ -821,6 +901,8 @@ class Recorder:
         self._servers: dict[str, list[Tool]] = {}
         self._answers: list[RecordedAnswer] = []
         log.subscribe(self._keep_answer)
+        self._images: dict[str, Image] = {}
+        self._model: ChatModel | None = None
 
     def _keep_answer(self, event: Event) -> None:
         """A person's answer (`ask_answered`, secrets already masked) goes into the
@@ -831,7 +913,12 @@ class Recorder:
             self._answers.append(RecordedAnswer(event.step, question, answer, event.item))
 
     def chat(self, model: ChatModel) -> ChatModel:
+        self._model = model
         return _RecordingChat(model, self)
+
+    def keep_images(self, images: Iterable[Image]) -> None:
+        """Images an exchange carried, for the cassette's folder."""
+        self._images.update((image.digest, image) for image in images)
 
     def tools(self, source: ToolSource, servers: Iterable[str]) -> RecordingTools:
         """Record the tools of `servers` now, so a step the run skips still replays."""
@@ -871,6 +958,8 @@ class Recorder:
         cassette = Cassette(
             workflow=self._workflow,
             outcome="failed" if self._position.failed else "succeeded",
+            vision=sorted(getattr(self._model, "vision_models", ())),
+            images=dict(self._images),
             servers={
                 name: self._normalize([_tool_spec(t) for t in tools])
                 for name, tools in self._servers.items()
@@ -909,9 +998,14 @@ class _RecordingChat:
         self._model = model
         self._recorder = recorder
 
+    @property
+    def vision_models(self) -> Iterable[str]:
+        return getattr(self._model, "vision_models", ())
+
     async def chat(self, request: ChatRequest) -> ChatResponse:
         where = self._recorder._position
         scope = where.scope or Scope("")
+        self._recorder.keep_images(images_in(request.messages))
         return await self._recorder._record(
             LlmExchange(
                 0, scope.step or None, where.round, request_record(request), item=scope.item
@@ -947,12 +1041,14 @@ class RecordingTools(ToolboxFromSource):
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         scope = self._recorder._position.scope or Scope("")
-        return await self._recorder._record(
+        result = await self._recorder._record(
             ToolExchange(0, scope.step or None, server, tool, dict(arguments), item=scope.item),
             self._source.call_tool(server, tool, arguments),
             result_record,
             MCPServerError,
         )
+        self._recorder.keep_images(result.images)
+        return result
 
 
 # --- replaying ----------------------------------------------------------------------------
@@ -968,8 +1064,17 @@ class Replayer(ToolboxFromSource):
     code 3.
     """
 
-    def __init__(self, cassette: Cassette, log: RunLog, context: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        cassette: Cassette,
+        log: RunLog,
+        context: Mapping[str, Any],
+        content_dir: Path | None = None,
+    ) -> None:
         self.cassette = cassette
+        self.vision_models = frozenset(cassette.vision)
+        self._content_dir = content_dir
+        """Where the run keeps tool results' images (None: it keeps no files)."""
         self.first_miss: ReplayMissError | None = None
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
@@ -1080,7 +1185,13 @@ class Replayer(ToolboxFromSource):
             error = self._normalize.restore(exchange.error)
             raise _recorded_error(error, MCPServerError, MCPServerError)
         result = self._normalize.restore(exchange.result)
-        return ToolResult(result["text"], bool(result["is_error"]), result.get("structured"))
+        images = tuple(self.cassette.images[i["sha256"]] for i in result.get("images") or ())
+        if self._content_dir is not None:  # where the recorded run's tool saved them
+            for image in images:
+                saved(self._content_dir, image.data, image.media_type)
+        return ToolResult(
+            result["text"], bool(result["is_error"]), result.get("structured"), images=images
+        )
 
     def _miss(self, message: str, hint: str | None = None) -> ReplayMissError:
         where = self.cassette.path or "the cassette"

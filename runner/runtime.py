@@ -427,7 +427,9 @@ async def _replay_parts(
     contacted, so models are not checked: a changed model shows up as a replay miss."""
     from .replay import Cassette, Replayer
 
-    replayer = Replayer(Cassette.load(cassette_path), run.log, run.context)
+    # Tool results' images go where the recorded run's tools saved them (named in their text).
+    content_dir = run.run_dir / "mcp-content" if run.writer is not None else None
+    replayer = Replayer(Cassette.load(cassette_path), run.log, run.context, content_dir)
     run.answers.recorded = replayer  # a replay asks nobody: the cassette answers
     if use_live_tools:
         async with live_tools(run, chat=replayer) as sessions:

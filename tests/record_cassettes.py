@@ -34,7 +34,8 @@ WORKFLOWS = ROOT / "workflows"
 CASSETTES = TESTS / "cassettes"
 sys.path.insert(0, str(TESTS))
 
-from fakes.lmstudio import FakeLMStudio, FakeModel  # noqa: E402
+from fakes.lmstudio import FakeLMStudio, FakeModel, image_summary  # noqa: E402
+from png import png  # noqa: E402
 
 Request = dict[str, Any]
 
@@ -479,6 +480,65 @@ ASK_THE_CODE = Example(
     setup=at_root,
 )
 
+
+# --- chart-reader: an image for a vision model --------------------------------------------------
+
+CHART = WORKFLOWS / "images" / "quarterly-sales.png"
+SALES = {"Q1": 40, "Q2": 55, "Q3": 35, "Q4": 80}
+BAR_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (234, 67, 53)]
+WIDTH, HEIGHT, BASE, SCALE = 200, 120, 110, 1.0  # 1 px per thousand euros, bars up from y=110
+
+
+def chart_pixel(x: int, y: int) -> tuple[int, int, int]:
+    """The sample chart: white, a grey axis, a grid line every 20, four coloured bars."""
+    for index, (colour, sales) in enumerate(zip(BAR_COLOURS, SALES.values(), strict=True)):
+        left = 20 + index * 45
+        if left <= x < left + 30 and BASE - sales * SCALE <= y < BASE:
+            return colour
+    if y == BASE or x == 10:
+        return (90, 90, 90)
+    if (BASE - y) % 20 == 0 and x > 10:
+        return (225, 225, 225)
+    return (255, 255, 255)
+
+
+def draw_chart() -> None:
+    CHART.parent.mkdir(exist_ok=True)
+    CHART.write_bytes(png(WIDTH, HEIGHT, chart_pixel))
+
+
+def read_chart(request: Request) -> str:
+    """The vision model's answer: the drawn values, once the chart itself has arrived."""
+    parts = request["messages"][-1]["content"]
+    seen = [image_summary(p) for p in parts if p.get("type") == "image_url"]
+    if len(seen) != 1 or f"{WIDTH}x{HEIGHT}" not in seen[0]:
+        sys.exit(f"chart-reader: the chart did not reach the model: {seen}")
+    return answer({"bars": [{"quarter": q, "sales": v} for q, v in SALES.items()]})
+
+
+def chart_summary(request: Request) -> str:
+    quarter = re.search(r"about (Q\d)", prompt(request)).group(1)  # type: ignore[union-attr]
+    values = list(SALES.values())
+    index = list(SALES).index(quarter)
+    if index == 0:
+        return f"{quarter} sales were {values[0]}k EUR, the first quarter of the year."
+    change = values[index] - values[index - 1]
+    trend = f"up {change}k" if change >= 0 else f"down {-change}k"
+    return f"{quarter} sales reached {values[index]}k EUR, {trend} from {list(SALES)[index - 1]}."
+
+
+def chart_setup(scratch: Path) -> tuple[Path, list[str]]:
+    draw_chart()
+    return ROOT, []
+
+
+CHART_READER = Example(
+    name="chart-reader",
+    models=[FakeModel("qwen/qwen2.5-vl-7b", type="vlm", loaded=True), "qwen/qwen3-4b-2507"],
+    script=[read_chart, chart_summary],
+    setup=chart_setup,
+)
+
 EXAMPLES = {
     e.name: e
     for e in (
@@ -488,6 +548,7 @@ EXAMPLES = {
         ANALYZE_REPO,
         COMMIT_MESSAGE,
         ASK_THE_CODE,
+        CHART_READER,
     )
 }
 

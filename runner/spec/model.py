@@ -243,6 +243,8 @@ class AgentStep(_StepCommon):
     """`{server, name, arguments}`: the system prompt is that MCP server prompt's text."""
     prompt_from: Mapping[str, Any] | None = None
     """`{server, name, arguments}`: that MCP server prompt's messages open the conversation."""
+    images: tuple[str, ...] = ()
+    """Templates giving the images sent with the prompt: file paths, URLs, data: URIs."""
     mcp: tuple[str, ...] = ()
     tools: tuple[str, ...] | ToolFilter | None = None
     output_schema: Mapping[str, Any] | None = None
@@ -652,6 +654,7 @@ def _step(index: int, data: Mapping[str, Any], workflow: Path) -> Step:
         prompt=data.get("prompt"),
         system_from=frozen(data["system_from"]) if "system_from" in data else None,
         prompt_from=frozen(data["prompt_from"]) if "prompt_from" in data else None,
+        images=tuple(data.get("images", ())),
         mcp=tuple(data.get("mcp", ())),
         tools=_allow_list(data["tools"]) if "tools" in data else None,
         output_schema=frozen(schema) if schema is not None else None,

@@ -29,7 +29,17 @@ Locator = Callable[[str], JsonPath]
 
 TEXT_KEYS = ("name", "system", "prompt", "ask")
 """Step fields that are one template each (rendered to text)."""
-VALUE_KEYS = ("for_each", "with", "run", "cwd", "env", "system_from", "prompt_from", "embed")
+VALUE_KEYS = (
+    "for_each",
+    "with",
+    "run",
+    "cwd",
+    "env",
+    "system_from",
+    "prompt_from",
+    "embed",
+    "images",
+)
 """Step fields whose every string is a template (a lone `{{ expr }}` keeps its type)."""
 CONDITION_KEY = "if"
 SERVER_KEYS = ("command", "cwd", "url")

@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from .. import templating
+from . import image_files
 from .agents import with_agent, written_at
 from .load import Document, read_document
 from .model import included_path, is_note
@@ -531,6 +532,7 @@ class _Checker:
             elif "tool" not in step and "workflow" not in step:
                 self._check_step_model(i, step, defaults)
                 self._check_continue(planned, step)
+                self._check_images(planned, step)
 
     def _check_included(self) -> None:
         """Each `workflow:` step: its file validated (recursively, its problems in its own
@@ -634,6 +636,49 @@ class _Checker:
                     "the run starts each server once, by name",
                     "conflicting-server",
                     f"declare {name!r} the same way in both files, or rename one of them",
+                )
+
+    def _check_images(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """What can be known offline of `images:`: a literal file exists and is an image
+        within the limit, a literal data: URI is one, and no entry sends a secret (a URL
+        goes to the model server as it is, which may fetch it)."""
+        for j, entry in enumerate(_list(step.get("images"))):
+            if not isinstance(entry, str):
+                continue
+            at = ("steps", planned.index, "images", j)
+            if templating.is_template(entry):
+                template = next((f for f in planned.fields if f.path == at), None)
+                if template is not None and any(r.root == "env" for r in template.refs):
+                    self._ref_problem(
+                        template,
+                        next(r for r in template.refs if r.root == "env"),
+                        f"image {j} of {self.where(at[:2])} reads env: an image entry is sent "
+                        "to the model server (a URL as it is), so it must not carry a secret",
+                        "secret-in-image",
+                        "name the image by a path, a public URL or an input instead",
+                    )
+                continue
+            kind = image_files.kind_of(entry)
+            try:
+                if kind == "file":
+                    image_files.read_image(image_files.resolved(entry, self.workflow_path))
+                elif kind == "data":
+                    image_files.decode_data_uri(entry)
+            except image_files.ImageFileError as error:
+                self.report(
+                    at,
+                    f"image {j} of {self.where(at[:2])}: {error}",
+                    "bad-image",
+                    f"a path is relative to the workflow file's directory "
+                    f"({self.workflow_path.parent}); send a {image_files.KINDS} file of at "
+                    f"most {image_files.MAX_IMAGE_BYTES:,} bytes",
+                )
+            if kind == "url" and URL_PASSWORD.search(entry):
+                self.report(
+                    at,
+                    f"image {j} of {self.where(at[:2])} is a URL with a password in it",
+                    "literal-secret",
+                    "the URL is sent to the model server as it is; use a public URL or a file",
                 )
 
     def _check_command(self, planned: StepPlan, step: dict[str, Any]) -> None:

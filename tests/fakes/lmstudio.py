@@ -64,6 +64,12 @@ word of a text counts in one of `EMBED_DIMENSIONS` buckets chosen by a hash of t
 the counts are scaled to length 1. Texts that share words are similar, so which documents are
 nearest to a question is stable and makes sense; usage counts one prompt token per word.
 
+Images: a user message may carry OpenAI `image_url` parts. A request with images for a
+model that is not a vision model (`type="vlm"`) is refused as LM Studio does (400 "Model does
+not support images"); the echo names each image it got by what it read from it:
+`[image image/png 2x2 sha256:<16 hex> 70 bytes]`, or `[image url https://...]`, so a test can
+assert which image arrived. `image_summary(part)` gives that text for a part.
+
 Chat answers are plain JSON or, when the request says `"stream": true`, SSE with content and
 tool-call arguments in small pieces (pieces of different calls interleaved, joined by
 `index`). Reasoning is passed through under the key the message uses (`reasoning` or
@@ -77,12 +83,14 @@ steps overlap). `down_url()` gives a URL where nothing listens.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import re
 import socket
 import stat
+import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -436,6 +444,13 @@ class FakeLMStudio:
         if name in self.broken_models:
             status = self.broken_models[name]
             return _send(handler, status, {"error": {"message": f"model {name} crashed"}})
+        model = self._find(name)
+        if model is not None and model.type != "vlm" and _has_images(body):
+            return _send(
+                handler,
+                400,
+                {"error": "Model does not support images. Please use a model that does."},
+            )
         refusal = self._format_refusal(body.get("response_format"))
         if refusal is not None:
             return _send(handler, *refusal)
@@ -609,7 +624,40 @@ def _copy(model: FakeModel) -> FakeModel:
 
 def _last_user_text(body: Any) -> str:
     users = [m for m in body.get("messages", ()) if m.get("role") == "user"]
-    return str(users[-1].get("content", "")) if users else ""
+    if not users:
+        return ""
+    content = users[-1].get("content", "")
+    if not isinstance(content, list):
+        return str(content)
+    return " ".join(
+        part.get("text", "") if part.get("type") == "text" else image_summary(part)
+        for part in content
+    )
+
+
+def _has_images(body: Any) -> bool:
+    return any(
+        isinstance(m.get("content"), list)
+        and any(part.get("type") == "image_url" for part in m["content"])
+        for m in body.get("messages", ())
+    )
+
+
+def image_summary(part: Mapping[str, Any]) -> str:
+    """What the fake read from an `image_url` part: the type, size and hash of a data URI's
+    image (width x height for a PNG), or the URL."""
+    url = str((part.get("image_url") or {}).get("url", ""))
+    if not url.startswith("data:"):
+        return f"[image url {url}]"
+    head, _, payload = url.partition(",")
+    data = base64.b64decode(payload)
+    size = ""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        width, height = struct.unpack(">II", data[16:24])
+        size = f" {width}x{height}"
+    media_type = head.removeprefix("data:").split(";")[0]
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"[image {media_type}{size} sha256:{digest} {len(data)} bytes]"
 
 
 def _assistant_message(item: ScriptItem, turn: int) -> dict[str, Any]:
@@ -797,6 +845,7 @@ __all__ = [
     "Received",
     "down_url",
     "fake_embedding",
+    "image_summary",
     "install_fake_lms",
     "stuck_on",
 ]
