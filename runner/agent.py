@@ -20,9 +20,20 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 from referencing.exceptions import Unresolvable
 
-from .chat import ChatModel, ChatRequest, ChatResponse, Message, Toolbox, ToolCall, Usage
+from .chat import (
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    Image,
+    Message,
+    Toolbox,
+    ToolCall,
+    Usage,
+    described_messages,
+    user_message,
+)
 from .errors import ConfigurationError, StepFailedError
-from .results import full_result_fields
+from .results import full_result_fields, image_fields
 from .tool_text import recover_calls, repair_arguments
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -63,7 +74,17 @@ class AgentTask:
     tool_choice: str | None = None
     output_schema: Mapping[str, Any] | None = None
     history: tuple[Message, ...] = ()
-    """Messages before the prompt (after the system prompt), e.g. a server prompt's turns."""
+    """An earlier conversation (system prompt, messages, tool calls, answer) that this task
+    continues: the prompt comes after it. It keeps its own system prompt, so `system` must
+    be None then."""
+    opening: tuple[Message, ...] = ()
+    """Messages this task opens with, after the system prompt and before the prompt: a
+    server prompt's turns (`prompt_from:`)."""
+    images: tuple[Image | str, ...] = ()
+    """Images sent with the prompt: an `Image`, or a URL the server is given as it is."""
+    vision: bool = False
+    """Whether the model sees images: then the images tool calls return are shown to it too
+    (in a user turn after the tool results: servers take images only in user messages)."""
 
 
 @dataclass
@@ -86,6 +107,8 @@ class AgentResult:
     tool_calls: int
     usage: Usage
     messages: tuple[Message, ...]
+    """The whole conversation, the task's `history` and the final answer included: what a
+    later task continues."""
 
 
 async def run_agent(
@@ -137,6 +160,7 @@ class _Reply:
     content: str
     is_error: bool
     full_text: str | None = None
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,12 +208,17 @@ class _Run:
         self.validator = _validator(self.schema)
         # With tools on offer the schema is enforced only once the model has stopped calling them.
         self.structured = self.schema is not None and not self.tools
-        self.messages: list[Message] = []
+        if task.system is not None and task.history:
+            raise ConfigurationError(
+                "a continued conversation keeps its own system prompt",
+                hint="drop `system:` from the step that continues it",
+            )
+        self.messages: list[Message] = list(task.history)
         if task.system is not None:
             self.messages.append({"role": "system", "content": task.system})
-        self.messages.extend(task.history)
-        self.messages.append({"role": "user", "content": self._first_prompt()})
-        self.sent = 0
+        self.messages.extend(task.opening)
+        self.messages.append(user_message(self._first_prompt(), task.images))
+        self.sent = len(task.history)  # the log tells only what this task adds
         self.round = 0
         self.repairs = 0
         self.calls = 0
@@ -260,7 +289,7 @@ class _Run:
             f"round {self.round} is the last (max_rounds {self.limits.max_rounds}): "
             "no tools are offered, the model must answer",
         )
-        if self.messages[-1].get("role") == "tool":
+        if self._had_tool_results():
             self._say(
                 "This is your last turn and no more tools can be called. "
                 "Answer now with what you have."
@@ -332,7 +361,7 @@ class _Run:
             {
                 "round": self.round,
                 "model": request.model,
-                "messages": [dict(m) for m in self.messages[self.sent :]],
+                "messages": described_messages(self.messages[self.sent :]),
                 "tools": [t["function"]["name"] for t in request.tools],
                 "params": params,
             },
@@ -372,11 +401,23 @@ class _Run:
                     "is_error": reply.is_error,
                     "content": reply.content,
                     **full_result_fields(reply.full_text),
+                    **image_fields(reply.images),
                 },
             )
             self.messages.append(
                 {"role": "tool", "tool_call_id": call.id, "content": reply.content}
             )
+        self._show_images(calls, replies)
+
+    def _show_images(self, calls: Sequence[ToolCall], replies: Sequence[_Reply]) -> None:
+        """A vision model sees the images the turn's tools returned, in one user turn after
+        the tool results; another model reads only the text that names them."""
+        shown = [(c, r.images) for c, r in zip(calls, replies, strict=True) if r.images]
+        if not self.task.vision or not shown:
+            return
+        names = ", ".join(f"{call.name} ({len(images)})" for call, images in shown)
+        text = f"The images the tool calls returned, in order: {names}."
+        self.messages.append(user_message(text, [i for _, images in shown for i in images]))
 
     def _prepare(self, call: ToolCall) -> Awaitable[_Reply]:
         """Record the call and check it, in call order; what is returned runs the tool, or
@@ -438,7 +479,7 @@ class _Run:
     async def _call(self, toolbox: Toolbox, name: str, arguments: dict[str, Any]) -> _Reply:
         result = await toolbox.call(name, arguments)
         text = f"error: {result.text}" if result.is_error else result.text
-        return _Reply(text, result.is_error, result.full_text)
+        return _Reply(text, result.is_error, result.full_text, result.images)
 
     @staticmethod
     def _check(validator: Validator, text: str) -> tuple[Any, list[str]]:
@@ -477,8 +518,25 @@ class _Run:
             f"{json.dumps(self.schema)}"
         )
 
+    def _had_tool_results(self) -> bool:
+        """Whether the model's last turn was answered with tool results (and the images they
+        returned, for a vision model)."""
+        last = self.messages[-1]
+        return last.get("role") == "tool" or (
+            last.get("role") == "user" and self.messages[-2].get("role") == "tool"
+        )
+
     def _say(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
+        """A user turn; joined to a user turn that is already last (the images of the tool
+        results), as chat templates may insist that roles alternate."""
+        last = self.messages[-1]
+        if last.get("role") == "user" and isinstance(last.get("content"), list):
+            self.messages[-1] = {
+                **last,
+                "content": [*last["content"], {"type": "text", "text": text}],
+            }
+        else:
+            self.messages.append({"role": "user", "content": text})
 
     def _notice(self, kind: str, detail: str) -> None:
         self.emit("agent_notice", {"round": self.round, "kind": kind, "detail": detail})

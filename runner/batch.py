@@ -24,6 +24,7 @@ import anyio
 import anyio.lowlevel
 
 from .api import RunOptions, check_inputs
+from .ask_step import unanswered
 from .batch_hosts import DEFAULT_SLOTS, Host, HostChoice, Hosts, NoHostLeft, survey
 from .batch_journal import Journal, journal_path
 from .batch_rows import Row, file_digest, read_rows
@@ -108,6 +109,7 @@ class Batch:
 async def run_batch(batch: Batch, observer: Observer) -> Counter[str]:
     """Run every row not done yet; how many rows ended in each status (this run's rows and
     the ones kept from before)."""
+    _refuse_questions(batch)
     journal_file = journal_path(batch.out)
     if not batch.resume and (batch.out.exists() or journal_file.exists()):
         raise ConfigurationError(
@@ -139,6 +141,20 @@ async def _journaled(batch: Batch, rows: Rows, observer: Observer) -> Counter[st
         raise
     finally:
         journal.close()
+
+
+def _refuse_questions(batch: Batch) -> None:
+    """A batch asks nobody: an `ask:` step without a default (or an answer in the options)
+    would stop every row, so the batch does not start (exit 2)."""
+    missing = unanswered(batch.workflow, batch.options.answers)
+    if missing:
+        names = ", ".join(repr(step.id) for step in missing)
+        raise ConfigurationError(
+            f"a batch asks nobody, and {'step' if len(missing) == 1 else 'steps'} {names} "
+            f"{'asks' if len(missing) == 1 else 'ask'} a question without a default",
+            hint="give each a `default:` (the answer every row takes), or run the workflow "
+            "with lmflow run",
+        )
 
 
 def _fingerprint(batch: Batch) -> dict[str, str]:

@@ -19,6 +19,7 @@ import anyio
 
 from .api import RunOptions, list_models, models_used
 from .errors import EnvironmentNotReadyError, LmflowError
+from .runtime import asks_models
 from .spec.model import LMStudioSettings, Workflow
 
 PROBE_TIMEOUT = 5.0
@@ -74,8 +75,9 @@ class Host:
     capacity: int = DEFAULT_SLOTS
     capacity_from: str = "default"
     """Where `capacity` came from: `--slots`, `parallel` (the server said) or `default`."""
-    loaded: bool = False
-    """It has the workflow's models loaded: rows start without a model load."""
+    loaded: bool | None = False
+    """It has the workflow's models loaded: rows start without a model load (None: the
+    workflow asks no model, so the host was not asked)."""
     busy: int = 0
     down: str | None = None
     """Why the host left the rotation."""
@@ -88,8 +90,16 @@ class Host:
 async def survey(
     choices: Sequence[HostChoice], workflow: Workflow, slots: int | None
 ) -> list[Host]:
-    """Ask every host, at once, for its models: capacity, models loaded, or why it is down."""
+    """Ask every host, at once, for its models: capacity, models loaded, or why it is down.
+    A workflow that asks no model anything (tool, command, ask steps) asks no host."""
     hosts = [Host(choice) for choice in choices]
+    if not asks_models(workflow):
+        for host in hosts:
+            host.capacity, host.capacity_from = (
+                slots or DEFAULT_SLOTS,
+                "--slots" if slots else "default",
+            )
+        return hosts
 
     async def ask(host: Host) -> None:
         choice = host.choice

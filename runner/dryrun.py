@@ -16,9 +16,20 @@ from typing import Any
 
 from . import templating
 from .command_step import command_line
+from .embed_step import texts_of
 from .errors import StepFailedError
 from .server_prompts import described
-from .spec.model import CommandStep, LoopStep, Step, ToolStep, Workflow, WorkflowStep, thawed
+from .spec.model import (
+    AskStep,
+    CommandStep,
+    EmbedStep,
+    LoopStep,
+    Step,
+    ToolStep,
+    Workflow,
+    WorkflowStep,
+    thawed,
+)
 
 
 class Placeholder:
@@ -65,6 +76,7 @@ class DryStep:
     prompt: str | None = None
     arguments: str | None = None
     error: str | None = None
+    question: str | None = None
 
 
 def dry_run(
@@ -130,6 +142,10 @@ def _step(
         return DryStep(step.id, f"loop  (max: {step.loop.max}, until: {until})", condition, None)
     elif isinstance(step, WorkflowStep):
         title = f"workflow {step.workflow}"
+    elif isinstance(step, AskStep):
+        title = f"ask ({step.type}" + (f": {', '.join(step.choices)})" if step.choices else ")")
+    elif isinstance(step, EmbedStep):
+        title = f"embed with {workflow.step_model(step)}"
     else:
         title = f"model {workflow.step_model(step)}"
         title += f"  (mcp: {', '.join(step.mcp)})" if step.mcp else ""
@@ -141,6 +157,11 @@ def _step(
             return replace(shown, arguments=redact(text))
         if isinstance(step, CommandStep):
             return replace(shown, arguments=redact(shlex.join(command_line(step, context))))
+        if isinstance(step, AskStep):
+            return replace(shown, question=redact(templating.render_text(step.ask, context)))
+        if isinstance(step, EmbedStep):
+            text = json.dumps(texts_of(step, context), ensure_ascii=False, default=str)
+            return replace(shown, arguments=redact(text))
         system = templating.render_text(step.system, context) if step.system else None
         prompt = templating.render_text(step.prompt or "", context)
         if step.system_from is not None:

@@ -22,9 +22,9 @@ from typing import Any, Literal, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from . import command_step, templating
+from . import ask_step, command_step, embed_step, templating
 from .agent import AgentLimits, AgentTally, AgentTask, run_agent
-from .chat import ChatModel, Toolbox, ToolResult, Usage
+from .chat import ChatModel, Message, Toolbox, ToolResult, Usage, sees_images
 from .errors import (
     ConfigurationError,
     InputError,
@@ -34,8 +34,8 @@ from .errors import (
     ToolExecutionError,
 )
 from .limits import holding
-from .results import capped, full_result_fields
-from .resume import Reusable, step_fingerprint
+from .results import capped, full_result_fields, image_fields
+from .resume import Reusable, image_digests, step_fingerprint
 from .resume import item_fingerprint as fingerprint_of_item
 from .runlog import DIRECT_CALL_ID, RunLog, Scope, SecretEnv, current_scope
 from .server_prompts import step_prompts
@@ -43,7 +43,9 @@ from .spec.load import MAX_NESTING, TOO_DEEP_HINT, nesting, too_deep_message
 from .spec.model import (
     AgentStep,
     AllowList,
+    AskStep,
     CommandStep,
+    EmbedStep,
     HttpServer,
     LoopStep,
     McpServer,
@@ -54,6 +56,7 @@ from .spec.model import (
     WorkflowStep,
     thawed,
 )
+from .step_images import step_images
 
 StepStatus = Literal["succeeded", "failed", "skipped", "interrupted"]
 STOPPED = "the run was stopped while it ran"
@@ -192,6 +195,8 @@ class StepRecord:
     """The id of the run whose result this is, when it was reused (`--resume`)."""
     hint: str | None = None
     """How to fix what failed the step, when the error says (shown with the failure)."""
+    conversation: tuple[Message, ...] | None = None
+    """A model step's whole conversation, kept while a later step may `continue:` it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -405,12 +410,15 @@ class Executor:
         reuse: Reusable | None = None,
         scope: str = "",
         slots: anyio.CapacityLimiter | None = None,
+        answers: ask_step.Answers | None = None,
     ) -> None:
         self.workflow = workflow
         self.reuse = reuse
         self.scope = scope
         """Where these steps run inside another step: `PARENT` for a sub-workflow's steps,
         `LOOP[N]` for an iteration's, composed (`a/b[2]`); "" at the top."""
+        self.answers = answers or ask_step.Answers()
+        """Where `ask:` steps get their answers (none given: each step's default)."""
         self.inputs = dict(inputs)
         self.chat = chat
         self.tools = tools
@@ -424,6 +432,14 @@ class Executor:
         self.result = RunResult(log.run_id, workflow.name, "succeeded", self.inputs)
         self.failed_step: str | None = None
         """The failed step the run's error names: the first in run order, not in time."""
+        self.continued = frozenset(
+            step.continue_
+            for step in workflow.steps
+            if isinstance(step, AgentStep) and step.continue_ is not None
+        )
+        """The steps whose conversation a later step continues: theirs are kept."""
+        self.conversations: dict[str, tuple[Message, ...]] = {}
+        """Those conversations, by step id, once the step succeeded (written in `_record`)."""
 
     # --- nesting: the one place where a step's id gets its scope ---------------------------
 
@@ -448,6 +464,7 @@ class Executor:
             reuse=self.reuse,
             scope=scope,
             slots=self.slots,
+            answers=self.answers,
         )
 
     async def run(self) -> RunResult:
@@ -507,6 +524,8 @@ class Executor:
         """Keep a finished step's record (the scheduler's task, one step at a time)."""
         self.context["steps"][step.id] = {"output": record.output, "status": record.status}
         self.result.steps.append(record)
+        if record.status == "succeeded" and record.conversation is not None:
+            self.conversations[step.id] = record.conversation
         if record.status != "failed" or step.continue_on_error:
             return
         self.result.status = "failed"
@@ -561,6 +580,7 @@ class Executor:
             kind=step.kind,
             tool=step.tool if isinstance(step, ToolStep) else None,
             **self._nested_order(step),
+            **_continues(step),
         )
         started = time.monotonic()
         try:
@@ -588,12 +608,16 @@ class Executor:
         """The earlier run's result with this fingerprint, when resuming and it has one."""
         if self.reuse is None or fingerprint not in self.reuse.outputs:
             return None
+        conversation = self.reuse.conversations.get(fingerprint)
+        if step in self.continued and conversation is None:
+            return None  # a later step continues it: run it again for its conversation
         return StepRecord(
             step,
             "succeeded",
             output=self.reuse.outputs[fingerprint],
             fingerprint=fingerprint,
             reused_from=self.reuse.run_id,
+            conversation=conversation,
         )
 
     async def _attempt(self, step: Step, context: dict[str, Any], item: int | None) -> StepRecord:
@@ -609,6 +633,10 @@ class Executor:
                 return await self._workflow_step(step, context)
             if isinstance(step, LoopStep):
                 return await self._loop_step(step, context)
+            if isinstance(step, AskStep):
+                return await self._ask_step(step, context, item)
+            if isinstance(step, EmbedStep):
+                return await self._embed_step(step, context, item)
             return await self._agent_step(step, context, item)
         except LmflowError as error:
             return StepRecord(step.id, "failed", error=error.message, model=model, hint=error.hint)
@@ -642,12 +670,13 @@ class Executor:
                 "last": index == len(items) - 1,
                 "length": len(items),
             }
-            item_fingerprint = fingerprint_of_item(fingerprint, index, value)
+            item_context = {**context, "item": value, "loop": loop}
+            images = image_digests(self.workflow, step, item_context)
+            item_fingerprint = fingerprint_of_item(fingerprint, index, value, images)
             record = self._reused(step.id, item_fingerprint)
             if record is None:
                 async with holding(limit), holding(self.slots):
                     self.log.emit("item_started", self._scoped(step.id), item=index, value=value)
-                    item_context = {**context, "item": value, "loop": loop}
                     try:
                         record = await self._attempt(step, item_context, index)
                     except anyio.get_cancelled_exc_class():
@@ -720,7 +749,15 @@ class Executor:
             fingerprint=record.fingerprint,
             **_reused_from(record),
             **_hint(record),
+            **self._conversation(step, record),
         )
+
+    def _conversation(self, step: Step, record: StepRecord) -> dict[str, Any]:
+        """The `conversation` field of a continued step's `step_finished`: what `--resume`
+        hands the step that continues it when this one is reused (absent otherwise)."""
+        if step.id not in self.continued or record.conversation is None:
+            return {}
+        return {"conversation": [dict(message) for message in record.conversation]}
 
     def _result_limits(self, step: AgentStep) -> dict[str, int]:
         """Result characters the model gets, per server: the step's setting overrides each
@@ -769,6 +806,7 @@ class Executor:
             is_error=outcome.is_error,
             content=shown.text,
             **full_result_fields(shown.full_text),
+            **image_fields(outcome.images),
         )
         if outcome.is_error:
             raise ToolExecutionError(f"tool {step.tool} failed: {outcome.text}")
@@ -888,6 +926,31 @@ class Executor:
             usage=result.usage,
         )
 
+    async def _ask_step(
+        self, step: AskStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
+        emit = self.log.for_step(self._scoped(step.id), item)
+        output = await ask_step.run_step(step, context, answers=self.answers, item=item, emit=emit)
+        return StepRecord(step.id, "succeeded", output=output)
+
+    async def _embed_step(
+        self, step: EmbedStep, context: Mapping[str, Any], item: int | None
+    ) -> StepRecord:
+        model = self.workflow.step_model(step)
+        assert model is not None  # `model:` is required on embed steps
+        outcome = await embed_step.run_step(
+            step,
+            context,
+            model=self.chat,
+            model_id=model,
+            concurrency=self.workflow.defaults.concurrency,
+            timeout=self._timeout(step),
+            emit=self.log.for_step(self._scoped(step.id), item),
+        )
+        return StepRecord(
+            step.id, "succeeded", output=outcome.output, model=model, usage=outcome.usage
+        )
+
     async def _agent_step(
         self, step: AgentStep, context: Mapping[str, Any], item: int | None
     ) -> StepRecord:
@@ -897,17 +960,20 @@ class Executor:
         toolbox = None
         if step.mcp and self.tools is not None:
             toolbox = self.tools.toolbox(step.mcp, step.tools, self._result_limits(step))
-        system, history, prompt = await step_prompts(step, self.tools, context)
+        system, opening, prompt = await step_prompts(step, self.tools, context)
         task = AgentTask(
             model=model,
             system=system,
             prompt=prompt,
-            history=history,
+            opening=opening,
             temperature=step.temperature if step.temperature is not None else defaults.temperature,
             max_tokens=step.max_tokens if step.max_tokens is not None else defaults.max_tokens,
             # the default applies to steps that offer tools; a step without any has no choice
             tool_choice=step.tool_choice or (defaults.tool_choice if step.mcp else None),
             output_schema=thawed(step.output_schema) if step.output_schema else None,
+            history=self._history(step),
+            images=step_images(step.images, context, self.workflow.path, self.log.redactor.text),
+            vision=sees_images(self.chat, model),
         )
         limits = AgentLimits(
             max_rounds=step.max_rounds or defaults.max_rounds, timeout=self._timeout(step)
@@ -936,7 +1002,29 @@ class Executor:
             rounds=outcome.rounds,
             tool_calls=outcome.tool_calls,
             usage=outcome.usage,
+            conversation=outcome.messages if step.id in self.continued else None,
         )
+
+    def _history(self, step: AgentStep) -> tuple[Message, ...]:
+        """The conversation a `continue:` step goes on with (none for any other step)."""
+        if step.continue_ is None:
+            return ()
+        history = self.conversations.get(step.continue_)
+        if history is None:
+            raise StepFailedError(
+                f"step {step.continue_!r} did not succeed, so there is no conversation to continue",
+                hint=f"a step with `continue: {step.continue_}` and an `if:` runs even when "
+                f"{step.continue_!r} did not; check `steps.{step.continue_}.status` in the "
+                "condition",
+            )
+        return history
+
+
+def _continues(step: Step) -> dict[str, Any]:
+    """The `continues` field of a `continue:` step's `step_started` (absent otherwise)."""
+    if isinstance(step, AgentStep) and step.continue_ is not None:
+        return {"continues": step.continue_}
+    return {}
 
 
 def _reused_from(record: StepRecord) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from .catalog import (
     StructuredMode,
     shared_cache,
 )
-from .chat import ChatRequest, ChatResponse
+from .chat import ChatRequest, ChatResponse, EmbedRequest, EmbedResponse
 from .errors import (
     AuthenticationError,
     LLMClientError,
@@ -47,6 +47,7 @@ from .errors import (
 )
 from .lmstudio_answers import (
     CHAT_PATH,
+    EMBEDDINGS_PATH,
     MODEL_ENDPOINTS,
     ModelParser,
     StreamCollector,
@@ -55,6 +56,7 @@ from .lmstudio_answers import (
     json_object,
     loads_json,
     parse_completion,
+    parse_embeddings,
     rounded,
 )
 from .lmstudio_server import ServerConfig, WithheldToken, is_loopback
@@ -150,7 +152,8 @@ def _tls_context(trust_env: bool, cert_file: str | None, cert_dir: str | None) -
 class LMStudioClient:
     """One connection pool to one server, shared by every request of a run.
 
-    Use as `async with LMStudioClient(url) as client:`. Implements `runner.chat.ChatModel`.
+    Use as `async with LMStudioClient(url) as client:`. Implements `runner.chat.ChatModel` and
+    `runner.chat.EmbeddingModel`.
     """
 
     def __init__(
@@ -171,6 +174,8 @@ class LMStudioClient:
         self.stream = stream
         self.routes: dict[str, tuple[str, ...]] = {}
         """Requested model name -> the server's ids to try, in order (the model check's)."""
+        self.vision_models: set[str] = set()
+        """Requested model names the model check found to see images (`chat.sees_images`)."""
         self.loaded: dict[str, float] = {}
         """Models this client loaded (`load_model`), with LM Studio's load time in seconds."""
         self._modes: dict[str, StructuredMode] | None = None
@@ -288,6 +293,17 @@ class LMStudioClient:
                     raise
                 failed.append({"model": model, "error": error.message})
         return _after(failed, await self._chat_structured(request, candidates[-1], streaming))
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        """The vectors of `request.texts` from `/v1/embeddings`, in order. Retried like any
+        request that is safe to repeat: computing an embedding again changes nothing."""
+        model = (self.routes.get(request.model) or (request.model,))[0]
+        payload = {"model": model, "input": list(request.texts)}
+        response = await self._request(
+            "POST", EMBEDDINGS_PATH, json=payload, timeout=self.timeout, retry_timeouts=True
+        )
+        answer = parse_embeddings(json_object(response, EMBEDDINGS_PATH), len(request.texts))
+        return replace(answer, model=model)
 
     async def _chat_structured(
         self, request: ChatRequest, model: str, streaming: bool

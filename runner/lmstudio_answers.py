@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 
 from .catalog import ApiFlavour, ModelInfo, ModelState, ModelType
-from .chat import ChatResponse, ToolCall, Usage
+from .chat import ChatResponse, EmbedResponse, ToolCall, Usage
 from .errors import LLMResponseError
 
 CHAT_PATH = "/v1/chat/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
 ModelParser = Callable[[Any], "tuple[ModelInfo, ...] | None"]
 
 
@@ -241,6 +242,32 @@ def parse_completion(body: Mapping[str, Any]) -> ChatResponse:
         usage=_usage(body.get("usage")),
         model=body.get("model"),
         served=server_stats(body.get("stats")),
+    )
+
+
+def parse_embeddings(body: Mapping[str, Any], count: int) -> EmbedResponse:
+    """A `/v1/embeddings` answer -> its vectors in input order (each entry's `index` says
+    which input it belongs to: the OpenAI format does not promise the order)."""
+    entries = _entries(body, "data")
+    if entries is None or len(entries) != count:
+        got = "no list of embeddings" if entries is None else f"{len(entries)} embeddings"
+        raise LLMResponseError(f"{EMBEDDINGS_PATH} answered {got} for {count} inputs")
+    vectors: list[tuple[float, ...] | None] = [None] * count
+    for position, entry in enumerate(entries):
+        index = int_or_none(entry.get("index"))
+        index = position if index is None else index
+        raw = entry.get("embedding")
+        if not 0 <= index < count or not isinstance(raw, list) or not raw:
+            raise LLMResponseError(f"{EMBEDDINGS_PATH} answered an entry that is not a vector")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
+            raise LLMResponseError(f"{EMBEDDINGS_PATH} answered a vector that is not numbers")
+        vectors[index] = tuple(float(x) for x in raw)
+    if any(vector is None for vector in vectors):
+        raise LLMResponseError(f"{EMBEDDINGS_PATH} answered the same input twice")
+    return EmbedResponse(
+        vectors=tuple(v for v in vectors if v is not None),
+        usage=_usage(body.get("usage")),
+        model=body.get("model") if isinstance(body.get("model"), str) else None,
     )
 
 

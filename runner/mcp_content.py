@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
-import mimetypes
 from pathlib import Path
 
 from mcp.types import (
@@ -31,16 +29,28 @@ from mcp.types import (
     TextResourceContents,
 )
 
-from .chat import ToolResult
+from .chat import Image, ToolResult
+from .content_files import saved
+from .spec.image_files import sniff
 
 
 def tool_result(result: CallToolResult, content_dir: Path | None = None) -> ToolResult:
     """Text for the model: text blocks joined, other content named (and saved, see above)."""
     parts = [_block_text(block, content_dir) for block in result.content]
+    images = [
+        image
+        for block in result.content
+        if isinstance(block, ImageContent) and (image := _image(block)) is not None
+    ]
     structured = result.structured_content
     if not parts and structured is not None:
         parts.append(json.dumps(structured, ensure_ascii=False))
-    return ToolResult("\n".join(parts), is_error=bool(result.is_error), structured=structured)
+    return ToolResult(
+        "\n".join(parts),
+        is_error=bool(result.is_error),
+        structured=structured,
+        images=tuple(images),
+    )
 
 
 def prompt_result(result: GetPromptResult, content_dir: Path | None = None) -> ToolResult:
@@ -85,22 +95,21 @@ def _binary(label: str, data: str, mime: str | None, content_dir: Path | None) -
     described = f"{label}: {mime}" if mime else label
     if content_dir is None:
         return f"[{described}]"
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
+    raw = _decoded(data)
+    if raw is None:
         return f"[{described}, not valid base64: not saved]"
-    path = content_dir / f"{hashlib.sha256(raw).hexdigest()[:16]}{_extension(mime)}"
-    content_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_bytes(raw)
-    return f"[{described}, saved to {path}]"
+    return f"[{described}, saved to {saved(content_dir, raw, mime)}]"
 
 
-def _extension(mime: str | None) -> str:
-    """`.png` for image/png, `.svg` for image/svg+xml, `.wav` for audio/x-wav: the subtype
-    when it is a plain word (the same on every machine), else what the system knows."""
-    subtype = (mime or "").partition("/")[2].split("+")[0].split(";")[0].strip().lower()
-    subtype = subtype.removeprefix("x-")
-    if subtype.isalnum() and len(subtype) <= 10:
-        return f".{subtype}"
-    return (mimetypes.guess_extension(mime) if mime else None) or ".bin"
+def _decoded(data: str) -> bytes | None:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _image(block: ImageContent) -> Image | None:
+    """The image a vision model may be shown: valid base64 of a type lmflow sends."""
+    raw = _decoded(block.data)
+    media_type = sniff(raw) if raw is not None else None
+    return Image(media_type, raw) if raw is not None and media_type is not None else None

@@ -35,7 +35,7 @@ from .errors import (
     ModelValidationError,
     SourceLocation,
 )
-from .spec.model import AgentStep, Step, Workflow, walk_steps
+from .spec.model import AgentStep, EmbedStep, Step, Workflow, walk_steps
 from .spec.problems import Problem, Severity
 from .spec.source import Position
 
@@ -168,13 +168,15 @@ def _findings(
 
     ids = [m.id for m in models]
     chat_ids = [m.id for m in models if m.type != "embedding"]
+    embedding_ids = [m.id for m in models if m.type == "embedding"]
+    embedding = _embedding_references(workflow)
     resolved: dict[str, ModelInfo] = {}
     singles: dict[str, Position] = {}
     for candidates, at in workflow.model_references():
         if len(candidates) == 1:
             singles.setdefault(candidates[0], at)
             continue
-        picked = _first_usable(candidates, models)
+        picked = _first_usable(candidates, models, embedding=candidates[0] in embedding)
         if picked is None:
             listed = ", ".join(map(repr, candidates))
             hint = f"available: {_listing(ids)}" if ids else "the server lists no models"
@@ -216,13 +218,25 @@ def _findings(
             )
             message = f"model {name!r} is not on {server}{guess}"
             add(at, name, "model-not-found", message, hint, closest=closest)
-        elif model.type == "embedding":
+        elif model.type == "embedding" and name not in embedding:
             add(
                 at,
                 name,
                 "embedding-model",
-                f"model {name!r} is an embedding model; steps need a chat model",
+                f"model {name!r} is an embedding model; steps need a chat model (only "
+                "`embed:` steps take embedding models)",
                 f"chat models on {server}: {_listing(chat_ids)}" if chat_ids else None,
+            )
+        elif model.type != "embedding" and name in embedding:
+            add(
+                embedding[name],
+                name,
+                "not-embedding-model",
+                f"model {name!r} is not an embedding model; `embed:` steps need one",
+                f"embedding models on {server}: {_listing(embedding_ids)}"
+                if embedding_ids
+                else f"{server} lists no embedding model: download one in LM Studio or with "
+                "`lms get nomic-embed-text-v1.5`",
             )
         else:
             resolved[name] = model
@@ -253,24 +267,91 @@ def _findings(
                 "models have tool use",
                 "warning",
             )
+    for model_id, at, message, hint, severity in _without_vision(workflow, models, server):
+        add(at, model_id, "model-without-vision", message, hint, severity)
     return sorted(found, key=lambda f: (f.problem.line, f.problem.col))
 
 
+def _embedding_references(workflow: Workflow) -> dict[str, Position]:
+    """The model ids `embed:` steps name, each with where the first of them names it: a
+    model a chat step uses too is blamed there, where an embedding model is wanted."""
+    found: dict[str, Position] = {}
+    for here, step in walk_steps(workflow.steps):
+        if isinstance(step, EmbedStep):
+            for model in workflow.model_candidates(step.model):
+                found.setdefault(model, workflow.source.position((*here, "model")))
+    return found
+
+
+def _without_vision(
+    workflow: Workflow, models: Sequence[ModelInfo], server: str
+) -> list[tuple[str, Position, str, str, Severity]]:
+    """The steps with `images:` whose model does not see images: an error naming the vision
+    models the server has; a warning when the server does not say (a plain OpenAI-compatible
+    one lists no model types)."""
+    vision = [m.id for m in models if m.type == "vlm"]
+    found: list[tuple[str, Position, str, str, Severity]] = []
+    for here, step in walk_steps(workflow.steps):
+        if not isinstance(step, AgentStep) or not step.images:
+            continue
+        chosen = _first_usable(workflow.model_candidates(workflow.model_reference(step)[0]), models)
+        if chosen is None or chosen[1].type == "vlm":
+            continue
+        model = chosen[1]
+        at = workflow.source.position((*here, "images"))
+        if model.state == "unknown":
+            message = (
+                f"step {step.id!r} sends images, but {server} does not say whether model "
+                f"{model.id!r} sees images"
+            )
+            hint = "if it is not a vision model, the server will refuse the request"
+            found.append((model.id, at, message, hint, "warning"))
+            continue
+        message = f"step {step.id!r} sends images, but model {model.id!r} has no vision"
+        hint = (
+            f"vision models on {server}: {_listing(vision)}"
+            if vision
+            else f"{server} has no vision model: download one (e.g. `lms get qwen2.5-vl-7b`)"
+        )
+        found.append((model.id, at, message, hint, "error"))
+    return found
+
+
+def vision_models(workflow: Workflow, models: Sequence[ModelInfo]) -> set[str]:
+    """The model names the workflow's requests carry whose model sees images: those steps
+    are also shown the images their tools return."""
+    return {
+        candidates[0]
+        for candidates, _ in workflow.model_references()
+        if (chosen := _first_usable(candidates, models)) is not None and chosen[1].type == "vlm"
+    }
+
+
 def _first_usable(
-    candidates: Sequence[str], models: Sequence[ModelInfo]
+    candidates: Sequence[str], models: Sequence[ModelInfo], *, embedding: bool = False
 ) -> tuple[str, ModelInfo] | None:
-    """The first of a fallback list that names one chat model of the server."""
+    """The first of a fallback list that names one chat model of the server (one embedding
+    model, for a list of `embed:` steps)."""
     for name in candidates:
         model = match_model(name, models).model
-        if model is not None and model.type != "embedding":
+        if model is not None and _fits(model, embedding):
             return name, model
     return None
 
 
+def _fits(model: ModelInfo, embedding: bool) -> bool:
+    """Whether `model` is the kind a reference wants: an embedding model or a chat model."""
+    return (model.type == "embedding") == embedding
+
+
 def models_to_run(workflow: Workflow, models: Sequence[ModelInfo]) -> list[ModelInfo]:
-    """The chat model each reference of the workflow will use first: of a fallback list, the
+    """The model each reference of the workflow will use first: of a fallback list, the
     first the server has."""
-    chosen = (_first_usable(c, models) for c, _ in workflow.model_references())
+    embedding = _embedding_references(workflow)
+    chosen = (
+        _first_usable(c, models, embedding=c[0] in embedding)
+        for c, _ in workflow.model_references()
+    )
     return list({found[1].id: found[1] for found in chosen if found is not None}.values())
 
 
@@ -461,6 +542,7 @@ async def verify_models(
     if client is not None:
         for member in family:
             client.routes.update(model_routes(member, catalog.models))
+            client.vision_models.update(vision_models(member, catalog.models))
     return warnings
 
 
@@ -469,11 +551,12 @@ def model_routes(workflow: Workflow, models: Sequence[ModelInfo]) -> dict[str, t
     ids to send instead, in order: `qwen3-coder-30b` goes out as `qwen/qwen3-coder-30b`, and
     a fallback list's models the server does not have are left out."""
     routes: dict[str, tuple[str, ...]] = {}
+    embedding = _embedding_references(workflow)
     for candidates, _ in workflow.model_references():
         served = list(routes.get(candidates[0], ()))
         for name in candidates:
             model = match_model(name, models).model
-            if model is not None and model.type != "embedding":
+            if model is not None and _fits(model, candidates[0] in embedding):
                 served_id = _served_id(name, model)
                 if served_id not in served:
                     served.append(served_id)

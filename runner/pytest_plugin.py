@@ -76,8 +76,10 @@ def lmflow_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., 
     Relative paths are relative to the pytest root directory; the cassette defaults to
     `cassettes/<workflow file name>` next to the test file, so runs of one workflow with
     different inputs each need their own `cassette=`. `live_tools=True` starts the
-    workflow's MCP servers instead of replaying the tool results. A request the cassette does
-    not hold fails the test with the closest recorded request and what differs.
+    workflow's MCP servers instead of replaying the tool results. `answers={STEP: VALUE}`
+    answers `ask:` steps as `--answer` does (a replay otherwise takes the cassette's). A
+    request the cassette does not hold fails the test with the closest recorded request and
+    what differs.
     """
     record = bool(request.config.getoption("lmflow_record"))
     root = request.config.rootpath
@@ -88,12 +90,21 @@ def lmflow_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., 
         inputs: Mapping[str, Any] | None = None,
         cassette: str | Path | None = None,
         live_tools: bool = False,
+        answers: Mapping[str, Any] | None = None,
     ) -> LmflowResult:
         path = root / workflow
         tape = root / cassette if cassette else request.path.parent / "cassettes" / path.name
         if record:
             _claim(request, tape)
-        return _run(path, dict(inputs or {}), tape, tmp_path, record=record, live=live_tools)
+        return _run(
+            path,
+            dict(inputs or {}),
+            tape,
+            tmp_path,
+            record=record,
+            live=live_tools,
+            answers=dict(answers or {}),
+        )
 
     return run
 
@@ -114,7 +125,14 @@ def _claim(request: pytest.FixtureRequest, tape: Path) -> None:
 
 
 def _run(
-    path: Path, inputs: dict[str, Any], tape: Path, tmp: Path, *, record: bool, live: bool
+    path: Path,
+    inputs: dict[str, Any],
+    tape: Path,
+    tmp: Path,
+    *,
+    record: bool,
+    live: bool,
+    answers: dict[str, Any],
 ) -> LmflowResult:
     from .api import RunOptions, run_workflow_sync
     from .errors import LmflowError
@@ -132,6 +150,7 @@ def _run(
         rerecord=record,
         replay=None if record else tape,
         live_tools=live and not record,
+        answers=answers,
     )
     failure = None
     try:

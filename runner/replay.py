@@ -1,11 +1,12 @@
 """Record and replay a run's model and tool exchanges: cassettes.
 
 `lmflow run --record` wraps the live parts of a run (the LM Studio client and the MCP
-sessions) so every model request with its answer and every tool call with its result lands
-in a cassette, a YAML file reviewed in pull requests like code. `lmflow run --replay` gives
-the executor a `Replayer` that answers from the cassette instead: no LM Studio, and, unless
-`--live-tools`, no MCP server. A call that failed (an LM Studio error, an MCP server that
-died) is recorded with its error and fails the same way when replayed.
+sessions) so every model request with its answer, every embedding request with its vectors
+and every tool call with its result lands in a cassette, a YAML file reviewed in pull
+requests like code. `lmflow run --replay` gives the executor a `Replayer` that answers from
+the cassette instead: no LM Studio, and, unless `--live-tools`, no MCP server. A call that
+failed (an LM Studio error, an MCP server that died) is recorded with its error and fails
+the same way when replayed.
 
 Requests are matched on their meaning (model, messages, tool names, parameters). What
 changes from run to run is normalized on both sides: secrets are masked, this run's workflow
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import shlex
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +36,21 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from . import errors
-from .chat import ChatModel, ChatRequest, ChatResponse, ToolCall, ToolResult, Usage
+from .chat import (
+    ChatModel,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingModel,
+    EmbedRequest,
+    EmbedResponse,
+    Image,
+    ToolCall,
+    ToolResult,
+    Usage,
+    described_messages,
+    images_in,
+)
+from .content_files import content_name, extension, saved
 from .errors import (
     CassetteError,
     ConfigurationError,
@@ -61,6 +78,7 @@ from .toolboxes import ToolboxFromSource
 if TYPE_CHECKING:
     from mcp.types import Tool
 
+    from .ask_step import Question
     from .mcp import ToolSource
 
 CASSETTE_VERSION = 1
@@ -71,6 +89,8 @@ HEADER = """\
 # Placeholders: <workflow.dir>, <run.dir>, <run.id>, <run.started_at>; *** is a masked secret.
 """
 MAX_DIFF_LINES = 40
+_CONTENT_NAME = re.compile(r"[0-9a-f]{16}\.\w+")
+"""The name of an image file in a cassette's folder (content_files.content_name)."""
 PARAMS = ("tool_choice", "temperature", "max_tokens", "response_format")
 REQUEST_FIELDS = ("model", "tools", "params", "messages")
 Answer = TypeVar("Answer")
@@ -107,7 +127,37 @@ class ToolExchange:
     item: int | None = None
 
 
-Exchange = LlmExchange | ToolExchange
+@dataclass
+class EmbedExchange:
+    """One embedding request (`request`: model and texts) and its vectors, each vector on
+    one line of the file (or the error LM Studio gave instead)."""
+
+    n: int
+    step: str | None
+    request: dict[str, Any]
+    response: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    item: int | None = None
+
+
+Exchange = LlmExchange | ToolExchange | EmbedExchange
+
+
+@dataclass
+class RecordedAnswer:
+    """A person's answer to an `ask:` step's question: a replay gives it again, asking
+    nobody."""
+
+    step: str
+    question: str
+    answer: Any
+    item: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        item = {} if self.item is None else {"item": self.item}
+        return {"step": self.step, **item, "question": self.question, "answer": self.answer}
+
+
 _Key = tuple[str | None, int | None, str]
 """Step, item and request: what a replayed answer is found by."""
 
@@ -122,6 +172,12 @@ class Cassette:
     exchanges: list[Exchange] = field(default_factory=list)
     outcome: str | None = None
     path: Path | None = None
+    answers: list[RecordedAnswer] = field(default_factory=list)
+    vision: list[str] = field(default_factory=list)
+    """The model names the recorded run's model check found to see images."""
+    images: dict[str, Image] = field(default_factory=dict)
+    """The images the exchanges carry, by digest: files in `<name>.images/` beside the YAML,
+    which names each only by its reference (hash, type, size)."""
 
     @classmethod
     def load(cls, path: Path) -> Cassette:
@@ -148,10 +204,20 @@ class Cassette:
             )
         servers = {name: list(tools) for name, tools in (data.get("servers") or {}).items()}
         _check_tool_specs(servers, source, path)
-        cassette = cls(data.get("workflow") or "", servers, outcome=data.get("outcome"), path=path)
+        cassette = cls(
+            data.get("workflow") or "",
+            servers,
+            outcome=data.get("outcome"),
+            path=path,
+            vision=list(data.get("vision") or ()),
+        )
+        cassette.answers = [
+            RecordedAnswer(a["step"], a["question"], a["answer"], a.get("item"))
+            for a in data.get("answers") or ()
+        ]
         llm_messages: dict[int, list[Any]] = {}
         for index, item in enumerate(data["exchanges"]):
-            answer = "response" if item["kind"] == "llm" else "result"
+            answer = "result" if item["kind"] == "tool" else "response"
             if (answer in item) == ("error" in item):
                 raise CassetteError(
                     f"{path}:{_line_of(source, ['exchanges', index])}: not a valid cassette: "
@@ -160,6 +226,10 @@ class Cassette:
                 )
             if item["kind"] == "tool":
                 result = item.get("result")
+                for at, reference in enumerate((result or {}).get("images") or ()):
+                    line = _line_of(source, ["exchanges", index, "result", "images", at])
+                    image = _stored_image(reference, path, line)
+                    cassette.images[image.digest] = image
                 cassette.exchanges.append(
                     ToolExchange(
                         item["n"],
@@ -168,6 +238,18 @@ class Cassette:
                         item["tool"],
                         item.get("arguments") or {},
                         None if result is None else {"text": "", "is_error": False, **result},
+                        item.get("error"),
+                        item.get("item"),
+                    )
+                )
+                continue
+            if item["kind"] == "embed":
+                cassette.exchanges.append(
+                    EmbedExchange(
+                        item["n"],
+                        item.get("step"),
+                        dict(item["request"]),
+                        item.get("response"),
                         item.get("error"),
                         item.get("item"),
                     )
@@ -223,6 +305,14 @@ class Cassette:
                     }
                 exchanges.append(_with_error(item, exchange.error))
                 continue
+            if isinstance(exchange, EmbedExchange):
+                item = {"n": exchange.n, "kind": "embed", "step": exchange.step}
+                item.update(_item_of(exchange))
+                item["request"] = exchange.request
+                if exchange.response is not None:
+                    item["response"] = exchange.response
+                exchanges.append(_with_error(item, exchange.error))
+                continue
             messages = exchange.request["messages"]
             request = {k: v for k, v in exchange.request.items() if k != "messages"}
             # The latest earlier request whose conversation this one continues.
@@ -249,19 +339,70 @@ class Cassette:
             "version": CASSETTE_VERSION,
             "workflow": self.workflow,
             "outcome": self.outcome,
+            **({"vision": sorted(self.vision)} if self.vision else {}),
             "servers": self.servers,
             "exchanges": exchanges,
         }
+        if self.answers:  # absent without `ask:` steps: older cassettes keep their format
+            document["answers"] = [answer.as_dict() for answer in self.answers]
         return HEADER + to_yaml(document)
 
     def save(self, path: Path) -> None:
         """Write atomically: an interrupted save leaves the old cassette, never half a file."""
         try:
             write_atomic(path, self.dump())
+            _store_images(images_dir(path), self.images.values())
         except OSError as error:
             raise CassetteError(
                 f"cannot write the cassette {path}: {error.strerror or error}"
             ) from None
+
+
+def images_dir(cassette: Path) -> Path:
+    """Where a cassette keeps its images: `<name>.images/` beside it."""
+    return cassette.with_name(f"{cassette.stem}.images")
+
+
+def _store_images(directory: Path, images: Iterable[Image]) -> None:
+    """Each image as a file named by its content; files of images the cassette no longer
+    holds are removed (a re-recording leaves no stale ones)."""
+    wanted = {content_name(image.data, image.media_type): image for image in images}
+    if directory.is_dir():
+        for stale in directory.iterdir():
+            if stale.name not in wanted and _CONTENT_NAME.fullmatch(stale.name):
+                stale.unlink()
+    for image in wanted.values():
+        saved(directory, image.data, image.media_type)
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
+def _stored_image(reference: Any, cassette: Path, line: int) -> Image:
+    """The image a tool result of the cassette names, read from its file and checked."""
+    if not isinstance(reference, Mapping) or not all(
+        isinstance(reference.get(key), str) for key in ("sha256", "media_type")
+    ):
+        raise CassetteError(
+            f"{cassette}:{line}: not a valid cassette: an image is named by "
+            "{type: image, sha256, media_type, bytes}",
+            hint=FIX_HINT,
+        )
+    file = images_dir(cassette) / (reference["sha256"] + extension(reference["media_type"]))
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise CassetteError(
+            f"{cassette}:{line}: the image {file} the cassette names cannot be read: "
+            f"{error.strerror or error}",
+            hint="commit the cassette's .images folder with it, or re-record it",
+        ) from None
+    image = Image(reference["media_type"], data)
+    if image.digest != reference["sha256"]:
+        raise CassetteError(
+            f"{cassette}:{line}: the image {file} does not have the content its name says",
+            hint="re-record the cassette",
+        )
+    return image
 
 
 def _item_of(exchange: Exchange) -> dict[str, int]:
@@ -331,10 +472,15 @@ def _represent_dict(dumper: yaml.SafeDumper, value: Mapping[str, Any]) -> yaml.N
     )
 
 
+def _is_vector(values: Sequence[Any]) -> bool:
+    """A list of numbers only (an embedding vector): one line however long, not one line
+    per number."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 def _represent_list(dumper: yaml.SafeDumper, value: Sequence[Any]) -> yaml.Node:
-    return dumper.represent_sequence(
-        "tag:yaml.org,2002:seq", value, flow_style=bool(value) and _is_flat(value)
-    )
+    flow = bool(value) and (_is_flat(value) or _is_vector(value))
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
 
 
 _Dumper.add_representer(str, _represent_str)
@@ -428,6 +574,7 @@ _SCHEMA: dict[str, Any] = {
         "version": {"const": CASSETTE_VERSION},
         "workflow": _TEXT,
         "outcome": _TEXT,
+        "vision": {"type": "array", "items": {"type": "string"}},
         "servers": {
             "type": ["object", "null"],
             "additionalProperties": {
@@ -452,7 +599,7 @@ _SCHEMA: dict[str, Any] = {
                 "required": ["n", "kind"],
                 "properties": {
                     "n": {"type": "integer"},
-                    "kind": {"enum": ["llm", "tool"]},
+                    "kind": {"enum": ["llm", "tool", "embed"]},
                     "step": _TEXT,
                     "item": {"type": ["integer", "null"]},
                     "error": _ERROR,
@@ -508,6 +655,36 @@ _SCHEMA: dict[str, Any] = {
                         },
                     },
                     {
+                        "if": {"properties": {"kind": {"const": "embed"}}},
+                        "then": {
+                            "required": ["request"],
+                            "properties": {
+                                "request": {
+                                    "type": "object",
+                                    "required": ["model", "texts"],
+                                    "properties": {
+                                        "model": {"type": "string"},
+                                        "texts": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                },
+                                "response": {
+                                    "type": "object",
+                                    "required": ["vectors"],
+                                    "properties": {
+                                        "vectors": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "array",
+                                                "items": {"type": "number"},
+                                            },
+                                        },
+                                        "usage": {"type": "object"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    {
                         "if": {"properties": {"kind": {"const": "tool"}}},
                         "then": {
                             "required": ["server", "tool"],
@@ -520,12 +697,25 @@ _SCHEMA: dict[str, Any] = {
                                     "properties": {
                                         "text": {"type": "string"},
                                         "is_error": {"type": "boolean"},
+                                        "images": {"type": "array"},
                                     },
                                 },
                             },
                         },
                     },
                 ],
+            },
+        },
+        "answers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["step", "question", "answer"],
+                "properties": {
+                    "step": {"type": "string"},
+                    "item": {"type": ["integer", "null"]},
+                    "question": {"type": "string"},
+                },
             },
         },
     },
@@ -584,7 +774,7 @@ def request_record(request: ChatRequest) -> dict[str, Any]:
         "model": request.model,
         "tools": [tool["function"]["name"] for tool in request.tools],
         "params": {k: v for k, v in params.items() if v is not None},
-        "messages": [dict(m) for m in request.messages],
+        "messages": described_messages(request.messages),
     }
 
 
@@ -601,8 +791,23 @@ def response_record(response: ChatResponse) -> dict[str, Any]:
     return record
 
 
+def embed_request_record(request: EmbedRequest) -> dict[str, Any]:
+    return {"model": request.model, "texts": list(request.texts)}
+
+
+def embed_response_record(response: EmbedResponse) -> dict[str, Any]:
+    return {"vectors": [list(v) for v in response.vectors], "usage": response.usage.as_dict()}
+
+
 def result_record(result: ToolResult) -> dict[str, Any]:
-    return {"text": result.text, "is_error": result.is_error, "structured": result.structured}
+    record: dict[str, Any] = {
+        "text": result.text,
+        "is_error": result.is_error,
+        "structured": result.structured,
+    }
+    if result.images:
+        record["images"] = [image.reference() for image in result.images]
+    return record
 
 
 def _match_key(value: Any) -> str:
@@ -674,8 +879,11 @@ class _Position:
 
     def rank(self, exchange: Exchange) -> tuple[tuple[float, ...], int]:
         """Where an exchange goes in the file: by step (in run order), then item."""
-        step = self.order.key(exchange.step) if exchange.step else (-1,)
-        return step, -1 if exchange.item is None else exchange.item
+        return self.rank_of(exchange.step, exchange.item)
+
+    def rank_of(self, step: str | None, item: int | None) -> tuple[tuple[float, ...], int]:
+        """Where a step's (and item's) record goes: by step in run order, then item."""
+        return (self.order.key(step) if step else (-1,)), -1 if item is None else item
 
 
 # --- recording ----------------------------------------------------------------------------
@@ -700,9 +908,26 @@ class Recorder:
         # follows the order of the calls, not the order in which they happened to finish.
         self._slots: list[Exchange | None] = []
         self._servers: dict[str, list[Tool]] = {}
+        self._answers: list[RecordedAnswer] = []
+        log.subscribe(self._keep_answer)
+        self._images: dict[str, Image] = {}
+        self._model: ChatModel | None = None
+
+    def _keep_answer(self, event: Event) -> None:
+        """A person's answer (`ask_answered`, secrets already masked) goes into the
+        cassette, so its replay asks nobody."""
+        if event.type == "ask_answered" and event.step is not None:
+            question = self._normalize(event.data["question"])
+            answer = self._normalize(event.data["answer"])
+            self._answers.append(RecordedAnswer(event.step, question, answer, event.item))
 
     def chat(self, model: ChatModel) -> ChatModel:
+        self._model = model
         return _RecordingChat(model, self)
+
+    def keep_images(self, images: Iterable[Image]) -> None:
+        """Images an exchange carried, for the cassette's folder."""
+        self._images.update((image.digest, image) for image in images)
 
     def tools(self, source: ToolSource, servers: Iterable[str]) -> RecordingTools:
         """Record the tools of `servers` now, so a step the run skips still replays."""
@@ -730,7 +955,7 @@ class Recorder:
             )
             raise
         recorded = record(answer)
-        if isinstance(exchange, LlmExchange):
+        if isinstance(exchange, (LlmExchange, EmbedExchange)):
             self._slots[slot] = replace(exchange, response=recorded)
         else:
             self._slots[slot] = replace(exchange, result=recorded)
@@ -742,10 +967,13 @@ class Recorder:
         cassette = Cassette(
             workflow=self._workflow,
             outcome="failed" if self._position.failed else "succeeded",
+            vision=sorted(getattr(self._model, "vision_models", ())),
+            images=dict(self._images),
             servers={
                 name: self._normalize([_tool_spec(t) for t in tools])
                 for name, tools in self._servers.items()
             },
+            answers=sorted(self._answers, key=lambda a: self._position.rank_of(a.step, a.item)),
         )
         recorded = [slot for slot in self._slots if slot is not None]
         for exchange in sorted(recorded, key=self._position.rank):
@@ -759,6 +987,9 @@ class Recorder:
                 if response is not None:  # its tool-call ids: in the same numbering
                     response = renumber_ids([self._normalize(response)], ids)[0]
                 normalized = replace(exchange, n=n, request=request, response=response, error=error)
+            elif isinstance(exchange, EmbedExchange):
+                request = self._normalize(exchange.request)
+                normalized = replace(exchange, n=n, request=request, error=error)
             else:
                 normalized = replace(
                     exchange,
@@ -776,15 +1007,31 @@ class _RecordingChat:
         self._model = model
         self._recorder = recorder
 
+    @property
+    def vision_models(self) -> Iterable[str]:
+        return getattr(self._model, "vision_models", ())
+
     async def chat(self, request: ChatRequest) -> ChatResponse:
         where = self._recorder._position
         scope = where.scope or Scope("")
+        self._recorder.keep_images(images_in(request.messages))
         return await self._recorder._record(
             LlmExchange(
                 0, scope.step or None, where.round, request_record(request), item=scope.item
             ),
             self._model.chat(request),
             response_record,
+            LLMClientError,
+        )
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        if not isinstance(self._model, EmbeddingModel):
+            raise ConfigurationError("the recorded model client cannot compute embeddings")
+        scope = self._recorder._position.scope or Scope("")
+        return await self._recorder._record(
+            EmbedExchange(0, scope.step or None, embed_request_record(request), item=scope.item),
+            self._model.embed(request),
+            embed_response_record,
             LLMClientError,
         )
 
@@ -803,12 +1050,14 @@ class RecordingTools(ToolboxFromSource):
 
     async def call_tool(self, server: str, tool: str, arguments: Mapping[str, Any]) -> ToolResult:
         scope = self._recorder._position.scope or Scope("")
-        return await self._recorder._record(
+        result = await self._recorder._record(
             ToolExchange(0, scope.step or None, server, tool, dict(arguments), item=scope.item),
             self._source.call_tool(server, tool, arguments),
             result_record,
             MCPServerError,
         )
+        self._recorder.keep_images(result.images)
+        return result
 
 
 # --- replaying ----------------------------------------------------------------------------
@@ -824,8 +1073,17 @@ class Replayer(ToolboxFromSource):
     code 3.
     """
 
-    def __init__(self, cassette: Cassette, log: RunLog, context: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        cassette: Cassette,
+        log: RunLog,
+        context: Mapping[str, Any],
+        content_dir: Path | None = None,
+    ) -> None:
         self.cassette = cassette
+        self.vision_models = frozenset(cassette.vision)
+        self._content_dir = content_dir
+        """Where the run keeps tool results' images (None: it keeps no files)."""
         self.first_miss: ReplayMissError | None = None
         self._normalize = Normalizer(log.redactor, context)
         self._position = _Position(log)
@@ -835,8 +1093,12 @@ class Replayer(ToolboxFromSource):
         # whatever order they ask in.
         self._llm: dict[_Key, deque[LlmExchange]] = {}
         self._tool: dict[_Key, deque[ToolExchange]] = {}
+        self._embed: dict[_Key, deque[EmbedExchange]] = {}
         for exchange in cassette.exchanges:
-            if isinstance(exchange, LlmExchange):
+            if isinstance(exchange, EmbedExchange):
+                key = (exchange.step, exchange.item, _match_key(exchange.request))
+                self._embed.setdefault(key, deque()).append(exchange)
+            elif isinstance(exchange, LlmExchange):
                 key = (exchange.step, exchange.item, _llm_key(exchange.request))
                 self._llm.setdefault(key, deque()).append(exchange)
             else:
@@ -844,6 +1106,21 @@ class Replayer(ToolboxFromSource):
                 self._tool.setdefault((exchange.step, exchange.item, request), deque()).append(
                     exchange
                 )
+
+    def recorded_answer(self, question: Question) -> Any:
+        """The answer recorded for this step, item and question (`NOT_RECORDED` when the
+        question changed or was never asked while recording)."""
+        from .ask_step import NOT_RECORDED  # anyio: not for the snapshot writer's imports
+
+        text = self._normalize(question.text)
+        for recorded in self.cassette.answers:
+            if (recorded.step, recorded.item, recorded.question) == (
+                question.step,
+                question.item,
+                text,
+            ):
+                return self._normalize.restore(recorded.answer)
+        return NOT_RECORDED
 
     def _queue(self, queues: dict[_Key, deque[Answer]], request: str) -> deque[Answer] | None:
         """The recorded answers to this request in the current step and item; outside any
@@ -853,15 +1130,26 @@ class Replayer(ToolboxFromSource):
             return next((q for (_, _, r), q in queues.items() if r == request), None)
         return queues.get((scope.step, scope.item, request)) or queues.get((None, None, request))
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        record = self._normalize(request_record(request))
-        queue = self._queue(self._llm, _llm_key(record))
+    def _model_answer(
+        self,
+        queues: dict[_Key, deque[Answer]],
+        request: str,
+        miss: Callable[[], ReplayMissError],
+    ) -> Answer:
+        """The recorded exchange that answers a model request (chat or embeddings); its
+        recorded error, raised again; or the miss."""
+        queue = self._queue(queues, request)
         if queue is None:
-            raise self._llm_miss(record)
+            raise miss()
         exchange = _take(queue)
         if exchange.error is not None:
             error = self._normalize.restore(exchange.error)
             raise _recorded_error(error, LLMClientError, LLMResponseError)
+        return exchange
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        record = self._normalize(request_record(request))
+        exchange = self._model_answer(self._llm, _llm_key(record), partial(self._llm_miss, record))
         response = self._normalize.restore(exchange.response)
         return ChatResponse(
             content=response.get("content"),
@@ -871,6 +1159,17 @@ class Replayer(ToolboxFromSource):
             finish_reason=response.get("finish_reason"),
             reasoning=response.get("reasoning"),
             usage=Usage.from_dict(response.get("usage") or {}),
+            model=request.model,
+        )
+
+    async def embed(self, request: EmbedRequest) -> EmbedResponse:
+        record = self._normalize(embed_request_record(request))
+        miss = partial(self._embed_miss, record)
+        exchange = self._model_answer(self._embed, _match_key(record), miss)
+        assert exchange.response is not None
+        return EmbedResponse(
+            vectors=tuple(tuple(v) for v in exchange.response["vectors"]),
+            usage=Usage.from_dict(exchange.response.get("usage") or {}),
             model=request.model,
         )
 
@@ -895,7 +1194,13 @@ class Replayer(ToolboxFromSource):
             error = self._normalize.restore(exchange.error)
             raise _recorded_error(error, MCPServerError, MCPServerError)
         result = self._normalize.restore(exchange.result)
-        return ToolResult(result["text"], bool(result["is_error"]), result.get("structured"))
+        images = tuple(self.cassette.images[i["sha256"]] for i in result.get("images") or ())
+        if self._content_dir is not None:  # where the recorded run's tool saved them
+            for image in images:
+                saved(self._content_dir, image.data, image.media_type)
+        return ToolResult(
+            result["text"], bool(result["is_error"]), result.get("structured"), images=images
+        )
 
     def _miss(self, message: str, hint: str | None = None) -> ReplayMissError:
         where = self.cassette.path or "the cassette"
@@ -948,6 +1253,14 @@ class Replayer(ToolboxFromSource):
             f"closest recorded request: exchange {best.n} ({where}); "
             f"it differs in {', '.join(differing)}:\n{diff}"
         )
+
+    def _embed_miss(self, record: dict[str, Any]) -> ReplayMissError:
+        recorded = [e.request for e in self.cassette.exchanges if isinstance(e, EmbedExchange)]
+        text = f"the cassette holds no vectors of these {len(record['texts'])} text(s)"
+        if not recorded:
+            return self._miss(f"{text}; it holds no embedding requests at all")
+        closest = max(recorded, key=lambda r: _similarity(r, record))
+        return self._miss(f"{text}.\nclosest recorded request:\n{_diff(closest, record, 'embed')}")
 
     def _tool_miss(self, server: str, tool: str, arguments: Any) -> ReplayMissError:
         call = {"server": server, "tool": tool, "arguments": arguments}

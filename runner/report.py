@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
-from .runlog import RunOrder, read_events
+from .runlog import RunOrder, read_events, vector_summary
 from .speed import response_speed
 
 TEMPLATE = "report.html.j2"
@@ -59,6 +59,7 @@ class Step:
     title: str | None = None
     model: str | None = None
     tool: str | None = None
+    kind: str | None = None
     status: str = "not run"
     error: str | None = None
     reason: str | None = None
@@ -239,6 +240,7 @@ class _Builder:
             step.title = event.get("name")
             step.model = event.get("model")
             step.tool = event.get("tool")
+            step.kind = event.get("kind")
             step.start = self._offset(event)
         elif kind == "llm_response":
             self._response(self._turn(event), event)
@@ -274,7 +276,10 @@ class _Builder:
         step.status = str(event.get("status"))
         step.error = event.get("error")
         step.reason = event.get("reason")
-        step.output = None if event.get("output") is None else _text(event.get("output"))
+        output = event.get("output")
+        if step.kind == "embed":  # numbers nobody reads: how many vectors, how long
+            output = vector_summary(output)
+        step.output = None if output is None else _text(output)
         step.rounds = int(event.get("rounds") or 0)
         step.tool_call_count = int(event.get("tool_calls") or 0)
         step.prompt_tokens = int(usage.get("prompt_tokens") or 0)

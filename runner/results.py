@@ -11,10 +11,11 @@ The file is named by the content: a run and its replay cut and name a result ali
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from .chat import ToolResult
+from .chat import Image, ToolResult
 
 RESULTS_DIR = "results"
 FULL_CONTENT = "full_content"
@@ -54,3 +55,9 @@ def full_result_fields(full_text: str | None) -> dict[str, Any]:
         "full_chars": len(full_text),
         FULL_CONTENT: full_text,
     }
+
+
+def image_fields(images: Sequence[Image]) -> dict[str, Any]:
+    """The `tool_result` event field for a result with images: each by its reference (hash,
+    type, size), never its data."""
+    return {"images": [image.reference() for image in images]} if images else {}

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LmflowError
 from .runlog import MASK, read_events
-from .spec.model import Loop, Step, Workflow, WorkflowStep, thawed
+from .spec.model import AgentStep, Loop, Step, Workflow, WorkflowStep, thawed
+from .step_images import step_images
+from .templating import TemplateError
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class Reusable:
 
     run_id: str
     outputs: Mapping[str, Any]
+    conversations: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """The conversations of steps a later step continues (`conversation` of their
+    `step_finished`), by fingerprint: a reused step hands its conversation on."""
 
 
 def load_reusable(run_dir: Path) -> Reusable:
@@ -43,6 +48,7 @@ def load_reusable(run_dir: Path) -> Reusable:
             hint="a run with --no-log or --log elsewhere cannot be resumed",
         )
     outputs: dict[str, Any] = {}
+    conversations: dict[str, Any] = {}
     for event in read_events(path).events:
         fingerprint = event.get("fingerprint")
         if (
@@ -52,7 +58,10 @@ def load_reusable(run_dir: Path) -> Reusable:
             and MASK not in json.dumps(event.get("output"), ensure_ascii=False)
         ):
             outputs[fingerprint] = event.get("output")
-    return Reusable(run_dir.name, outputs)
+            conversation = event.get("conversation")
+            if isinstance(conversation, list) and MASK not in json.dumps(conversation):
+                conversations[fingerprint] = tuple(conversation)
+    return Reusable(run_dir.name, outputs, conversations)
 
 
 def step_fingerprint(
@@ -74,8 +83,27 @@ def step_fingerprint(
             "waits_for": {
                 dep: steps.get(dep) for dep in sorted(workflow.plan.steps[step.index].waits_for)
             },
+            **image_digests(workflow, step, context),
         }
     )
+
+
+def image_digests(workflow: Workflow, step: Step, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The content of the images a step (or item, with its context) sends, as a fingerprint
+    part (a file may change under the same name): their hashes, or why they cannot be read
+    (the step then fails, and is not reused). Empty for a step without images, so the
+    fingerprints of other steps stay as they were."""
+    if not isinstance(step, AgentStep) or not step.images:
+        return {}
+    try:
+        images = step_images(step.images, context, workflow.path, _unchanged)
+    except (LmflowError, TemplateError) as error:
+        return {"images": str(error)}
+    return {"images": [i if isinstance(i, str) else i.digest for i in images]}
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 _definitions: dict[int, dict[int, tuple[str, frozenset[str] | None]]] = {}
@@ -116,10 +144,12 @@ def _definition(workflow: Workflow, step: Step) -> tuple[str, frozenset[str] | N
     return found
 
 
-def item_fingerprint(parent: str, index: int, value: Any) -> str:
+def item_fingerprint(
+    parent: str, index: int, value: Any, images: Mapping[str, Any] | None = None
+) -> str:
     """One item of a `for_each` step: its step's fingerprint (`parent`), the item and its
-    place."""
-    return _digest({"step": parent, "index": index, "item": value})
+    place, and the content of the images it sends (`image_digests`)."""
+    return _digest({"step": parent, "index": index, "item": value, **(images or {})})
 
 
 SCHEDULING_ONLY = frozenset(

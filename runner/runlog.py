@@ -252,7 +252,10 @@ VOLATILE_KEYS = frozenset(
 KEPT_ELSEWHERE = frozenset({FULL_CONTENT})
 """Fields a log line never holds (the event's `full_result` file does), left out of the view
 so a snapshot is the same whether it was taken from a file or from memory."""
-_NOT_IN_VIEW = VOLATILE_KEYS | KEPT_ELSEWHERE
+TOLD_ELSEWHERE = frozenset({"conversation"})
+"""`conversation` (the `step_finished` of a step a later one continues): the step's own
+`llm_request` and `llm_response` events already tell it, message by message."""
+_NOT_IN_VIEW = VOLATILE_KEYS | KEPT_ELSEWHERE | TOLD_ELSEWHERE
 MACHINE_EVENTS = frozenset(
     {"notice", "phase_started", "phase_finished"}
     | {"mcp_progress", "mcp_log", "mcp_elicitation", "mcp_sampling"}
@@ -295,9 +298,15 @@ def snapshot_view(
 
     Drops timestamps, durations, sequence numbers and run ids; renumbers tool-call ids in
     order of appearance; replaces absolute paths (`placeholders`: path -> `<name>`) so the
-    same exchanges give the same view on any machine, whatever the timing.
+    same exchanges give the same view on any machine, whatever the timing. The vectors of
+    `embed:` steps are summarised (`<3 vectors of 384>`): numbers nobody reads in review.
     """
     events = _in_run_order([event for event in events if event.get("type") not in MACHINE_EVENTS])
+    embedding = {
+        e.get("step")
+        for e in events
+        if e.get("type") == "step_started" and e.get("kind") == "embed"
+    }
     ids: dict[str, str] = {}
     replacements = sorted((placeholders or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
 
@@ -324,11 +333,17 @@ def snapshot_view(
             ]
         return event
 
+    def summarised(event: Mapping[str, Any]) -> Mapping[str, Any]:
+        kind = event.get("type")
+        if kind in ("step_finished", "item_finished") and event.get("step") in embedding:
+            return {**event, "output": vector_summary(event.get("output"))}
+        return event
+
     # Volatile keys go at the top of each event only: a tool argument named `time` stays.
     return [
         renumber(
             map_strings(
-                {k: v for k, v in event.items() if k not in _NOT_IN_VIEW},
+                {k: v for k, v in summarised(event).items() if k not in _NOT_IN_VIEW},
                 place,
             )
         )
@@ -367,6 +382,18 @@ class RunOrder:
                 key.append(int(iteration.rstrip("]")) if iteration[:-1].isdigit() else 0)
             parent = "/".join([*segments[:depth], name])
         return tuple(key)
+
+
+def vector_summary(output: Any) -> Any:
+    """An `embed:` step's output in words: `<vector of 384>`, `<3 vectors of 384>` (a list
+    of items' outputs: a list of those); anything else as it is."""
+    if not isinstance(output, list) or not output:
+        return output
+    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in output):
+        return f"<vector of {len(output)}>"
+    if all(isinstance(v, list) and v and not isinstance(v[0], list) for v in output):
+        return f"<{len(output)} vectors of {len(output[0])}>"
+    return [vector_summary(part) for part in output]
 
 
 def _in_run_order(events: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

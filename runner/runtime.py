@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .ask_step import Answers, Asker, parse_answers
 from .chat import ChatModel, Usage
 from .errors import ConfigurationError, LmflowError, ToolStepsInvalidError
 from .executor import (
@@ -41,6 +42,7 @@ from .spec.load import read_document
 from .spec.model import (
     EMPTY,
     AgentStep,
+    EmbedStep,
     HttpServer,
     Input,
     LMStudioSettings,
@@ -101,6 +103,13 @@ class RunOptions:
             return workflow.lmstudio
         return replace(workflow.lmstudio, base_url=self.file_host)
 
+    answers: Mapping[str, Any] = field(default_factory=dict)
+    """Answers to `ask:` steps by step id (`--answer STEP=VALUE`): text typed by the step,
+    or typed values."""
+    asker: Asker | None = None
+    """Who asks a person the `ask:` steps no answer was given for (the terminal, an MCP
+    client); None: the steps' defaults, else the run is refused (exit 2)."""
+
     def __post_init__(self) -> None:
         if self.record is not None and self.replay is not None:
             raise ConfigurationError("--record and --replay exclude each other")
@@ -145,9 +154,16 @@ class PreparedRun:
     """The cassette the run answers from (`--replay`), kept in result.json for `runs list`."""
     stop_reason: Callable[[], str | None] | None = None
     """`RunOptions.stop_reason`."""
+    answers: Answers = field(default_factory=Answers)
+    """Where the `ask:` steps' answers come from (a replay adds its cassette's)."""
 
 
-def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptions) -> PreparedRun:
+def prepare(
+    workflow: Workflow,
+    raw_inputs: Mapping[str, Any],
+    options: RunOptions,
+    answers: Answers | None = None,
+) -> PreparedRun:
     """Check the inputs (exit 2 on a bad one) and open the run log."""
     from .lmstudio_server import base_url_candidates
 
@@ -170,7 +186,16 @@ def prepare(workflow: Workflow, raw_inputs: Mapping[str, Any], options: RunOptio
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = base_context(workflow, inputs, env, run_id, run_dir, started_at)
     return PreparedRun(
-        workflow, inputs, run_id, run_dir, log, context, writer, options.replay, options.stop_reason
+        workflow,
+        inputs,
+        run_id,
+        run_dir,
+        log,
+        context,
+        writer,
+        options.replay,
+        options.stop_reason,
+        answers or Answers(),
     )
 
 
@@ -404,7 +429,10 @@ async def _replay_parts(
     contacted, so models are not checked: a changed model shows up as a replay miss."""
     from .replay import Cassette, Replayer
 
-    replayer = Replayer(Cassette.load(cassette_path), run.log, run.context)
+    # Tool results' images go where the recorded run's tools saved them (named in their text).
+    content_dir = run.run_dir / "mcp-content" if run.writer is not None else None
+    replayer = Replayer(Cassette.load(cassette_path), run.log, run.context, content_dir)
+    run.answers.recorded = replayer  # a replay asks nobody: the cassette answers
     if use_live_tools:
         async with live_tools(run, chat=replayer) as sessions:
             yield replayer, sessions
@@ -418,10 +446,10 @@ async def _replay_parts(
 
 
 def asks_models(workflow: Workflow) -> bool:
-    """Whether a run may ask a model anything: a model step (loop bodies included), or a
-    server that may sample, in the workflow or one it includes."""
+    """Whether a run may ask a model anything: a model or embed step (loop bodies
+    included), or a server that may sample, in the workflow or one it includes."""
     return any(
-        isinstance(step, AgentStep)
+        isinstance(step, (AgentStep, EmbedStep))
         for member in workflow.family()
         for _, step in walk_steps(member.steps)
     ) or any(
@@ -491,6 +519,7 @@ async def execute(
                 log=run.log,
                 context=run.context,
                 reuse=reuse,
+                answers=run.answers,
             )
             await executor.run()
     except LmflowError as error:
@@ -572,10 +601,15 @@ def begin(
 
         # Before the run starts: a cassette that cannot be written is a command-line mistake.
         ensure_recordable(options.record, options.rerecord)
+    answers = Answers(parse_answers(workflow, options.answers), options.asker)
+    if options.replay is None and options.resume is None:
+        # A replay's cassette answers, a resumed run's earlier answers may be reused: a
+        # question left over fails its step instead.
+        answers.check_answerable(workflow)
     reuse = None
     if options.resume is not None:  # before this run's own directory exists: `last` is earlier
         reuse = load_reusable(find_run(options.runs_dir, options.resume))
-    return prepare(workflow, raw_inputs, options), reuse
+    return prepare(workflow, raw_inputs, options, answers), reuse
 
 
 def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any]:
@@ -583,12 +617,18 @@ def read_inputs(inputs_file: Path | None, pairs: Iterable[str]) -> dict[str, Any
     values: dict[str, Any] = {}
     if inputs_file is not None:
         values.update(_inputs_file(inputs_file))
+    values.update(key_values(pairs, "input", "key=value", "write -i name=value, e.g. -i path=src"))
+    return values
+
+
+def key_values(pairs: Iterable[str], option: str, form: str, hint: str) -> dict[str, str]:
+    """Command-line `KEY=VALUE` pairs by key (the last one wins); a pair without `=` or
+    without a key is exit 2, `hint` saying how to write one."""
+    values: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigurationError(
-                f"input {pair!r} is not key=value", hint="write -i name=value, e.g. -i path=src"
-            )
+            raise ConfigurationError(f"{option} {pair!r} is not {form}", hint=hint)
         values[key.strip()] = value
     return values
 

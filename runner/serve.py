@@ -24,7 +24,8 @@ from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 
 from . import api, serve_tools, signals
-from .errors import InputError, LmflowError
+from .ask_step import Question, unanswered
+from .errors import ConfigurationError, InputError, LmflowError, StepFailedError
 from .runlog import Event
 from .spec import Problem, check_file, parse_document, validate_document
 from .spec.model import McpServer, Workflow
@@ -51,6 +52,7 @@ class ServeSettings:
         workflow_name: str,
         sink: Callable[[Event], None],
         stop_reason: Callable[[], str | None],
+        asker: ClientAsker | None = None,
     ) -> api.RunOptions:
         replay = self.replay
         if replay is not None and replay.is_dir():
@@ -61,6 +63,7 @@ class ServeSettings:
             replay=replay,
             sinks=(sink,),
             stop_reason=stop_reason,
+            asker=asker,
         )
 
     @property
@@ -92,6 +95,53 @@ class Progress:
         async with self._receive:
             async for done, message in self._receive:
                 await self.session.report_progress(done, self.total, message)
+
+
+class ClientAsker:
+    """An `ask:` step's question as an MCP elicitation to the client that called the tool:
+    a form of one field, `answer`, typed by the step. Declining or cancelling fails the
+    step."""
+
+    def __init__(self, session: ServerSession, request_id: types.RequestId | None) -> None:
+        self.session = session
+        self.request_id = request_id
+
+    @classmethod
+    def of(cls, ctx: ServerRequestContext[Any]) -> ClientAsker | None:
+        """The asker of a client that answers elicitations; None for one that does not, or
+        whose connection cannot carry a request from the server (the 2026-07-28 protocol)."""
+        capabilities = ctx.session.client_capabilities
+        if capabilities is None or capabilities.elicitation is None:
+            return None
+        if not ctx.session.can_send_request:
+            return None
+        return cls(ctx.session, ctx.request_id)
+
+    async def __call__(self, question: Question) -> Any:
+        schema = {
+            "type": "object",
+            "properties": {"answer": question.json_schema()},
+            "required": ["answer"],
+        }
+        try:
+            result = await self.session.elicit_form(question.text, schema, self.request_id)
+        except MCPError as error:
+            raise StepFailedError(
+                f"the MCP client could not answer the question of step {question.step!r}: {error}"
+            ) from None
+        if result.action != "accept":
+            raise StepFailedError(
+                f"the MCP client {_ENDED[result.action]} the question of step {question.step!r}",
+                hint="accept the question to go on; the run stops at an unanswered one",
+            )
+        if result.content is None or "answer" not in result.content:
+            raise StepFailedError(
+                f"the MCP client accepted the question of step {question.step!r} without an answer"
+            )
+        return result.content["answer"]
+
+
+_ENDED = {"decline": "declined", "cancel": "cancelled"}
 
 
 class LmflowTools:
@@ -178,7 +228,17 @@ class LmflowTools:
         stops the run, its servers with it."""
         progress = Progress(ctx.session, len(workflow.steps))
         run = _ShieldedRun()
-        options = self.settings.run_options(workflow.name, progress.sink, run.why)
+        asker = ClientAsker.of(ctx)
+        if asker is None and self.settings.replay is None and (missing := unanswered(workflow)):
+            raise ConfigurationError(
+                f"step {missing[0].id!r} asks a question, and this MCP client cannot be asked "
+                "(it declared no elicitation capability, or its connection carries no "
+                "requests from the server)",
+                hint="call it from a client that answers elicitation over the 2025-11-25 "
+                "handshake (the Python SDK's Client(..., mode='legacy')), or give the step a "
+                "`default:`",
+            )
+        options = self.settings.run_options(workflow.name, progress.sink, run.why, asker)
         async with anyio.create_task_group() as group:
             group.start_soon(progress.forward)
             group.start_soon(run.go, lambda: api.run_workflow(workflow, arguments, options))

@@ -32,15 +32,15 @@ async def step_prompts(
     """The step's system prompt, the messages before its prompt, and its prompt: its own
     texts rendered, or its server prompts fetched."""
     system = templating.render_text(step.system, context) if step.system else None
-    history: tuple[Message, ...] = ()
+    opening: tuple[Message, ...] = ()
     prompt = templating.render_text(step.prompt or "", context)
     if step.system_from is not None:
         messages = await fetch_prompt(tools, step.system_from, context)
         system = "\n\n".join(message["content"] for message in messages)
     if step.prompt_from is not None:
         messages = await fetch_prompt(tools, step.prompt_from, context)
-        history, prompt = _opening(messages, step.prompt_from)
-    return system, history, prompt
+        opening, prompt = _opening(messages, step.prompt_from)
+    return system, opening, prompt
 
 
 def described(spec: Mapping[str, Any], context: Mapping[str, Any]) -> str:
@@ -94,8 +94,8 @@ def _opening(
             "the user's",
             hint="use the prompt as the system prompt (system_from:), or write prompt: yourself",
         )
-    history = tuple({"role": m["role"], "content": m["content"]} for m in earlier)
-    return history, last["content"]
+    turns = tuple({"role": m["role"], "content": m["content"]} for m in earlier)
+    return turns, last["content"]
 
 
 def _as_text(value: Any) -> str:

@@ -10,6 +10,7 @@ written as JSON rather than Python reprs.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from jinja2.exceptions import (
 )
 from jinja2.lexer import TOKEN_OPERATOR
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from . import vectors
 
 ROOTS = ("inputs", "steps", "env", "workflow", "run")
 ITEM_NAMES = ("item", "loop")
@@ -71,6 +74,17 @@ def _tojson(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
 
 
+_SAVED_IMAGE = re.compile(r"\[image content: [^\]\n]*?, saved to ([^\]\n]+)\]")
+"""How a tool result names an image it saved in the run directory (runner/mcp_content.py)."""
+
+
+def _saved_images(value: Any) -> list[str]:
+    """The files of the images a tool result saved, in order: `images:` of a later step
+    takes them (`{{ steps.shot.output | saved_images }}`). Text without any gives []."""
+    texts = value if isinstance(value, (list, tuple)) else [value]
+    return [path for text in texts for path in _SAVED_IMAGE.findall(str(text))]
+
+
 @cache
 def environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
@@ -80,6 +94,8 @@ def environment() -> ImmutableSandboxedEnvironment:
         finalize=_finalize,
     )
     env.filters["tojson"] = _tojson
+    env.filters.update(vectors.FILTERS)
+    env.filters["saved_images"] = _saved_images
     return env
 
 

@@ -34,7 +34,8 @@ WORKFLOWS = ROOT / "workflows"
 CASSETTES = TESTS / "cassettes"
 sys.path.insert(0, str(TESTS))
 
-from fakes.lmstudio import FakeLMStudio, FakeModel  # noqa: E402
+from fakes.lmstudio import FakeLMStudio, FakeModel, image_summary  # noqa: E402
+from png import png  # noqa: E402
 
 Request = dict[str, Any]
 
@@ -44,7 +45,7 @@ class Example:
     """How to record one example: where to run it, with which inputs, and the model's turns."""
 
     name: str
-    models: Sequence[str]
+    models: Sequence[str | FakeModel]
     script: Sequence[Any]
     setup: Callable[[Path], tuple[Path, list[str]]]  # scratch dir -> (cwd, extra arguments)
 
@@ -148,7 +149,8 @@ def invitation(request: Request) -> str:
     )
 
 
-def meeting_planner_setup(scratch: Path) -> tuple[Path, list[str]]:
+def at_root(scratch: Path) -> tuple[Path, list[str]]:
+    """Run from the project root, with the workflow's default inputs."""
     return ROOT, []
 
 
@@ -162,7 +164,7 @@ MEETING_PLANNER = Example(
         alternatives_answer,
         invitation,
     ],
-    setup=meeting_planner_setup,
+    setup=at_root,
 )
 
 
@@ -418,7 +420,7 @@ CODE_REVIEW_LOOP = Example(
     name="code-review-loop",
     models=["qwen/qwen3-coder-30b", "mistralai/magistral-small-2509"],
     script=[write_slugify, review_slugify, write_slugify, review_slugify],
-    setup=meeting_planner_setup,  # from the project root, no extra arguments
+    setup=at_root,
 )
 
 
@@ -467,8 +469,130 @@ ANALYZE_REPO = Example(
     setup=analyze_repo_setup,
 )
 
+
+# --- commit-message: mcp-server-git on staged changes, approved with --answer ------------------
+
+COMMIT_MESSAGE_TEXT = """\
+Skip blank lines when reading CSV files
+
+Files saved by spreadsheet programs often end with empty lines, which the
+reader turned into rows without fields. Leave them out."""
+
+
+def commit_message_setup(scratch: Path) -> tuple[Path, list[str]]:
+    repo = scratch / "csvq"
+    make_repository(repo)
+    (repo / "csvq/reader.py").write_text(
+        "def read(path):\n    return [line for line in open(path) if line.strip()]\n"
+    )
+    subprocess.run(["git", "add", "csvq/reader.py"], cwd=repo, check=True)
+    # The question cannot be asked here (no terminal): the answer is given, as in CI.
+    return repo, ["--answer", "approve=yes"]
+
+
+COMMIT_MESSAGE = Example(
+    name="commit-message",
+    models=["qwen/qwen3-coder-30b"],
+    script=[COMMIT_MESSAGE_TEXT],
+    setup=commit_message_setup,
+)
+
+
+# --- ask-the-code: embeddings pick the files the model reads ------------------------------------
+
+
+def code_answer(request: Request) -> str:
+    """An answer from the files the prompt holds (the nearest ones), naming them."""
+    files = re.findall(r"^File: (\S+)$", prompt(request), re.MULTILINE)
+    return (
+        "The jobs are pickled to `jobs.pkl` in the working directory by `storage.save`, which "
+        "`enqueue` calls after each new job. When saving fails, `enqueue` swallows the error "
+        "(a bare `except Exception: pass`, marked TODO), so the job stays only in memory and "
+        f"is lost when the process ends. Based on: {', '.join(files)}."
+    )
+
+
+ASK_THE_CODE = Example(
+    name="ask-the-code",
+    models=[
+        "qwen/qwen3-coder-30b",
+        FakeModel("text-embedding-nomic-embed-text-v1.5", type="embedding", loaded=True),
+    ],
+    script=[code_answer],
+    setup=at_root,
+)
+
+
+# --- chart-reader: an image for a vision model --------------------------------------------------
+
+CHART = WORKFLOWS / "images" / "quarterly-sales.png"
+SALES = {"Q1": 40, "Q2": 55, "Q3": 35, "Q4": 80}
+BAR_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (234, 67, 53)]
+WIDTH, HEIGHT, BASE, SCALE = 200, 120, 110, 1.0  # 1 px per thousand euros, bars up from y=110
+
+
+def chart_pixel(x: int, y: int) -> tuple[int, int, int]:
+    """The sample chart: white, a grey axis, a grid line every 20, four coloured bars."""
+    for index, (colour, sales) in enumerate(zip(BAR_COLOURS, SALES.values(), strict=True)):
+        left = 20 + index * 45
+        if left <= x < left + 30 and BASE - sales * SCALE <= y < BASE:
+            return colour
+    if y == BASE or x == 10:
+        return (90, 90, 90)
+    if (BASE - y) % 20 == 0 and x > 10:
+        return (225, 225, 225)
+    return (255, 255, 255)
+
+
+def draw_chart() -> None:
+    CHART.parent.mkdir(exist_ok=True)
+    CHART.write_bytes(png(WIDTH, HEIGHT, chart_pixel))
+
+
+def read_chart(request: Request) -> str:
+    """The vision model's answer: the drawn values, once the chart itself has arrived."""
+    parts = request["messages"][-1]["content"]
+    seen = [image_summary(p) for p in parts if p.get("type") == "image_url"]
+    if len(seen) != 1 or f"{WIDTH}x{HEIGHT}" not in seen[0]:
+        sys.exit(f"chart-reader: the chart did not reach the model: {seen}")
+    return answer({"bars": [{"quarter": q, "sales": v} for q, v in SALES.items()]})
+
+
+def chart_summary(request: Request) -> str:
+    quarter = re.search(r"about (Q\d)", prompt(request)).group(1)  # type: ignore[union-attr]
+    values = list(SALES.values())
+    index = list(SALES).index(quarter)
+    if index == 0:
+        return f"{quarter} sales were {values[0]}k EUR, the first quarter of the year."
+    change = values[index] - values[index - 1]
+    trend = f"up {change}k" if change >= 0 else f"down {-change}k"
+    return f"{quarter} sales reached {values[index]}k EUR, {trend} from {list(SALES)[index - 1]}."
+
+
+def chart_setup(scratch: Path) -> tuple[Path, list[str]]:
+    draw_chart()
+    return ROOT, []
+
+
+CHART_READER = Example(
+    name="chart-reader",
+    models=[FakeModel("qwen/qwen2.5-vl-7b", type="vlm", loaded=True), "qwen/qwen3-4b-2507"],
+    script=[read_chart, chart_summary],
+    setup=chart_setup,
+)
+
 EXAMPLES = {
-    e.name: e for e in (MEETING_PLANNER, CHANGELOG, REPO_SURVEY, CODE_REVIEW_LOOP, ANALYZE_REPO)
+    e.name: e
+    for e in (
+        MEETING_PLANNER,
+        CHANGELOG,
+        REPO_SURVEY,
+        CODE_REVIEW_LOOP,
+        ANALYZE_REPO,
+        COMMIT_MESSAGE,
+        ASK_THE_CODE,
+        CHART_READER,
+    )
 }
 
 
@@ -485,7 +609,7 @@ def lmflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def record(example: Example) -> None:
     workflow = WORKFLOWS / f"{example.name}.yaml"
     cassette = CASSETTES / f"{example.name}.yaml"
-    models = [FakeModel(key, loaded=True) for key in example.models]
+    models = [m if isinstance(m, FakeModel) else FakeModel(m, loaded=True) for m in example.models]
     with (
         tempfile.TemporaryDirectory() as scratch,
         FakeLMStudio(models=models, script=example.script) as lm,

@@ -72,6 +72,16 @@ def test_analyze_repo_runs_its_analyzers_as_sub_workflows(lmflow_run) -> None:
     assert nested == {"structure/modules", "errors/review", "tests/coverage"}
 
 
+def test_the_commit_message_is_committed_only_when_approved(lmflow_run) -> None:
+    approved = lmflow_run("workflows/commit-message.yaml")  # the cassette's answer: yes
+    assert approved.steps["approve"].output is True
+    assert approved.outputs["committed"] is True
+    refused = lmflow_run("workflows/commit-message.yaml", answers={"approve": "no"})
+    assert refused.steps["commit"].status == "skipped"
+    assert refused.outputs["result"] == "not committed"
+    assert refused.outputs["message"].startswith("Skip blank lines when reading CSV files")
+
+
 def test_the_result_reads_by_attribute_all_the_way(lmflow_run) -> None:
     result = lmflow_run("workflows/meeting-planner.yaml")
     check = result.steps["check"]

@@ -180,3 +180,23 @@ def test_resume_reuses_a_loops_sub_workflow_steps_one_by_one(tmp_path: Path) -> 
     reused = {e["step"] for e in events if e["type"] == "step_finished" and e.get("reused_from")}
     assert reused == {"fix[1]/sum/write", "fix[2]/sum/write"}
     assert [text.split(":")[0] for text in asked] == ["Cut to 2 words", "Judge <Cut to 2 words"] * 2
+
+
+def test_an_answer_by_id_reaches_an_ask_step_inside_a_loop(tmp_path: Path) -> None:
+    from runner.ask_step import parse_answers, unanswered
+
+    path = write(
+        tmp_path,
+        {
+            "wf.yaml": head("asks")
+            + "steps:\n"
+            + "  - id: fix\n"
+            + "    loop:\n"
+            + "      max: 2\n"
+            + "      until: steps.ok.output\n"
+            + "      steps: [{id: ok, ask: Good?, type: boolean}]\n"
+        },
+    )
+    flow = load_workflow(path)
+    assert [step.id for step in unanswered(flow)] == ["ok"]  # a batch must refuse it
+    assert parse_answers(flow, {"ok": "yes"}) == {"ok": True}

@@ -31,6 +31,7 @@ from mcp_support import (
     wait_for_port,
     wait_until_gone,
 )
+from test_ask_steps import DEPLOY
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "qwen/qwen3-coder-30b"
@@ -102,17 +103,18 @@ def serve_command(*args: str) -> list[str]:
 
 @asynccontextmanager
 async def stdio_client(
-    directory: Path, *args: str, env: dict[str, str] | None = None
+    directory: Path, *args: str, env: dict[str, str] | None = None, **client: Any
 ) -> AsyncIterator[Client]:
-    """`lmflow serve DIR ARGS` as a subprocess, connected over stdio."""
+    """`lmflow serve DIR ARGS` as a subprocess, connected over stdio (`client`: more
+    arguments of the SDK's `Client`)."""
     parameters = StdioServerParameters(
         command=sys.executable,
         args=["-m", "lmflow_runner", "serve", str(directory), *args],
         env={**os.environ, **(env or {})},
         cwd=str(directory),
     )
-    async with Client(parameters, read_timeout_seconds=60) as client:
-        yield client
+    async with Client(parameters, read_timeout_seconds=60, **client) as connected:
+        yield connected
 
 
 def project(tmp_path: Path, **files: str) -> Path:
@@ -548,3 +550,87 @@ def test_conflicting_options_are_a_command_line_error(lmflow_cli: Any, tmp_path:
     )
     assert outcome.exit_code == 2
     assert "--base-url cannot be used with --replay" in outcome.stderr
+
+
+# --- ask: steps as elicitation ----------------------------------------------------------------
+
+
+def test_an_ask_step_is_an_elicitation_to_the_client(tmp_path: Path) -> None:
+    from mcp.types import ElicitRequestFormParams, ElicitResult
+
+    directory = project(tmp_path, **{"deploy.yaml": DEPLOY})
+    asked: list[ElicitRequestFormParams] = []
+    answers = iter([{"answer": True}, {"answer": "loud"}])
+
+    async def answer(context: Any, params: Any) -> ElicitResult:
+        asked.append(params)
+        return ElicitResult(action="accept", content=next(answers))
+
+    async def session() -> None:
+        async with stdio_client(directory, elicitation_callback=answer, mode="legacy") as c:
+            done = await c.call_tool("deploy", {})
+            assert not done.is_error, done.content
+            assert done.structured_content == {
+                "go": True,
+                "level": "loud",
+                "said": "deploying (loud)",
+            }
+
+    asyncio.run(session())
+    assert [params.message for params in asked] == ["Deploy to staging?", "How loud?"]
+    assert asked[0].requested_schema == {
+        "type": "object",
+        "properties": {"answer": {"title": "go", "type": "boolean"}},
+        "required": ["answer"],
+    }
+    assert asked[1].requested_schema["properties"]["answer"]["enum"] == ["quiet", "loud"]
+    assert asked[1].requested_schema["properties"]["answer"]["default"] == "quiet"
+    (record,) = runs(directory)
+    answered = [
+        json.loads(line)
+        for line in (directory / ".lmflow/runs" / record["run_id"] / "events.jsonl")
+        .read_text()
+        .splitlines()
+        if '"ask_answered"' in line
+    ]
+    assert [(event["answer"], event["by"]) for event in answered] == [
+        (True, "asked"),
+        ("loud", "asked"),
+    ]
+
+
+def test_a_declined_question_fails_the_step_and_no_elicitation_uses_defaults(
+    tmp_path: Path,
+) -> None:
+    from mcp.types import ElicitResult
+
+    directory = project(
+        tmp_path,
+        **{
+            "deploy.yaml": DEPLOY,
+            "quiet.yaml": DEPLOY.replace("name: deploy", "name: quiet").replace(
+                "    type: boolean\n", "    type: boolean\n    default: false\n"
+            ),
+        },
+    )
+
+    async def decline(context: Any, params: Any) -> ElicitResult:
+        return ElicitResult(action="decline")
+
+    async def session() -> None:
+        async with stdio_client(directory, elicitation_callback=decline, mode="legacy") as c:
+            declined = await c.call_tool("deploy", {})
+            assert declined.is_error
+            text = declined.content[0].text  # type: ignore[union-attr]
+            assert "the MCP client declined the question of step 'go'" in text
+        async with stdio_client(directory) as plain:  # no elicitation
+            refused = await plain.call_tool("deploy", {})
+            assert refused.is_error
+            text = refused.content[0].text  # type: ignore[union-attr]
+            assert "step 'go' asks a question, and this MCP client cannot be asked" in text
+            defaults = await plain.call_tool("quiet", {})
+            assert not defaults.is_error, defaults.content
+            assert defaults.structured_content == {"go": False, "level": "quiet", "said": ""}
+
+    asyncio.run(session())
+    assert len(runs(directory)) == 2  # the refused call started no run

@@ -61,6 +61,8 @@ class BatchProgress:
         source = {"parallel": "as the host reports", "--slots": "--slots"}.get(
             host.capacity_from, "default"
         )
+        if host.loaded is None:  # the workflow asks no model: nothing to say about hosts
+            return
         loaded = "models loaded" if host.loaded else "models not loaded yet"
         self._line(f"host {host.url or '(default)'}: {host.capacity} slots ({source}), {loaded}")
 

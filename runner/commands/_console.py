@@ -119,6 +119,12 @@ class ConsoleView:
             return click.style(f"▶ {step}", bold=True) + (f"  {what}" if what else "")
         if event.type == "llm_response":
             return self._answer(who, data)
+        if event.type == "embed_response":
+            usage = data.get("usage") or {}
+            return (
+                f"    {who} batch {data.get('batch')}: {data.get('vectors')} vector(s) of "
+                f"{data.get('dimension')}, {usage.get('prompt_tokens', 0)} tokens"
+            )
         if event.type == "tool_call":
             arguments = _short(data.get("arguments"))
             return f"    {who} round {data.get('round')}: {data.get('name')} {arguments}"

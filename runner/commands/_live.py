@@ -5,7 +5,9 @@ second. A summary table ends the run. Imported only when stderr is a terminal.""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -38,9 +40,16 @@ class LiveView:
             redirect_stderr=False,
         )
         self._started = False
+        self._held: list[str] | None = None
+        """Lines kept back while a question is on the screen (`paused`)."""
 
     def __call__(self, event: Event) -> None:
         self.tracker(event)
+        if self._held is not None:
+            line = self.lines.line(event) if event.type not in SHOWN_LIVE else None
+            if line is not None:
+                self._held.append(line)
+            return
         if not self._started and event.type != "run_finished":
             self._live.start()
             self._started = True
@@ -61,6 +70,19 @@ class LiveView:
         if self._started:
             self._live.stop()
             self._started = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """While a person reads and answers a question: no redrawing, no new lines; what
+        happened meanwhile is shown after, and the live region comes back."""
+        self.close()
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for line in held:
+                self.console.print(Text.from_ansi(line))
 
     def __rich__(self) -> RenderableType:
         """What is under way, drawn afresh at every refresh (elapsed times move on)."""

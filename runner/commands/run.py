@@ -66,6 +66,14 @@ if TYPE_CHECKING:
     "depend on changed; run the rest.",
 )
 @click.option(
+    "--answer",
+    "answer_pairs",
+    multiple=True,
+    metavar="STEP=VALUE",
+    help="The answer to an `ask:` step (repeatable), typed by the step: yes/no, text, or one "
+    "of its choices. Without one, a terminal is asked; else the step's default is used.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Print each step's rendered prompt or tool arguments and stop: no model is asked, "
@@ -92,6 +100,7 @@ def command(
     resume: str | None,
     dry_run: bool,
     otel: str | None,
+    answer_pairs: tuple[str, ...],
 ) -> int:
     """Run WORKFLOW_FILE against LM Studio and the MCP servers it declares.
 
@@ -105,7 +114,8 @@ def command(
     """
     from .. import signals
     from ..api import RunOptions, run_workflow
-    from ..runtime import dry_run_workflow, read_inputs
+    from ..runtime import dry_run_workflow, key_values, read_inputs
+    from ._ask import terminal_asker
 
     workflow = load_workflow(workflow_file)
     if dry_run:
@@ -130,6 +140,9 @@ def command(
             rerecord=rerecord,
             live_tools=live_tools,
             resume=resume,
+            # typed later, by each step's type
+            answers=key_values(answer_pairs, "--answer", "STEP=VALUE", "e.g. --answer go=yes"),
+            asker=terminal_asker(progress),
         )
         raw_inputs = read_inputs(inputs_file, pairs)
         try:
@@ -159,7 +172,8 @@ def print_dry_run(steps: Sequence[DryStep]) -> None:
             click.secho(f"    {step.error}", fg="yellow")
         if step.arguments is not None:
             click.echo(f"    with: {step.arguments}")
-        for label, text in (("system", step.system), ("prompt", step.prompt)):
+        texts = (("system", step.system), ("prompt", step.prompt), ("question", step.question))
+        for label, text in texts:
             if text is not None:
                 click.echo(f"    {label}:")
                 click.echo("\n".join(f"      {line}" for line in text.splitlines() or [""]))

@@ -31,7 +31,7 @@ AGENT_KEYS = (
 def agent_of(step: Any, agents: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The agent a model step names, or None (no `agent:`, an unknown name, or a step of
     another kind: the validator reports those)."""
-    if not isinstance(step, Mapping) or any(k in step for k in ("tool", "run", "workflow")):
+    if not isinstance(step, Mapping) or any(k in step for k in ("tool", "run", "workflow", "ask")):
         return None
     name = step.get("agent")
     agent = agents.get(name) if isinstance(name, str) else None

@@ -41,6 +41,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 (1 MiB) would fail any larger tool result, while stdio results have no cap at all."""
 DEFAULT_CONCURRENCY = 4
 """Steps or items at once: LM Studio serves 4 requests in parallel by default."""
+DEFAULT_EMBED_BATCH = 64
+"""Texts per `/v1/embeddings` request: large enough that a few hundred documents take a few
+requests, small enough that one request stays well inside a server's body and time limits."""
 
 # A frozen empty mapping, the default for optional maps.
 EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -240,6 +243,8 @@ class AgentStep(_StepCommon):
     """`{server, name, arguments}`: the system prompt is that MCP server prompt's text."""
     prompt_from: Mapping[str, Any] | None = None
     """`{server, name, arguments}`: that MCP server prompt's messages open the conversation."""
+    images: tuple[str, ...] = ()
+    """Templates giving the images sent with the prompt: file paths, URLs, data: URIs."""
     mcp: tuple[str, ...] = ()
     tools: tuple[str, ...] | ToolFilter | None = None
     output_schema: Mapping[str, Any] | None = None
@@ -248,6 +253,9 @@ class AgentStep(_StepCommon):
     max_tokens: int | None = None
     tool_choice: str | None = None
     max_result_chars: int | None = None
+    continue_: str | None = None
+    """`continue: STEP_ID`: the conversation of that earlier model step goes on with this
+    step's prompt (its system prompt, messages, tool calls and answer come first)."""
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -341,7 +349,47 @@ class WorkflowStep(_StepCommon):
         return ()
 
 
-Step = AgentStep | ToolStep | CommandStep | LoopStep | WorkflowStep
+@dataclass(frozen=True, kw_only=True)
+class EmbedStep(_StepCommon):
+    """A step that turns a text, or a list of texts, into embedding vectors (`embed:`), with
+    an embedding model. Its output is one vector, or a list of vectors in input order."""
+
+    kind: Literal["embed"] = "embed"
+    embed: str | tuple[Any, ...]
+    """A template giving a text or a list of texts, or a list of templates."""
+    model: ModelRef
+    batch_size: int = DEFAULT_EMBED_BATCH
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ()
+
+
+AskType = Literal["boolean", "string", "enum"]
+"""What an `ask:` step's answer is: true/false, any text, or one of its `choices`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AskStep(_StepCommon):
+    """A step that asks a person (`ask:`): on the terminal, by `--answer`, or as an MCP
+    elicitation under `lmflow serve`. Its output is the answer, typed."""
+
+    kind: Literal["ask"] = "ask"
+    ask: str
+    """The question (a template)."""
+    type: AskType = "string"
+    choices: tuple[str, ...] = ()
+    """The allowed answers of an `enum` question."""
+    default: Any = None
+    has_default: bool = False
+    """Whether `default:` was given (a default may be false or the empty string)."""
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        return ()
+
+
+Step = AgentStep | ToolStep | CommandStep | LoopStep | WorkflowStep | AskStep | EmbedStep
 """The kinds of step, told apart by `kind` (and isinstance); more kinds join this union."""
 
 
@@ -420,7 +468,9 @@ class Workflow:
             if isinstance(step, WorkflowStep):
                 yield from step.child.family()
 
-    def model_reference(self, step: AgentStep) -> tuple[ModelRef | None, tuple[str | int, ...]]:
+    def model_reference(
+        self, step: AgentStep | EmbedStep
+    ) -> tuple[ModelRef | None, tuple[str | int, ...]]:
         """The model a step asks for (before alias resolution) and where it was written."""
         if step.model is not None:
             return step.model, ("steps", step.index, "model")
@@ -444,7 +494,7 @@ class Workflow:
 
     def step_model(self, step: Step) -> str | None:
         """The model id a step talks to, or None for a `tool:` step or when none is set."""
-        if not isinstance(step, AgentStep):
+        if not isinstance(step, (AgentStep, EmbedStep)):
             return None
         return self.resolve_model(self.model_reference(step)[0])
 
@@ -467,7 +517,7 @@ class Workflow:
         for name, agent in self.agents.items():
             add(agent.get("model"), ("agents", name, "model"))
         for at, step in walk_steps(self.steps):
-            if isinstance(step, AgentStep) and step.model is not None:
+            if isinstance(step, (AgentStep, EmbedStep)) and step.model is not None:
                 add(step.model, (*at, "model"))
         return references
 
@@ -657,6 +707,23 @@ def _step(index: int, data: Mapping[str, Any], prepare: StepData, workflow: Path
             with_=frozen(data.get("with", {})),
             child=_child(workflow, data["workflow"]),
         )
+    if "ask" in data:
+        return AskStep(
+            **common,
+            ask=data["ask"],
+            type=data.get("type", "string"),
+            choices=tuple(data.get("choices", ())),
+            default=data.get("default"),
+            has_default="default" in data,
+        )
+    if "embed" in data:
+        text = data["embed"]
+        return EmbedStep(
+            **common,
+            embed=text if isinstance(text, str) else frozen(text),
+            model=frozen(data["model"]),
+            batch_size=data.get("batch_size", DEFAULT_EMBED_BATCH),
+        )
     if "run" in data:
         run = data["run"]
         return CommandStep(
@@ -676,6 +743,7 @@ def _step(index: int, data: Mapping[str, Any], prepare: StepData, workflow: Path
         prompt=data.get("prompt"),
         system_from=frozen(data["system_from"]) if "system_from" in data else None,
         prompt_from=frozen(data["prompt_from"]) if "prompt_from" in data else None,
+        images=tuple(data.get("images", ())),
         mcp=tuple(data.get("mcp", ())),
         tools=_allow_list(data["tools"]) if "tools" in data else None,
         output_schema=frozen(schema) if schema is not None else None,
@@ -684,6 +752,7 @@ def _step(index: int, data: Mapping[str, Any], prepare: StepData, workflow: Path
         max_tokens=data.get("max_tokens"),
         tool_choice=data.get("tool_choice"),
         max_result_chars=data.get("max_result_chars"),
+        continue_=data.get("continue"),
     )
 
 

@@ -27,9 +27,19 @@ Getter = Callable[[str], Any]
 Locator = Callable[[str], JsonPath]
 """Where the file spells one key of a step: the step itself, or the agent it came from."""
 
-TEXT_KEYS = ("name", "system", "prompt")
+TEXT_KEYS = ("name", "system", "prompt", "ask")
 """Step fields that are one template each (rendered to text)."""
-VALUE_KEYS = ("for_each", "with", "run", "cwd", "env", "system_from", "prompt_from")
+VALUE_KEYS = (
+    "for_each",
+    "with",
+    "run",
+    "cwd",
+    "env",
+    "system_from",
+    "prompt_from",
+    "embed",
+    "images",
+)
 """Step fields whose every string is a template (a lone `{{ expr }}` keeps its type)."""
 CONDITION_KEY = "if"
 SERVER_KEYS = ("command", "cwd", "url")
@@ -108,6 +118,7 @@ class StepPlan:
     id: str | None
     fields: tuple[TemplateField, ...]
     needs: tuple[str, ...]
+    """`needs:` and the step a `continue:` names: what it waits for besides what it reads."""
     has_for_each: bool
     body: Plan | None = None
     """A loop step's nested steps, planned as a workflow of their own; `until:` is the
@@ -319,7 +330,7 @@ def _build(
                 index=i,
                 id=step_id if isinstance(step_id, str) else None,
                 fields=tuple(step_fields(get, at)),
-                needs=_needs(get("needs")),
+                needs=_needs(get("needs")) + _needs(get("continue")),
                 has_for_each=get("for_each") is not None,
                 body=_body(get("loop"), at("loop")),
             )

@@ -275,6 +275,11 @@ def _unknown_key_hint(key: str, allowed: list[str], path: JsonPath, obj: Any) ->
             f"a `run:` step runs a command, without a model or MCP server; remove {key!r}, "
             "or make it a step of its own"
         )
+    if is_step and "ask" in obj and key in ("prompt", "system", "model", "mcp", "tools", "with"):
+        return (
+            f"an `ask:` step asks a person, not a model; remove {key!r}, or make it a step "
+            "of its own"
+        )
     if is_step and key == "agent" and ("tool" in obj or "run" in obj):
         kind = "`tool:`" if "tool" in obj else "`run:`"
         return (

@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from .. import templating
+from . import image_files
 from .agents import with_agent, written_at
 from .load import Document, read_document
 from .model import included_path, is_note
@@ -571,8 +572,15 @@ class _Checker:
                 self._check_command(planned, step)
             elif "loop" in step:
                 self._check_loop(planned)
+            elif "ask" in step:
+                self._check_ask(planned, step)
+            elif "embed" in step:
+                if "model" in step:  # required by the schema; defaults.model is for chat
+                    self._check_step_model(i, step, {})
             elif "tool" not in step and "workflow" not in step:
                 self._check_step_model(i, step, defaults)
+                self._check_continue(planned, step)
+                self._check_images(planned, step)
         if self.loop is not None and self.loop.body is not None:
             for template in self.loop.body.output_fields:  # `until:`, read after the steps
                 self._check_field(template)
@@ -731,6 +739,49 @@ class _Checker:
                     f"declare {name!r} the same way in both files, or rename one of them",
                 )
 
+    def _check_images(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """What can be known offline of `images:`: a literal file exists and is an image
+        within the limit, a literal data: URI is one, and no entry sends a secret (a URL
+        goes to the model server as it is, which may fetch it)."""
+        for j, entry in enumerate(_list(step.get("images"))):
+            if not isinstance(entry, str):
+                continue
+            at = (*self.at, planned.index, "images", j)
+            if templating.is_template(entry):
+                template = next((f for f in planned.fields if f.path == at), None)
+                if template is not None and any(r.root == "env" for r in template.refs):
+                    self._ref_problem(
+                        template,
+                        next(r for r in template.refs if r.root == "env"),
+                        f"image {j} of {self.where(at[:2])} reads env: an image entry is sent "
+                        "to the model server (a URL as it is), so it must not carry a secret",
+                        "secret-in-image",
+                        "name the image by a path, a public URL or an input instead",
+                    )
+                continue
+            kind = image_files.kind_of(entry)
+            try:
+                if kind == "file":
+                    image_files.read_image(image_files.resolved(entry, self.workflow_path))
+                elif kind == "data":
+                    image_files.decode_data_uri(entry)
+            except image_files.ImageFileError as error:
+                self.report(
+                    at,
+                    f"image {j} of {self.where(at[:2])}: {error}",
+                    "bad-image",
+                    f"a path is relative to the workflow file's directory "
+                    f"({self.workflow_path.parent}); send a {image_files.KINDS} file of at "
+                    f"most {image_files.MAX_IMAGE_BYTES:,} bytes",
+                )
+            if kind == "url" and URL_PASSWORD.search(entry):
+                self.report(
+                    at,
+                    f"image {j} of {self.where(at[:2])} is a URL with a password in it",
+                    "literal-secret",
+                    "the URL is sent to the model server as it is; use a public URL or a file",
+                )
+
     def _check_command(self, planned: StepPlan, step: dict[str, Any]) -> None:
         """A command is a list of arguments, or one string for a shell: never a mix-up that
         would run `sh -c` on a list or split a string on spaces."""
@@ -751,6 +802,105 @@ class _Checker:
                 "command-list-with-shell",
                 "with a shell, `run:` is one command line (a string); without one, drop "
                 "`shell: true` and keep the list",
+            )
+
+    def _check_ask(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """An `ask:` step's `type`, `choices` and `default` agree, so a run never finds out
+        half-way that its default is not an answer the question takes."""
+        here = (*self.at, planned.index)
+        kind, choices = step.get("type", "string"), step.get("choices")
+        if kind == "enum" and not isinstance(choices, list):
+            self.report(
+                (*here, "type"),
+                f"{self.where(here)} is an enum question without `choices:`",
+                "ask-choices",
+                "list the answers it takes, e.g. choices: [major, minor, patch]",
+            )
+        elif kind in ("boolean", "string") and choices is not None:
+            self.report(
+                (*here, "choices"),
+                f"{self.where(here)} has `choices:` but its type is {kind}",
+                "ask-choices",
+                "say `type: enum` to take only those answers, or remove `choices:`",
+            )
+        if "default" not in step or kind not in ("boolean", "string", "enum"):
+            return
+        default = step["default"]
+        if kind == "boolean" and not isinstance(default, bool):
+            self.report(
+                (*here, "default"),
+                f"the default of {self.where(here)} is {default!r}, not true or false",
+                "ask-default",
+                "a boolean question's default is true or false, without quotes",
+            )
+        elif kind != "boolean" and isinstance(default, bool):
+            self.report(
+                (*here, "default"),
+                f"the default of {self.where(here)} is {str(default).lower()}, but the "
+                f"question is of type {kind}",
+                "ask-default",
+                f'quote it ("{str(default).lower()}") or say `type: boolean`',
+            )
+        elif kind == "enum" and isinstance(choices, list) and default not in choices:
+            self.report(
+                (*here, "default"),
+                f"the default of {self.where(here)} is {default!r}, not one of its choices",
+                "ask-default",
+                did_you_mean(str(default), [str(c) for c in choices])
+                or "choose one of: " + ", ".join(map(str, choices)),
+            )
+
+    def _check_continue(self, planned: StepPlan, step: dict[str, Any]) -> None:
+        """`continue: ID` names an earlier model step with one conversation (no `for_each`),
+        and the step that continues it keeps that conversation's system prompt."""
+        target = step.get("continue")
+        if not isinstance(target, str):
+            return  # absent, or the schema's to report
+        here = (*self.at, planned.index)
+        at = (*here, "continue")
+        index = self.step_index.get(target)
+        if index is None:
+            self.report(
+                at,
+                f"{self.where(here)} continues unknown step {target!r}",
+                "unknown-step",
+                did_you_mean(target, list(self.step_index)),
+            )
+            return
+        other = self.steps[index]
+        if index >= planned.index:
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which "
+                + ("is itself" if index == planned.index else "comes later"),
+                "continue-order",
+                f"a step continues the conversation of a model step before it: move {target!r} "
+                "above this step",
+            )
+        elif any(key in other for key in ("tool", "run", "embed", "workflow", "ask", "loop")):
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which is not a model step: it "
+                "has no conversation",
+                "continue-not-model",
+                "name a step with a `prompt:` (a model step)",
+            )
+        elif other.get("for_each") is not None:
+            self.report(
+                at,
+                f"{self.where(here)} continues step {target!r}, which runs once per item "
+                "(`for_each`): it has no one conversation to continue",
+                "continue-for-each",
+                "continue a step without `for_each`, or give each item its own follow-up "
+                "inside that step's prompt",
+            )
+        if key := next((k for k in ("system", "system_file", "system_from") if k in step), None):
+            self.report(
+                (*here, key),
+                f"{self.where(here)} continues step {target!r} but sets a system prompt",
+                "continue-with-system",
+                f"a continued conversation keeps the system prompt of {target!r}: drop "
+                f"`{key}:` here (say what is new in the prompt)",
             )
 
     def _check_needs(self, planned: StepPlan, step: dict[str, Any]) -> None:

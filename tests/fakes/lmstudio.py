@@ -41,6 +41,7 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
     stream_usage=False           streamed answers carry no `usage` chunk (llama-cpp-python)
     stats=True                   answers carry LM Studio's `stats` (tokens_per_second,
                                  time_to_first_token, model_load_time_seconds)
+    embed_delay=0.5              embedding requests (only) wait this many seconds
     script=[...]                 one item per chat request, in order:
                                    "text"                          an answer
                                    [("name", {"a": 1}), ...]       tool calls; arguments as a
@@ -58,22 +59,38 @@ Behaviours (keyword arguments, combinable; all are also plain attributes you may
                                  `script_exhausted`). Without a script, answers echo the last
                                  user message.
 
+Embeddings (`/v1/embeddings`, for a model of type `embedding` only) are deterministic: each
+word of a text counts in one of `EMBED_DIMENSIONS` buckets chosen by a hash of the word, and
+the counts are scaled to length 1. Texts that share words are similar, so which documents are
+nearest to a question is stable and makes sense; usage counts one prompt token per word.
+
+Images: a user message may carry OpenAI `image_url` parts. A request with images for a
+model that is not a vision model (`type="vlm"`) is refused as LM Studio does (400 "Model does
+not support images"); the echo names each image it got by what it read from it:
+`[image image/png 2x2 sha256:<16 hex> 70 bytes]`, or `[image url https://...]`, so a test can
+assert which image arrived. `image_summary(part)` gives that text for a part.
+
 Chat answers are plain JSON or, when the request says `"stream": true`, SSE with content and
 tool-call arguments in small pieces (pieces of different calls interleaved, joined by
 `index`). Reasoning is passed through under the key the message uses (`reasoning` or
 `reasoning_content`).
 
 What it received: `requests` (every `Received`), `chat_requests` (the JSON bodies sent to
-/v1/chat/completions), `count(path)`, `peak_in_flight` (the most chat requests it was
-answering at once: how a test proves that steps overlap). `down_url()` gives a URL where
-nothing listens.
+/v1/chat/completions), `embed_requests` (those sent to /v1/embeddings), `count(path)`,
+`peak_in_flight` (the most chat requests it was answering at once: how a test proves that
+steps overlap). `down_url()` gives a URL where nothing listens.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import re
 import socket
 import stat
+import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -176,6 +193,23 @@ DEFAULT_MODELS: tuple[FakeModel, ...] = (
 )
 
 
+EMBED_DIMENSIONS = 128
+"""The length of the fake's embedding vectors."""
+
+
+def fake_embedding(text: str) -> list[float]:
+    """The fake's vector of `text`: its words counted in hashed buckets, scaled to length 1
+    (all zeros but the first for a text without words)."""
+    counts = [0.0] * EMBED_DIMENSIONS
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        bucket = int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big")
+        counts[bucket % EMBED_DIMENSIONS] += 1.0
+    norm = math.sqrt(sum(c * c for c in counts))
+    if not norm:
+        return [1.0] + [0.0] * (EMBED_DIMENSIONS - 1)
+    return [round(c / norm, 6) for c in counts]
+
+
 FAKE_STATS = {
     "tokens_per_second": 42.5,
     "time_to_first_token": 0.25,
@@ -216,6 +250,7 @@ class FakeLMStudio:
     stats: bool = False
     stream_usage: bool = True
     unstreamable_tools: bool = False
+    embed_delay: float = 0.0
     script: Sequence[ScriptItem] | None = None
     calls_as_text: Literal["hermes", "lmstudio", "json"] | None = None
     requests: list[Received] = field(default_factory=list, init=False)
@@ -272,6 +307,10 @@ class FakeLMStudio:
     def chat_requests(self) -> list[Any]:
         return [r.body for r in self.requests if r.path == "/v1/chat/completions"]
 
+    @property
+    def embed_requests(self) -> list[Any]:
+        return [r.body for r in self.requests if r.path == "/v1/embeddings"]
+
     def count(self, path: str) -> int:
         return sum(r.path == path for r in self.requests)
 
@@ -327,6 +366,7 @@ class FakeLMStudio:
         routes: dict[tuple[str, str], Callable[[_Handler, Any], None]] = {
             ("GET", "/v1/models"): lambda h, _: self._list(h, "data", FakeModel.openai),
             ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/embeddings"): self._embeddings,
         }
         if self.api in ("v1", "v0"):
             routes[("GET", "/api/v0/models")] = lambda h, _: self._list(
@@ -404,6 +444,13 @@ class FakeLMStudio:
         if name in self.broken_models:
             status = self.broken_models[name]
             return _send(handler, status, {"error": {"message": f"model {name} crashed"}})
+        model = self._find(name)
+        if model is not None and model.type != "vlm" and _has_images(body):
+            return _send(
+                handler,
+                400,
+                {"error": "Model does not support images. Please use a model that does."},
+            )
         refusal = self._format_refusal(body.get("response_format"))
         if refusal is not None:
             return _send(handler, *refusal)
@@ -456,6 +503,38 @@ class FakeLMStudio:
                 ],
                 "usage": usage,
                 "system_fingerprint": name,
+            },
+        )
+
+    def _embeddings(self, handler: _Handler, body: Any) -> None:
+        """LM Studio's /v1/embeddings: one text or a list of them, for an embedding model."""
+        if self.embed_delay:
+            self._stopping.wait(self.embed_delay)
+        name = (body or {}).get("model")
+        model = self._find(name)
+        if model is None or model.type != "embedding":
+            detail = "is not an embedding model" if model else "is not a valid model"
+            return _send(
+                handler,
+                400,
+                {"error": {"message": f'Model "{name}" {detail}.', "code": "model_not_found"}},
+            )
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return _send(handler, 400, {"error": {"message": "'input' must be text or texts"}})
+        words = sum(len(t.split()) for t in texts)
+        _send(
+            handler,
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "embedding": fake_embedding(t), "index": i}
+                    for i, t in enumerate(texts)
+                ],
+                "model": model.key,
+                "usage": {"prompt_tokens": words, "total_tokens": words},
             },
         )
 
@@ -545,7 +624,40 @@ def _copy(model: FakeModel) -> FakeModel:
 
 def _last_user_text(body: Any) -> str:
     users = [m for m in body.get("messages", ()) if m.get("role") == "user"]
-    return str(users[-1].get("content", "")) if users else ""
+    if not users:
+        return ""
+    content = users[-1].get("content", "")
+    if not isinstance(content, list):
+        return str(content)
+    return " ".join(
+        part.get("text", "") if part.get("type") == "text" else image_summary(part)
+        for part in content
+    )
+
+
+def _has_images(body: Any) -> bool:
+    return any(
+        isinstance(m.get("content"), list)
+        and any(part.get("type") == "image_url" for part in m["content"])
+        for m in body.get("messages", ())
+    )
+
+
+def image_summary(part: Mapping[str, Any]) -> str:
+    """What the fake read from an `image_url` part: the type, size and hash of a data URI's
+    image (width x height for a PNG), or the URL."""
+    url = str((part.get("image_url") or {}).get("url", ""))
+    if not url.startswith("data:"):
+        return f"[image url {url}]"
+    head, _, payload = url.partition(",")
+    data = base64.b64decode(payload)
+    size = ""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        width, height = struct.unpack(">II", data[16:24])
+        size = f" {width}x{height}"
+    media_type = head.removeprefix("data:").split(";")[0]
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"[image {media_type}{size} sha256:{digest} {len(data)} bytes]"
 
 
 def _assistant_message(item: ScriptItem, turn: int) -> dict[str, Any]:
@@ -727,10 +839,13 @@ def install_fake_lms(directory: Path, processes: Sequence[Mapping[str, Any]]) ->
 
 __all__ = [
     "DEFAULT_MODELS",
+    "EMBED_DIMENSIONS",
     "FakeLMStudio",
     "FakeModel",
     "Received",
     "down_url",
+    "fake_embedding",
+    "image_summary",
     "install_fake_lms",
     "stuck_on",
 ]

