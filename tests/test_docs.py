@@ -75,3 +75,46 @@ def test_a_cassette_is_explained_where_a_page_first_uses_one(page: Path) -> None
         or "cassette*" in paragraph
         or ("testing.md" in paragraph or "runlog.md#cassettes" in paragraph)
     ), paragraph
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+FENCE = re.compile(r"```.*?```", re.DOTALL)
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as
+    dashes, a repeated heading numbered (`-1`, `-2`, ...)."""
+    found: set[str] = set()
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    for heading in re.findall(r"^#+ (.*)$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        repeat = next(
+            n for n in range(len(found) + 1) if (f"{slug}-{n}" if n else slug) not in found
+        )
+        found.add(f"{slug}-{repeat}" if repeat else slug)
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
+    broken = []
+    for link in LINK.findall(FENCE.sub("", page.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z]+:", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path) if path else page
+        if not target.exists():
+            broken.append(f"{link}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in anchors(target):
+            broken.append(f"{link}: no such heading")
+    assert broken == []
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    modules = [
+        path.relative_to(ROOT / "runner")
+        for path in (ROOT / "runner").rglob("*.py")
+        if path.name != "__init__.py" and "__pycache__" not in path.parts
+    ]
+    assert [str(m) for m in modules if m.name not in text] == []
