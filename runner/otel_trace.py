@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,8 @@ MAX_ATTRIBUTE_CHARS = 8192
 EXPORT_TIMEOUT = 5.0
 """Seconds the export may take, retries included: a receiver that is down delays the end of
 the command by at most this."""
+_ITERATION = re.compile(r"\[\d+\]$")
+"""A loop iteration at the end of a scoped step id (`fix[2]`): its steps' parent is `fix`."""
 
 
 def _traces_url(endpoint: str) -> str:
@@ -189,8 +192,9 @@ class RunTracer:
                 "gen_ai.agent.name": step,
                 "gen_ai.request.model": event.get("model"),
             }
-        outer, nested, _ = step.rpartition("/")  # `fix[2]/review` runs inside step `fix`
-        parent = self._steps.get(outer.rpartition("[")[0] or outer) if nested else None
+        # `fix[2]/review` runs inside loop step `fix`, `fix[2]/lint/check` inside `fix[2]/lint`
+        outer, nested, _ = step.rpartition("/")
+        parent = self._steps.get(_ITERATION.sub("", outer)) if nested else None
         return self._start(f"step {step}", parent, at, attributes)
 
     def _end_step(self, step: str, event: Mapping[str, Any], at: int) -> None:

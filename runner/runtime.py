@@ -283,7 +283,7 @@ async def live_model(run: PreparedRun, options: RunOptions) -> AsyncIterator[LMS
     # Streamed, so each answer records time to first token and tokens per second.
     async with LMStudioClient.from_config(server, stream=True) as client:
         if not asks_models(run.workflow):
-            yield client  # only tool steps: no model to check, LM Studio need not run
+            yield client  # no model or embed step: no model to check, LM Studio need not run
             return
         started = time.monotonic()
         run.log.emit("phase_started", phase="models")

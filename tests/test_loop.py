@@ -589,3 +589,24 @@ def test_a_nested_steps_prompt_file_is_checked_in_its_own_file(tmp_path: Path) -
     missing = problems["unreadable-prompt-file"]
     assert (missing.path, missing.line, missing.col) == (str(path), 12, 35)
     assert str(tmp_path / "missing.md") in missing.message
+
+
+def test_the_trace_nests_a_sub_workflows_steps_under_its_step_inside_a_loop(
+    tmp_path: Path,
+) -> None:
+    """`fix[2]/lint/check` is a step of sub-workflow step `fix[2]/lint`, not of the loop."""
+    from fakes.otlp import OtlpReceiver
+
+    (tmp_path / "lint.yaml").write_text(
+        "version: 1\nname: lint\nsteps: [{id: check, run: [echo, ok]}]\n"
+    )
+    (tmp_path / "wf.yaml").write_text(
+        "version: 1\nname: traced\nsteps:\n  - id: fix\n    loop:\n      max: 2\n"
+        "      until: loop.index == 2\n      steps: [{id: lint, workflow: lint.yaml}]\n"
+    )
+    with OtlpReceiver() as otlp:
+        done = lmflow(tmp_path, "run", "wf.yaml", env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url})
+    assert done.code == 0, done.stderr
+    by_name = {span["name"]: span for span in otlp.spans}
+    assert by_name["step fix[2]/lint"]["parent_id"] == by_name["step fix"]["span_id"]
+    assert by_name["step fix[2]/lint/check"]["parent_id"] == by_name["step fix[2]/lint"]["span_id"]
