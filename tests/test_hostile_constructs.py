@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_run_cli import assert_clean, lmflow
 
 from runner.spec import check_file
 from runner.spec.image_files import ImageFileError, read_image
@@ -121,3 +122,21 @@ def test_a_nul_byte_in_an_image_path_is_a_problem(tmp_path: Path) -> None:
     _, _, rule, message = only_error(with_image(tmp_path, "shot\\0.png"))
     assert rule == "bad-image"
     assert "NUL byte" in message
+
+
+def test_a_run_failed_by_an_output_says_why_on_the_terminal(tmp_path: Path) -> None:
+    (tmp_path / "nearest.yaml").write_text(
+        "version: 1\nsteps:\n  - id: say\n    run: [echo, hi]\n"
+        'outputs:\n  best: "{{ [[1.0, 0.0]] | nearest([1.0, 0.0], k=0) }}"\n'
+    )
+    run = lmflow(tmp_path, "run", "--no-log", "nearest.yaml")
+    assert run.code == 1
+    assert_clean(run)
+    assert "output 'best': nearest: k must be a whole number of at least 1, not 0" in run.stderr
+
+
+def test_a_failed_step_is_not_told_twice(tmp_path: Path) -> None:
+    (tmp_path / "fails.yaml").write_text('version: 1\nsteps:\n  - id: nope\n    run: ["false"]\n')
+    run = lmflow(tmp_path, "run", "--no-log", "fails.yaml")
+    assert run.code == 1
+    assert run.stderr.count("exited with") == 1, run.stderr
