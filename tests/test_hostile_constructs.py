@@ -140,3 +140,15 @@ def test_a_failed_step_is_not_told_twice(tmp_path: Path) -> None:
     run = lmflow(tmp_path, "run", "--no-log", "fails.yaml")
     assert run.code == 1
     assert run.stderr.count("exited with") == 1, run.stderr
+
+
+def test_batch_record_into_a_device_is_a_bad_argument_before_any_row(tmp_path: Path) -> None:
+    (tmp_path / "echo.yaml").write_text("version: 1\nsteps:\n  - id: say\n    run: [echo, hi]\n")
+    (tmp_path / "rows.csv").write_text("x\n1\n")
+    run = lmflow(
+        tmp_path, "batch", "--record", "/dev/null", "-o", "out.jsonl", "echo.yaml", "rows.csv"
+    )
+    assert run.code == 2
+    assert_clean(run)
+    assert "--record /dev/null is not a directory" in run.stderr
+    assert not (tmp_path / "out.jsonl").exists()
