@@ -152,3 +152,17 @@ def test_batch_record_into_a_device_is_a_bad_argument_before_any_row(tmp_path: P
     assert_clean(run)
     assert "--record /dev/null is not a directory" in run.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["pipe.yaml", "/dev/zero", "prompt\\0.md"])
+def test_a_prompt_file_that_is_no_regular_file_is_refused_before_it_is_read(
+    tmp_path: Path, fifo: Path, name: str
+) -> None:
+    path = tmp_path / "review.yaml"
+    path.write_text(
+        "version: 1\nsteps:\n  - id: review\n    model: qwen/qwen3-coder-30b\n"
+        f'    prompt_file: "{name}"\n'
+    )
+    line, col, rule, message = only_error(path)
+    assert (line, col, rule) == (5, 18, "unreadable-prompt-file")
+    assert "not a regular file" in message or "NUL byte" in message

@@ -319,10 +319,16 @@ class _Checker:
 
         def read(key: str, file: Path) -> str | None:
             at = (*here, key)
-            try:
-                text = read_text(file)
-            except (OSError, UnicodeDecodeError) as error:
-                reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            reason = not_a_file(file)  # a pipe would block the read, /dev/zero never end it
+            text = None
+            if reason is None:
+                try:
+                    text = read_text(file)
+                except OSError as error:
+                    reason = error.strerror or str(error)
+                except UnicodeDecodeError:
+                    reason = "not UTF-8 text"
+            if text is None:
                 self.report(
                     at,
                     f"{key} of {self.where(here)} cannot be read: {file}: {reason}",
