@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -152,10 +152,22 @@ class ConsoleView:
             colour = "green" if status == "succeeded" else "red"
             usage = data.get("usage") or {}
             tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
-            return click.style(f"run {status}", fg=colour, bold=True) + (
-                f" in {data.get('duration', 0):.1f}s, {tokens} tokens"
+            return (
+                click.style(f"run {status}", fg=colour, bold=True)
+                + (f" in {data.get('duration', 0):.1f}s, {tokens} tokens")
+                + self._unshown_error(data)
             )
         return None
+
+    def _unshown_error(self, data: Mapping[str, Any]) -> str:
+        """A failed run's reason when no step line showed it: an output that did not render
+        (`output 'best': nearest: k must be ...`) fails a run whose steps all succeeded."""
+        error = data.get("error")
+        if data.get("status") != "failed" or not error:
+            return ""
+        if any(s.status == "failed" for s in self.tracker.steps.values()):
+            return ""
+        return "\n" + click.style(f"  {indented(str(error))}", fg="red")
 
     def _answer(self, who: str, data: Any) -> str | None:
         """A model's answer: its round, tokens and speed; the text too with --verbose."""

@@ -128,6 +128,12 @@ def command(
         raise ConfigurationError("--record and --replay exclude each other")
     if rerecord and record is None:
         raise ConfigurationError("--rerecord needs --record DIR")
+    if record is not None and record.exists() and not record.is_dir():
+        # click's file_okay=False refuses a regular file, not /dev/null or a pipe
+        raise ConfigurationError(
+            f"--record {record} is not a directory",
+            hint="name a directory (it is created if missing): one cassette per row goes in it",
+        )
     if replay is not None and (base_urls or slots):
         raise ConfigurationError(
             "--base-url and --slots cannot be used with --replay",

@@ -13,6 +13,8 @@ import binascii
 from pathlib import Path
 from typing import Literal
 
+from .file_checks import not_a_file
+
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 """The largest image a step sends: a few megapixels as PNG. Larger ones are mostly a
 mistake (a raw scan, a video frame dump), and travel base64-encoded in every request."""
@@ -61,6 +63,9 @@ def resolved(entry: str, workflow: Path) -> Path:
 def read_image(path: Path, limit: int = MAX_IMAGE_BYTES) -> tuple[bytes, str]:
     """The bytes and media type of an image file; `ImageFileError` when it is missing, too
     large (checked before reading) or not an image."""
+    reason = not_a_file(path)
+    if reason is not None:
+        raise ImageFileError(f"image {path} cannot be read: {reason}")
     try:
         size = path.stat().st_size
         if size > limit:

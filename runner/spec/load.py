@@ -56,6 +56,7 @@ def read_document(path: Path, *, max_bytes: int | None = MAX_FILE_BYTES) -> Docu
     """Read and parse a YAML (or JSON) file; every failure becomes a Problem, never an
     exception. Workflows are bounded in bytes; data files (inputs, cassettes) pass None."""
     display = str(path)
+    too_large = "split the work into smaller workflows; keep large data in input files"
     try:
         size = path.stat().st_size
         if max_bytes is not None and size > max_bytes:
@@ -63,11 +64,21 @@ def read_document(path: Path, *, max_bytes: int | None = MAX_FILE_BYTES) -> Docu
                 display,
                 f"file is {size:,} bytes; a workflow may be at most {MAX_FILE_BYTES:,}",
                 "file-too-large",
-                "split the work into smaller workflows; keep large data in input files",
+                too_large,
             )
-        raw = path.read_bytes()
+        with path.open("rb") as file:  # bounded: a device such as /dev/zero says size 0
+            raw = file.read() if max_bytes is None else file.read(max_bytes + 1)
+    except ValueError:
+        return _failed(display, "cannot read file: its name holds a NUL byte", "unreadable")
     except OSError as error:
         return _failed(display, f"cannot read file: {error.strerror or error}", "unreadable")
+    if max_bytes is not None and len(raw) > max_bytes:
+        return _failed(
+            display,
+            f"file is more than {max_bytes:,} bytes; a workflow may be at most {MAX_FILE_BYTES:,}",
+            "file-too-large",
+            too_large,
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -229,6 +229,12 @@ def _translate(error: ValidationError, data: Any, source: SourceMap) -> Iterator
             "bad-value",
             "add at least one step" if path == ("steps",) else None,
         )
+    elif kind == "maxItems":  # the list itself is not repeated: it may be thousands long
+        yield problem(
+            f"{where} has {len(value):,} entries; it may have at most {error.validator_value}",
+            "bad-value",
+            "keep the entries lmflow needs, or split the work into several runs",
+        )
     elif kind == "minLength":
         yield problem(f"{where} must not be empty", "bad-value")
     elif kind == "uniqueItems":

@@ -19,6 +19,7 @@ from jsonschema.exceptions import SchemaError
 from .. import templating
 from . import image_files
 from .agents import with_agent, written_at
+from .file_checks import not_a_file
 from .load import Document, read_document
 from .model import included_path, is_note
 from .plan import Plan, StepPlan, TemplateField, cycles, plan_data
@@ -36,6 +37,9 @@ LOOP_ITERATIONS = "iterations"
 WORKFLOW_ATTRIBUTES = ("name", "description", "path", "dir")
 RUN_ATTRIBUTES = ("id", "dir", "started_at")
 TOOL_CHOICES = ("auto", "none", "required")
+MAX_INCLUDE_DEPTH = 100
+"""How many `workflow:` steps deep files may include each other: checking and running them
+recurse, and a chain that long is a mistake long before it runs out of stack."""
 SECRET_KEY = re.compile(
     r"(token|secret|password|passwd|api[_-]?key|apikey|auth|credential)", re.IGNORECASE
 )
@@ -315,10 +319,16 @@ class _Checker:
 
         def read(key: str, file: Path) -> str | None:
             at = (*here, key)
-            try:
-                text = read_text(file)
-            except (OSError, UnicodeDecodeError) as error:
-                reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            reason = not_a_file(file)  # a pipe would block the read, /dev/zero never end it
+            text = None
+            if reason is None:
+                try:
+                    text = read_text(file)
+                except OSError as error:
+                    reason = error.strerror or str(error)
+                except UnicodeDecodeError:
+                    reason = "not UTF-8 text"
+            if text is None:
                 self.report(
                     at,
                     f"{key} of {self.where(here)} cannot be read: {file}: {reason}",
@@ -644,6 +654,19 @@ class _Checker:
                 continue
             here = (*self.at, i, "workflow")
             path = included_path(name, self.workflow_path)
+            reason = not_a_file(path)
+            if reason is not None:
+                self._unreadable_workflow(i, path, reason)
+                continue
+            if len(self.including) > MAX_INCLUDE_DEPTH:
+                self.report(
+                    here,
+                    f"{self.where((*self.at, i))} includes {path.name} more than "
+                    f"{MAX_INCLUDE_DEPTH} workflows deep",
+                    "workflow-too-deep",
+                    "flatten the chain: let a workflow include its parts side by side",
+                )
+                continue
             if path.resolve() in self.including:
                 chain = [*self.including[self.including.index(path.resolve()) :], path.resolve()]
                 self.report(
@@ -659,20 +682,22 @@ class _Checker:
             if doc.data is None and any(
                 p.rule in ("unreadable", "file-too-large") for p in doc.problems
             ):
-                reason = doc.problems[0].message
-                self.report(
-                    here,
-                    f"{self.where((*self.at, i))} runs {path}, which cannot be read: {reason}",
-                    "unreadable-workflow",
-                    "the path is relative to this workflow file's directory "
-                    f"({self.workflow_path.parent}); write the path of a workflow file",
-                )
+                self._unreadable_workflow(i, path, doc.problems[0].message)
                 continue
             self.problems.extend(validate_document(doc, including=self.including))
             if isinstance(doc.data, dict):
                 self.children[i] = doc.data
                 self._check_with_inputs(i, step, doc.data, path)
                 self._check_included_servers(i, doc.data, path)
+
+    def _unreadable_workflow(self, i: int, path: Path, reason: str) -> None:
+        self.report(
+            (*self.at, i, "workflow"),
+            f"{self.where((*self.at, i))} runs {path}, which cannot be read: {reason}",
+            "unreadable-workflow",
+            "the path is relative to this workflow file's directory "
+            f"({self.workflow_path.parent}); write the path of a workflow file",
+        )
 
     def _check_with_inputs(
         self, i: int, step: dict[str, Any], child: dict[str, Any], path: Path
