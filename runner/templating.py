@@ -321,6 +321,15 @@ def _guarded(renderer: Renderer, context: Mapping[str, Any]) -> Any:
         raise TemplateRuntimeError(
             "rendering recursed too deeply (a macro that calls itself, or deeply nested data)"
         ) from None
+    except NameError as error:
+        if error.name not in ("inf", "nan"):
+            raise TemplateRuntimeError(f"NameError: {error}") from error
+        # Jinja writes constants into its generated code by repr: a literal beyond a float's
+        # range (1e400) or a constant NaN comes out as a name that does not exist.
+        raise TemplateRuntimeError(
+            "a number in the template is too large for a float (or is not a number); write "
+            "it as a string, or pass it as an input"
+        ) from None
     except Exception as error:
         raise TemplateRuntimeError(f"{type(error).__name__}: {error}") from error
 

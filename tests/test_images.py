@@ -104,6 +104,17 @@ def test_validate_reports_a_missing_file_and_a_non_image_at_their_entries(
     assert "[bad-image]" in outcome.stdout and "image 0" not in outcome.stdout
 
 
+def test_validate_refuses_a_file_url_instead_of_reading_it_as_a_path(
+    folder: Path, lmflow_cli: Callable[..., Any]
+) -> None:
+    outcome = lmflow_cli("validate", "--offline", str(workflow(folder, "['file:///etc/passwd']")))
+    assert outcome.exit_code == 2
+    assert "image 'file:///etc/passwd' is a file: URL, which lmflow does not read" in (
+        outcome.stdout
+    )
+    assert "No such file" not in outcome.stdout
+
+
 def test_validate_refuses_an_oversize_file_naming_it_and_the_limit(
     folder: Path, lmflow_cli: Callable[..., Any]
 ) -> None:

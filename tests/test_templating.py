@@ -250,3 +250,11 @@ def test_rendering_that_recurses_forever_is_a_runtime_template_error() -> None:
     text = "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"
     with pytest.raises(templating.TemplateRuntimeError, match="recursed too deeply"):
         templating.render_text(text, CONTEXT)
+
+
+@pytest.mark.parametrize("text", ["{{ [1e400] }}", "{{ [1.0] | cosine(['nan' | float]) }}"])
+def test_a_constant_beyond_a_float_says_so_instead_of_a_missing_name(text: str) -> None:
+    """Jinja writes constants into its code by repr, so 1e400 becomes the name `inf`."""
+    with pytest.raises(templating.TemplateRuntimeError, match="too large for a float") as raised:
+        templating.render(text, CONTEXT)
+    assert "NameError" not in str(raised.value)

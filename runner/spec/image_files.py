@@ -56,7 +56,13 @@ def sniff(data: bytes) -> str | None:
 
 
 def resolved(entry: str, workflow: Path) -> Path:
-    """Where a file entry is: relative to the workflow file's directory, or absolute."""
+    """Where a file entry is: relative to the workflow file's directory, or absolute. A
+    `file://` URL is refused rather than read as a relative path named `file:`."""
+    if entry.lstrip().lower().startswith("file:"):
+        raise ImageFileError(
+            f"image {entry!r} is a file: URL, which lmflow does not read; write the file's "
+            "path itself (absolute, or relative to the workflow file)"
+        )
     return workflow.parent / Path(entry).expanduser()
 
 
