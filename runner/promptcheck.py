@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from .spec.model import AgentStep, Workflow, walk_steps
 from .spec.problems import Problem
+from .toolcheck import argument_name_problems
 
 PROMPT_KEYS = ("system_from", "prompt_from")
 
@@ -62,7 +63,7 @@ def _check(
 ) -> list[Problem]:
     """The problems of one server prompt (`here` is where the file spells it)."""
 
-    def problem(path: tuple[str, ...], message: str, rule: str, hint: str) -> Problem:
+    def problem(path: tuple[str | int, ...], message: str, rule: str, hint: str) -> Problem:
         at = workflow.source.key_position((*here, *path))
         return Problem(str(workflow.path), at.line, at.col, message, rule, hint)
 
@@ -83,31 +84,19 @@ def _check(
     declared = {argument.name: bool(argument.required) for argument in prompt.arguments or ()}
     signature = _signature(declared) or "no arguments"
     given: Mapping[str, Any] = spec.get("arguments") or {}
-    found: list[Problem] = []
-    missing = [arg for arg, required in declared.items() if required and arg not in given]
-    if missing:
-        found.append(
-            problem(
-                ("arguments",) if given else ("name",),
-                f"step {step_id!r}: prompt {name!r} of {server!r} needs argument(s) "
-                f"{', '.join(map(repr, missing))}",
-                "prompt-argument-missing",
-                f"add them under `{key}: {{arguments: ...}}`; it takes ({signature})",
-            )
-        )
-    for argument in given:
-        if argument not in declared:
-            close = difflib.get_close_matches(argument, list(declared), n=1, cutoff=0.5)
-            found.append(
-                problem(
-                    ("arguments", argument),
-                    f"step {step_id!r}: prompt {name!r} of {server!r} takes no argument "
-                    f"{argument!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
-                    "prompt-argument-unknown",
-                    f"it takes ({signature})",
-                )
-            )
-    return found
+    return argument_name_problems(
+        problem,
+        step_id=step_id,
+        subject=f"prompt {name!r} of {server!r}",
+        rule="prompt",
+        given=given,
+        given_at=("arguments",),
+        named_at=("name",),
+        required=[argument for argument, needed in declared.items() if needed],
+        known=list(declared),
+        add_hint=f"add them under `{key}: {{arguments: ...}}`; it takes ({signature})",
+        takes=f"it takes ({signature})",
+    )
 
 
 def _server_prompts(

@@ -107,31 +107,20 @@ def _check_step(
     properties: Mapping[str, Any] = schema.get("properties") or {}
     arguments = thawed(step.with_)
     signature = describe_arguments(schema) or "no arguments"
-    found: list[Problem] = []
-    missing = [name for name in schema.get("required", ()) if name not in arguments]
-    if missing:
-        found.append(
-            problem(
-                ("with",) if step.with_ else ("tool",),
-                f"step {step.id!r}: tool {step.tool!r} needs argument(s) "
-                f"{', '.join(map(repr, missing))}",
-                "tool-argument-missing",
-                f"add them under `with:`; {step.tool} takes ({signature})",
-            )
-        )
-    if "properties" in schema and not schema.get("additionalProperties"):
-        for name in arguments:
-            if name not in properties:
-                close = difflib.get_close_matches(name, list(properties), n=1, cutoff=0.5)
-                found.append(
-                    problem(
-                        ("with", name),
-                        f"step {step.id!r}: tool {step.tool!r} takes no argument {name!r}"
-                        + (f"; did you mean {close[0]!r}?" if close else ""),
-                        "tool-argument-unknown",
-                        f"{step.tool} takes ({signature})",
-                    )
-                )
+    closed = "properties" in schema and not schema.get("additionalProperties")
+    found = argument_name_problems(
+        problem,
+        step_id=step.id,
+        subject=f"tool {step.tool!r}",
+        rule="tool",
+        given=arguments,
+        given_at=("with",),
+        named_at=("tool",),
+        required=list(schema.get("required", ())),
+        known=list(properties) if closed else None,
+        add_hint=f"add them under `with:`; {step.tool} takes ({signature})",
+        takes=f"{step.tool} takes ({signature})",
+    )
     for name, message in _type_errors(schema, arguments, context):
         found.append(
             problem(
@@ -141,6 +130,53 @@ def _check_step(
                 f"{step.tool} takes ({signature})",
             )
         )
+    return found
+
+
+def argument_name_problems(
+    problem: Callable[[tuple[str | int, ...], str, str, str], Problem],
+    *,
+    step_id: str,
+    subject: str,
+    rule: str,
+    given: Mapping[str, Any],
+    given_at: tuple[str, ...],
+    named_at: tuple[str, ...],
+    required: Sequence[str],
+    known: Sequence[str] | None,
+    add_hint: str,
+    takes: str,
+) -> list[Problem]:
+    """The required arguments `given` lacks and the names in it that `known` lacks (None:
+    any name is taken), as `RULE-argument-missing` / `RULE-argument-unknown` problems: one
+    wording for a tool step's `with:` and a server prompt's `arguments:`. `given_at` is
+    where the arguments are written, `named_at` where the call is named (a missing argument
+    is reported there when no argument is written)."""
+    found: list[Problem] = []
+    missing = [name for name in required if name not in given]
+    if missing:
+        found.append(
+            problem(
+                given_at if given else named_at,
+                f"step {step_id!r}: {subject} needs argument(s) {', '.join(map(repr, missing))}",
+                f"{rule}-argument-missing",
+                add_hint,
+            )
+        )
+    if known is None:
+        return found
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+            found.append(
+                problem(
+                    (*given_at, name),
+                    f"step {step_id!r}: {subject} takes no argument {name!r}"
+                    + (f"; did you mean {close[0]!r}?" if close else ""),
+                    f"{rule}-argument-unknown",
+                    takes,
+                )
+            )
     return found
 
 
