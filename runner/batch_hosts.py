@@ -95,10 +95,9 @@ async def survey(
     hosts = [Host(choice) for choice in choices]
     if not asks_models(workflow):
         for host in hosts:
-            host.capacity, host.capacity_from = (
-                slots or DEFAULT_SLOTS,
-                "--slots" if slots else "default",
-            )
+            host.loaded = None
+            if slots is not None:
+                host.capacity, host.capacity_from = slots, "--slots"
         return hosts
 
     async def ask(host: Host) -> None:

@@ -470,3 +470,26 @@ def test_progress_lines_show_tokens_per_second(
     assert outcome.exit_code == 0, outcome.stderr
     (last,) = [line for line in outcome.stderr.splitlines() if line.startswith("rows 3/3 done")]
     assert re.fullmatch(r"rows 3/3 done, 0 failed, [\d.]+ rows/s, [1-9]\d* tokens/s", last), last
+
+
+def test_a_workflow_that_asks_no_model_asks_no_host_and_says_nothing_of_hosts(
+    tmp_path: Path, lmflow_cli
+) -> None:
+    """Command steps only: no LM Studio is asked (none runs here), so there is no host line
+    claiming models are not loaded."""
+    workflow = tmp_path / "echo.yaml"
+    workflow.write_text(
+        "version: 1\nname: echo\ninputs:\n  name: {type: string}\n"
+        "steps:\n  - {id: say, run: [echo, '{{ inputs.name }}']}\n"
+        "outputs:\n  said: '{{ steps.say.output.stdout }}'\n"
+    )
+    rows = write_rows(tmp_path / "rows.jsonl", [{"name": "ann"}, {"name": "bob"}])
+    out = tmp_path / "out.jsonl"
+    outcome = lmflow_cli("batch", str(workflow), str(rows), "-o", str(out), "--no-log",
+                         "--base-url", down_url())  # fmt: skip
+    assert outcome.exit_code == 0, outcome.stderr
+    assert [r["outputs"]["said"] for r in sorted(read_out(out), key=lambda r: r["line"])] == [
+        "ann\n",
+        "bob\n",
+    ]
+    assert "host " not in outcome.stderr
