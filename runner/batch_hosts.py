@@ -20,7 +20,7 @@ import anyio
 from .api import RunOptions, list_models, models_used
 from .errors import EnvironmentNotReadyError, LmflowError
 from .runtime import asks_models
-from .spec.model import LMStudioSettings, Workflow
+from .spec.model import Workflow
 
 PROBE_TIMEOUT = 5.0
 """Seconds a host gets to answer the probe after a row failed on it."""
@@ -49,12 +49,6 @@ class HostChoice:
         if self.in_file:
             return dataclasses.replace(options, file_host=self.url)
         return dataclasses.replace(options, base_url=self.url)
-
-    def settings(self, workflow: Workflow) -> LMStudioSettings:
-        """The workflow's `lmstudio:` as a run on this host reads it."""
-        if not self.in_file:
-            return workflow.lmstudio
-        return dataclasses.replace(workflow.lmstudio, base_url=self.url)
 
 
 def choose_hosts(
@@ -101,12 +95,11 @@ async def survey(
         return hosts
 
     async def ask(host: Host) -> None:
-        choice = host.choice
+        # Asked as a row's run will ask it: the same URL, token and trust rule.
+        aimed = host.choice.aim(RunOptions())
         try:
             catalog = await list_models(
-                None if choice.in_file else choice.url,
-                refresh=True,
-                settings=choice.settings(workflow),
+                aimed.base_url, refresh=True, settings=aimed.lmstudio(workflow)
             )
         except LmflowError as error:
             host.down = error.message
